@@ -1,0 +1,245 @@
+//! Conditions in CEL: compiled and type-checked once when a journey is compiled, evaluated many
+//! times against a contact's facts.
+//!
+//! The `cel` crate parses and evaluates; it has no type checker, so `check.rs` walks the parsed
+//! expression to reject unknown variables, fields and functions and mismatched comparisons before
+//! a journey ships, each error pointing at the character where it was written.
+
+mod check;
+
+pub use check::Ty;
+
+use crate::journey::values::Delay;
+use cel::{Context, Env, Program, Value as CelValue};
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value as Json};
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+
+/// Where an expression is written, which decides the variables it may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Place {
+    /// A `where:` on a trigger, a `wait_for` or a goal: `event` is the event being matched.
+    EventFilter { has_trigger: bool },
+    /// A condition about the contact inside a journey (`exit_when`, `branch`, `enrollment_key`).
+    Contact { has_trigger: bool },
+    /// A schedule audience or a scoring trait rule: no event at all.
+    Audience,
+}
+
+/// What an expression must produce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Want {
+    Bool,
+    Key,
+}
+
+/// A compiled CEL expression.
+#[derive(Clone)]
+pub struct Expr {
+    source: Arc<str>,
+    program: Arc<Program>,
+    /// `traits.X` names the expression reads; absent ones are bound to null so a missing trait
+    /// makes a comparison false instead of an error.
+    trait_names: Arc<BTreeSet<String>>,
+    property_names: Arc<BTreeSet<String>>,
+    count_calls: Arc<Vec<(String, Delay)>>,
+}
+
+impl fmt::Debug for Expr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Expr({:?})", self.source)
+    }
+}
+
+impl PartialEq for Expr {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+/// A compile error inside an expression, `offset` characters from its start.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExprError {
+    pub offset: usize,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+/// Counts a contact's events, for `count_events(name, window)`.
+pub trait EventCounter {
+    fn count_events(&self, name: &str, since: DateTime<Utc>) -> i64;
+}
+
+impl EventCounter for () {
+    fn count_events(&self, _name: &str, _since: DateTime<Utc>) -> i64 {
+        0
+    }
+}
+
+/// An event as conditions see it.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct EventFacts {
+    pub name: String,
+    pub properties: Map<String, Json>,
+    pub timestamp: Option<DateTime<Utc>>,
+}
+
+/// Everything a condition may read about a contact at one moment.
+pub struct Facts<'a> {
+    pub score: i64,
+    pub stage: &'a str,
+    pub tags: &'a [String],
+    pub traits: &'a Map<String, Json>,
+    pub contact: &'a ContactFacts,
+    pub trigger: Option<&'a EventFacts>,
+    pub event: Option<&'a EventFacts>,
+    pub inactive_days: i64,
+    pub now: DateTime<Utc>,
+    pub counter: &'a dyn EventCounter,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct ContactFacts {
+    pub id: String,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub created_at: Option<DateTime<Utc>>,
+    pub timezone: Option<String>,
+    pub language: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct EvalError(pub String);
+
+impl fmt::Display for EvalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn env() -> Arc<Env> {
+    static ENV: OnceLock<Arc<Env>> = OnceLock::new();
+    ENV.get_or_init(|| Arc::new(Env::stdlib())).clone()
+}
+
+impl Expr {
+    pub fn compile(source: &str, place: Place, want: Want) -> Result<Expr, Vec<ExprError>> {
+        if source.trim().is_empty() {
+            return Err(vec![ExprError {
+                offset: 0,
+                message: "the condition is empty".into(),
+                hint: Some("write a CEL condition such as `score >= 50`".into()),
+            }]);
+        }
+        let program = env().compile(source).map_err(|errors| {
+            errors
+                .errors
+                .iter()
+                .map(|error| ExprError {
+                    offset: line_col_to_offset(source, error.pos.0, error.pos.1),
+                    message: format!("cannot parse the condition: {}", error.msg),
+                    hint: None,
+                })
+                .collect::<Vec<_>>()
+        })?;
+        let checked = check::check(&program, source, place, want)?;
+        Ok(Expr {
+            source: source.into(),
+            program: Arc::new(program),
+            trait_names: Arc::new(checked.trait_names),
+            property_names: Arc::new(checked.property_names),
+            count_calls: Arc::new(checked.count_calls),
+        })
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    pub fn eval(&self, facts: &Facts<'_>) -> Result<Json, EvalError> {
+        let mut context = Context::with_env(env());
+        let traits = with_nulls(facts.traits, &self.trait_names);
+        let bind = |context: &mut Context, name: &str, value: CelValue| {
+            context.add_variable_from_value(name, value);
+        };
+        bind(&mut context, "score", CelValue::Int(facts.score));
+        bind(&mut context, "stage", CelValue::from(facts.stage));
+        bind(&mut context, "tags", to_cel(&facts.tags)?);
+        bind(&mut context, "traits", to_cel(&traits)?);
+        bind(&mut context, "contact", to_cel(facts.contact)?);
+        bind(&mut context, "inactive_days", CelValue::Int(facts.inactive_days));
+        bind(&mut context, "now", CelValue::Timestamp(facts.now.fixed_offset()));
+        for (name, event) in [("trigger", facts.trigger), ("event", facts.event)] {
+            if let Some(event) = event {
+                let mut event = event.clone();
+                event.properties = with_nulls(&event.properties, &self.property_names);
+                bind(&mut context, name, to_cel(&event)?);
+            }
+        }
+        if !self.count_calls.is_empty() {
+            let counts: Vec<(String, String, i64)> = self
+                .count_calls
+                .iter()
+                .map(|(name, window)| {
+                    let since = facts.now - window.as_duration();
+                    (name.clone(), window.to_string(), facts.counter.count_events(name, since))
+                })
+                .collect();
+            let counts = Arc::new(counts);
+            context
+                .add_function("count_events", move |name: Arc<String>, window: Arc<String>| {
+                    let window = window.parse::<Delay>().map(|d| d.to_string()).unwrap_or_default();
+                    counts
+                        .iter()
+                        .find(|(n, w, _)| n == name.as_str() && *w == window)
+                        .map(|(_, _, count)| *count)
+                        .unwrap_or(0)
+                })
+                .map_err(|error| EvalError(error.to_string()))?;
+        }
+        let value = self
+            .program
+            .execute(&context)
+            .map_err(|error| EvalError(error.to_string()))?;
+        value
+            .json()
+            .map_err(|error| EvalError(format!("the result cannot be used: {error:?}")))
+    }
+
+    pub fn eval_bool(&self, facts: &Facts<'_>) -> Result<bool, EvalError> {
+        match self.eval(facts)? {
+            Json::Bool(b) => Ok(b),
+            Json::Null => Ok(false),
+            other => Err(EvalError(format!("the condition gave {other}, not true or false"))),
+        }
+    }
+}
+
+fn with_nulls(map: &Map<String, Json>, names: &BTreeSet<String>) -> Map<String, Json> {
+    let mut map = map.clone();
+    for name in names {
+        map.entry(name.clone()).or_insert(Json::Null);
+    }
+    map
+}
+
+fn to_cel<T: serde::Serialize + ?Sized>(value: &T) -> Result<CelValue, EvalError> {
+    cel::to_value(value).map_err(|error| EvalError(error.to_string()))
+}
+
+/// Turns the parser's 1-based line and 0-based column into a character offset.
+fn line_col_to_offset(source: &str, line: isize, col: isize) -> usize {
+    let mut offset = 0;
+    for (index, text) in source.split_inclusive('\n').enumerate() {
+        if index as isize + 1 == line {
+            return offset + col.max(0) as usize;
+        }
+        offset += text.chars().count();
+    }
+    offset
+}
+
+#[cfg(test)]
+mod tests;

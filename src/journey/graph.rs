@@ -1,0 +1,85 @@
+//! The compiled state machine as a diagram: Mermaid for docs and pull requests, DOT for Graphviz.
+
+use super::model::{Journey, StepKind, Target};
+use std::fmt::Write;
+
+fn node_name(journey: &Journey, target: Target) -> String {
+    match target {
+        Target::Step(index) => format!("s{index}"),
+        Target::End => {
+            let _ = journey;
+            "finish".into()
+        }
+    }
+}
+
+fn describe(kind: &StepKind) -> String {
+    match kind {
+        StepKind::Wait(delay) => format!("wait {delay}"),
+        StepKind::WaitUntil { time, days } => format!("wait until {time} ({days})"),
+        StepKind::WaitFor { event, timeout, .. } => format!("wait for {} (max {timeout})", event.event),
+        StepKind::Branch { .. } => "branch".into(),
+        StepKind::Split { .. } => "split".into(),
+        StepKind::SendEmail { template } => format!("email {template}"),
+        StepKind::SendSms { template } => format!("SMS {template}"),
+        StepKind::Tag(tags) => format!("tag {}", tags.join(", ")),
+        StepKind::Untag(tags) => format!("untag {}", tags.join(", ")),
+        StepKind::Set(traits) => format!("set {}", traits.keys().cloned().collect::<Vec<_>>().join(", ")),
+        StepKind::Score(points) => format!("score {points:+}"),
+        StepKind::AssignToSales { team } => format!("assign to {team}"),
+        StepKind::Webhook(hook) => format!("{} webhook", hook.method),
+    }
+}
+
+fn escape(text: &str) -> String {
+    text.replace('"', "'")
+}
+
+pub fn mermaid(journey: &Journey) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "flowchart TD");
+    let _ = writeln!(out, "    start([\"{}\"])", escape(&format!("{}: {}", journey.id, journey.trigger)));
+    let _ = writeln!(out, "    start --> {}", node_name(journey, journey.entry()));
+    for (index, step) in journey.steps.iter().enumerate() {
+        let label = escape(&format!("{}<br/>{}", step.id, describe(&step.kind)));
+        let shape = match step.kind {
+            StepKind::Branch { .. } | StepKind::Split { .. } => format!("{{\"{label}\"}}"),
+            _ if step.kind.waits() => format!("[/\"{label}\"/]"),
+            _ => format!("[\"{label}\"]"),
+        };
+        let _ = writeln!(out, "    s{index}{shape}");
+    }
+    let _ = writeln!(out, "    finish([end])");
+    for (index, step) in journey.steps.iter().enumerate() {
+        for transition in step.transitions() {
+            let label = escape(&transition.label);
+            let _ = writeln!(out, "    s{index} -->|\"{label}\"| {}", node_name(journey, transition.target));
+        }
+    }
+    out
+}
+
+pub fn dot(journey: &Journey) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "digraph \"{}\" {{", journey.id);
+    let _ = writeln!(out, "    rankdir=TB;");
+    let _ = writeln!(out, "    start [shape=oval, label=\"{}\"];", escape(&format!("{}: {}", journey.id, journey.trigger)));
+    let _ = writeln!(out, "    finish [shape=oval, label=\"end\"];");
+    for (index, step) in journey.steps.iter().enumerate() {
+        let shape = match step.kind {
+            StepKind::Branch { .. } | StepKind::Split { .. } => "diamond",
+            _ if step.kind.waits() => "parallelogram",
+            _ => "box",
+        };
+        let label = escape(&format!("{}\\n{}", step.id, describe(&step.kind)));
+        let _ = writeln!(out, "    s{index} [shape={shape}, label=\"{label}\"];");
+    }
+    let _ = writeln!(out, "    start -> {};", node_name(journey, journey.entry()));
+    for (index, step) in journey.steps.iter().enumerate() {
+        for transition in step.transitions() {
+            let _ = writeln!(out, "    s{index} -> {} [label=\"{}\"];", node_name(journey, transition.target), escape(&transition.label));
+        }
+    }
+    out.push_str("}\n");
+    out
+}

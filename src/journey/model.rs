@@ -1,0 +1,215 @@
+//! The compiled journey: an explicit state machine whose states are steps.
+//!
+//! None of these types derive `Deserialize`: only the compiler builds them, after every check
+//! has passed, so the engine may rely on what they promise (every target exists, every loop
+//! waits, every percentage adds up).
+
+use super::values::{CronSchedule, Days, Delay, FrequencyCap, QuietHours, Stage, TimeOfDay};
+use super::yaml::Pos;
+use crate::expr::Expr;
+use chrono_tz::Tz;
+use serde_json::Value as Json;
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Index of a step in `Journey::steps`.
+pub type StepIndex = usize;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Journey {
+    pub id: String,
+    pub name: String,
+    pub description: Option<String>,
+    /// Hash of the journey's normalised content: comments, spacing and key order do not change it.
+    pub version: String,
+    pub file: String,
+    pub trigger: Trigger,
+    pub re_entry: ReEntry,
+    pub enrollment_key: Option<Expr>,
+    pub goal: Option<EventMatch>,
+    pub exit_when: Option<Expr>,
+    pub settings: Settings,
+    pub on_change: OnChange,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Trigger {
+    Event(EventMatch),
+    Stage(Stage),
+    Schedule { cron: CronSchedule, audience: Expr },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventMatch {
+    pub event: String,
+    pub condition: Option<Expr>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ReEntry {
+    Never,
+    Always,
+    After(Delay),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    pub timezone: Tz,
+    pub quiet_hours: Option<QuietHours>,
+    pub frequency_cap: Option<FrequencyCap>,
+    /// Fixed cost of running this journey, in `currency`, for ROI.
+    pub cost: Option<f64>,
+    pub currency: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum OnChange {
+    /// Running enrollments finish on the version they started on.
+    Keep,
+    /// Running enrollments move to the new version; steps not in the map keep their id.
+    Migrate(BTreeMap<String, String>),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Target {
+    Step(StepIndex),
+    End,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Step {
+    pub id: String,
+    pub pos: Pos,
+    pub kind: StepKind,
+    /// Where the contact goes when this step is done (for most kinds; see `transitions`).
+    pub next: Target,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum StepKind {
+    Wait(Delay),
+    WaitUntil { time: TimeOfDay, days: Days },
+    WaitFor { event: EventMatch, timeout: Delay, on_timeout: Target },
+    Branch { arms: Vec<BranchArm>, otherwise: Target },
+    Split { arms: Vec<SplitArm> },
+    SendEmail { template: String },
+    SendSms { template: String },
+    Tag(Vec<String>),
+    Untag(Vec<String>),
+    Set(BTreeMap<String, Json>),
+    Score(i64),
+    AssignToSales { team: String },
+    Webhook(Webhook),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct BranchArm {
+    pub when: Expr,
+    pub goto: Target,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SplitArm {
+    pub percent: u8,
+    pub goto: Target,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Webhook {
+    pub method: String,
+    /// A handlebars template.
+    pub url: String,
+    pub headers: BTreeMap<String, String>,
+    /// JSON whose strings are handlebars templates.
+    pub body: Option<Json>,
+}
+
+/// A named edge of the state machine.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Transition {
+    pub label: String,
+    pub target: Target,
+}
+
+impl StepKind {
+    /// The word a marketer writes for this kind of step.
+    pub fn keyword(&self) -> &'static str {
+        match self {
+            StepKind::Wait(_) => "wait",
+            StepKind::WaitUntil { .. } => "wait_until",
+            StepKind::WaitFor { .. } => "wait_for",
+            StepKind::Branch { .. } => "branch",
+            StepKind::Split { .. } => "split",
+            StepKind::SendEmail { .. } => "send_email",
+            StepKind::SendSms { .. } => "send_sms",
+            StepKind::Tag(_) => "tag",
+            StepKind::Untag(_) => "untag",
+            StepKind::Set(_) => "set",
+            StepKind::Score(_) => "score",
+            StepKind::AssignToSales { .. } => "assign_to_sales",
+            StepKind::Webhook(_) => "webhook",
+        }
+    }
+
+    /// Steps that hold the contact until a time or an event; a loop must contain one.
+    pub fn waits(&self) -> bool {
+        matches!(self, StepKind::Wait(_) | StepKind::WaitUntil { .. } | StepKind::WaitFor { .. })
+    }
+
+    /// Steps that reach the outside world, and so need an effect key.
+    pub fn is_effect(&self) -> bool {
+        matches!(
+            self,
+            StepKind::SendEmail { .. } | StepKind::SendSms { .. } | StepKind::AssignToSales { .. } | StepKind::Webhook(_)
+        )
+    }
+}
+
+impl Step {
+    /// Every edge out of this step, named.
+    pub fn transitions(&self) -> Vec<Transition> {
+        let edge = |label: String, target: Target| Transition { label, target };
+        match &self.kind {
+            StepKind::WaitFor { event, timeout, on_timeout } => vec![
+                edge(format!("on {}", event.event), self.next),
+                edge(format!("timeout {timeout}"), *on_timeout),
+            ],
+            StepKind::Branch { arms, otherwise } => arms
+                .iter()
+                .map(|arm| edge(format!("when {}", arm.when.source()), arm.goto))
+                .chain([edge("else".into(), *otherwise)])
+                .collect(),
+            StepKind::Split { arms } => arms.iter().map(|arm| edge(format!("{}%", arm.percent), arm.goto)).collect(),
+            _ => vec![edge("next".into(), self.next)],
+        }
+    }
+}
+
+impl Journey {
+    pub fn step_index(&self, id: &str) -> Option<StepIndex> {
+        self.steps.iter().position(|step| step.id == id)
+    }
+
+    /// Where an enrollment starts.
+    pub fn entry(&self) -> Target {
+        if self.steps.is_empty() { Target::End } else { Target::Step(0) }
+    }
+
+    pub fn target_name(&self, target: Target) -> &str {
+        match target {
+            Target::Step(index) => &self.steps[index].id,
+            Target::End => "end",
+        }
+    }
+}
+
+impl fmt::Display for Trigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Trigger::Event(m) => write!(f, "event \"{}\"", m.event),
+            Trigger::Stage(stage) => write!(f, "stage {stage}"),
+            Trigger::Schedule { cron, .. } => write!(f, "schedule \"{}\"", cron.text),
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! nurture: marketing-automation journeys that live in git.
+//!
+//! The map (same words as ARCHITECTURE.md):
+//! - [`journey`]: everything a marketer writes (journeys, templates, `sales.yaml`,
+//!   `scoring.yaml`), compiled from text into checked state machines. Pure: no I/O.
+//! - [`expr`]: CEL conditions, type-checked at compile time. Pure.
+//! - [`engine`]: the enrollment state machine (`transition`), the clock and the simulator.
+//! - [`cli`]: the `nurture` command.
+
+pub mod cli;
+pub mod engine;
+pub mod expr;
+pub mod journey;
