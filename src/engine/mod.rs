@@ -1,1 +1,17 @@
-//! placeholder
+//! The enrollment state machine and what runs it.
+//!
+//! - `transition`: PURE. One move of an enrollment, returning changes and keyed effects.
+//! - `contact`: the contact's facts and the changes steps make to them.
+//! - `clock`: `Clock`, with a system and a virtual implementation.
+//! - `message`: PURE. The data templates render with.
+//! - `simulate`: PURE. Runs a journey for one contact on a virtual clock.
+
+pub mod clock;
+pub mod contact;
+pub mod message;
+pub mod simulate;
+pub mod transition;
+
+pub use clock::{Clock, SystemClock, VirtualClock};
+pub use contact::{Contact, ContactChange};
+pub use transition::{advance, Advance, Effect, EffectKey, Enrollment, Input, Outcome, Park, Position, Refused, Status, World};

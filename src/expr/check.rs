@@ -87,6 +87,7 @@ const FUNCTIONS: [&str; 26] = [
 ];
 
 pub(super) struct Checked {
+    pub roots: BTreeSet<String>,
     pub trait_names: BTreeSet<String>,
     pub property_names: BTreeSet<String>,
     pub count_calls: Vec<(String, Delay)>,
@@ -121,6 +122,7 @@ pub(super) fn check(program: &Program, source: &str, place: Place, want: Want) -
         source,
         scopes: vec![variables],
         errors: Vec::new(),
+        roots: BTreeSet::new(),
         trait_names: BTreeSet::new(),
         property_names: BTreeSet::new(),
         count_calls: Vec::new(),
@@ -138,6 +140,7 @@ pub(super) fn check(program: &Program, source: &str, place: Place, want: Want) -
     }
     if checker.errors.is_empty() {
         Ok(Checked {
+            roots: checker.roots,
             trait_names: checker.trait_names,
             property_names: checker.property_names,
             count_calls: checker.count_calls,
@@ -152,6 +155,7 @@ struct Checker<'a> {
     source: &'a str,
     scopes: Vec<HashMap<String, Ty>>,
     errors: Vec<ExprError>,
+    roots: BTreeSet<String>,
     trait_names: BTreeSet<String>,
     property_names: BTreeSet<String>,
     count_calls: Vec<(String, Delay)>,
@@ -253,6 +257,9 @@ impl Checker<'_> {
 
     fn ident(&mut self, expr: &IdedExpr, name: &str) -> Ty {
         if let Some(ty) = self.lookup(name) {
+            if self.scopes[0].contains_key(name) {
+                self.roots.insert(name.to_string());
+            }
             return ty;
         }
         let known: Vec<String> = self.scopes[0].keys().cloned().collect();

@@ -40,6 +40,7 @@ pub enum Want {
 pub struct Expr {
     source: Arc<str>,
     program: Arc<Program>,
+    roots: Arc<BTreeSet<String>>,
     /// `traits.X` names the expression reads; absent ones are bound to null so a missing trait
     /// makes a comparison false instead of an error.
     trait_names: Arc<BTreeSet<String>>,
@@ -79,7 +80,7 @@ impl EventCounter for () {
 }
 
 /// An event as conditions see it.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EventFacts {
     pub name: String,
     pub properties: Map<String, Json>,
@@ -134,20 +135,20 @@ impl Expr {
             }]);
         }
         let program = env().compile(source).map_err(|errors| {
-            errors
-                .errors
-                .iter()
-                .map(|error| ExprError {
-                    offset: line_col_to_offset(source, error.pos.0, error.pos.1),
-                    message: format!("cannot parse the condition: {}", error.msg),
-                    hint: None,
-                })
-                .collect::<Vec<_>>()
+            // The parser's later errors are echoes of the first.
+            let first = errors.errors.first();
+            let offset = first.map(|e| line_col_to_offset(source, e.pos.0, e.pos.1)).unwrap_or(0);
+            let mut message = first.map(|e| e.msg.trim_start_matches("Syntax error: ").to_string()).unwrap_or_default();
+            if message.starts_with("mismatched input '<EOF>'") {
+                message = "it ends too early: a value is missing at the end".into();
+            }
+            vec![ExprError { offset, message: format!("cannot parse the condition: {message}"), hint: parse_hint(source) }]
         })?;
         let checked = check::check(&program, source, place, want)?;
         Ok(Expr {
             source: source.into(),
             program: Arc::new(program),
+            roots: Arc::new(checked.roots),
             trait_names: Arc::new(checked.trait_names),
             property_names: Arc::new(checked.property_names),
             count_calls: Arc::new(checked.count_calls),
@@ -208,6 +209,27 @@ impl Expr {
             .map_err(|error| EvalError(format!("the result cannot be used: {error:?}")))
     }
 
+    /// The values the expression reads, for explaining a decision: `score = 20, traits.industry = "retail"`.
+    pub fn explain(&self, facts: &Facts<'_>) -> String {
+        let mut parts = Vec::new();
+        for root in self.roots.iter() {
+            match root.as_str() {
+                "score" => parts.push(format!("score = {}", facts.score)),
+                "stage" => parts.push(format!("stage = {}", facts.stage)),
+                "tags" => parts.push(format!("tags = [{}]", facts.tags.join(", "))),
+                "inactive_days" => parts.push(format!("inactive_days = {}", facts.inactive_days)),
+                "traits" => {
+                    for name in self.trait_names.iter() {
+                        let value = facts.traits.get(name).cloned().unwrap_or(Json::Null);
+                        parts.push(format!("traits.{name} = {value}"));
+                    }
+                }
+                _ => {}
+            }
+        }
+        parts.join(", ")
+    }
+
     pub fn eval_bool(&self, facts: &Facts<'_>) -> Result<bool, EvalError> {
         match self.eval(facts)? {
             Json::Bool(b) => Ok(b),
@@ -215,6 +237,24 @@ impl Expr {
             other => Err(EvalError(format!("the condition gave {other}, not true or false"))),
         }
     }
+}
+
+/// A likely fix for a condition that does not parse.
+fn parse_hint(source: &str) -> Option<String> {
+    let bytes: Vec<char> = source.chars().collect();
+    let lone_equals = bytes.iter().enumerate().any(|(i, c)| {
+        *c == '=' && !matches!(bytes.get(i + 1), Some('=')) && !matches!(i.checked_sub(1).and_then(|j| bytes.get(j)), Some('=' | '!' | '<' | '>'))
+    });
+    if lone_equals {
+        return Some("compare with `==`; a single `=` is not an operator".into());
+    }
+    if source.contains(" and ") || source.contains(" or ") {
+        return Some("join conditions with `&&` and `||`".into());
+    }
+    if source.contains('\'') && !source.contains('"') {
+        return None;
+    }
+    Some("conditions are CEL, e.g. `score >= 50 && traits.industry == \"manufacturing\"`".into())
 }
 
 fn with_nulls(map: &Map<String, Json>, names: &BTreeSet<String>) -> Map<String, Json> {
@@ -234,7 +274,8 @@ fn line_col_to_offset(source: &str, line: isize, col: isize) -> usize {
     let mut offset = 0;
     for (index, text) in source.split_inclusive('\n').enumerate() {
         if index as isize + 1 == line {
-            return offset + col.max(0) as usize;
+            // The parser counts columns from 1.
+            return offset + (col - 1).max(0) as usize;
         }
         offset += text.chars().count();
     }
