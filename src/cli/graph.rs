@@ -1,6 +1,6 @@
 //! `nurture graph`: a journey's compiled state machine as Mermaid or DOT.
 
-use super::{compile_paths, ProjectArgs};
+use super::{ProjectArgs, compile_paths};
 use crate::journey::graph;
 use anyhow::Result;
 use clap::ValueEnum;
@@ -26,7 +26,11 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<ExitCode> {
     let (catalog, diagnostics) = compile_paths(std::slice::from_ref(&args.file), &args.project)?;
-    let Some(journey) = catalog.journeys.first().filter(|_| !diagnostics.iter().any(|d| d.is_error())) else {
+    let Some(journey) = catalog
+        .journeys
+        .first()
+        .filter(|_| !diagnostics.iter().any(|d| d.is_error()))
+    else {
         super::print_diagnostics(&diagnostics);
         return Ok(ExitCode::from(1));
     };

@@ -11,7 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "nurture", version, about = "Marketing-automation journeys that live in git")]
+#[command(
+    name = "nurture",
+    version,
+    about = "Marketing-automation journeys that live in git"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -70,8 +74,12 @@ fn display_path(path: &Path) -> String {
 }
 
 fn read(path: &Path) -> Result<SourceFile> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("Failed to read {}", path.display()))?;
-    Ok(SourceFile { path: display_path(path), text })
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("Failed to read {}", path.display()))?;
+    Ok(SourceFile {
+        path: display_path(path),
+        text,
+    })
 }
 
 /// Every file under `dir` with one of `extensions`, sorted, recursively.
@@ -79,12 +87,16 @@ fn files_under(dir: &Path, extensions: &[&str]) -> Result<Vec<PathBuf>> {
     let mut found = Vec::new();
     let mut pending = vec![dir.to_path_buf()];
     while let Some(dir) = pending.pop() {
-        let entries = std::fs::read_dir(&dir).with_context(|| format!("Failed to list {}", dir.display()))?;
+        let entries =
+            std::fs::read_dir(&dir).with_context(|| format!("Failed to list {}", dir.display()))?;
         for entry in entries {
             let path = entry?.path();
             if path.is_dir() {
                 pending.push(path);
-            } else if extensions.iter().any(|ext| path.to_string_lossy().ends_with(ext)) {
+            } else if extensions
+                .iter()
+                .any(|ext| path.to_string_lossy().ends_with(ext))
+            {
                 found.push(path);
             }
         }
@@ -103,10 +115,22 @@ pub fn load_sources(paths: &[PathBuf], project: &ProjectArgs) -> Result<Sources>
     for path in paths {
         if path.is_dir() {
             for file in files_under(path, &[".yaml", ".yml", ".hbs"])? {
-                classify(&file, &mut sources, &mut template_paths, &mut sales, &mut scoring);
+                classify(
+                    &file,
+                    &mut sources,
+                    &mut template_paths,
+                    &mut sales,
+                    &mut scoring,
+                );
             }
         } else if path.exists() {
-            classify(path, &mut sources, &mut template_paths, &mut sales, &mut scoring);
+            classify(
+                path,
+                &mut sources,
+                &mut template_paths,
+                &mut sales,
+                &mut scoring,
+            );
         } else {
             anyhow::bail!("{} does not exist", path.display());
         }
@@ -135,8 +159,17 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-fn classify(path: &Path, sources: &mut Sources, templates: &mut Vec<PathBuf>, sales: &mut Option<PathBuf>, scoring: &mut Option<PathBuf>) {
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+fn classify(
+    path: &Path,
+    sources: &mut Sources,
+    templates: &mut Vec<PathBuf>,
+    sales: &mut Option<PathBuf>,
+    scoring: &mut Option<PathBuf>,
+) {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
     if name.ends_with(".hbs") {
         templates.push(path.to_path_buf());
     } else if name == "sales.yaml" || name == "sales.yml" {
@@ -149,7 +182,10 @@ fn classify(path: &Path, sources: &mut Sources, templates: &mut Vec<PathBuf>, sa
 }
 
 /// Compiles the given journeys with the project's templates and files.
-pub fn compile_paths(paths: &[PathBuf], project: &ProjectArgs) -> Result<(Catalog, Vec<Diagnostic>)> {
+pub fn compile_paths(
+    paths: &[PathBuf],
+    project: &ProjectArgs,
+) -> Result<(Catalog, Vec<Diagnostic>)> {
     let sources = load_sources(paths, project)?;
     Ok(journey::compile(&sources))
 }

@@ -1,8 +1,8 @@
 //! `nurture simulate`: run a journey for one contact on a virtual clock.
 
-use super::{compile_paths, Format, ProjectArgs};
-use crate::engine::simulate::{parse_events, render_text, simulate};
+use super::{Format, ProjectArgs, compile_paths};
 use crate::engine::Contact;
+use crate::engine::simulate::{parse_events, render_text, simulate};
 use anyhow::{Context, Result};
 use chrono::{DateTime, TimeZone, Utc};
 use std::path::PathBuf;
@@ -29,12 +29,18 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<ExitCode> {
     let (catalog, diagnostics) = compile_paths(std::slice::from_ref(&args.file), &args.project)?;
-    let Some(journey) = catalog.journeys.first().filter(|_| !diagnostics.iter().any(|d| d.is_error())) else {
+    let Some(journey) = catalog
+        .journeys
+        .first()
+        .filter(|_| !diagnostics.iter().any(|d| d.is_error()))
+    else {
         super::print_diagnostics(&diagnostics);
         return Ok(ExitCode::from(1));
     };
-    let text = std::fs::read_to_string(&args.contact).with_context(|| format!("Failed to read {}", args.contact.display()))?;
-    let mut contact: Contact = serde_json::from_str(&text).with_context(|| format!("{} is not a contact", args.contact.display()))?;
+    let text = std::fs::read_to_string(&args.contact)
+        .with_context(|| format!("Failed to read {}", args.contact.display()))?;
+    let mut contact: Contact = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a contact", args.contact.display()))?;
     if contact.id == Contact::default().id
         && let Some(name) = contact.email.clone().or(contact.phone.clone())
     {
@@ -42,12 +48,19 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     let zone = journey.settings.timezone;
     let start: DateTime<Utc> = match &args.start {
-        Some(text) => DateTime::parse_from_rfc3339(text).with_context(|| format!("--start {text} is not an RFC 3339 time"))?.with_timezone(&Utc),
-        None => zone.with_ymd_and_hms(2026, 1, 5, 10, 0, 0).single().context("the default start does not exist in this time zone")?.with_timezone(&Utc),
+        Some(text) => DateTime::parse_from_rfc3339(text)
+            .with_context(|| format!("--start {text} is not an RFC 3339 time"))?
+            .with_timezone(&Utc),
+        None => zone
+            .with_ymd_and_hms(2026, 1, 5, 10, 0, 0)
+            .single()
+            .context("the default start does not exist in this time zone")?
+            .with_timezone(&Utc),
     };
     let events = match &args.events {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("Failed to read {}", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("Failed to read {}", path.display()))?;
             parse_events(&text, start).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
         }
         None => Vec::new(),

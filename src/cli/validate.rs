@@ -1,6 +1,6 @@
 //! `nurture validate`: every mistake in the project, with file, line, column and a hint.
 
-use super::{compile_paths, Format, ProjectArgs};
+use super::{Format, ProjectArgs, compile_paths};
 use anyhow::Result;
 use serde_json::json;
 use std::path::PathBuf;
@@ -43,13 +43,33 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 if catalog.scoring.is_some() {
                     extras.push("scoring.yaml");
                 }
-                let extras = if extras.is_empty() { String::new() } else { format!(", {}", extras.join(", ")) };
-                println!("ok: {} journeys, {templates} templates{extras}", catalog.journeys.len());
+                let extras = if extras.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {}", extras.join(", "))
+                };
+                println!(
+                    "ok: {} journeys, {templates} templates{extras}",
+                    catalog.journeys.len()
+                );
             } else {
-                let files: std::collections::BTreeSet<&str> = diagnostics.iter().filter(|d| d.is_error()).map(|d| d.file.as_str()).collect();
-                eprintln!("{errors} error{} in {} file{}", if errors == 1 { "" } else { "s" }, files.len(), if files.len() == 1 { "" } else { "s" });
+                let files: std::collections::BTreeSet<&str> = diagnostics
+                    .iter()
+                    .filter(|d| d.is_error())
+                    .map(|d| d.file.as_str())
+                    .collect();
+                eprintln!(
+                    "{errors} error{} in {} file{}",
+                    if errors == 1 { "" } else { "s" },
+                    files.len(),
+                    if files.len() == 1 { "" } else { "s" }
+                );
             }
         }
     }
-    Ok(if errors == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

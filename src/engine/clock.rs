@@ -27,7 +27,9 @@ pub struct VirtualClock {
 
 impl VirtualClock {
     pub fn new(start: DateTime<Utc>) -> Self {
-        VirtualClock { now: Arc::new(Mutex::new(start)) }
+        VirtualClock {
+            now: Arc::new(Mutex::new(start)),
+        }
     }
 
     pub fn set(&self, at: DateTime<Utc>) {

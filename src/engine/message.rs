@@ -4,9 +4,15 @@ use super::contact::Contact;
 use super::transition::Enrollment;
 use crate::journey::model::Journey;
 use chrono::{DateTime, Utc};
-use serde_json::{json, Value as Json};
+use serde_json::{Value as Json, json};
 
-pub fn template_data(journey: &Journey, enrollment: &Enrollment, contact: &Contact, unsubscribe_url: &str, now: DateTime<Utc>) -> Json {
+pub fn template_data(
+    journey: &Journey,
+    enrollment: &Enrollment,
+    contact: &Contact,
+    unsubscribe_url: &str,
+    now: DateTime<Utc>,
+) -> Json {
     json!({
         "contact": contact.facts_view(),
         "traits": contact.traits,

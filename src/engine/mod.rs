@@ -14,4 +14,7 @@ pub mod transition;
 
 pub use clock::{Clock, SystemClock, VirtualClock};
 pub use contact::{Contact, ContactChange};
-pub use transition::{advance, Advance, Effect, EffectKey, Enrollment, Input, Outcome, Park, Position, Refused, Status, World};
+pub use transition::{
+    Advance, Effect, EffectKey, Enrollment, Input, Outcome, Park, Position, Refused, Status, World,
+    advance,
+};

@@ -4,7 +4,9 @@
 
 use super::contact::Contact;
 use super::message::template_data;
-use super::transition::{advance, Effect, Enrollment, History, Input, Outcome, Position, Refused, StepRecord, World};
+use super::transition::{
+    Effect, Enrollment, History, Input, Outcome, Position, Refused, StepRecord, World, advance,
+};
 use crate::expr::{EventCounter, EventFacts};
 use crate::journey::model::{Journey, Trigger};
 use crate::journey::templates::Templates;
@@ -68,8 +70,11 @@ pub fn parse_events(text: &str, start: DateTime<Utc>) -> Result<Vec<TimedEvent>,
         if line.is_empty() || line.starts_with('#') || line.starts_with("//") {
             continue;
         }
-        let value: Json = serde_json::from_str(line).map_err(|e| format!("line {line_no}: not JSON: {e}"))?;
-        let object = value.as_object().ok_or_else(|| format!("line {line_no}: each line must be a JSON object"))?;
+        let value: Json =
+            serde_json::from_str(line).map_err(|e| format!("line {line_no}: not JSON: {e}"))?;
+        let object = value
+            .as_object()
+            .ok_or_else(|| format!("line {line_no}: each line must be a JSON object"))?;
         let name = object
             .get("event")
             .and_then(Json::as_str)
@@ -85,9 +90,17 @@ pub fn parse_events(text: &str, start: DateTime<Utc>) -> Result<Vec<TimedEvent>,
                 let delay: Delay = offset
                     .trim()
                     .strip_prefix('+')
-                    .ok_or_else(|| format!("line {line_no}: `at` is an offset from the start like \"+2h\""))?
+                    .ok_or_else(|| {
+                        format!("line {line_no}: `at` is an offset from the start like \"+2h\"")
+                    })?
                     .parse()
-                    .or_else(|e: String| if offset.trim() == "+0" { Ok(Delay::from_secs(0)) } else { Err(e) })
+                    .or_else(|e: String| {
+                        if offset.trim() == "+0" {
+                            Ok(Delay::from_secs(0))
+                        } else {
+                            Err(e)
+                        }
+                    })
                     .map_err(|e| format!("line {line_no}: bad `at`: {e}"))?;
                 start + delay.as_duration()
             }
@@ -95,9 +108,20 @@ pub fn parse_events(text: &str, start: DateTime<Utc>) -> Result<Vec<TimedEvent>,
                 .map_err(|e| format!("line {line_no}: bad `timestamp`: {e}"))?
                 .with_timezone(&Utc),
             (None, None) => start,
-            _ => return Err(format!("line {line_no}: give either `at` (\"+2h\") or `timestamp` (RFC 3339), as a string")),
+            _ => {
+                return Err(format!(
+                    "line {line_no}: give either `at` (\"+2h\") or `timestamp` (RFC 3339), as a string"
+                ));
+            }
         };
-        events.push(TimedEvent { at, event: EventFacts { name: name.to_string(), properties, timestamp: Some(at) } });
+        events.push(TimedEvent {
+            at,
+            event: EventFacts {
+                name: name.to_string(),
+                properties,
+                timestamp: Some(at),
+            },
+        });
     }
     events.sort_by_key(|e| e.at);
     Ok(events)
@@ -112,7 +136,10 @@ struct SimHistory {
 
 impl EventCounter for SimHistory {
     fn count_events(&self, name: &str, since: DateTime<Utc>) -> i64 {
-        self.events.iter().filter(|(at, n)| n == name && *at >= since).count() as i64
+        self.events
+            .iter()
+            .filter(|(at, n)| n == name && *at >= since)
+            .count() as i64
     }
 }
 
@@ -140,49 +167,152 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    fn push(&mut self, at: DateTime<Utc>, step: Option<String>, kind: &str, outcome: &str, detail: String, message: Option<Message>) {
-        self.entries.push(Entry { at, offset: format_offset(at - self.start), step, kind: kind.into(), outcome: outcome.into(), detail, message });
+    fn push(
+        &mut self,
+        at: DateTime<Utc>,
+        step: Option<String>,
+        kind: &str,
+        outcome: &str,
+        detail: String,
+        message: Option<Message>,
+    ) {
+        self.entries.push(Entry {
+            at,
+            offset: format_offset(at - self.start),
+            step,
+            kind: kind.into(),
+            outcome: outcome.into(),
+            detail,
+            message,
+        });
     }
 
     fn see(&mut self, event: &TimedEvent) {
-        self.history.events.push((event.at, event.event.name.clone()));
+        self.history
+            .events
+            .push((event.at, event.event.name.clone()));
         self.contact.last_seen_at = Some(event.at);
-        let properties: Vec<String> = event.event.properties.iter().map(|(k, v)| format!("{k} = {v}")).collect();
-        let detail = if properties.is_empty() { format!("\"{}\"", event.event.name) } else { format!("\"{}\" ({})", event.event.name, properties.join(", ")) };
+        let properties: Vec<String> = event
+            .event
+            .properties
+            .iter()
+            .map(|(k, v)| format!("{k} = {v}"))
+            .collect();
+        let detail = if properties.is_empty() {
+            format!("\"{}\"", event.event.name)
+        } else {
+            format!("\"{}\" ({})", event.event.name, properties.join(", "))
+        };
         self.push(event.at, None, "event", "arrived", detail, None);
     }
 
-    fn preview(&self, enrollment: &Enrollment, effect: &Effect, now: DateTime<Utc>) -> (String, Message) {
-        let data = template_data(self.journey, enrollment, &self.contact, "https://example.com/u/preview", now);
+    fn preview(
+        &self,
+        enrollment: &Enrollment,
+        effect: &Effect,
+        now: DateTime<Utc>,
+    ) -> (String, Message) {
+        let data = template_data(
+            self.journey,
+            enrollment,
+            &self.contact,
+            "https://example.com/u/preview",
+            now,
+        );
         let language = self.contact.language();
         match effect {
-            Effect::SendEmail { template } => match self.templates.render_email(template, language, &data) {
-                Ok(email) => (
-                    format!("email \"{}\" to {}", email.subject, self.contact.email.clone().unwrap_or_default()),
-                    Message {
-                        channel: "email".into(),
-                        to: self.contact.email.clone().unwrap_or_default(),
-                        subject: Some(email.subject),
-                        lines: email.text.lines().filter(|l| !l.trim().is_empty()).take(3).map(str::to_string).collect(),
-                    },
-                ),
-                Err(error) => (format!("email could not render: {error}"), Message { channel: "email".into(), to: String::new(), subject: None, lines: vec![] }),
-            },
-            Effect::SendSms { template } => match self.templates.render_sms(template, language, &data) {
-                Ok(sms) => (
-                    format!("SMS to {} ({} part{}, {})", self.contact.phone.clone().unwrap_or_default(), sms.segments, if sms.segments == 1 { "" } else { "s" }, serde_json::to_value(sms.encoding).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()),
-                    Message { channel: "sms".into(), to: self.contact.phone.clone().unwrap_or_default(), subject: None, lines: sms.body.lines().take(3).map(str::to_string).collect() },
-                ),
-                Err(error) => (format!("SMS could not render: {error}"), Message { channel: "sms".into(), to: String::new(), subject: None, lines: vec![] }),
-            },
+            Effect::SendEmail { template } => {
+                match self.templates.render_email(template, language, &data) {
+                    Ok(email) => (
+                        format!(
+                            "email \"{}\" to {}",
+                            email.subject,
+                            self.contact.email.clone().unwrap_or_default()
+                        ),
+                        Message {
+                            channel: "email".into(),
+                            to: self.contact.email.clone().unwrap_or_default(),
+                            subject: Some(email.subject),
+                            lines: email
+                                .text
+                                .lines()
+                                .filter(|l| !l.trim().is_empty())
+                                .take(3)
+                                .map(str::to_string)
+                                .collect(),
+                        },
+                    ),
+                    Err(error) => (
+                        format!("email could not render: {error}"),
+                        Message {
+                            channel: "email".into(),
+                            to: String::new(),
+                            subject: None,
+                            lines: vec![],
+                        },
+                    ),
+                }
+            }
+            Effect::SendSms { template } => {
+                match self.templates.render_sms(template, language, &data) {
+                    Ok(sms) => (
+                        format!(
+                            "SMS to {} ({} part{}, {})",
+                            self.contact.phone.clone().unwrap_or_default(),
+                            sms.segments,
+                            if sms.segments == 1 { "" } else { "s" },
+                            serde_json::to_value(sms.encoding)
+                                .ok()
+                                .and_then(|v| v.as_str().map(str::to_string))
+                                .unwrap_or_default()
+                        ),
+                        Message {
+                            channel: "sms".into(),
+                            to: self.contact.phone.clone().unwrap_or_default(),
+                            subject: None,
+                            lines: sms.body.lines().take(3).map(str::to_string).collect(),
+                        },
+                    ),
+                    Err(error) => (
+                        format!("SMS could not render: {error}"),
+                        Message {
+                            channel: "sms".into(),
+                            to: String::new(),
+                            subject: None,
+                            lines: vec![],
+                        },
+                    ),
+                }
+            }
             Effect::AssignToSales { team } => (
                 format!("team {team}"),
-                Message { channel: "sales".into(), to: team.clone(), subject: None, lines: vec![] },
+                Message {
+                    channel: "sales".into(),
+                    to: team.clone(),
+                    subject: None,
+                    lines: vec![],
+                },
             ),
-            Effect::Webhook { method, url, body, .. } => {
-                let url = self.templates.render_inline(url, &data).unwrap_or_else(|e| format!("(url could not render: {e})"));
-                let body = body.as_ref().map(|b| render_json(self.templates, b, &data).to_string()).unwrap_or_default();
-                (format!("{method} {url}"), Message { channel: "webhook".into(), to: url, subject: None, lines: if body.is_empty() { vec![] } else { vec![body] } })
+            Effect::Webhook {
+                method, url, body, ..
+            } => {
+                let url = self
+                    .templates
+                    .render_inline(url, &data)
+                    .unwrap_or_else(|e| format!("(url could not render: {e})"));
+                let body = body
+                    .as_ref()
+                    .map(|b| render_json(self.templates, b, &data).to_string())
+                    .unwrap_or_default();
+                (
+                    format!("{method} {url}"),
+                    Message {
+                        channel: "webhook".into(),
+                        to: url,
+                        subject: None,
+                        lines: if body.is_empty() { vec![] } else { vec![body] },
+                    },
+                )
             }
         }
     }
@@ -191,17 +321,48 @@ impl Run<'_> {
 /// Renders every string inside a JSON value as a template.
 pub fn render_json(templates: &Templates, value: &Json, data: &Json) -> Json {
     match value {
-        Json::String(s) => Json::String(templates.render_inline(s, data).unwrap_or_else(|_| s.clone())),
-        Json::Array(items) => Json::Array(items.iter().map(|v| render_json(templates, v, data)).collect()),
-        Json::Object(map) => Json::Object(map.iter().map(|(k, v)| (k.clone(), render_json(templates, v, data))).collect()),
+        Json::String(s) => Json::String(
+            templates
+                .render_inline(s, data)
+                .unwrap_or_else(|_| s.clone()),
+        ),
+        Json::Array(items) => Json::Array(
+            items
+                .iter()
+                .map(|v| render_json(templates, v, data))
+                .collect(),
+        ),
+        Json::Object(map) => Json::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), render_json(templates, v, data)))
+                .collect(),
+        ),
         other => other.clone(),
     }
 }
 
-pub fn simulate(journey: &Journey, templates: &Templates, contact: Contact, events: Vec<TimedEvent>, start: DateTime<Utc>) -> Report {
-    let mut run = Run { journey, templates, contact, start, history: SimHistory::default(), entries: Vec::new() };
+pub fn simulate(
+    journey: &Journey,
+    templates: &Templates,
+    contact: Contact,
+    events: Vec<TimedEvent>,
+    start: DateTime<Utc>,
+) -> Report {
+    let mut run = Run {
+        journey,
+        templates,
+        contact,
+        start,
+        history: SimHistory::default(),
+        entries: Vec::new(),
+    };
     let mut pending = std::collections::VecDeque::from(events);
-    let contact_name = run.contact.email.clone().or(run.contact.phone.clone()).unwrap_or_else(|| run.contact.id.clone());
+    let contact_name = run
+        .contact
+        .email
+        .clone()
+        .or(run.contact.phone.clone())
+        .unwrap_or_else(|| run.contact.id.clone());
     let report = |run: Run, outcome: &str| Report {
         journey: journey.id.clone(),
         version: journey.version.clone(),
@@ -220,7 +381,13 @@ pub fn simulate(journey: &Journey, templates: &Templates, contact: Contact, even
                 let view = run.contact.facts_view();
                 let matched = matcher.event == event.event.name
                     && matcher.condition.as_ref().is_none_or(|c| {
-                        let facts = run.contact.facts(&view, Some(&event.event), Some(&event.event), event.at, &run.history);
+                        let facts = run.contact.facts(
+                            &view,
+                            Some(&event.event),
+                            Some(&event.event),
+                            event.at,
+                            &run.history,
+                        );
                         c.eval_bool(&facts) == Ok(true)
                     });
                 if matched {
@@ -231,7 +398,11 @@ pub fn simulate(journey: &Journey, templates: &Templates, contact: Contact, even
             match found {
                 Some(event) => (event.at, Some(event.event)),
                 None => {
-                    let event = EventFacts { name: matcher.event.clone(), properties: Map::new(), timestamp: Some(start) };
+                    let event = EventFacts {
+                        name: matcher.event.clone(),
+                        properties: Map::new(),
+                        timestamp: Some(start),
+                    };
                     run.push(start, None, "note", "assumed", format!("no \"{}\" in the events{}; simulating one with no properties at the start", matcher.event, if matcher.condition.is_some() { " matched the trigger's `where`" } else { "" }), None);
                     (start, Some(event))
                 }
@@ -241,12 +412,28 @@ pub fn simulate(journey: &Journey, templates: &Templates, contact: Contact, even
             if run.contact.stage < *stage {
                 run.contact.stage = *stage;
             }
-            (start, Some(EventFacts { name: "Lead Qualified".into(), properties: [("stage".to_string(), Json::from(stage.as_str()))].into_iter().collect(), timestamp: Some(start) }))
+            (
+                start,
+                Some(EventFacts {
+                    name: "Lead Qualified".into(),
+                    properties: [("stage".to_string(), Json::from(stage.as_str()))]
+                        .into_iter()
+                        .collect(),
+                    timestamp: Some(start),
+                }),
+            )
         }
         Trigger::Schedule { cron, audience } => {
             let zone = journey.settings.timezone;
             let Some(tick) = cron.next_after(start - Duration::seconds(1), zone) else {
-                run.push(start, None, "note", "never", format!("schedule \"{}\" never fires", cron.text), None);
+                run.push(
+                    start,
+                    None,
+                    "note",
+                    "never",
+                    format!("schedule \"{}\" never fires", cron.text),
+                    None,
+                );
                 return report(run, "not_enrolled");
             };
             let view = run.contact.facts_view();
@@ -254,23 +441,63 @@ pub fn simulate(journey: &Journey, templates: &Templates, contact: Contact, even
             let result = audience.eval_bool(&facts);
             let explained = audience.explain(&facts);
             if result != Ok(true) {
-                run.push(tick, None, "enrolled", "not_in_audience", format!("schedule \"{}\" fired; audience `{}` is false ({explained})", cron.text, audience.source()), None);
+                run.push(
+                    tick,
+                    None,
+                    "enrolled",
+                    "not_in_audience",
+                    format!(
+                        "schedule \"{}\" fired; audience `{}` is false ({explained})",
+                        cron.text,
+                        audience.source()
+                    ),
+                    None,
+                );
                 return report(run, "not_enrolled");
             }
-            run.push(tick, None, "enrolled", "in_audience", format!("schedule \"{}\" fired; audience `{}` is true ({explained})", cron.text, audience.source()), None);
+            run.push(
+                tick,
+                None,
+                "enrolled",
+                "in_audience",
+                format!(
+                    "schedule \"{}\" fired; audience `{}` is true ({explained})",
+                    cron.text,
+                    audience.source()
+                ),
+                None,
+            );
             (tick, None)
         }
     };
     let key = journey.enrollment_key.as_ref().and_then(|expr| {
         let view = run.contact.facts_view();
-        let facts = run.contact.facts(&view, trigger.as_ref(), None, entered_at, &run.history);
-        expr.eval(&facts).ok().map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))
+        let facts = run
+            .contact
+            .facts(&view, trigger.as_ref(), None, entered_at, &run.history);
+        expr.eval(&facts).ok().map(|v| {
+            v.as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| v.to_string())
+        })
     });
     if let Trigger::Event(_) | Trigger::Stage(_) = journey.trigger {
         let detail = match (&journey.trigger, &key) {
             (Trigger::Stage(stage), _) => format!("stage became {stage}"),
-            (_, Some(key)) => format!("by \"{}\" (enrollment key {key})", trigger.as_ref().map(|t| t.name.as_str()).unwrap_or_default()),
-            _ => format!("by \"{}\"", trigger.as_ref().map(|t| t.name.as_str()).unwrap_or_default()),
+            (_, Some(key)) => format!(
+                "by \"{}\" (enrollment key {key})",
+                trigger
+                    .as_ref()
+                    .map(|t| t.name.as_str())
+                    .unwrap_or_default()
+            ),
+            _ => format!(
+                "by \"{}\"",
+                trigger
+                    .as_ref()
+                    .map(|t| t.name.as_str())
+                    .unwrap_or_default()
+            ),
         };
         run.push(entered_at, None, "enrolled", "enrolled", detail, None);
     }
@@ -283,7 +510,9 @@ pub fn simulate(journey: &Journey, templates: &Templates, contact: Contact, even
         key,
         position: match journey.entry() {
             crate::journey::model::Target::Step(step) => Position::Entering { step },
-            crate::journey::model::Target::End => Position::Finished { outcome: Outcome::Completed },
+            crate::journey::model::Target::End => Position::Finished {
+                outcome: Outcome::Completed,
+            },
         },
         seq: 0,
         entered_at,
@@ -312,11 +541,22 @@ pub fn simulate(journey: &Journey, templates: &Templates, contact: Contact, even
             now = now.max(deadline);
         }
         if now > horizon {
-            run.push(now, None, "note", "stopped", format!("still running after {HORIZON_DAYS} days of simulated time"), None);
+            run.push(
+                now,
+                None,
+                "note",
+                "stopped",
+                format!("still running after {HORIZON_DAYS} days of simulated time"),
+                None,
+            );
             return report(run, "still_running");
         }
         let world_contact = run.contact.clone();
-        let world = World { contact: &world_contact, now, history: &run.history };
+        let world = World {
+            contact: &world_contact,
+            now,
+            history: &run.history,
+        };
         let input = match &input_event {
             Some(event) => Input::Event(event),
             None => Input::Due,
@@ -334,16 +574,31 @@ pub fn simulate(journey: &Journey, templates: &Templates, contact: Contact, even
         }
         let mut effects = moved.effects.iter().peekable();
         for record in &moved.records {
-            let StepRecord { step, kind, outcome, detail, .. } = record;
-            if outcome == "sent" || outcome == "assigned" || outcome == "called" {
-                if let Some(effect) = effects.next() {
-                    let (detail, message) = run.preview(&enrollment, &effect.effect, now);
-                    if matches!(effect.effect, Effect::SendEmail { .. } | Effect::SendSms { .. }) {
-                        run.history.messages.push(now);
-                    }
-                    run.push(now, Some(step.clone()), kind, outcome, detail, Some(message));
-                    continue;
+            let StepRecord {
+                step,
+                kind,
+                outcome,
+                detail,
+                ..
+            } = record;
+            let performs = outcome == "sent" || outcome == "assigned" || outcome == "called";
+            if performs && let Some(effect) = effects.next() {
+                let (detail, message) = run.preview(&enrollment, &effect.effect, now);
+                if matches!(
+                    effect.effect,
+                    Effect::SendEmail { .. } | Effect::SendSms { .. }
+                ) {
+                    run.history.messages.push(now);
                 }
+                run.push(
+                    now,
+                    Some(step.clone()),
+                    kind,
+                    outcome,
+                    detail,
+                    Some(message),
+                );
+                continue;
             }
             run.push(now, Some(step.clone()), kind, outcome, detail.clone(), None);
         }
@@ -351,10 +606,18 @@ pub fn simulate(journey: &Journey, templates: &Templates, contact: Contact, even
         enrollment.seq = moved.seq;
     }
     let outcome = match &enrollment.position {
-        Position::Finished { outcome: Outcome::Completed } => "completed",
-        Position::Finished { outcome: Outcome::Exited } => "exited",
-        Position::Finished { outcome: Outcome::Converted } => "converted",
-        Position::Finished { outcome: Outcome::Failed { .. } } => "failed",
+        Position::Finished {
+            outcome: Outcome::Completed,
+        } => "completed",
+        Position::Finished {
+            outcome: Outcome::Exited,
+        } => "exited",
+        Position::Finished {
+            outcome: Outcome::Converted,
+        } => "converted",
+        Position::Finished {
+            outcome: Outcome::Failed { .. },
+        } => "failed",
         _ => "still_running",
     };
     run.push(now, None, "end", outcome, String::new(), None);
@@ -368,13 +631,29 @@ pub fn render_text(report: &Report, zone: chrono_tz::Tz) -> String {
         report.journey,
         report.version,
         report.contact,
-        report.start.with_timezone(&zone).format("%a %Y-%m-%d %H:%M %Z")
+        report
+            .start
+            .with_timezone(&zone)
+            .format("%a %Y-%m-%d %H:%M %Z")
     );
-    let step_width = report.entries.iter().filter_map(|e| e.step.as_ref().map(String::len)).max().unwrap_or(8).max(8);
+    let step_width = report
+        .entries
+        .iter()
+        .filter_map(|e| e.step.as_ref().map(String::len))
+        .max()
+        .unwrap_or(8)
+        .max(8);
     for entry in &report.entries {
         let step = entry.step.clone().unwrap_or_else(|| entry.kind.clone());
-        let what = if entry.detail.is_empty() { entry.outcome.clone() } else { format!("{}: {}", entry.outcome, entry.detail) };
-        out.push_str(&format!("  {:<8} {:<step_width$}  {what}\n", entry.offset, step));
+        let what = if entry.detail.is_empty() {
+            entry.outcome.clone()
+        } else {
+            format!("{}: {}", entry.outcome, entry.detail)
+        };
+        out.push_str(&format!(
+            "  {:<8} {:<step_width$}  {what}\n",
+            entry.offset, step
+        ));
         if let Some(message) = &entry.message {
             let indent = " ".repeat(13 + step_width);
             if let Some(subject) = &message.subject {

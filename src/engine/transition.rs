@@ -32,10 +32,18 @@ pub struct Enrollment {
 #[serde(tag = "at", rename_all = "snake_case")]
 pub enum Position {
     /// Due now: the step runs when its job is taken.
-    Entering { step: StepIndex },
+    Entering {
+        step: StepIndex,
+    },
     /// Held in a step until `until` (or, for `wait_for`, until the awaited event).
-    Parked { step: StepIndex, until: DateTime<Utc>, reason: Park },
-    Finished { outcome: Outcome },
+    Parked {
+        step: StepIndex,
+        until: DateTime<Utc>,
+        reason: Park,
+    },
+    Finished {
+        outcome: Outcome,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,7 +63,9 @@ pub enum Outcome {
     Exited,
     /// The goal event happened: counted as a conversion.
     Converted,
-    Failed { reason: String },
+    Failed {
+        reason: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,9 +83,15 @@ impl Enrollment {
         match &self.position {
             Position::Entering { .. } => Status::Active,
             Position::Parked { .. } => Status::Waiting,
-            Position::Finished { outcome: Outcome::Completed } => Status::Completed,
-            Position::Finished { outcome: Outcome::Exited | Outcome::Converted } => Status::Exited,
-            Position::Finished { outcome: Outcome::Failed { .. } } => Status::Failed,
+            Position::Finished {
+                outcome: Outcome::Completed,
+            } => Status::Completed,
+            Position::Finished {
+                outcome: Outcome::Exited | Outcome::Converted,
+            } => Status::Exited,
+            Position::Finished {
+                outcome: Outcome::Failed { .. },
+            } => Status::Failed,
         }
     }
 
@@ -128,10 +144,21 @@ impl fmt::Display for EffectKey {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "effect", rename_all = "snake_case")]
 pub enum Effect {
-    SendEmail { template: String },
-    SendSms { template: String },
-    AssignToSales { team: String },
-    Webhook { method: String, url: String, headers: std::collections::BTreeMap<String, String>, body: Option<serde_json::Value> },
+    SendEmail {
+        template: String,
+    },
+    SendSms {
+        template: String,
+    },
+    AssignToSales {
+        team: String,
+    },
+    Webhook {
+        method: String,
+        url: String,
+        headers: std::collections::BTreeMap<String, String>,
+        body: Option<serde_json::Value>,
+    },
 }
 
 /// One line of an enrollment's history, for funnels and for the simulator's story.
@@ -178,23 +205,49 @@ pub fn zone_for(journey: &Journey, contact: &Contact) -> Tz {
 }
 
 /// Makes one move of the state machine.
-pub fn advance(journey: &Journey, enrollment: &Enrollment, seq: u64, input: Input<'_>, world: &World<'_>) -> Result<Advance, Refused> {
+pub fn advance(
+    journey: &Journey,
+    enrollment: &Enrollment,
+    seq: u64,
+    input: Input<'_>,
+    world: &World<'_>,
+) -> Result<Advance, Refused> {
     if enrollment.seq != seq {
         return Err(Refused::Stale);
     }
-    let mut mover = Mover { journey, enrollment, world, changes: Vec::new(), effects: Vec::new(), records: Vec::new() };
+    let mut mover = Mover {
+        journey,
+        enrollment,
+        world,
+        changes: Vec::new(),
+        effects: Vec::new(),
+        records: Vec::new(),
+    };
     let position = match (&enrollment.position, input) {
         (Position::Finished { .. }, _) => return Err(Refused::Finished),
         (_, Input::Event(event)) => mover.on_event(event)?,
         (Position::Entering { step }, Input::Due) => mover.enter(*step),
-        (Position::Parked { step, until, reason }, Input::Due) => {
+        (
+            Position::Parked {
+                step,
+                until,
+                reason,
+            },
+            Input::Due,
+        ) => {
             if world.now < *until {
                 return Err(Refused::NotYet(*until));
             }
             mover.wake(*step, *reason)
         }
     };
-    Ok(Advance { position, seq: seq + 1, changes: mover.changes, effects: mover.effects, records: mover.records })
+    Ok(Advance {
+        position,
+        seq: seq + 1,
+        changes: mover.changes,
+        effects: mover.effects,
+        records: mover.records,
+    })
 }
 
 struct Mover<'a> {
@@ -222,7 +275,9 @@ impl Mover<'_> {
     fn go(&self, target: Target) -> Position {
         match target {
             Target::Step(step) => Position::Entering { step },
-            Target::End => Position::Finished { outcome: Outcome::Completed },
+            Target::End => Position::Finished {
+                outcome: Outcome::Completed,
+            },
         }
     }
 
@@ -230,9 +285,17 @@ impl Mover<'_> {
         if matcher.event != event.name {
             return Ok(false);
         }
-        let Some(condition) = &matcher.condition else { return Ok(true) };
+        let Some(condition) = &matcher.condition else {
+            return Ok(true);
+        };
         let view = self.world.contact.facts_view();
-        let facts = self.world.contact.facts(&view, self.enrollment.trigger.as_ref(), Some(event), self.world.now, self.world.history);
+        let facts = self.world.contact.facts(
+            &view,
+            self.enrollment.trigger.as_ref(),
+            Some(event),
+            self.world.now,
+            self.world.history,
+        );
         condition.eval_bool(&facts).map_err(|e| e.to_string())
     }
 
@@ -241,10 +304,21 @@ impl Mover<'_> {
             && self.matches(goal, event) == Ok(true)
         {
             let step = self.current_step();
-            self.record(step, "converted", format!("goal \"{}\" reached", goal.event));
-            return Ok(Position::Finished { outcome: Outcome::Converted });
+            self.record(
+                step,
+                "converted",
+                format!("goal \"{}\" reached", goal.event),
+            );
+            return Ok(Position::Finished {
+                outcome: Outcome::Converted,
+            });
         }
-        let Position::Parked { step, reason: Park::WaitFor, .. } = self.enrollment.position else {
+        let Position::Parked {
+            step,
+            reason: Park::WaitFor,
+            ..
+        } = self.enrollment.position
+        else {
             return Err(Refused::Ignored);
         };
         let StepKind::WaitFor { event: awaited, .. } = &self.journey.steps[step].kind else {
@@ -253,7 +327,15 @@ impl Mover<'_> {
         match self.matches(awaited, event) {
             Ok(true) => {
                 let next = self.journey.steps[step].next;
-                self.record(step, "event", format!("\"{}\" arrived; next: {}", event.name, self.journey.target_name(next)));
+                self.record(
+                    step,
+                    "event",
+                    format!(
+                        "\"{}\" arrived; next: {}",
+                        event.name,
+                        self.journey.target_name(next)
+                    ),
+                );
                 Ok(self.go(next))
             }
             _ => Err(Refused::Ignored),
@@ -270,14 +352,29 @@ impl Mover<'_> {
     fn wake(&mut self, step: StepIndex, reason: Park) -> Position {
         let current = &self.journey.steps[step];
         match (reason, &current.kind) {
-            (Park::WaitFor, StepKind::WaitFor { event, on_timeout, timeout }) => {
-                let detail = format!("no \"{}\" within {timeout}; next: {}", event.event, self.journey.target_name(*on_timeout));
+            (
+                Park::WaitFor,
+                StepKind::WaitFor {
+                    event,
+                    on_timeout,
+                    timeout,
+                },
+            ) => {
+                let detail = format!(
+                    "no \"{}\" within {timeout}; next: {}",
+                    event.event,
+                    self.journey.target_name(*on_timeout)
+                );
                 self.record(step, "timed_out", detail);
                 self.go(*on_timeout)
             }
             (Park::QuietHours, _) => self.run(step, true),
             _ => {
-                self.record(step, "waited", format!("next: {}", self.journey.target_name(current.next)));
+                self.record(
+                    step,
+                    "waited",
+                    format!("next: {}", self.journey.target_name(current.next)),
+                );
                 self.go(current.next)
             }
         }
@@ -286,18 +383,34 @@ impl Mover<'_> {
     fn enter(&mut self, step: StepIndex) -> Position {
         if let Some(exit_when) = &self.journey.exit_when {
             let view = self.world.contact.facts_view();
-            let facts = self.world.contact.facts(&view, self.enrollment.trigger.as_ref(), None, self.world.now, self.world.history);
+            let facts = self.world.contact.facts(
+                &view,
+                self.enrollment.trigger.as_ref(),
+                None,
+                self.world.now,
+                self.world.history,
+            );
             if exit_when.eval_bool(&facts) == Ok(true) {
-                let detail = format!("exit_when `{}` is true ({})", exit_when.source(), exit_when.explain(&facts));
+                let detail = format!(
+                    "exit_when `{}` is true ({})",
+                    exit_when.source(),
+                    exit_when.explain(&facts)
+                );
                 self.record(step, "exited", detail);
-                return Position::Finished { outcome: Outcome::Exited };
+                return Position::Finished {
+                    outcome: Outcome::Exited,
+                };
             }
         }
         self.run(step, false)
     }
 
     fn effect(&mut self, step: StepIndex, effect: Effect) {
-        let key = EffectKey { enrollment: self.enrollment.id.clone(), step: self.journey.steps[step].id.clone(), seq: self.enrollment.seq };
+        let key = EffectKey {
+            enrollment: self.enrollment.id.clone(),
+            step: self.journey.steps[step].id.clone(),
+            seq: self.enrollment.seq,
+        };
         self.effects.push(KeyedEffect { key, effect });
     }
 
@@ -313,21 +426,50 @@ impl Mover<'_> {
             StepKind::Wait(delay) => {
                 let until = now + delay.as_duration();
                 self.record(step, "waiting", format!("wait {delay}"));
-                Position::Parked { step, until, reason: Park::Wait }
+                Position::Parked {
+                    step,
+                    until,
+                    reason: Park::Wait,
+                }
             }
             StepKind::WaitUntil { time, days } => {
                 let until = next_time_of_day(now, zone, *time, *days);
-                self.record(step, "waiting", format!("until {} {zone}", until.with_timezone(&zone).format("%a %Y-%m-%d %H:%M")));
-                Position::Parked { step, until, reason: Park::Wait }
+                self.record(
+                    step,
+                    "waiting",
+                    format!(
+                        "until {} {zone}",
+                        until.with_timezone(&zone).format("%a %Y-%m-%d %H:%M")
+                    ),
+                );
+                Position::Parked {
+                    step,
+                    until,
+                    reason: Park::Wait,
+                }
             }
             StepKind::WaitFor { event, timeout, .. } => {
                 let until = now + timeout.as_duration();
-                self.record(step, "waiting", format!("for \"{}\" up to {timeout}", event.event));
-                Position::Parked { step, until, reason: Park::WaitFor }
+                self.record(
+                    step,
+                    "waiting",
+                    format!("for \"{}\" up to {timeout}", event.event),
+                );
+                Position::Parked {
+                    step,
+                    until,
+                    reason: Park::WaitFor,
+                }
             }
             StepKind::Branch { arms, otherwise } => {
                 let view = contact.facts_view();
-                let facts = contact.facts(&view, self.enrollment.trigger.as_ref(), None, now, self.world.history);
+                let facts = contact.facts(
+                    &view,
+                    self.enrollment.trigger.as_ref(),
+                    None,
+                    now,
+                    self.world.history,
+                );
                 let mut reasons = Vec::new();
                 let mut chosen = *otherwise;
                 let mut matched = false;
@@ -338,7 +480,15 @@ impl Mover<'_> {
                         Ok(b) => b.to_string(),
                         Err(error) => format!("error ({error}), so false"),
                     };
-                    reasons.push(format!("`{}` is {verdict}{}", arm.when.source(), if explained.is_empty() { String::new() } else { format!(" ({explained})") }));
+                    reasons.push(format!(
+                        "`{}` is {verdict}{}",
+                        arm.when.source(),
+                        if explained.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({explained})")
+                        }
+                    ));
                     if result == Ok(true) {
                         chosen = arm.goto;
                         matched = true;
@@ -348,7 +498,11 @@ impl Mover<'_> {
                 if !matched {
                     reasons.push("else".into());
                 }
-                self.record(step, "branched", format!("{} -> {}", reasons.join("; "), journey.target_name(chosen)));
+                self.record(
+                    step,
+                    "branched",
+                    format!("{} -> {}", reasons.join("; "), journey.target_name(chosen)),
+                );
                 self.go(chosen)
             }
             StepKind::Split { arms } => {
@@ -362,7 +516,11 @@ impl Mover<'_> {
                         break;
                     }
                 }
-                self.record(step, "split", format!("bucket {bucket} of 100 -> {}", journey.target_name(chosen)));
+                self.record(
+                    step,
+                    "split",
+                    format!("bucket {bucket} of 100 -> {}", journey.target_name(chosen)),
+                );
                 self.go(chosen)
             }
             StepKind::SendEmail { template } | StepKind::SendSms { template } => {
@@ -370,23 +528,61 @@ impl Mover<'_> {
                 if !released && let Some(quiet) = &journey.settings.quiet_hours {
                     let release = quiet.release_time(now, zone);
                     if release > now {
-                        self.record(step, "deferred", format!("quiet hours {quiet}; sending at {}", release.with_timezone(&zone).format("%a %H:%M %Z")));
-                        return Position::Parked { step, until: release, reason: Park::QuietHours };
+                        self.record(
+                            step,
+                            "deferred",
+                            format!(
+                                "quiet hours {quiet}; sending at {}",
+                                release.with_timezone(&zone).format("%a %H:%M %Z")
+                            ),
+                        );
+                        return Position::Parked {
+                            step,
+                            until: release,
+                            reason: Park::QuietHours,
+                        };
                     }
                 }
-                let address = if email { contact.email.as_deref() } else { contact.phone.as_deref() };
+                let address = if email {
+                    contact.email.as_deref()
+                } else {
+                    contact.phone.as_deref()
+                };
                 if address.is_none_or(|a| a.trim().is_empty()) {
-                    self.record(step, "skipped", if email { "the contact has no email address" } else { "the contact has no phone number" });
+                    self.record(
+                        step,
+                        "skipped",
+                        if email {
+                            "the contact has no email address"
+                        } else {
+                            "the contact has no phone number"
+                        },
+                    );
                     return self.go(next);
                 }
                 if let Some(cap) = &journey.settings.frequency_cap {
-                    let sent = self.world.history.messages_since(now - cap.window.as_duration());
+                    let sent = self
+                        .world
+                        .history
+                        .messages_since(now - cap.window.as_duration());
                     if sent >= cap.messages {
-                        self.record(step, "skipped", format!("frequency cap: {sent} messages in the last {}", cap.window));
+                        self.record(
+                            step,
+                            "skipped",
+                            format!("frequency cap: {sent} messages in the last {}", cap.window),
+                        );
                         return self.go(next);
                     }
                 }
-                let effect = if email { Effect::SendEmail { template: template.clone() } } else { Effect::SendSms { template: template.clone() } };
+                let effect = if email {
+                    Effect::SendEmail {
+                        template: template.clone(),
+                    }
+                } else {
+                    Effect::SendSms {
+                        template: template.clone(),
+                    }
+                };
                 self.effect(step, effect);
                 self.record(step, "sent", template.clone());
                 self.go(next)
@@ -394,14 +590,25 @@ impl Mover<'_> {
             StepKind::Tag(tags) | StepKind::Untag(tags) => {
                 let tagging = matches!(current.kind, StepKind::Tag(_));
                 for tag in tags {
-                    self.changes.push(if tagging { ContactChange::Tag { tag: tag.clone() } } else { ContactChange::Untag { tag: tag.clone() } });
+                    self.changes.push(if tagging {
+                        ContactChange::Tag { tag: tag.clone() }
+                    } else {
+                        ContactChange::Untag { tag: tag.clone() }
+                    });
                 }
-                self.record(step, if tagging { "tagged" } else { "untagged" }, tags.join(", "));
+                self.record(
+                    step,
+                    if tagging { "tagged" } else { "untagged" },
+                    tags.join(", "),
+                );
                 self.go(next)
             }
             StepKind::Set(traits) => {
                 for (name, value) in traits {
-                    self.changes.push(ContactChange::Set { name: name.clone(), value: value.clone() });
+                    self.changes.push(ContactChange::Set {
+                        name: name.clone(),
+                        value: value.clone(),
+                    });
                 }
                 let shown: Vec<String> = traits.iter().map(|(k, v)| format!("{k} = {v}")).collect();
                 self.record(step, "updated", shown.join(", "));
@@ -417,8 +624,21 @@ impl Mover<'_> {
                 self.record(step, "assigned", format!("team {team}"));
                 self.go(next)
             }
-            StepKind::Webhook(Webhook { method, url, headers, body }) => {
-                self.effect(step, Effect::Webhook { method: method.clone(), url: url.clone(), headers: headers.clone(), body: body.clone() });
+            StepKind::Webhook(Webhook {
+                method,
+                url,
+                headers,
+                body,
+            }) => {
+                self.effect(
+                    step,
+                    Effect::Webhook {
+                        method: method.clone(),
+                        url: url.clone(),
+                        headers: headers.clone(),
+                        body: body.clone(),
+                    },
+                );
                 self.record(step, "called", format!("{method} {url}"));
                 self.go(next)
             }
@@ -434,7 +654,12 @@ pub fn split_bucket(contact_id: &str, journey_id: &str, step_id: &str) -> u32 {
 
 /// Whether the contact may enter the journey now, given their earlier enrollments in it
 /// (newest last). `key` is the enrollment key of the new enrollment.
-pub fn may_enter(journey: &Journey, earlier: &[Enrollment], key: Option<&str>, now: DateTime<Utc>) -> Result<(), String> {
+pub fn may_enter(
+    journey: &Journey,
+    earlier: &[Enrollment],
+    key: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<(), String> {
     let same_key = |e: &&Enrollment| e.key.as_deref() == key;
     if let Some(active) = earlier.iter().filter(same_key).find(|e| !e.is_finished()) {
         return Err(format!("already enrolled ({})", active.id));
@@ -445,9 +670,13 @@ pub fn may_enter(journey: &Journey, earlier: &[Enrollment], key: Option<&str>, n
             Some(_) => Err("re_entry is never and the contact was enrolled before".into()),
             None => Ok(()),
         },
-        crate::journey::model::ReEntry::After(delay) => match earlier.iter().filter(same_key).map(|e| e.entered_at).max() {
-            Some(last) if now < last + delay.as_duration() => Err(format!("re_entry after {delay}: last enrolled {last}")),
-            _ => Ok(()),
-        },
+        crate::journey::model::ReEntry::After(delay) => {
+            match earlier.iter().filter(same_key).map(|e| e.entered_at).max() {
+                Some(last) if now < last + delay.as_duration() => {
+                    Err(format!("re_entry after {delay}: last enrolled {last}"))
+                }
+                _ => Ok(()),
+            }
+        }
     }
 }

@@ -7,8 +7,8 @@
 use super::{ExprError, Place, Want};
 use crate::journey::diagnostic::did_you_mean;
 use crate::journey::values::Delay;
-use cel::common::ast::{operators, EntryExpr, Expr as Node, IdedExpr, LiteralValue};
 use cel::Program;
+use cel::common::ast::{EntryExpr, Expr as Node, IdedExpr, LiteralValue, operators};
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 
@@ -80,10 +80,32 @@ const EVENT_FIELDS: [(&str, Ty); 3] = [
 ];
 
 const FUNCTIONS: [&str; 26] = [
-    "size", "contains", "startsWith", "endsWith", "matches", "int", "uint", "double", "string",
-    "bool", "timestamp", "duration", "dyn", "type", "getFullYear", "getMonth", "getDate",
-    "getDayOfMonth", "getDayOfWeek", "getDayOfYear", "getHours", "getMinutes", "getSeconds",
-    "getMilliseconds", "count_events", "has",
+    "size",
+    "contains",
+    "startsWith",
+    "endsWith",
+    "matches",
+    "int",
+    "uint",
+    "double",
+    "string",
+    "bool",
+    "timestamp",
+    "duration",
+    "dyn",
+    "type",
+    "getFullYear",
+    "getMonth",
+    "getDate",
+    "getDayOfMonth",
+    "getDayOfWeek",
+    "getDayOfYear",
+    "getHours",
+    "getMinutes",
+    "getSeconds",
+    "getMilliseconds",
+    "count_events",
+    "has",
 ];
 
 pub(super) struct Checked {
@@ -93,7 +115,12 @@ pub(super) struct Checked {
     pub count_calls: Vec<(String, Delay)>,
 }
 
-pub(super) fn check(program: &Program, source: &str, place: Place, want: Want) -> Result<Checked, Vec<ExprError>> {
+pub(super) fn check(
+    program: &Program,
+    source: &str,
+    place: Place,
+    want: Want,
+) -> Result<Checked, Vec<ExprError>> {
     let mut variables: HashMap<String, Ty> = HashMap::new();
     for (name, ty) in [
         ("score", Ty::Int),
@@ -131,10 +158,18 @@ pub(super) fn check(program: &Program, source: &str, place: Place, want: Want) -
     let ty = checker.infer(root);
     match want {
         Want::Bool if !matches!(ty, Ty::Bool | Ty::Dyn | Ty::Null) => {
-            checker.error(root, format!("this condition gives {ty}, but it must be true or false"), Some("compare it, e.g. `score >= 50` or `traits.plan == \"pro\"`".into()));
+            checker.error(
+                root,
+                format!("this condition gives {ty}, but it must be true or false"),
+                Some("compare it, e.g. `score >= 50` or `traits.plan == \"pro\"`".into()),
+            );
         }
         Want::Key if !matches!(ty, Ty::String | Ty::Int | Ty::Dyn) => {
-            checker.error(root, format!("an enrollment key must be a string or a number, this gives {ty}"), None);
+            checker.error(
+                root,
+                format!("an enrollment key must be a string or a number, this gives {ty}"),
+                None,
+            );
         }
         _ => {}
     }
@@ -178,11 +213,18 @@ impl Checker<'_> {
         if self.errors.iter().any(|e| e.offset == offset) {
             return;
         }
-        self.errors.push(ExprError { offset, message, hint });
+        self.errors.push(ExprError {
+            offset,
+            message,
+            hint,
+        });
     }
 
     fn lookup(&self, name: &str) -> Option<Ty> {
-        self.scopes.iter().rev().find_map(|scope| scope.get(name).cloned())
+        self.scopes
+            .iter()
+            .rev()
+            .find_map(|scope| scope.get(name).cloned())
     }
 
     fn infer(&mut self, expr: &IdedExpr) -> Ty {
@@ -223,7 +265,11 @@ impl Checker<'_> {
                 Ty::Map
             }
             Node::Struct(_) => {
-                self.error(expr, "message literals are not supported in journey conditions".into(), None);
+                self.error(
+                    expr,
+                    "message literals are not supported in journey conditions".into(),
+                    None,
+                );
                 Ty::Dyn
             }
             Node::Comprehension(comprehension) => {
@@ -233,7 +279,11 @@ impl Checker<'_> {
                     Ty::Map => Ty::String,
                     Ty::Dyn | Ty::Null => Ty::Dyn,
                     other => {
-                        self.error(&comprehension.iter_range, format!("cannot loop over {other}"), None);
+                        self.error(
+                            &comprehension.iter_range,
+                            format!("cannot loop over {other}"),
+                            None,
+                        );
                         Ty::Dyn
                     }
                 };
@@ -251,7 +301,9 @@ impl Checker<'_> {
                 self.scopes.pop();
                 result
             }
-            Node::Call(call) => self.call(expr, &call.func_name, call.target.as_deref(), &call.args),
+            Node::Call(call) => {
+                self.call(expr, &call.func_name, call.target.as_deref(), &call.args)
+            }
         }
     }
 
@@ -310,16 +362,38 @@ impl Checker<'_> {
             Some(suggestion) => format!("did you mean `{suggestion}`?"),
             None => format!(
                 "known fields: {}",
-                fields.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(", ")
+                fields
+                    .iter()
+                    .map(|(name, _)| *name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         };
-        let what = if *operand == Ty::Contact { "the contact" } else { "an event" };
-        let extra = if *operand == Ty::Event { " (event data is under `properties`)" } else { "" };
-        self.error(expr, format!("{what} has no field `{field}`{extra}"), Some(hint));
+        let what = if *operand == Ty::Contact {
+            "the contact"
+        } else {
+            "an event"
+        };
+        let extra = if *operand == Ty::Event {
+            " (event data is under `properties`)"
+        } else {
+            ""
+        };
+        self.error(
+            expr,
+            format!("{what} has no field `{field}`{extra}"),
+            Some(hint),
+        );
         Ty::Dyn
     }
 
-    fn call(&mut self, expr: &IdedExpr, name: &str, target: Option<&IdedExpr>, args: &[IdedExpr]) -> Ty {
+    fn call(
+        &mut self,
+        expr: &IdedExpr,
+        name: &str,
+        target: Option<&IdedExpr>,
+        args: &[IdedExpr],
+    ) -> Ty {
         let target_ty = target.map(|t| self.infer(t));
         let arg_tys: Vec<Ty> = args.iter().map(|a| self.infer(a)).collect();
         let binary = |checker: &mut Checker, op: &str| -> Option<(Ty, Ty)> {
@@ -334,8 +408,16 @@ impl Checker<'_> {
             operators::LOGICAL_AND | operators::LOGICAL_OR => {
                 for (arg, ty) in args.iter().zip(&arg_tys) {
                     if !matches!(ty, Ty::Bool | Ty::Dyn | Ty::Null) {
-                        let op = if name == operators::LOGICAL_AND { "&&" } else { "||" };
-                        self.error(arg, format!("`{op}` joins conditions, but this is {ty}"), Some("compare it to something, e.g. `score >= 50`".into()));
+                        let op = if name == operators::LOGICAL_AND {
+                            "&&"
+                        } else {
+                            "||"
+                        };
+                        self.error(
+                            arg,
+                            format!("`{op}` joins conditions, but this is {ty}"),
+                            Some("compare it to something, e.g. `score >= 50`".into()),
+                        );
                     }
                 }
                 Ty::Bool
@@ -345,21 +427,49 @@ impl Checker<'_> {
                 if let Some((left, right)) = binary(self, name)
                     && !left.comparable_with(&right)
                 {
-                    self.error(expr, format!("compares {left} with {right}, which is never equal"), quote_hint(&left, &right));
+                    self.error(
+                        expr,
+                        format!("compares {left} with {right}, which is never equal"),
+                        quote_hint(&left, &right),
+                    );
                 }
                 Ty::Bool
             }
-            operators::LESS | operators::LESS_EQUALS | operators::GREATER | operators::GREATER_EQUALS => {
+            operators::LESS
+            | operators::LESS_EQUALS
+            | operators::GREATER
+            | operators::GREATER_EQUALS => {
                 if let Some((left, right)) = binary(self, name) {
-                    let orderable = |t: &Ty| matches!(t, Ty::Int | Ty::Double | Ty::String | Ty::Timestamp | Ty::Duration | Ty::Dyn | Ty::Null);
+                    let orderable = |t: &Ty| {
+                        matches!(
+                            t,
+                            Ty::Int
+                                | Ty::Double
+                                | Ty::String
+                                | Ty::Timestamp
+                                | Ty::Duration
+                                | Ty::Dyn
+                                | Ty::Null
+                        )
+                    };
                     if !left.comparable_with(&right) || !orderable(&left) || !orderable(&right) {
-                        self.error(expr, format!("cannot order {left} against {right}"), quote_hint(&left, &right));
+                        self.error(
+                            expr,
+                            format!("cannot order {left} against {right}"),
+                            quote_hint(&left, &right),
+                        );
                     }
                 }
                 Ty::Bool
             }
-            operators::ADD | operators::SUBSTRACT | operators::MULTIPLY | operators::DIVIDE | operators::MODULO => {
-                let Some((left, right)) = binary(self, name) else { return Ty::Dyn };
+            operators::ADD
+            | operators::SUBSTRACT
+            | operators::MULTIPLY
+            | operators::DIVIDE
+            | operators::MODULO => {
+                let Some((left, right)) = binary(self, name) else {
+                    return Ty::Dyn;
+                };
                 match (&left, &right) {
                     (l, r) if l.is_dyn() || r.is_dyn() => Ty::Dyn,
                     (Ty::Int, Ty::Int) => Ty::Int,
@@ -370,7 +480,14 @@ impl Checker<'_> {
                     (Ty::Timestamp, Ty::Timestamp) if name == operators::SUBSTRACT => Ty::Duration,
                     (Ty::Duration, Ty::Duration) => Ty::Duration,
                     _ => {
-                        self.error(expr, format!("cannot combine {left} and {right} with `{}`", name.trim_matches('_')), None);
+                        self.error(
+                            expr,
+                            format!(
+                                "cannot combine {left} and {right} with `{}`",
+                                name.trim_matches('_')
+                            ),
+                            None,
+                        );
                         Ty::Dyn
                     }
                 }
@@ -381,7 +498,11 @@ impl Checker<'_> {
                 if let Some((_, container)) = binary(self, name)
                     && !matches!(container, Ty::List(_) | Ty::Map | Ty::Dyn | Ty::Null)
                 {
-                    self.error(&args[1], format!("`in` needs a list or a map on its right, this is {container}"), None);
+                    self.error(
+                        &args[1],
+                        format!("`in` needs a list or a map on its right, this is {container}"),
+                        None,
+                    );
                 }
                 Ty::Bool
             }
@@ -400,8 +521,13 @@ impl Checker<'_> {
                 if let Some(target) = &target_ty
                     && !matches!(target, Ty::String | Ty::Dyn | Ty::Null)
                 {
-                    let hint = matches!(target, Ty::List(_)).then(|| "for a list, write `\"value\" in list`".to_string());
-                    self.error(expr, format!("`{name}` works on strings, not on {target}"), hint);
+                    let hint = matches!(target, Ty::List(_))
+                        .then(|| "for a list, write `\"value\" in list`".to_string());
+                    self.error(
+                        expr,
+                        format!("`{name}` works on strings, not on {target}"),
+                        hint,
+                    );
                 }
                 Ty::Bool
             }
@@ -413,8 +539,10 @@ impl Checker<'_> {
             "duration" => Ty::Duration,
             "dyn" | "type" => Ty::Dyn,
             "has" => Ty::Bool,
-            "getFullYear" | "getMonth" | "getDate" | "getDayOfMonth" | "getDayOfWeek" | "getDayOfYear" | "getHours"
-            | "getMinutes" | "getSeconds" | "getMilliseconds" => Ty::Int,
+            "getFullYear" | "getMonth" | "getDate" | "getDayOfMonth" | "getDayOfWeek"
+            | "getDayOfYear" | "getHours" | "getMinutes" | "getSeconds" | "getMilliseconds" => {
+                Ty::Int
+            }
             "count_events" => {
                 self.count_events(expr, args);
                 Ty::Int
@@ -437,11 +565,23 @@ impl Checker<'_> {
             [name, window] => match (literal(name), literal(window)) {
                 (Some(name), Some(window_text)) => match window_text.parse::<Delay>() {
                     Ok(window) => self.count_calls.push((name, window)),
-                    Err(reason) => self.error(&args[1], format!("bad window for count_events: {reason}"), Some(crate::journey::values::DELAY_HINT.into())),
+                    Err(reason) => self.error(
+                        &args[1],
+                        format!("bad window for count_events: {reason}"),
+                        Some(crate::journey::values::DELAY_HINT.into()),
+                    ),
                 },
-                _ => self.error(expr, "count_events needs a literal event name and window".into(), Some(usage.into())),
+                _ => self.error(
+                    expr,
+                    "count_events needs a literal event name and window".into(),
+                    Some(usage.into()),
+                ),
             },
-            _ => self.error(expr, format!("count_events takes 2 arguments, not {}", args.len()), Some(usage.into())),
+            _ => self.error(
+                expr,
+                format!("count_events takes 2 arguments, not {}", args.len()),
+                Some(usage.into()),
+            ),
         }
     }
 }

@@ -137,12 +137,20 @@ impl Expr {
         let program = env().compile(source).map_err(|errors| {
             // The parser's later errors are echoes of the first.
             let first = errors.errors.first();
-            let offset = first.map(|e| line_col_to_offset(source, e.pos.0, e.pos.1)).unwrap_or(0);
-            let mut message = first.map(|e| e.msg.trim_start_matches("Syntax error: ").to_string()).unwrap_or_default();
+            let offset = first
+                .map(|e| line_col_to_offset(source, e.pos.0, e.pos.1))
+                .unwrap_or(0);
+            let mut message = first
+                .map(|e| e.msg.trim_start_matches("Syntax error: ").to_string())
+                .unwrap_or_default();
             if message.starts_with("mismatched input '<EOF>'") {
                 message = "it ends too early: a value is missing at the end".into();
             }
-            vec![ExprError { offset, message: format!("cannot parse the condition: {message}"), hint: parse_hint(source) }]
+            vec![ExprError {
+                offset,
+                message: format!("cannot parse the condition: {message}"),
+                hint: parse_hint(source),
+            }]
         })?;
         let checked = check::check(&program, source, place, want)?;
         Ok(Expr {
@@ -170,8 +178,16 @@ impl Expr {
         bind(&mut context, "tags", to_cel(&facts.tags)?);
         bind(&mut context, "traits", to_cel(&traits)?);
         bind(&mut context, "contact", to_cel(facts.contact)?);
-        bind(&mut context, "inactive_days", CelValue::Int(facts.inactive_days));
-        bind(&mut context, "now", CelValue::Timestamp(facts.now.fixed_offset()));
+        bind(
+            &mut context,
+            "inactive_days",
+            CelValue::Int(facts.inactive_days),
+        );
+        bind(
+            &mut context,
+            "now",
+            CelValue::Timestamp(facts.now.fixed_offset()),
+        );
         for (name, event) in [("trigger", facts.trigger), ("event", facts.event)] {
             if let Some(event) = event {
                 let mut event = event.clone();
@@ -185,19 +201,29 @@ impl Expr {
                 .iter()
                 .map(|(name, window)| {
                     let since = facts.now - window.as_duration();
-                    (name.clone(), window.to_string(), facts.counter.count_events(name, since))
+                    (
+                        name.clone(),
+                        window.to_string(),
+                        facts.counter.count_events(name, since),
+                    )
                 })
                 .collect();
             let counts = Arc::new(counts);
             context
-                .add_function("count_events", move |name: Arc<String>, window: Arc<String>| {
-                    let window = window.parse::<Delay>().map(|d| d.to_string()).unwrap_or_default();
-                    counts
-                        .iter()
-                        .find(|(n, w, _)| n == name.as_str() && *w == window)
-                        .map(|(_, _, count)| *count)
-                        .unwrap_or(0)
-                })
+                .add_function(
+                    "count_events",
+                    move |name: Arc<String>, window: Arc<String>| {
+                        let window = window
+                            .parse::<Delay>()
+                            .map(|d| d.to_string())
+                            .unwrap_or_default();
+                        counts
+                            .iter()
+                            .find(|(n, w, _)| n == name.as_str() && *w == window)
+                            .map(|(_, _, count)| *count)
+                            .unwrap_or(0)
+                    },
+                )
                 .map_err(|error| EvalError(error.to_string()))?;
         }
         let value = self
@@ -234,7 +260,9 @@ impl Expr {
         match self.eval(facts)? {
             Json::Bool(b) => Ok(b),
             Json::Null => Ok(false),
-            other => Err(EvalError(format!("the condition gave {other}, not true or false"))),
+            other => Err(EvalError(format!(
+                "the condition gave {other}, not true or false"
+            ))),
         }
     }
 }
@@ -243,7 +271,12 @@ impl Expr {
 fn parse_hint(source: &str) -> Option<String> {
     let bytes: Vec<char> = source.chars().collect();
     let lone_equals = bytes.iter().enumerate().any(|(i, c)| {
-        *c == '=' && !matches!(bytes.get(i + 1), Some('=')) && !matches!(i.checked_sub(1).and_then(|j| bytes.get(j)), Some('=' | '!' | '<' | '>'))
+        *c == '='
+            && !matches!(bytes.get(i + 1), Some('='))
+            && !matches!(
+                i.checked_sub(1).and_then(|j| bytes.get(j)),
+                Some('=' | '!' | '<' | '>')
+            )
     });
     if lone_equals {
         return Some("compare with `==`; a single `=` is not an operator".into());

@@ -1,7 +1,12 @@
 use super::*;
 use chrono::TimeZone;
 
-fn facts_with<'a>(traits: &'a Map<String, Json>, tags: &'a [String], contact: &'a ContactFacts, event: Option<&'a EventFacts>) -> Facts<'a> {
+fn facts_with<'a>(
+    traits: &'a Map<String, Json>,
+    tags: &'a [String],
+    contact: &'a ContactFacts,
+    event: Option<&'a EventFacts>,
+) -> Facts<'a> {
     Facts {
         score: 55,
         stage: "lead",
@@ -22,7 +27,8 @@ fn compile(source: &str) -> Result<Expr, Vec<ExprError>> {
 
 #[test]
 fn conditions_read_score_tags_traits_and_event_properties() {
-    let traits: Map<String, Json> = serde_json::from_str(r#"{"industry": "manufacturing"}"#).unwrap();
+    let traits: Map<String, Json> =
+        serde_json::from_str(r#"{"industry": "manufacturing"}"#).unwrap();
     let tags = vec!["vip".to_string()];
     let contact = ContactFacts::default();
     let event = EventFacts {
@@ -33,7 +39,10 @@ fn conditions_read_score_tags_traits_and_event_properties() {
     let facts = facts_with(&traits, &tags, &contact, Some(&event));
     for (source, expected) in [
         ("score >= 50", true),
-        ("\"vip\" in tags && traits.industry == \"manufacturing\"", true),
+        (
+            "\"vip\" in tags && traits.industry == \"manufacturing\"",
+            true,
+        ),
         ("event.properties.revenue > 0", true),
         ("traits.region == \"Shanghai\"", false),
         ("stage == \"customer\" || \"do-not-contact\" in tags", false),
@@ -54,18 +63,37 @@ fn unknown_names_point_at_the_mistake() {
     assert_eq!(errors[0].message, "the contact has no field `emial`");
     assert_eq!(errors[0].hint.as_deref(), Some("did you mean `email`?"));
 
-    let errors = Expr::compile("event.name == \"x\"", Place::Contact { has_trigger: true }, Want::Bool).unwrap_err();
-    assert!(errors[0].message.contains("`event` is only known"), "{errors:?}");
+    let errors = Expr::compile(
+        "event.name == \"x\"",
+        Place::Contact { has_trigger: true },
+        Want::Bool,
+    )
+    .unwrap_err();
+    assert!(
+        errors[0].message.contains("`event` is only known"),
+        "{errors:?}"
+    );
 }
 
 #[test]
 fn type_mistakes_are_caught_before_a_journey_ships() {
     let errors = compile("score >= \"50\"").unwrap_err();
-    assert!(errors[0].message.contains("cannot order a whole number against a string"), "{errors:?}");
+    assert!(
+        errors[0]
+            .message
+            .contains("cannot order a whole number against a string"),
+        "{errors:?}"
+    );
     let errors = compile("score + 1").unwrap_err();
-    assert!(errors[0].message.contains("must be true or false"), "{errors:?}");
+    assert!(
+        errors[0].message.contains("must be true or false"),
+        "{errors:?}"
+    );
     let errors = compile("tags.contains(\"vip\")").unwrap_err();
-    assert!(errors[0].hint.as_deref().unwrap().contains("in list"), "{errors:?}");
+    assert!(
+        errors[0].hint.as_deref().unwrap().contains("in list"),
+        "{errors:?}"
+    );
     let errors = compile("score >= ").unwrap_err();
     assert!(errors[0].message.starts_with("cannot parse"), "{errors:?}");
 }

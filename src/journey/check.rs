@@ -54,7 +54,11 @@ pub fn check_graph(journey: &Journey, diagnostics: &mut Vec<Diagnostic>) {
             for &index in &cycle {
                 reported[index] = true;
             }
-            let names: Vec<&str> = cycle.iter().chain([&cycle[0]]).map(|&i| journey.steps[i].id.as_str()).collect();
+            let names: Vec<&str> = cycle
+                .iter()
+                .chain([&cycle[0]])
+                .map(|&i| journey.steps[i].id.as_str())
+                .collect();
             diagnostics.push(error(
                 start,
                 "J014",
@@ -97,10 +101,21 @@ pub fn check_graph(journey: &Journey, diagnostics: &mut Vec<Diagnostic>) {
 }
 
 /// A cycle through `start` made only of steps that do not wait, as step indices.
-fn find_cycle_without_wait(start: StepIndex, edges: &[Vec<StepIndex>], waits: &[bool]) -> Option<Vec<StepIndex>> {
+fn find_cycle_without_wait(
+    start: StepIndex,
+    edges: &[Vec<StepIndex>],
+    waits: &[bool],
+) -> Option<Vec<StepIndex>> {
     let mut path = vec![start];
     let mut visited = vec![false; edges.len()];
-    fn dfs(node: StepIndex, start: StepIndex, edges: &[Vec<StepIndex>], waits: &[bool], path: &mut Vec<StepIndex>, visited: &mut [bool]) -> bool {
+    fn dfs(
+        node: StepIndex,
+        start: StepIndex,
+        edges: &[Vec<StepIndex>],
+        waits: &[bool],
+        path: &mut Vec<StepIndex>,
+        visited: &mut [bool],
+    ) -> bool {
         for &next in &edges[node] {
             if next == start {
                 return true;

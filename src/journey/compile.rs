@@ -4,9 +4,9 @@
 use super::check::check_graph;
 use super::diagnostic::Diagnostic;
 use super::model::Journey;
-use super::parse::{parse_journey, Refs, TeamNames};
-use super::sales::{parse_sales, Sales};
-use super::scoring::{parse_scoring, Scoring};
+use super::parse::{Refs, TeamNames, parse_journey};
+use super::sales::{Sales, parse_sales};
+use super::scoring::{Scoring, parse_scoring};
 use super::templates::{SourceFile, Templates};
 use super::yaml::Pos;
 use std::collections::HashMap;
@@ -38,17 +38,29 @@ impl Catalog {
 pub fn compile(sources: &Sources) -> (Catalog, Vec<Diagnostic>) {
     let mut diagnostics = Vec::new();
     let templates = Templates::compile(&sources.templates, &mut diagnostics);
-    let sales = sources.sales.as_ref().and_then(|f| parse_sales(&f.path, &f.text, &mut diagnostics));
-    let scoring = sources.scoring.as_ref().and_then(|f| parse_scoring(&f.path, &f.text, &mut diagnostics));
+    let sales = sources
+        .sales
+        .as_ref()
+        .and_then(|f| parse_sales(&f.path, &f.text, &mut diagnostics));
+    let scoring = sources
+        .scoring
+        .as_ref()
+        .and_then(|f| parse_scoring(&f.path, &f.text, &mut diagnostics));
     let sales_teams = match (&sources.sales, &sales) {
         (None, _) => TeamNames::NoSalesFile,
         (Some(_), Some(sales)) => TeamNames::Known(sales.teams.keys().cloned().collect()),
         // A broken sales.yaml is reported there; don't also blame every journey using it.
         (Some(_), None) => TeamNames::Unchecked,
     };
-    let has_email = |name: &str| templates.has_email(name) || templates_broken(sources, name, ".email.hbs");
-    let has_sms = |name: &str| templates.has_sms(name) || templates_broken(sources, name, ".sms.hbs");
-    let refs = Refs { has_email_template: &has_email, has_sms_template: &has_sms, sales_teams };
+    let has_email =
+        |name: &str| templates.has_email(name) || templates_broken(sources, name, ".email.hbs");
+    let has_sms =
+        |name: &str| templates.has_sms(name) || templates_broken(sources, name, ".sms.hbs");
+    let refs = Refs {
+        has_email_template: &has_email,
+        has_sms_template: &has_sms,
+        sales_teams,
+    };
     let mut journeys: Vec<Arc<Journey>> = Vec::new();
     let mut first_file: HashMap<String, String> = HashMap::new();
     for file in &sources.journeys {
@@ -62,8 +74,13 @@ pub fn compile(sources: &Sources) -> (Catalog, Vec<Diagnostic>) {
         }
         if let Some(other) = first_file.get(&journey.id) {
             diagnostics.push(
-                Diagnostic::error(&file.path, Pos::new(1, 1), "J018", format!("journey id `{}` is also used by {other}", journey.id))
-                    .with_hint("journey ids must be unique: reports and enrollments are keyed by them"),
+                Diagnostic::error(
+                    &file.path,
+                    Pos::new(1, 1),
+                    "J018",
+                    format!("journey id `{}` is also used by {other}", journey.id),
+                )
+                .with_hint("journey ids must be unique: reports and enrollments are keyed by them"),
             );
             continue;
         }
@@ -85,5 +102,8 @@ pub fn compile(sources: &Sources) -> (Catalog, Vec<Diagnostic>) {
 /// every journey that uses it.
 fn templates_broken(sources: &Sources, name: &str, suffix: &str) -> bool {
     let wanted = format!("{name}{suffix}");
-    sources.templates.iter().any(|f| f.path.replace('\\', "/").rsplit('/').next() == Some(wanted.as_str()))
+    sources
+        .templates
+        .iter()
+        .any(|f| f.path.replace('\\', "/").rsplit('/').next() == Some(wanted.as_str()))
 }

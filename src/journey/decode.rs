@@ -1,7 +1,7 @@
 //! Helpers that read typed values out of YAML nodes and report every mistake with its place.
 
-use super::diagnostic::{did_you_mean, Diagnostic, Sink};
-use super::values::{Delay, DELAY_HINT};
+use super::diagnostic::{Diagnostic, Sink, did_you_mean};
+use super::values::{DELAY_HINT, Delay};
 use super::yaml::{Node, Pos, Value};
 use crate::expr::{Expr, Place, Want};
 
@@ -59,12 +59,20 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads a mapping; reports keys that are not in `allowed`, with the closest allowed one.
-    pub fn fields<'n>(&mut self, node: &'n Node, what: &str, allowed: &[&str]) -> Option<Fields<'n>> {
+    pub fn fields<'n>(
+        &mut self,
+        node: &'n Node,
+        what: &str,
+        allowed: &[&str],
+    ) -> Option<Fields<'n>> {
         let Value::Map(entries) = &node.value else {
             self.sink.error_hint(
                 node.pos,
                 "J002",
-                format!("{what} must be a mapping of `key: value` lines, not {}", node.kind()),
+                format!(
+                    "{what} must be a mapping of `key: value` lines, not {}",
+                    node.kind()
+                ),
                 format!("known keys: {}", allowed.join(", ")),
             );
             return None;
@@ -78,8 +86,12 @@ impl<'a> Reader<'a> {
                 Some(suggestion) => format!("did you mean `{suggestion}`?"),
                 None => format!("known keys: {}", allowed.join(", ")),
             };
-            self.sink
-                .error_hint(key.pos, "J003", format!("unknown key `{name}` in {what}"), hint);
+            self.sink.error_hint(
+                key.pos,
+                "J003",
+                format!("unknown key `{name}` in {what}"),
+                hint,
+            );
         }
         Some(Fields { node, entries })
     }
@@ -94,7 +106,13 @@ impl<'a> Reader<'a> {
     }
 
     /// A required text value.
-    pub fn required_string(&mut self, fields: &Fields<'_>, key: &str, what: &str, example: &str) -> Option<String> {
+    pub fn required_string(
+        &mut self,
+        fields: &Fields<'_>,
+        key: &str,
+        what: &str,
+        example: &str,
+    ) -> Option<String> {
         match fields.get(key) {
             Some(node) => self.string(node, key),
             None => {
@@ -164,7 +182,10 @@ impl<'a> Reader<'a> {
                 self.sink.error(
                     node.pos,
                     "J005",
-                    format!("`{key}` must be a word or a list of words, not {}", node.kind()),
+                    format!(
+                        "`{key}` must be a word or a list of words, not {}",
+                        node.kind()
+                    ),
                 );
                 None
             }
@@ -176,7 +197,12 @@ impl<'a> Reader<'a> {
         match text.parse::<Delay>() {
             Ok(delay) => Some(delay),
             Err(reason) => {
-                self.sink.error_hint(node.pos, "J020", format!("bad duration in `{key}`: {reason}"), DELAY_HINT);
+                self.sink.error_hint(
+                    node.pos,
+                    "J020",
+                    format!("bad duration in `{key}`: {reason}"),
+                    DELAY_HINT,
+                );
                 None
             }
         }
@@ -194,7 +220,8 @@ impl<'a> Reader<'a> {
         match text.parse::<T>() {
             Ok(value) => Some(value),
             Err(reason) => {
-                self.sink.error_hint(node.pos, code, format!("bad `{key}`: {reason}"), hint);
+                self.sink
+                    .error_hint(node.pos, code, format!("bad `{key}`: {reason}"), hint);
                 None
             }
         }
@@ -220,8 +247,13 @@ impl<'a> Reader<'a> {
             Err(errors) => {
                 for error in errors {
                     let pos = self.pos_in_scalar(node, &scalar.text, error.offset);
-                    let diagnostic = Diagnostic::error(self.sink.file, pos, "J031", format!("in `{key}`: {}", error.message))
-                        .maybe_hint(error.hint);
+                    let diagnostic = Diagnostic::error(
+                        self.sink.file,
+                        pos,
+                        "J031",
+                        format!("in `{key}`: {}", error.message),
+                    )
+                    .maybe_hint(error.hint);
                     self.sink.push(diagnostic);
                 }
                 None
@@ -247,7 +279,10 @@ impl<'a> Reader<'a> {
                     .unwrap_or(0);
                 Pos::new(line, indent + 1 + col_in_line)
             }
-            Some(s) if line_in_text == 0 => Pos::new(node.pos.line, node.pos.col + u32::from(s.quoted) + col_in_line),
+            Some(s) if line_in_text == 0 => Pos::new(
+                node.pos.line,
+                node.pos.col + u32::from(s.quoted) + col_in_line,
+            ),
             _ => Pos::new(node.pos.line + line_in_text, col_in_line + 1),
         }
     }
@@ -264,7 +299,9 @@ fn describe(node: &Node) -> String {
 pub fn is_slug(text: &str) -> bool {
     !text.is_empty()
         && text.len() <= 64
-        && text.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && text
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !text.starts_with('-')
         && !text.ends_with('-')
 }

@@ -112,14 +112,20 @@ impl Sink<'_> {
 }
 
 /// The closest candidate to a misspelt name, if one is close enough to be what was meant.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     let word_lower = word.to_lowercase();
     candidates
         .into_iter()
-        .map(|candidate| (edit_distance(&word_lower, &candidate.to_lowercase()), candidate))
-        .filter(|(distance, candidate)| {
-            *distance <= (candidate.chars().count().max(3) / 3).max(1)
+        .map(|candidate| {
+            (
+                edit_distance(&word_lower, &candidate.to_lowercase()),
+                candidate,
+            )
         })
+        .filter(|(distance, candidate)| *distance <= (candidate.chars().count().max(3) / 3).max(1))
         .min_by_key(|(distance, _)| *distance)
         .map(|(_, candidate)| candidate)
 }
@@ -154,7 +160,10 @@ mod tests {
     fn suggests_the_closest_name() {
         let keys = ["send_email", "send_sms", "wait", "wait_for"];
         assert_eq!(did_you_mean("sned_email", keys), Some("send_email"));
-        assert_eq!(did_you_mean("hand-to-sale", ["hand-to-sales", "check-score"]), Some("hand-to-sales"));
+        assert_eq!(
+            did_you_mean("hand-to-sale", ["hand-to-sales", "check-score"]),
+            Some("hand-to-sales")
+        );
         assert_eq!(did_you_mean("completely-different", keys), None);
     }
 }

@@ -17,14 +17,19 @@ fn describe(kind: &StepKind) -> String {
     match kind {
         StepKind::Wait(delay) => format!("wait {delay}"),
         StepKind::WaitUntil { time, days } => format!("wait until {time} ({days})"),
-        StepKind::WaitFor { event, timeout, .. } => format!("wait for {} (max {timeout})", event.event),
+        StepKind::WaitFor { event, timeout, .. } => {
+            format!("wait for {} (max {timeout})", event.event)
+        }
         StepKind::Branch { .. } => "branch".into(),
         StepKind::Split { .. } => "split".into(),
         StepKind::SendEmail { template } => format!("email {template}"),
         StepKind::SendSms { template } => format!("SMS {template}"),
         StepKind::Tag(tags) => format!("tag {}", tags.join(", ")),
         StepKind::Untag(tags) => format!("untag {}", tags.join(", ")),
-        StepKind::Set(traits) => format!("set {}", traits.keys().cloned().collect::<Vec<_>>().join(", ")),
+        StepKind::Set(traits) => format!(
+            "set {}",
+            traits.keys().cloned().collect::<Vec<_>>().join(", ")
+        ),
         StepKind::Score(points) => format!("score {points:+}"),
         StepKind::AssignToSales { team } => format!("assign to {team}"),
         StepKind::Webhook(hook) => format!("{} webhook", hook.method),
@@ -38,7 +43,11 @@ fn escape(text: &str) -> String {
 pub fn mermaid(journey: &Journey) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "flowchart TD");
-    let _ = writeln!(out, "    start([\"{}\"])", escape(&format!("{}: {}", journey.id, journey.trigger)));
+    let _ = writeln!(
+        out,
+        "    start([\"{}\"])",
+        escape(&format!("{}: {}", journey.id, journey.trigger))
+    );
     let _ = writeln!(out, "    start --> {}", node_name(journey, journey.entry()));
     for (index, step) in journey.steps.iter().enumerate() {
         let label = escape(&format!("{}<br/>{}", step.id, describe(&step.kind)));
@@ -53,7 +62,11 @@ pub fn mermaid(journey: &Journey) -> String {
     for (index, step) in journey.steps.iter().enumerate() {
         for transition in step.transitions() {
             let label = escape(&transition.label);
-            let _ = writeln!(out, "    s{index} -->|\"{label}\"| {}", node_name(journey, transition.target));
+            let _ = writeln!(
+                out,
+                "    s{index} -->|\"{label}\"| {}",
+                node_name(journey, transition.target)
+            );
         }
     }
     out
@@ -63,7 +76,11 @@ pub fn dot(journey: &Journey) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "digraph \"{}\" {{", journey.id);
     let _ = writeln!(out, "    rankdir=TB;");
-    let _ = writeln!(out, "    start [shape=oval, label=\"{}\"];", escape(&format!("{}: {}", journey.id, journey.trigger)));
+    let _ = writeln!(
+        out,
+        "    start [shape=oval, label=\"{}\"];",
+        escape(&format!("{}: {}", journey.id, journey.trigger))
+    );
     let _ = writeln!(out, "    finish [shape=oval, label=\"end\"];");
     for (index, step) in journey.steps.iter().enumerate() {
         let shape = match step.kind {
@@ -77,7 +94,12 @@ pub fn dot(journey: &Journey) -> String {
     let _ = writeln!(out, "    start -> {};", node_name(journey, journey.entry()));
     for (index, step) in journey.steps.iter().enumerate() {
         for transition in step.transitions() {
-            let _ = writeln!(out, "    s{index} -> {} [label=\"{}\"];", node_name(journey, transition.target), escape(&transition.label));
+            let _ = writeln!(
+                out,
+                "    s{index} -> {} [label=\"{}\"];",
+                node_name(journey, transition.target),
+                escape(&transition.label)
+            );
         }
     }
     out.push_str("}\n");

@@ -1,18 +1,18 @@
 //! Everything a marketer writes, compiled. Pure: takes `(path, text)` pairs, does no I/O.
-pub mod diagnostic;
-pub mod values;
-pub mod yaml;
+pub mod check;
+pub mod compile;
 pub mod decode;
+pub mod diagnostic;
+pub mod graph;
 pub mod model;
 pub mod parse;
-pub mod check;
-pub mod templates;
 pub mod sales;
 pub mod scoring;
-pub mod compile;
-pub mod graph;
+pub mod templates;
+pub mod values;
+pub mod yaml;
 
-pub use compile::{compile, Catalog, Sources};
+pub use compile::{Catalog, Sources, compile};
 pub use diagnostic::Diagnostic;
 pub use model::*;
 pub use templates::SourceFile;

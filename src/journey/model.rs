@@ -37,7 +37,10 @@ pub struct Journey {
 pub enum Trigger {
     Event(EventMatch),
     Stage(Stage),
-    Schedule { cron: CronSchedule, audience: Expr },
+    Schedule {
+        cron: Box<CronSchedule>,
+        audience: Expr,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -89,17 +92,35 @@ pub struct Step {
 #[derive(Clone, Debug, PartialEq)]
 pub enum StepKind {
     Wait(Delay),
-    WaitUntil { time: TimeOfDay, days: Days },
-    WaitFor { event: EventMatch, timeout: Delay, on_timeout: Target },
-    Branch { arms: Vec<BranchArm>, otherwise: Target },
-    Split { arms: Vec<SplitArm> },
-    SendEmail { template: String },
-    SendSms { template: String },
+    WaitUntil {
+        time: TimeOfDay,
+        days: Days,
+    },
+    WaitFor {
+        event: EventMatch,
+        timeout: Delay,
+        on_timeout: Target,
+    },
+    Branch {
+        arms: Vec<BranchArm>,
+        otherwise: Target,
+    },
+    Split {
+        arms: Vec<SplitArm>,
+    },
+    SendEmail {
+        template: String,
+    },
+    SendSms {
+        template: String,
+    },
     Tag(Vec<String>),
     Untag(Vec<String>),
     Set(BTreeMap<String, Json>),
     Score(i64),
-    AssignToSales { team: String },
+    AssignToSales {
+        team: String,
+    },
     Webhook(Webhook),
 }
 
@@ -154,14 +175,20 @@ impl StepKind {
 
     /// Steps that hold the contact until a time or an event; a loop must contain one.
     pub fn waits(&self) -> bool {
-        matches!(self, StepKind::Wait(_) | StepKind::WaitUntil { .. } | StepKind::WaitFor { .. })
+        matches!(
+            self,
+            StepKind::Wait(_) | StepKind::WaitUntil { .. } | StepKind::WaitFor { .. }
+        )
     }
 
     /// Steps that reach the outside world, and so need an effect key.
     pub fn is_effect(&self) -> bool {
         matches!(
             self,
-            StepKind::SendEmail { .. } | StepKind::SendSms { .. } | StepKind::AssignToSales { .. } | StepKind::Webhook(_)
+            StepKind::SendEmail { .. }
+                | StepKind::SendSms { .. }
+                | StepKind::AssignToSales { .. }
+                | StepKind::Webhook(_)
         )
     }
 }
@@ -171,7 +198,11 @@ impl Step {
     pub fn transitions(&self) -> Vec<Transition> {
         let edge = |label: String, target: Target| Transition { label, target };
         match &self.kind {
-            StepKind::WaitFor { event, timeout, on_timeout } => vec![
+            StepKind::WaitFor {
+                event,
+                timeout,
+                on_timeout,
+            } => vec![
                 edge(format!("on {}", event.event), self.next),
                 edge(format!("timeout {timeout}"), *on_timeout),
             ],
@@ -180,7 +211,10 @@ impl Step {
                 .map(|arm| edge(format!("when {}", arm.when.source()), arm.goto))
                 .chain([edge("else".into(), *otherwise)])
                 .collect(),
-            StepKind::Split { arms } => arms.iter().map(|arm| edge(format!("{}%", arm.percent), arm.goto)).collect(),
+            StepKind::Split { arms } => arms
+                .iter()
+                .map(|arm| edge(format!("{}%", arm.percent), arm.goto))
+                .collect(),
             _ => vec![edge("next".into(), self.next)],
         }
     }
@@ -193,7 +227,11 @@ impl Journey {
 
     /// Where an enrollment starts.
     pub fn entry(&self) -> Target {
-        if self.steps.is_empty() { Target::End } else { Target::Step(0) }
+        if self.steps.is_empty() {
+            Target::End
+        } else {
+            Target::Step(0)
+        }
     }
 
     pub fn target_name(&self, target: Target) -> &str {

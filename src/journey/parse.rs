@@ -1,9 +1,11 @@
 //! Reads one journey file into a `Journey`, reporting every mistake at once.
 
-use super::decode::{is_slug, Fields, Reader};
-use super::diagnostic::{did_you_mean, Diagnostic};
+use super::decode::{Fields, Reader, is_slug};
+use super::diagnostic::{Diagnostic, did_you_mean};
 use super::model::*;
-use super::values::{self, CronSchedule, Days, FrequencyCap, QuietHours, Stage, TimeOfDay, CRON_HINT, TIME_HINT};
+use super::values::{
+    self, CRON_HINT, CronSchedule, Days, FrequencyCap, QuietHours, Stage, TIME_HINT, TimeOfDay,
+};
 use super::yaml::{self, Node, Pos, Value};
 use crate::expr::{Place, Want};
 use sha2::{Digest, Sha256};
@@ -24,30 +26,80 @@ pub enum TeamNames {
 }
 
 const JOURNEY_KEYS: [&str; 12] = [
-    "id", "name", "description", "trigger", "re_entry", "enrollment_key", "goal", "exit_when", "settings", "steps",
-    "on_change", "migrate",
+    "id",
+    "name",
+    "description",
+    "trigger",
+    "re_entry",
+    "enrollment_key",
+    "goal",
+    "exit_when",
+    "settings",
+    "steps",
+    "on_change",
+    "migrate",
 ];
 const STEP_KINDS: [&str; 13] = [
-    "wait", "wait_until", "wait_for", "branch", "split", "send_email", "send_sms", "tag", "untag", "set", "score",
-    "assign_to_sales", "webhook",
+    "wait",
+    "wait_until",
+    "wait_for",
+    "branch",
+    "split",
+    "send_email",
+    "send_sms",
+    "tag",
+    "untag",
+    "set",
+    "score",
+    "assign_to_sales",
+    "webhook",
 ];
-const STEP_EXTRA_KEYS: [&str; 7] = ["id", "name", "description", "next", "on_timeout", "on_event", "else"];
+const STEP_EXTRA_KEYS: [&str; 7] = [
+    "id",
+    "name",
+    "description",
+    "next",
+    "on_timeout",
+    "on_event",
+    "else",
+];
 
-pub fn parse_journey(file: &str, text: &str, refs: &Refs<'_>, diagnostics: &mut Vec<Diagnostic>) -> Option<Journey> {
+pub fn parse_journey(
+    file: &str,
+    text: &str,
+    refs: &Refs<'_>,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<Journey> {
     let root = match yaml::parse(text) {
         Ok(root) => root,
         Err(error) => {
             diagnostics.push(
-                Diagnostic::error(file, error.pos, "J001", format!("this is not valid YAML: {}", error.message))
-                    .with_hint("check the indentation and that every `key:` has a space after the colon"),
+                Diagnostic::error(
+                    file,
+                    error.pos,
+                    "J001",
+                    format!("this is not valid YAML: {}", error.message),
+                )
+                .with_hint(
+                    "check the indentation and that every `key:` has a space after the colon",
+                ),
             );
             return None;
         }
     };
     let errors_before = diagnostics.iter().filter(|d| d.is_error()).count();
     let mut reader = Reader::new(file, text, diagnostics);
-    let journey = JourneyParser { reader: &mut reader, refs }.journey(&root);
-    let errors_after = reader.sink.diagnostics.iter().filter(|d| d.is_error()).count();
+    let journey = JourneyParser {
+        reader: &mut reader,
+        refs,
+    }
+    .journey(&root);
+    let errors_after = reader
+        .sink
+        .diagnostics
+        .iter()
+        .filter(|d| d.is_error())
+        .count();
     journey.filter(|_| errors_after == errors_before)
 }
 
@@ -74,14 +126,19 @@ impl StepIds {
         if name == "end" {
             return Some(Target::End);
         }
-        self.ids.iter().position(|(id, _)| id == name).map(Target::Step)
+        self.ids
+            .iter()
+            .position(|(id, _)| id == name)
+            .map(Target::Step)
     }
 }
 
 impl JourneyParser<'_, '_> {
     fn journey(&mut self, root: &Node) -> Option<Journey> {
         let fields = self.reader.fields(root, "a journey", &JOURNEY_KEYS)?;
-        let id = self.reader.required_string(&fields, "id", "a journey", "my-journey");
+        let id = self
+            .reader
+            .required_string(&fields, "id", "a journey", "my-journey");
         if let (Some(id), Some(node)) = (&id, fields.get("id"))
             && !is_slug(id)
         {
@@ -92,19 +149,27 @@ impl JourneyParser<'_, '_> {
                 format!("write `id: {}`", super::decode::slugify(id)),
             );
         }
-        let name = self.reader.optional_string(&fields, "name").or_else(|| id.clone()).unwrap_or_default();
+        let name = self
+            .reader
+            .optional_string(&fields, "name")
+            .or_else(|| id.clone())
+            .unwrap_or_default();
         let description = self.reader.optional_string(&fields, "description");
 
         let trigger = match fields.get("trigger") {
             Some(node) => self.trigger(node),
             None => {
-                self.reader.missing(&fields, "trigger", "a journey", "{event: Signed Up}");
+                self.reader
+                    .missing(&fields, "trigger", "a journey", "{event: Signed Up}");
                 None
             }
         };
         let has_trigger = matches!(trigger, Some(Trigger::Event(_)) | Some(Trigger::Stage(_)));
         let event_trigger = matches!(trigger, Some(Trigger::Event(_)));
-        let re_entry = fields.get("re_entry").map(|node| self.re_entry(node)).unwrap_or(Some(ReEntry::Never));
+        let re_entry = fields
+            .get("re_entry")
+            .map(|node| self.re_entry(node))
+            .unwrap_or(Some(ReEntry::Never));
         let enrollment_key = fields.get("enrollment_key").and_then(|node| {
             if !event_trigger {
                 self.reader.sink.error_hint(node.pos, "J026", "`enrollment_key` needs an event trigger", "key enrollments by a property of the triggering event, e.g. `trigger.properties.cart_id`");
@@ -112,10 +177,17 @@ impl JourneyParser<'_, '_> {
             }
             self.reader.expr(node, "enrollment_key", Place::Contact { has_trigger: true }, Want::Key)
         });
-        let goal = fields.get("goal").and_then(|node| self.event_match(node, "goal", has_trigger));
-        let exit_when = fields
-            .get("exit_when")
-            .and_then(|node| self.reader.expr(node, "exit_when", Place::Contact { has_trigger }, Want::Bool));
+        let goal = fields
+            .get("goal")
+            .and_then(|node| self.event_match(node, "goal", has_trigger));
+        let exit_when = fields.get("exit_when").and_then(|node| {
+            self.reader.expr(
+                node,
+                "exit_when",
+                Place::Contact { has_trigger },
+                Want::Bool,
+            )
+        });
         let settings = match fields.get("settings") {
             Some(node) => self.settings(node),
             None => Some(default_settings()),
@@ -146,13 +218,27 @@ impl JourneyParser<'_, '_> {
     }
 
     fn trigger(&mut self, node: &Node) -> Option<Trigger> {
-        let fields = self.reader.fields(node, "the trigger", &["event", "where", "stage", "schedule", "audience"])?;
-        let kinds: Vec<&str> = ["event", "stage", "schedule"].into_iter().filter(|k| fields.has(k)).collect();
+        let fields = self.reader.fields(
+            node,
+            "the trigger",
+            &["event", "where", "stage", "schedule", "audience"],
+        )?;
+        let kinds: Vec<&str> = ["event", "stage", "schedule"]
+            .into_iter()
+            .filter(|k| fields.has(k))
+            .collect();
         if kinds.len() != 1 {
             let message = if kinds.is_empty() {
                 "the trigger needs one of `event`, `stage` or `schedule`".to_string()
             } else {
-                format!("the trigger has {}; a journey starts in exactly one way", kinds.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(" and "))
+                format!(
+                    "the trigger has {}; a journey starts in exactly one way",
+                    kinds
+                        .iter()
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(" and ")
+                )
             };
             self.reader.sink.error_hint(node.pos, "J004", message, "e.g. `trigger: {event: Signed Up}`, `trigger: {stage: sql}` or `trigger: {schedule: \"0 9 * * MON\", audience: \"inactive_days >= 90\"}`");
             return None;
@@ -160,33 +246,64 @@ impl JourneyParser<'_, '_> {
         match kinds[0] {
             "event" => {
                 if let Some(pos) = fields.key_pos("audience") {
-                    self.reader.sink.error_hint(pos, "J017", "`audience` belongs to a schedule trigger", "filter the event with `where:`");
+                    self.reader.sink.error_hint(
+                        pos,
+                        "J017",
+                        "`audience` belongs to a schedule trigger",
+                        "filter the event with `where:`",
+                    );
                 }
                 self.event_match(node, "trigger", true).map(Trigger::Event)
             }
             "stage" => {
                 for key in ["where", "audience"] {
                     if let Some(pos) = fields.key_pos(key) {
-                        self.reader.sink.error(pos, "J017", format!("`{key}` is not used with a stage trigger"));
+                        self.reader.sink.error(
+                            pos,
+                            "J017",
+                            format!("`{key}` is not used with a stage trigger"),
+                        );
                     }
                 }
                 let stage_node = fields.get("stage")?;
-                let stage: Stage = self.reader.parsed(stage_node, "stage", "J025", &format!("stages are: {}", Stage::NAMES.join(", ")))?;
+                let stage: Stage = self.reader.parsed(
+                    stage_node,
+                    "stage",
+                    "J025",
+                    &format!("stages are: {}", Stage::NAMES.join(", ")),
+                )?;
                 Some(Trigger::Stage(stage))
             }
             _ => {
                 if let Some(pos) = fields.key_pos("where") {
-                    self.reader.sink.error_hint(pos, "J017", "a schedule trigger picks contacts with `audience`, not `where`", "rename `where` to `audience`");
+                    self.reader.sink.error_hint(
+                        pos,
+                        "J017",
+                        "a schedule trigger picks contacts with `audience`, not `where`",
+                        "rename `where` to `audience`",
+                    );
                 }
-                let cron: Option<CronSchedule> = self.reader.parsed(fields.get("schedule")?, "schedule", "J021", CRON_HINT);
+                let cron: Option<CronSchedule> =
+                    self.reader
+                        .parsed(fields.get("schedule")?, "schedule", "J021", CRON_HINT);
                 let audience = match fields.get("audience") {
-                    Some(node) => self.reader.expr(node, "audience", Place::Audience, Want::Bool),
+                    Some(node) => self
+                        .reader
+                        .expr(node, "audience", Place::Audience, Want::Bool),
                     None => {
-                        self.reader.missing(&fields, "audience", "a schedule trigger", "\"inactive_days >= 90\"");
+                        self.reader.missing(
+                            &fields,
+                            "audience",
+                            "a schedule trigger",
+                            "\"inactive_days >= 90\"",
+                        );
                         None
                     }
                 };
-                Some(Trigger::Schedule { cron: cron?, audience: audience? })
+                Some(Trigger::Schedule {
+                    cron: Box::new(cron?),
+                    audience: audience?,
+                })
             }
         }
     }
@@ -204,16 +321,31 @@ impl JourneyParser<'_, '_> {
         } else {
             self.reader.fields(node, &format!("the {what}"), allowed)?
         };
-        let event = self.reader.required_string(&fields, "event", &format!("the {what}"), "Order Completed");
+        let event = self.reader.required_string(
+            &fields,
+            "event",
+            &format!("the {what}"),
+            "Order Completed",
+        );
         if let (Some(event), Some(node)) = (&event, fields.get("event"))
             && event.trim().is_empty()
         {
-            self.reader.sink.error(node.pos, "J005", "the event name is empty");
+            self.reader
+                .sink
+                .error(node.pos, "J005", "the event name is empty");
         }
-        let condition = fields
-            .get("where")
-            .and_then(|node| self.reader.expr(node, "where", Place::EventFilter { has_trigger }, Want::Bool));
-        Some(EventMatch { event: event?, condition })
+        let condition = fields.get("where").and_then(|node| {
+            self.reader.expr(
+                node,
+                "where",
+                Place::EventFilter { has_trigger },
+                Want::Bool,
+            )
+        });
+        Some(EventMatch {
+            event: event?,
+            condition,
+        })
     }
 
     fn re_entry(&mut self, node: &Node) -> Option<ReEntry> {
@@ -226,12 +358,22 @@ impl JourneyParser<'_, '_> {
                 Some(delay) => match delay.parse() {
                     Ok(delay) => Some(ReEntry::After(delay)),
                     Err(reason) => {
-                        self.reader.sink.error_hint(node.pos, "J020", format!("bad duration in `re_entry`: {reason}"), hint);
+                        self.reader.sink.error_hint(
+                            node.pos,
+                            "J020",
+                            format!("bad duration in `re_entry`: {reason}"),
+                            hint,
+                        );
                         None
                     }
                 },
                 None => {
-                    self.reader.sink.error_hint(node.pos, "J026", format!("`{other}` is not a re-entry policy"), hint);
+                    self.reader.sink.error_hint(
+                        node.pos,
+                        "J026",
+                        format!("`{other}` is not a re-entry policy"),
+                        hint,
+                    );
                     None
                 }
             },
@@ -239,11 +381,25 @@ impl JourneyParser<'_, '_> {
     }
 
     fn settings(&mut self, node: &Node) -> Option<Settings> {
-        let fields = self.reader.fields(node, "settings", &["timezone", "quiet_hours", "frequency_cap", "cost", "currency"])?;
+        let fields = self.reader.fields(
+            node,
+            "settings",
+            &[
+                "timezone",
+                "quiet_hours",
+                "frequency_cap",
+                "cost",
+                "currency",
+            ],
+        )?;
         let mut settings = default_settings();
         let mut ok = true;
         if let Some(node) = fields.get("timezone") {
-            match self.reader.string(node, "timezone").map(|t| values::parse_timezone(&t)) {
+            match self
+                .reader
+                .string(node, "timezone")
+                .map(|t| values::parse_timezone(&t))
+            {
                 Some(Ok(zone)) => settings.timezone = zone,
                 Some(Err(reason)) => {
                     let text = node.as_str().unwrap_or_default();
@@ -259,12 +415,19 @@ impl JourneyParser<'_, '_> {
             }
         }
         if let Some(node) = fields.get("quiet_hours") {
-            let quiet: Option<QuietHours> = self.reader.parsed(node, "quiet_hours", "J024", "write a range like \"21:00-08:00\"");
+            let quiet: Option<QuietHours> = self.reader.parsed(
+                node,
+                "quiet_hours",
+                "J024",
+                "write a range like \"21:00-08:00\"",
+            );
             ok &= quiet.is_some();
             settings.quiet_hours = quiet;
         }
         if let Some(node) = fields.get("frequency_cap") {
-            let cap: Option<FrequencyCap> = self.reader.parsed(node, "frequency_cap", "J024", "write it like `3 per 7d`");
+            let cap: Option<FrequencyCap> =
+                self.reader
+                    .parsed(node, "frequency_cap", "J024", "write it like `3 per 7d`");
             ok &= cap.is_some();
             settings.frequency_cap = cap;
         }
@@ -272,15 +435,24 @@ impl JourneyParser<'_, '_> {
             settings.cost = self.reader.number(node, "cost");
             ok &= settings.cost.is_some();
             if settings.cost.is_some_and(|c| c < 0.0) {
-                self.reader.sink.error(node.pos, "J005", "`cost` cannot be negative");
+                self.reader
+                    .sink
+                    .error(node.pos, "J005", "`cost` cannot be negative");
                 ok = false;
             }
         }
         if let Some(node) = fields.get("currency") {
             match self.reader.string(node, "currency") {
-                Some(code) if code.len() == 3 && code.chars().all(|c| c.is_ascii_uppercase()) => settings.currency = code,
+                Some(code) if code.len() == 3 && code.chars().all(|c| c.is_ascii_uppercase()) => {
+                    settings.currency = code
+                }
                 Some(code) => {
-                    self.reader.sink.error_hint(node.pos, "J005", format!("`{code}` is not a currency code"), "use a three-letter ISO 4217 code like CNY, USD or EUR");
+                    self.reader.sink.error_hint(
+                        node.pos,
+                        "J005",
+                        format!("`{code}` is not a currency code"),
+                        "use a three-letter ISO 4217 code like CNY, USD or EUR",
+                    );
                     ok = false;
                 }
                 None => ok = false,
@@ -297,7 +469,12 @@ impl JourneyParser<'_, '_> {
         match mode.as_str() {
             "keep" => {
                 if let Some(pos) = fields.key_pos("migrate") {
-                    self.reader.sink.error_hint(pos, "J017", "`migrate` is only used with `on_change: migrate`", "add `on_change: migrate`, or remove `migrate`");
+                    self.reader.sink.error_hint(
+                        pos,
+                        "J017",
+                        "`migrate` is only used with `on_change: migrate`",
+                        "add `on_change: migrate`, or remove `migrate`",
+                    );
                     return None;
                 }
                 Some(OnChange::Keep)
@@ -306,19 +483,36 @@ impl JourneyParser<'_, '_> {
                 let mut map = BTreeMap::new();
                 if let Some(node) = fields.get("migrate") {
                     let Some(entries) = node.as_map() else {
-                        self.reader.sink.error_hint(node.pos, "J002", "`migrate` must be a mapping", "write `migrate: {old-step: new-step}`");
+                        self.reader.sink.error_hint(
+                            node.pos,
+                            "J002",
+                            "`migrate` must be a mapping",
+                            "write `migrate: {old-step: new-step}`",
+                        );
                         return None;
                     };
                     for (old, new) in entries {
-                        let (Some(old), Some(new_id)) = (old.as_str(), self.reader.string(new, "migrate")) else { continue };
+                        let (Some(old), Some(new_id)) =
+                            (old.as_str(), self.reader.string(new, "migrate"))
+                        else {
+                            continue;
+                        };
                         if let Some(steps) = steps
                             && new_id != "end"
                             && !steps.iter().any(|s| s.id == new_id)
                         {
                             let hint = did_you_mean(&new_id, steps.iter().map(|s| s.id.as_str()))
                                 .map(|s| format!("did you mean `{s}`?"))
-                                .unwrap_or_else(|| "map each old step to a step of this version, or to `end`".into());
-                            self.reader.sink.error_hint(new.pos, "J012", format!("`migrate` moves `{old}` to unknown step `{new_id}`"), hint);
+                                .unwrap_or_else(|| {
+                                    "map each old step to a step of this version, or to `end`"
+                                        .into()
+                                });
+                            self.reader.sink.error_hint(
+                                new.pos,
+                                "J012",
+                                format!("`migrate` moves `{old}` to unknown step `{new_id}`"),
+                                hint,
+                            );
                         }
                         map.insert(old.to_string(), new_id);
                     }
@@ -327,7 +521,12 @@ impl JourneyParser<'_, '_> {
             }
             other => {
                 let node = fields.get("on_change")?;
-                self.reader.sink.error_hint(node.pos, "J026", format!("`{other}` is not an on_change policy"), "write `keep` (running contacts finish on their version) or `migrate`");
+                self.reader.sink.error_hint(
+                    node.pos,
+                    "J026",
+                    format!("`{other}` is not an on_change policy"),
+                    "write `keep` (running contacts finish on their version) or `migrate`",
+                );
                 None
             }
         }
@@ -335,11 +534,21 @@ impl JourneyParser<'_, '_> {
 
     fn steps(&mut self, node: &Node, has_trigger: bool) -> Option<Vec<Step>> {
         let Value::Seq(items) = &node.value else {
-            self.reader.sink.error_hint(node.pos, "J002", format!("`steps` must be a list, not {}", node.kind()), "start each step with `- id: ...`");
+            self.reader.sink.error_hint(
+                node.pos,
+                "J002",
+                format!("`steps` must be a list, not {}", node.kind()),
+                "start each step with `- id: ...`",
+            );
             return None;
         };
         if items.is_empty() {
-            self.reader.sink.error_hint(node.pos, "J004", "a journey needs at least one step", "add a step, e.g. `- id: welcome` with `send_email: {template: welcome}`");
+            self.reader.sink.error_hint(
+                node.pos,
+                "J004",
+                "a journey needs at least one step",
+                "add a step, e.g. `- id: welcome` with `send_email: {template: welcome}`",
+            );
             return None;
         }
         // First pass: ids, so that steps may jump forward.
@@ -352,26 +561,49 @@ impl JourneyParser<'_, '_> {
             let pos = id_node.map(|n| n.pos).unwrap_or(item.pos);
             let id = match id {
                 Some(id) if id == "end" => {
-                    self.reader.sink.error_hint(pos, "J010", "`end` is reserved: it means the journey is over", "give the step another id");
+                    self.reader.sink.error_hint(
+                        pos,
+                        "J010",
+                        "`end` is reserved: it means the journey is over",
+                        "give the step another id",
+                    );
                     ok = false;
                     id
                 }
                 Some(id) if !is_slug(&id) => {
-                    self.reader.sink.error_hint(pos, "J010", format!("step id `{id}` may only use lowercase letters, digits and dashes"), format!("write `id: {}`", super::decode::slugify(&id)));
+                    self.reader.sink.error_hint(
+                        pos,
+                        "J010",
+                        format!("step id `{id}` may only use lowercase letters, digits and dashes"),
+                        format!("write `id: {}`", super::decode::slugify(&id)),
+                    );
                     ok = false;
                     id
                 }
                 Some(id) => id,
                 None => {
                     if item.as_map().is_some() {
-                        self.reader.sink.error_hint(item.pos, "J004", format!("step {} needs an `id`", index + 1), "add `id: a-short-name` so reports and jumps can name it");
+                        self.reader.sink.error_hint(
+                            item.pos,
+                            "J004",
+                            format!("step {} needs an `id`", index + 1),
+                            "add `id: a-short-name` so reports and jumps can name it",
+                        );
                     }
                     ok = false;
                     format!("#{}", index + 1)
                 }
             };
             if let Some(first) = seen.get(&id) {
-                self.reader.sink.error_hint(pos, "J011", format!("duplicate step id `{id}`"), format!("it is already used on line {}; step ids must be unique", first.line));
+                self.reader.sink.error_hint(
+                    pos,
+                    "J011",
+                    format!("duplicate step id `{id}`"),
+                    format!(
+                        "it is already used on line {}; step ids must be unique",
+                        first.line
+                    ),
+                );
                 ok = false;
             } else {
                 seen.insert(id.clone(), pos);
@@ -380,7 +612,11 @@ impl JourneyParser<'_, '_> {
         }
         let mut steps = Vec::new();
         for (index, item) in items.iter().enumerate() {
-            let default_next = if index + 1 < items.len() { Target::Step(index + 1) } else { Target::End };
+            let default_next = if index + 1 < items.len() {
+                Target::Step(index + 1)
+            } else {
+                Target::End
+            };
             match self.step(item, &ids, default_next, has_trigger) {
                 Some(step) => steps.push(step),
                 None => ok = false,
@@ -397,40 +633,119 @@ impl JourneyParser<'_, '_> {
         if let Some(target) = ids.resolve(name.trim()) {
             return Some(target);
         }
-        let hint = match did_you_mean(&name, ids.ids.iter().map(|(id, _)| id.as_str()).chain(["end"])) {
+        let hint = match did_you_mean(
+            &name,
+            ids.ids.iter().map(|(id, _)| id.as_str()).chain(["end"]),
+        ) {
             Some(suggestion) => {
-                let line = ids.ids.iter().find(|(id, _)| id == suggestion).map(|(_, pos)| format!(" (line {})", pos.line)).unwrap_or_default();
+                let line = ids
+                    .ids
+                    .iter()
+                    .find(|(id, _)| id == suggestion)
+                    .map(|(_, pos)| format!(" (line {})", pos.line))
+                    .unwrap_or_default();
                 format!("did you mean `{suggestion}`{line}?")
             }
-            None => format!("steps are: {}, or `end`", ids.ids.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>().join(", ")),
+            None => format!(
+                "steps are: {}, or `end`",
+                ids.ids
+                    .iter()
+                    .map(|(id, _)| id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         };
-        self.reader.sink.error_hint(node.pos, "J012", format!("unknown step `{name}` in `{key}`"), hint);
+        self.reader.sink.error_hint(
+            node.pos,
+            "J012",
+            format!("unknown step `{name}` in `{key}`"),
+            hint,
+        );
         None
     }
 
-    fn step(&mut self, node: &Node, ids: &StepIds, default_next: Target, has_trigger: bool) -> Option<Step> {
-        let allowed: Vec<&str> = STEP_EXTRA_KEYS.iter().chain(STEP_KINDS.iter()).copied().collect();
+    fn step(
+        &mut self,
+        node: &Node,
+        ids: &StepIds,
+        default_next: Target,
+        has_trigger: bool,
+    ) -> Option<Step> {
+        let allowed: Vec<&str> = STEP_EXTRA_KEYS
+            .iter()
+            .chain(STEP_KINDS.iter())
+            .copied()
+            .collect();
         let fields = self.reader.fields(node, "a step", &allowed)?;
-        let id = fields.get("id").and_then(|n| n.as_str()).unwrap_or_default().to_string();
-        let kinds: Vec<&str> = STEP_KINDS.iter().copied().filter(|k| fields.has(k)).collect();
+        let id = fields
+            .get("id")
+            .and_then(|n| n.as_str())
+            .unwrap_or_default()
+            .to_string();
+        let kinds: Vec<&str> = STEP_KINDS
+            .iter()
+            .copied()
+            .filter(|k| fields.has(k))
+            .collect();
+        let has_unknown_key = fields
+            .entries()
+            .iter()
+            .any(|(k, _)| !allowed.contains(&k.as_str().unwrap_or_default()));
+        if kinds.is_empty() && has_unknown_key {
+            // The unknown key, already reported with a suggestion, is most likely the kind.
+            return None;
+        }
         if kinds.len() != 1 {
             let message = if kinds.is_empty() {
                 format!("step `{id}` does not say what to do")
             } else {
-                format!("step `{id}` does {} at once", kinds.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(" and "))
+                format!(
+                    "step `{id}` does {} at once",
+                    kinds
+                        .iter()
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(" and ")
+                )
             };
-            self.reader.sink.error_hint(node.pos, "J016", message, format!("give each step exactly one of: {}", STEP_KINDS.join(", ")));
+            self.reader.sink.error_hint(
+                node.pos,
+                "J016",
+                message,
+                format!("give each step exactly one of: {}", STEP_KINDS.join(", ")),
+            );
             return None;
         }
         let kind_key = kinds[0];
-        for (key, only_for) in [("on_timeout", "wait_for"), ("on_event", "wait_for"), ("else", "branch")] {
-            if kind_key != only_for && let Some(pos) = fields.key_pos(key) {
-                self.reader.sink.error(pos, "J017", format!("`{key}` only belongs to a `{only_for}` step"));
+        for (key, only_for) in [
+            ("on_timeout", "wait_for"),
+            ("on_event", "wait_for"),
+            ("else", "branch"),
+        ] {
+            if kind_key != only_for
+                && let Some(pos) = fields.key_pos(key)
+            {
+                self.reader.sink.error(
+                    pos,
+                    "J017",
+                    format!("`{key}` only belongs to a `{only_for}` step"),
+                );
             }
         }
-        if matches!(kind_key, "branch" | "split") && let Some(pos) = fields.key_pos("next") {
-            let hint = if kind_key == "branch" { "each arm says `goto:`; use `else:` for the default" } else { "each arm says `goto:`" };
-            self.reader.sink.error_hint(pos, "J017", format!("a `{kind_key}` step does not use `next`"), hint);
+        if matches!(kind_key, "branch" | "split")
+            && let Some(pos) = fields.key_pos("next")
+        {
+            let hint = if kind_key == "branch" {
+                "each arm says `goto:`; use `else:` for the default"
+            } else {
+                "each arm says `goto:`"
+            };
+            self.reader.sink.error_hint(
+                pos,
+                "J017",
+                format!("a `{kind_key}` step does not use `next`"),
+                hint,
+            );
         }
         let mut next = match fields.get("next") {
             Some(node) => self.target(node, "next", ids)?,
@@ -441,7 +756,9 @@ impl JourneyParser<'_, '_> {
             "wait" => StepKind::Wait(self.reader.delay(value, "wait")?),
             "wait_until" => self.wait_until(value)?,
             "wait_for" => {
-                let wait = self.reader.fields(value, "wait_for", &["event", "where", "timeout"])?;
+                let wait = self
+                    .reader
+                    .fields(value, "wait_for", &["event", "where", "timeout"])?;
                 let event = self.event_match(value, "wait_for", has_trigger);
                 let timeout = match wait.get("timeout") {
                     Some(node) => self.reader.delay(node, "timeout"),
@@ -456,11 +773,19 @@ impl JourneyParser<'_, '_> {
                 };
                 if let Some(node) = fields.get("on_event") {
                     if fields.has("next") {
-                        self.reader.sink.error(node.pos, "J017", "write either `on_event` or `next`, not both");
+                        self.reader.sink.error(
+                            node.pos,
+                            "J017",
+                            "write either `on_event` or `next`, not both",
+                        );
                     }
                     next = self.target(node, "on_event", ids)?;
                 }
-                StepKind::WaitFor { event: event?, timeout: timeout?, on_timeout: on_timeout? }
+                StepKind::WaitFor {
+                    event: event?,
+                    timeout: timeout?,
+                    on_timeout: on_timeout?,
+                }
             }
             "branch" => {
                 let otherwise = match fields.get("else") {
@@ -469,41 +794,81 @@ impl JourneyParser<'_, '_> {
                 };
                 let arms = self.branch_arms(value, ids, has_trigger);
                 next = otherwise?;
-                StepKind::Branch { arms: arms?, otherwise: otherwise? }
+                StepKind::Branch {
+                    arms: arms?,
+                    otherwise: otherwise?,
+                }
             }
-            "split" => StepKind::Split { arms: self.split_arms(value, ids)? },
+            "split" => StepKind::Split {
+                arms: self.split_arms(value, ids)?,
+            },
             "send_email" | "send_sms" => {
                 let email = kind_key == "send_email";
                 let template = self.template_ref(value, kind_key)?;
-                let exists = if email { (self.refs.has_email_template)(&template) } else { (self.refs.has_sms_template)(&template) };
+                let exists = if email {
+                    (self.refs.has_email_template)(&template)
+                } else {
+                    (self.refs.has_sms_template)(&template)
+                };
                 if !exists {
-                    let file = if email { format!("templates/{template}.email.hbs") } else { format!("templates/{template}.sms.hbs") };
+                    let file = if email {
+                        format!("templates/{template}.email.hbs")
+                    } else {
+                        format!("templates/{template}.sms.hbs")
+                    };
                     let pos = value.get("template").map(|n| n.pos).unwrap_or(value.pos);
-                    self.reader.sink.error_hint(pos, "J040", format!("missing template `{template}`: there is no {file}"), format!("create {file}, or fix the name"));
+                    self.reader.sink.error_hint(
+                        pos,
+                        "J040",
+                        format!("missing template `{template}`: there is no {file}"),
+                        format!("create {file}, or fix the name"),
+                    );
                     return None;
                 }
-                if email { StepKind::SendEmail { template } } else { StepKind::SendSms { template } }
+                if email {
+                    StepKind::SendEmail { template }
+                } else {
+                    StepKind::SendSms { template }
+                }
             }
             "tag" | "untag" => {
                 let tags = self.reader.string_list(value, kind_key)?;
                 if tags.iter().any(|t| t.trim().is_empty()) {
-                    self.reader.sink.error(value.pos, "J005", "a tag cannot be empty");
+                    self.reader
+                        .sink
+                        .error(value.pos, "J005", "a tag cannot be empty");
                     return None;
                 }
-                if kind_key == "tag" { StepKind::Tag(tags) } else { StepKind::Untag(tags) }
+                if kind_key == "tag" {
+                    StepKind::Tag(tags)
+                } else {
+                    StepKind::Untag(tags)
+                }
             }
             "set" => {
                 let entries = value.as_map().filter(|e| !e.is_empty());
                 let Some(entries) = entries else {
-                    self.reader.sink.error_hint(value.pos, "J005", "`set` needs traits and their values", "write `set: {plan: trial, trial_started: true}`");
+                    self.reader.sink.error_hint(
+                        value.pos,
+                        "J005",
+                        "`set` needs traits and their values",
+                        "write `set: {plan: trial, trial_started: true}`",
+                    );
                     return None;
                 };
-                StepKind::Set(entries.iter().map(|(k, v)| (k.as_str().unwrap_or_default().to_string(), v.to_json())).collect())
+                StepKind::Set(
+                    entries
+                        .iter()
+                        .map(|(k, v)| (k.as_str().unwrap_or_default().to_string(), v.to_json()))
+                        .collect(),
+                )
             }
             "score" => {
                 let points = self.reader.integer(value, "score")?;
                 if points == 0 {
-                    self.reader.sink.error(value.pos, "J005", "`score: 0` changes nothing");
+                    self.reader
+                        .sink
+                        .error(value.pos, "J005", "`score: 0` changes nothing");
                     return None;
                 }
                 StepKind::Score(points)
@@ -513,21 +878,38 @@ impl JourneyParser<'_, '_> {
                     Value::Scalar(s) => s.text.clone(),
                     _ => {
                         let fields = self.reader.fields(value, "assign_to_sales", &["team"])?;
-                        self.reader.required_string(&fields, "team", "assign_to_sales", "inbound")?
+                        self.reader.required_string(
+                            &fields,
+                            "team",
+                            "assign_to_sales",
+                            "inbound",
+                        )?
                     }
                 };
                 let pos = value.get("team").map(|n| n.pos).unwrap_or(value.pos);
                 match &self.refs.sales_teams {
                     TeamNames::Unchecked => StepKind::AssignToSales { team },
                     TeamNames::NoSalesFile => {
-                        self.reader.sink.error_hint(pos, "J050", format!("unknown sales team `{team}`: there is no sales.yaml"), "create sales.yaml with the team and its reps (see docs/journeys.md)");
+                        self.reader.sink.error_hint(
+                            pos,
+                            "J050",
+                            format!("unknown sales team `{team}`: there is no sales.yaml"),
+                            "create sales.yaml with the team and its reps (see docs/journeys.md)",
+                        );
                         return None;
                     }
                     TeamNames::Known(teams) if !teams.contains(&team) => {
                         let hint = did_you_mean(&team, teams.iter().map(String::as_str))
                             .map(|t| format!("did you mean `{t}`?"))
-                            .unwrap_or_else(|| format!("teams in sales.yaml: {}", teams.join(", ")));
-                        self.reader.sink.error_hint(pos, "J050", format!("unknown sales team `{team}`"), hint);
+                            .unwrap_or_else(|| {
+                                format!("teams in sales.yaml: {}", teams.join(", "))
+                            });
+                        self.reader.sink.error_hint(
+                            pos,
+                            "J050",
+                            format!("unknown sales team `{team}`"),
+                            hint,
+                        );
                         return None;
                     }
                     TeamNames::Known(_) => StepKind::AssignToSales { team },
@@ -535,7 +917,12 @@ impl JourneyParser<'_, '_> {
             }
             _ => StepKind::Webhook(self.webhook(value)?),
         };
-        Some(Step { id, pos: node.pos, kind, next })
+        Some(Step {
+            id,
+            pos: node.pos,
+            kind,
+            next,
+        })
     }
 
     fn template_ref(&mut self, value: &Node, key: &str) -> Option<String> {
@@ -543,7 +930,8 @@ impl JourneyParser<'_, '_> {
             Value::Scalar(s) => Some(s.text.clone()),
             _ => {
                 let fields = self.reader.fields(value, key, &["template"])?;
-                self.reader.required_string(&fields, "template", key, "welcome")
+                self.reader
+                    .required_string(&fields, "template", key, "welcome")
             }
         }
     }
@@ -554,13 +942,16 @@ impl JourneyParser<'_, '_> {
             _ => {
                 let fields = self.reader.fields(value, "wait_until", &["time", "days"])?;
                 let Some(time) = fields.get("time") else {
-                    self.reader.missing(&fields, "time", "wait_until", "\"09:00\"");
+                    self.reader
+                        .missing(&fields, "time", "wait_until", "\"09:00\"");
                     return None;
                 };
                 (time, fields.get("days"))
             }
         };
-        let time: TimeOfDay = self.reader.parsed(time_node, "wait_until", "J023", TIME_HINT)?;
+        let time: TimeOfDay = self
+            .reader
+            .parsed(time_node, "wait_until", "J023", TIME_HINT)?;
         let mut days = Days::ALL;
         if let Some(node) = days_node {
             days = Days(0);
@@ -569,7 +960,12 @@ impl JourneyParser<'_, '_> {
                 match Days::parse_day(&text) {
                     Ok(day) => days = days.with(day),
                     Err(reason) => {
-                        self.reader.sink.error_hint(item.pos, "J023", reason, "write days as mon, tue, wed, thu, fri, sat, sun");
+                        self.reader.sink.error_hint(
+                            item.pos,
+                            "J023",
+                            reason,
+                            "write days as mon, tue, wed, thu, fri, sat, sun",
+                        );
                         return None;
                     }
                 }
@@ -578,9 +974,19 @@ impl JourneyParser<'_, '_> {
         Some(StepKind::WaitUntil { time, days })
     }
 
-    fn branch_arms(&mut self, value: &Node, ids: &StepIds, has_trigger: bool) -> Option<Vec<BranchArm>> {
+    fn branch_arms(
+        &mut self,
+        value: &Node,
+        ids: &StepIds,
+        has_trigger: bool,
+    ) -> Option<Vec<BranchArm>> {
         let Some(items) = value.as_seq().filter(|items| !items.is_empty()) else {
-            self.reader.sink.error_hint(value.pos, "J002", "`branch` must be a list of arms", "write `- when: score >= 50` with `goto: STEP` under it");
+            self.reader.sink.error_hint(
+                value.pos,
+                "J002",
+                "`branch` must be a list of arms",
+                "write `- when: score >= 50` with `goto: STEP` under it",
+            );
             return None;
         };
         let mut arms = Vec::new();
@@ -591,16 +997,21 @@ impl JourneyParser<'_, '_> {
                 continue;
             };
             let when = match fields.get("when") {
-                Some(node) => self.reader.expr(node, "when", Place::Contact { has_trigger }, Want::Bool),
+                Some(node) => {
+                    self.reader
+                        .expr(node, "when", Place::Contact { has_trigger }, Want::Bool)
+                }
                 None => {
-                    self.reader.missing(&fields, "when", "a branch arm", "score >= 50");
+                    self.reader
+                        .missing(&fields, "when", "a branch arm", "score >= 50");
                     None
                 }
             };
             let goto = match fields.get("goto") {
                 Some(node) => self.target(node, "goto", ids),
                 None => {
-                    self.reader.missing(&fields, "goto", "a branch arm", "a-step-id");
+                    self.reader
+                        .missing(&fields, "goto", "a branch arm", "a-step-id");
                     None
                 }
             };
@@ -614,13 +1025,21 @@ impl JourneyParser<'_, '_> {
 
     fn split_arms(&mut self, value: &Node, ids: &StepIds) -> Option<Vec<SplitArm>> {
         let Some(items) = value.as_seq().filter(|items| items.len() >= 2) else {
-            self.reader.sink.error_hint(value.pos, "J002", "`split` must be a list of at least two arms", "write `- {percent: 50, goto: a}` and `- {percent: 50, goto: b}`");
+            self.reader.sink.error_hint(
+                value.pos,
+                "J002",
+                "`split` must be a list of at least two arms",
+                "write `- {percent: 50, goto: a}` and `- {percent: 50, goto: b}`",
+            );
             return None;
         };
         let mut arms = Vec::new();
         let mut ok = true;
         for item in items {
-            let Some(fields) = self.reader.fields(item, "a split arm", &["percent", "goto"]) else {
+            let Some(fields) = self
+                .reader
+                .fields(item, "a split arm", &["percent", "goto"])
+            else {
                 ok = false;
                 continue;
             };
@@ -629,7 +1048,11 @@ impl JourneyParser<'_, '_> {
                     if (1..=100).contains(&p) {
                         Some(p as u8)
                     } else {
-                        self.reader.sink.error(node.pos, "J051", format!("a split arm takes 1 to 100 percent, not {p}"));
+                        self.reader.sink.error(
+                            node.pos,
+                            "J051",
+                            format!("a split arm takes 1 to 100 percent, not {p}"),
+                        );
                         None
                     }
                 }),
@@ -641,7 +1064,8 @@ impl JourneyParser<'_, '_> {
             let goto = match fields.get("goto") {
                 Some(node) => self.target(node, "goto", ids),
                 None => {
-                    self.reader.missing(&fields, "goto", "a split arm", "a-step-id");
+                    self.reader
+                        .missing(&fields, "goto", "a split arm", "a-step-id");
                     None
                 }
             };
@@ -654,7 +1078,15 @@ impl JourneyParser<'_, '_> {
             let total: u32 = arms.iter().map(|a| u32::from(a.percent)).sum();
             if total != 100 {
                 let percents: Vec<String> = arms.iter().map(|a| a.percent.to_string()).collect();
-                self.reader.sink.error_hint(value.pos, "J051", format!("split percents add up to {total}, not 100 ({})", percents.join(" + ")), "make the arms add up to exactly 100");
+                self.reader.sink.error_hint(
+                    value.pos,
+                    "J051",
+                    format!(
+                        "split percents add up to {total}, not 100 ({})",
+                        percents.join(" + ")
+                    ),
+                    "make the arms add up to exactly 100",
+                );
                 return None;
             }
         }
@@ -662,22 +1094,41 @@ impl JourneyParser<'_, '_> {
     }
 
     fn webhook(&mut self, value: &Node) -> Option<Webhook> {
-        let fields = self.reader.fields(value, "webhook", &["url", "method", "headers", "body"])?;
-        let url = self.reader.required_string(&fields, "url", "webhook", "https://erp.example.com/hooks/lead")?;
+        let fields = self
+            .reader
+            .fields(value, "webhook", &["url", "method", "headers", "body"])?;
+        let url = self.reader.required_string(
+            &fields,
+            "url",
+            "webhook",
+            "https://erp.example.com/hooks/lead",
+        )?;
         let url_node = fields.get("url")?;
         if !(url.starts_with("https://") || url.starts_with("http://")) {
             self.reader.sink.error_hint(url_node.pos, "J070", format!("webhook url `{url}` must start with https:// or http://"), "write the full address, e.g. https://oapi.dingtalk.com/robot/send?access_token=...");
             return None;
         }
         if let Err(error) = handlebars::Template::compile(&url) {
-            self.reader.sink.error(url_node.pos, "J041", format!("the webhook url is not a valid template: {}", error.reason()));
+            self.reader.sink.error(
+                url_node.pos,
+                "J041",
+                format!(
+                    "the webhook url is not a valid template: {}",
+                    error.reason()
+                ),
+            );
             return None;
         }
         let method = match fields.get("method") {
             Some(node) => {
                 let method = self.reader.string(node, "method")?.to_ascii_uppercase();
                 if !["POST", "PUT", "PATCH", "GET", "DELETE"].contains(&method.as_str()) {
-                    self.reader.sink.error_hint(node.pos, "J070", format!("`{method}` is not an HTTP method"), "use POST, PUT, PATCH, GET or DELETE");
+                    self.reader.sink.error_hint(
+                        node.pos,
+                        "J070",
+                        format!("`{method}` is not an HTTP method"),
+                        "use POST, PUT, PATCH, GET or DELETE",
+                    );
                     return None;
                 }
                 method
@@ -687,15 +1138,27 @@ impl JourneyParser<'_, '_> {
         let mut headers = BTreeMap::new();
         if let Some(node) = fields.get("headers") {
             let Some(entries) = node.as_map() else {
-                self.reader.sink.error(node.pos, "J002", "`headers` must be a mapping of header names to values");
+                self.reader.sink.error(
+                    node.pos,
+                    "J002",
+                    "`headers` must be a mapping of header names to values",
+                );
                 return None;
             };
             for (k, v) in entries {
-                headers.insert(k.as_str().unwrap_or_default().to_string(), self.reader.string(v, "headers")?);
+                headers.insert(
+                    k.as_str().unwrap_or_default().to_string(),
+                    self.reader.string(v, "headers")?,
+                );
             }
         }
         let body = fields.get("body").map(Node::to_json);
-        Some(Webhook { method, url, headers, body })
+        Some(Webhook {
+            method,
+            url,
+            headers,
+            body,
+        })
     }
 }
 

@@ -10,7 +10,7 @@
 //!          territory: 'traits.region == "Shanghai"'}
 //! ```
 
-use super::decode::{is_slug, Reader};
+use super::decode::{Reader, is_slug};
 use super::diagnostic::Diagnostic;
 use super::values::Delay;
 use super::yaml;
@@ -54,7 +54,12 @@ pub fn parse_sales(file: &str, text: &str, diagnostics: &mut Vec<Diagnostic>) ->
     let root = match yaml::parse(text) {
         Ok(root) => root,
         Err(error) => {
-            diagnostics.push(Diagnostic::error(file, error.pos, "J001", format!("this is not valid YAML: {}", error.message)));
+            diagnostics.push(Diagnostic::error(
+                file,
+                error.pos,
+                "J001",
+                format!("this is not valid YAML: {}", error.message),
+            ));
             return None;
         }
     };
@@ -62,52 +67,99 @@ pub fn parse_sales(file: &str, text: &str, diagnostics: &mut Vec<Diagnostic>) ->
     let mut reader = Reader::new(file, text, diagnostics);
     let fields = reader.fields(&root, "sales.yaml", &["teams"])?;
     let Some(teams_node) = fields.get("teams") else {
-        reader.missing(&fields, "teams", "sales.yaml", "{inbound: {strategy: round_robin, reps: [...]}}");
+        reader.missing(
+            &fields,
+            "teams",
+            "sales.yaml",
+            "{inbound: {strategy: round_robin, reps: [...]}}",
+        );
         return None;
     };
     let Some(entries) = teams_node.as_map() else {
-        reader.sink.error_hint(teams_node.pos, "J052", "`teams` must map team ids to teams", "write `teams:` then `  inbound:` with the team under it");
+        reader.sink.error_hint(
+            teams_node.pos,
+            "J052",
+            "`teams` must map team ids to teams",
+            "write `teams:` then `  inbound:` with the team under it",
+        );
         return None;
     };
     let mut teams = BTreeMap::new();
     for (key, node) in entries {
         let id = key.as_str().unwrap_or_default().to_string();
         if !is_slug(&id) {
-            reader.sink.error(key.pos, "J052", format!("team id `{id}` may only use lowercase letters, digits and dashes"));
+            reader.sink.error(
+                key.pos,
+                "J052",
+                format!("team id `{id}` may only use lowercase letters, digits and dashes"),
+            );
         }
-        let Some(team) = reader.fields(node, "a team", &["name", "strategy", "accept_within", "reps"]) else { continue };
-        let name = reader.optional_string(&team, "name").unwrap_or_else(|| id.clone());
+        let Some(team) = reader.fields(
+            node,
+            "a team",
+            &["name", "strategy", "accept_within", "reps"],
+        ) else {
+            continue;
+        };
+        let name = reader
+            .optional_string(&team, "name")
+            .unwrap_or_else(|| id.clone());
         let strategy = match reader.optional_string(&team, "strategy").as_deref() {
             None | Some("round_robin") => Strategy::RoundRobin,
             Some("territory") => Strategy::Territory,
             Some("least_loaded") => Strategy::LeastLoaded,
             Some(other) => {
                 let pos = team.get("strategy").map(|n| n.pos).unwrap_or(node.pos);
-                reader.sink.error_hint(pos, "J052", format!("`{other}` is not an assignment strategy"), "write round_robin, territory or least_loaded");
+                reader.sink.error_hint(
+                    pos,
+                    "J052",
+                    format!("`{other}` is not an assignment strategy"),
+                    "write round_robin, territory or least_loaded",
+                );
                 Strategy::RoundRobin
             }
         };
-        let accept_within = team.get("accept_within").and_then(|n| reader.delay(n, "accept_within"));
+        let accept_within = team
+            .get("accept_within")
+            .and_then(|n| reader.delay(n, "accept_within"));
         let mut reps = Vec::new();
         match team.get("reps").map(|n| (n, n.as_seq())) {
             Some((_, Some(items))) if !items.is_empty() => {
                 for item in items {
-                    let Some(rep) = reader.fields(item, "a rep", &["id", "name", "email", "phone", "capacity", "territory"]) else { continue };
-                    let Some(rep_id) = reader.required_string(&rep, "id", "a rep", "li-wei") else { continue };
+                    let Some(rep) = reader.fields(
+                        item,
+                        "a rep",
+                        &["id", "name", "email", "phone", "capacity", "territory"],
+                    ) else {
+                        continue;
+                    };
+                    let Some(rep_id) = reader.required_string(&rep, "id", "a rep", "li-wei") else {
+                        continue;
+                    };
                     if reps.iter().any(|r: &Rep| r.id == rep_id) {
-                        reader.sink.error(rep.get("id").map(|n| n.pos).unwrap_or(item.pos), "J052", format!("rep `{rep_id}` is listed twice in team `{id}`"));
+                        reader.sink.error(
+                            rep.get("id").map(|n| n.pos).unwrap_or(item.pos),
+                            "J052",
+                            format!("rep `{rep_id}` is listed twice in team `{id}`"),
+                        );
                     }
                     let capacity = rep.get("capacity").and_then(|n| {
                         let value = reader.integer(n, "capacity")?;
                         if value <= 0 {
-                            reader.sink.error(n.pos, "J052", "`capacity` must be at least 1");
+                            reader
+                                .sink
+                                .error(n.pos, "J052", "`capacity` must be at least 1");
                             return None;
                         }
                         Some(value as u32)
                     });
-                    let territory = rep.get("territory").and_then(|n| reader.expr(n, "territory", Place::Audience, Want::Bool));
+                    let territory = rep
+                        .get("territory")
+                        .and_then(|n| reader.expr(n, "territory", Place::Audience, Want::Bool));
                     reps.push(Rep {
-                        name: reader.optional_string(&rep, "name").unwrap_or_else(|| rep_id.clone()),
+                        name: reader
+                            .optional_string(&rep, "name")
+                            .unwrap_or_else(|| rep_id.clone()),
                         id: rep_id,
                         email: reader.optional_string(&rep, "email"),
                         phone: reader.optional_string(&rep, "phone"),
@@ -116,13 +168,40 @@ pub fn parse_sales(file: &str, text: &str, diagnostics: &mut Vec<Diagnostic>) ->
                     });
                 }
             }
-            Some((n, _)) => reader.sink.error_hint(n.pos, "J052", format!("team `{id}` needs a list of reps"), "write `reps:` then `- {id: li-wei, email: li.wei@example.com}`"),
-            None => reader.missing(&team, "reps", "a team", "[{id: li-wei, email: li.wei@example.com}]"),
+            Some((n, _)) => reader.sink.error_hint(
+                n.pos,
+                "J052",
+                format!("team `{id}` needs a list of reps"),
+                "write `reps:` then `- {id: li-wei, email: li.wei@example.com}`",
+            ),
+            None => reader.missing(
+                &team,
+                "reps",
+                "a team",
+                "[{id: li-wei, email: li.wei@example.com}]",
+            ),
         }
-        if strategy == Strategy::Territory && !reps.is_empty() && reps.iter().all(|r| r.territory.is_none()) {
-            reader.sink.error_hint(node.pos, "J052", format!("team `{id}` assigns by territory but no rep has one"), "give reps `territory: 'traits.region == \"Shanghai\"'`");
+        if strategy == Strategy::Territory
+            && !reps.is_empty()
+            && reps.iter().all(|r| r.territory.is_none())
+        {
+            reader.sink.error_hint(
+                node.pos,
+                "J052",
+                format!("team `{id}` assigns by territory but no rep has one"),
+                "give reps `territory: 'traits.region == \"Shanghai\"'`",
+            );
         }
-        teams.insert(id.clone(), Team { id, name, strategy, accept_within, reps });
+        teams.insert(
+            id.clone(),
+            Team {
+                id,
+                name,
+                strategy,
+                accept_within,
+                reps,
+            },
+        );
     }
     (reader.sink.diagnostics.len() == before).then_some(Sales { teams })
 }

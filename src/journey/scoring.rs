@@ -9,7 +9,7 @@
 //!   - {id: manufacturing, when: 'traits.industry == "manufacturing"', points: 15}
 //! ```
 
-use super::decode::{is_slug, Reader};
+use super::decode::{Reader, is_slug};
 use super::diagnostic::Diagnostic;
 use super::values::Delay;
 use super::yaml;
@@ -40,7 +40,10 @@ pub struct Rule {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum RuleOn {
-    Event { name: String, condition: Option<Expr> },
+    Event {
+        name: String,
+        condition: Option<Expr>,
+    },
     /// A profile condition, scored once while it holds.
     Trait(Expr),
 }
@@ -49,7 +52,12 @@ pub fn parse_scoring(file: &str, text: &str, diagnostics: &mut Vec<Diagnostic>) 
     let root = match yaml::parse(text) {
         Ok(root) => root,
         Err(error) => {
-            diagnostics.push(Diagnostic::error(file, error.pos, "J001", format!("this is not valid YAML: {}", error.message)));
+            diagnostics.push(Diagnostic::error(
+                file,
+                error.pos,
+                "J001",
+                format!("this is not valid YAML: {}", error.message),
+            ));
             return None;
         }
     };
@@ -79,11 +87,21 @@ pub fn parse_scoring(file: &str, text: &str, diagnostics: &mut Vec<Diagnostic>) 
     }
     let decay = fields.get("decay").and_then(|node| {
         let decay = reader.fields(node, "decay", &["half_life", "points_per_inactive_week"])?;
-        match (decay.get("half_life"), decay.get("points_per_inactive_week")) {
+        match (
+            decay.get("half_life"),
+            decay.get("points_per_inactive_week"),
+        ) {
             (Some(n), None) => reader.delay(n, "half_life").map(Decay::HalfLife),
-            (None, Some(n)) => reader.integer(n, "points_per_inactive_week").map(Decay::PointsPerInactiveWeek),
+            (None, Some(n)) => reader
+                .integer(n, "points_per_inactive_week")
+                .map(Decay::PointsPerInactiveWeek),
             _ => {
-                reader.sink.error_hint(node.pos, "J060", "decay takes exactly one of `half_life` or `points_per_inactive_week`", "e.g. `decay: {half_life: 30d}`");
+                reader.sink.error_hint(
+                    node.pos,
+                    "J060",
+                    "decay takes exactly one of `half_life` or `points_per_inactive_week`",
+                    "e.g. `decay: {half_life: 30d}`",
+                );
                 None
             }
         }
@@ -91,25 +109,63 @@ pub fn parse_scoring(file: &str, text: &str, diagnostics: &mut Vec<Diagnostic>) 
     let mut rules: Vec<Rule> = Vec::new();
     if let Some(node) = fields.get("rules") {
         for item in node.as_seq().unwrap_or_default() {
-            let Some(rule) = reader.fields(item, "a scoring rule", &["id", "event", "where", "when", "points", "max_per_day", "max_total"]) else { continue };
-            let Some(id) = reader.required_string(&rule, "id", "a scoring rule", "pricing-view") else { continue };
+            let Some(rule) = reader.fields(
+                item,
+                "a scoring rule",
+                &[
+                    "id",
+                    "event",
+                    "where",
+                    "when",
+                    "points",
+                    "max_per_day",
+                    "max_total",
+                ],
+            ) else {
+                continue;
+            };
+            let Some(id) = reader.required_string(&rule, "id", "a scoring rule", "pricing-view")
+            else {
+                continue;
+            };
             let id_pos = rule.get("id").map(|n| n.pos).unwrap_or(item.pos);
             if !is_slug(&id) {
-                reader.sink.error(id_pos, "J060", format!("rule id `{id}` may only use lowercase letters, digits and dashes"));
+                reader.sink.error(
+                    id_pos,
+                    "J060",
+                    format!("rule id `{id}` may only use lowercase letters, digits and dashes"),
+                );
             }
             if rules.iter().any(|r| r.id == id) {
-                reader.sink.error(id_pos, "J060", format!("duplicate rule id `{id}`"));
+                reader
+                    .sink
+                    .error(id_pos, "J060", format!("duplicate rule id `{id}`"));
             }
             let on = match (rule.get("event"), rule.get("when")) {
                 (Some(event), None) => {
-                    let condition = rule.get("where").and_then(|n| reader.expr(n, "where", Place::EventFilter { has_trigger: false }, Want::Bool));
-                    reader.string(event, "event").map(|name| RuleOn::Event { name, condition })
+                    let condition = rule.get("where").and_then(|n| {
+                        reader.expr(
+                            n,
+                            "where",
+                            Place::EventFilter { has_trigger: false },
+                            Want::Bool,
+                        )
+                    });
+                    reader
+                        .string(event, "event")
+                        .map(|name| RuleOn::Event { name, condition })
                 }
                 (None, Some(when)) => {
                     if let Some(pos) = rule.key_pos("where") {
-                        reader.sink.error(pos, "J017", "`where` filters an event; a trait rule states its condition in `when`");
+                        reader.sink.error(
+                            pos,
+                            "J017",
+                            "`where` filters an event; a trait rule states its condition in `when`",
+                        );
                     }
-                    reader.expr(when, "when", Place::Audience, Want::Bool).map(RuleOn::Trait)
+                    reader
+                        .expr(when, "when", Place::Audience, Want::Bool)
+                        .map(RuleOn::Trait)
                 }
                 _ => {
                     reader.sink.error_hint(item.pos, "J060", format!("rule `{id}` needs exactly one of `event` or `when`"), "score an event (`event: Pricing Page Viewed`) or a profile condition (`when: traits.industry == \"manufacturing\"`)");
@@ -119,7 +175,9 @@ pub fn parse_scoring(file: &str, text: &str, diagnostics: &mut Vec<Diagnostic>) 
             let points = match rule.get("points") {
                 Some(n) => reader.integer(n, "points").filter(|p| {
                     if *p == 0 {
-                        reader.sink.error(n.pos, "J060", "a rule worth 0 points does nothing");
+                        reader
+                            .sink
+                            .error(n.pos, "J060", "a rule worth 0 points does nothing");
                     }
                     *p != 0
                 }),
@@ -128,15 +186,30 @@ pub fn parse_scoring(file: &str, text: &str, diagnostics: &mut Vec<Diagnostic>) 
                     None
                 }
             };
-            let max_per_day = rule.get("max_per_day").and_then(|n| reader.integer(n, "max_per_day"));
-            let max_total = rule.get("max_total").and_then(|n| reader.integer(n, "max_total"));
+            let max_per_day = rule
+                .get("max_per_day")
+                .and_then(|n| reader.integer(n, "max_per_day"));
+            let max_total = rule
+                .get("max_total")
+                .and_then(|n| reader.integer(n, "max_total"));
             if let (Some(on), Some(points)) = (on, points) {
-                rules.push(Rule { id, on, points, max_per_day, max_total });
+                rules.push(Rule {
+                    id,
+                    on,
+                    points,
+                    max_per_day,
+                    max_total,
+                });
             }
         }
     }
     if reader.sink.diagnostics.len() != before {
         return None;
     }
-    Some(Scoring { mql: mql?, sql: sql?, decay, rules })
+    Some(Scoring {
+        mql: mql?,
+        sql: sql?,
+        decay,
+        rules,
+    })
 }

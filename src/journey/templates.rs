@@ -5,8 +5,8 @@
 //! unknown partials and helpers, the unsubscribe link of marketing mail and SMS length.
 //! Rendering is pure too, so the simulator and the engine render the same way.
 
-use super::decode::{is_slug, Reader};
-use super::diagnostic::{did_you_mean, Diagnostic};
+use super::decode::{Reader, is_slug};
+use super::diagnostic::{Diagnostic, did_you_mean};
 use super::yaml::{self, Pos};
 use handlebars::template::{Parameter, Template, TemplateElement};
 use handlebars::{Handlebars, Path};
@@ -15,7 +15,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// Variables a template may use, and the fields of the fixed-shape ones.
 const ROOTS: [(&str, Option<&[&str]>); 10] = [
-    ("contact", Some(&["id", "email", "phone", "timezone", "language", "created_at"])),
+    (
+        "contact",
+        Some(&["id", "email", "phone", "timezone", "language", "created_at"]),
+    ),
     ("traits", None),
     ("trigger", Some(&["name", "properties", "timestamp"])),
     ("event", Some(&["name", "properties", "timestamp"])),
@@ -27,7 +30,8 @@ const ROOTS: [(&str, Option<&[&str]>); 10] = [
     ("now", Some(&[])),
 ];
 const BUILTIN_HELPERS: [&str; 15] = [
-    "if", "unless", "each", "with", "lookup", "eq", "ne", "gt", "gte", "lt", "lte", "and", "or", "not", "len",
+    "if", "unless", "each", "with", "lookup", "eq", "ne", "gt", "gte", "lt", "lte", "and", "or",
+    "not", "len",
 ];
 const OUR_HELPERS: [&str; 3] = ["default", "upper", "lower"];
 /// An SMS longer than this many parts is refused: it costs like ten messages and reads badly.
@@ -129,7 +133,9 @@ fn classify(path: &str) -> Option<(Kind, String, String)> {
     let file_name = normalized.rsplit('/').next()?;
     let in_partials = normalized.contains("/partials/") || normalized.starts_with("partials/");
     if in_partials {
-        return file_name.strip_suffix(".hbs").map(|name| (Kind::Partial, name.to_string(), String::new()));
+        return file_name
+            .strip_suffix(".hbs")
+            .map(|name| (Kind::Partial, name.to_string(), String::new()));
     }
     let (kind, stem) = if let Some(stem) = file_name.strip_suffix(".email.txt.hbs") {
         (Kind::EmailText, stem)
@@ -176,7 +182,14 @@ impl Templates {
                 continue;
             };
             if !matches!(kind, Kind::Partial) && !is_slug(&name) {
-                diagnostics.push(Diagnostic::error(&file.path, Pos::new(1, 1), "J045", format!("template name `{name}` may only use lowercase letters, digits and dashes")));
+                diagnostics.push(Diagnostic::error(
+                    &file.path,
+                    Pos::new(1, 1),
+                    "J045",
+                    format!(
+                        "template name `{name}` may only use lowercase letters, digits and dashes"
+                    ),
+                ));
                 continue;
             }
             match kind {
@@ -184,7 +197,11 @@ impl Templates {
                 Kind::Email => {
                     if let Some((variant, template, offset)) = email_variant(file, diagnostics) {
                         parsed.push((file, template, offset, "email"));
-                        templates.emails.entry(name).or_default().insert(language, variant);
+                        templates
+                            .emails
+                            .entry(name)
+                            .or_default()
+                            .insert(language, variant);
                     }
                 }
                 Kind::EmailText => {
@@ -197,15 +214,37 @@ impl Templates {
                     if let Some(template) = compile_body(&file.path, &file.text, 0, diagnostics) {
                         check_sms_length(file, diagnostics);
                         parsed.push((file, template, 0, "sms"));
-                        templates.sms.entry(name).or_default().insert(language, SmsVariant { file: file.path.clone(), body: file.text.clone() });
+                        templates.sms.entry(name).or_default().insert(
+                            language,
+                            SmsVariant {
+                                file: file.path.clone(),
+                                body: file.text.clone(),
+                            },
+                        );
                     }
                 }
             }
         }
         for (file, name, language) in texts {
-            match templates.emails.get_mut(&name).and_then(|variants| variants.get_mut(&language)) {
+            match templates
+                .emails
+                .get_mut(&name)
+                .and_then(|variants| variants.get_mut(&language))
+            {
                 Some(variant) => variant.text = Some(file.text.clone()),
-                None => diagnostics.push(Diagnostic::error(&file.path, Pos::new(1, 1), "J045", format!("text part without an email: there is no {name}{}.email.hbs", if language.is_empty() { String::new() } else { format!(".{language}") }))),
+                None => diagnostics.push(Diagnostic::error(
+                    &file.path,
+                    Pos::new(1, 1),
+                    "J045",
+                    format!(
+                        "text part without an email: there is no {name}{}.email.hbs",
+                        if language.is_empty() {
+                            String::new()
+                        } else {
+                            format!(".{language}")
+                        }
+                    ),
+                )),
             }
         }
         for (file, template, line_offset, what) in &parsed {
@@ -225,19 +264,29 @@ impl Templates {
         for (name, variants) in &templates.emails {
             for (language, variant) in variants {
                 let key = format!("email/{name}/{language}");
-                let _ = templates.plain.register_template_string(&format!("{key}/subject"), &variant.subject);
-                let _ = templates.html.register_template_string(&format!("{key}/html"), &variant.html);
+                let _ = templates
+                    .plain
+                    .register_template_string(&format!("{key}/subject"), &variant.subject);
+                let _ = templates
+                    .html
+                    .register_template_string(&format!("{key}/html"), &variant.html);
                 if let Some(text) = &variant.text {
-                    let _ = templates.plain.register_template_string(&format!("{key}/text"), text);
+                    let _ = templates
+                        .plain
+                        .register_template_string(&format!("{key}/text"), text);
                 }
                 if let Some(preheader) = &variant.preheader {
-                    let _ = templates.plain.register_template_string(&format!("{key}/preheader"), preheader);
+                    let _ = templates
+                        .plain
+                        .register_template_string(&format!("{key}/preheader"), preheader);
                 }
             }
         }
         for (name, variants) in &templates.sms {
             for (language, variant) in variants {
-                let _ = templates.plain.register_template_string(&format!("sms/{name}/{language}"), &variant.body);
+                let _ = templates
+                    .plain
+                    .register_template_string(&format!("sms/{name}/{language}"), &variant.body);
             }
         }
         templates
@@ -252,20 +301,44 @@ impl Templates {
     }
 
     /// Renders an email in the contact's language, falling back to the default one.
-    pub fn render_email(&self, name: &str, language: Option<&str>, data: &Json) -> Result<RenderedEmail, RenderError> {
-        let variants = self.emails.get(name).ok_or_else(|| RenderError::Missing { channel: "email", name: name.into() })?;
+    pub fn render_email(
+        &self,
+        name: &str,
+        language: Option<&str>,
+        data: &Json,
+    ) -> Result<RenderedEmail, RenderError> {
+        let variants = self.emails.get(name).ok_or_else(|| RenderError::Missing {
+            channel: "email",
+            name: name.into(),
+        })?;
         let language = pick_language(variants.keys(), language);
         let variant = &variants[&language];
         let key = format!("email/{name}/{language}");
-        let failed = |error: handlebars::RenderError| RenderError::Failed { name: name.into(), reason: error.to_string() };
-        let subject = self.plain.render(&format!("{key}/subject"), data).map_err(failed)?;
-        let html = self.html.render(&format!("{key}/html"), data).map_err(failed)?;
+        let failed = |error: handlebars::RenderError| RenderError::Failed {
+            name: name.into(),
+            reason: error.to_string(),
+        };
+        let subject = self
+            .plain
+            .render(&format!("{key}/subject"), data)
+            .map_err(failed)?;
+        let html = self
+            .html
+            .render(&format!("{key}/html"), data)
+            .map_err(failed)?;
         let text = match &variant.text {
-            Some(_) => self.plain.render(&format!("{key}/text"), data).map_err(failed)?,
+            Some(_) => self
+                .plain
+                .render(&format!("{key}/text"), data)
+                .map_err(failed)?,
             None => html_to_text(&html),
         };
         let preheader = match &variant.preheader {
-            Some(_) => Some(self.plain.render(&format!("{key}/preheader"), data).map_err(failed)?),
+            Some(_) => Some(
+                self.plain
+                    .render(&format!("{key}/preheader"), data)
+                    .map_err(failed)?,
+            ),
             None => None,
         };
         Ok(RenderedEmail {
@@ -281,21 +354,40 @@ impl Templates {
         })
     }
 
-    pub fn render_sms(&self, name: &str, language: Option<&str>, data: &Json) -> Result<RenderedSms, RenderError> {
-        let variants = self.sms.get(name).ok_or_else(|| RenderError::Missing { channel: "SMS", name: name.into() })?;
+    pub fn render_sms(
+        &self,
+        name: &str,
+        language: Option<&str>,
+        data: &Json,
+    ) -> Result<RenderedSms, RenderError> {
+        let variants = self.sms.get(name).ok_or_else(|| RenderError::Missing {
+            channel: "SMS",
+            name: name.into(),
+        })?;
         let language = pick_language(variants.keys(), language);
         let body = self
             .plain
             .render(&format!("sms/{name}/{language}"), data)
-            .map_err(|error| RenderError::Failed { name: name.into(), reason: error.to_string() })?;
+            .map_err(|error| RenderError::Failed {
+                name: name.into(),
+                reason: error.to_string(),
+            })?;
         let body = body.trim().to_string();
         let (segments, encoding) = sms_segments(&body);
-        Ok(RenderedSms { template: name.into(), language, body, segments, encoding })
+        Ok(RenderedSms {
+            template: name.into(),
+            language,
+            body,
+            segments,
+            encoding,
+        })
     }
 
     /// Renders a string template (webhook URLs and bodies) without HTML escaping.
     pub fn render_inline(&self, template: &str, data: &Json) -> Result<String, String> {
-        self.plain.render_template(template, data).map_err(|error| error.to_string())
+        self.plain
+            .render_template(template, data)
+            .map_err(|error| error.to_string())
     }
 }
 
@@ -316,11 +408,24 @@ fn registry(html: bool) -> Handlebars<'static> {
 }
 
 /// `zh-CN` matches `zh-CN`, then `zh`, then the default.
-fn pick_language<'a>(available: impl Iterator<Item = &'a String> + Clone, wanted: Option<&str>) -> String {
-    if let Some(wanted) = wanted.map(|w| w.trim().to_ascii_lowercase()).filter(|w| !w.is_empty()) {
-        let primary = wanted.split(['-', '_']).next().unwrap_or_default().to_string();
+fn pick_language<'a>(
+    available: impl Iterator<Item = &'a String> + Clone,
+    wanted: Option<&str>,
+) -> String {
+    if let Some(wanted) = wanted
+        .map(|w| w.trim().to_ascii_lowercase())
+        .filter(|w| !w.is_empty())
+    {
+        let primary = wanted
+            .split(['-', '_'])
+            .next()
+            .unwrap_or_default()
+            .to_string();
         for candidate in [wanted.replace('_', "-"), primary] {
-            if let Some(found) = available.clone().find(|a| a.to_ascii_lowercase() == candidate) {
+            if let Some(found) = available
+                .clone()
+                .find(|a| a.to_ascii_lowercase() == candidate)
+            {
                 return found.clone();
             }
         }
@@ -328,12 +433,24 @@ fn pick_language<'a>(available: impl Iterator<Item = &'a String> + Clone, wanted
     String::new()
 }
 
-fn compile_body(path: &str, body: &str, line_offset: u32, diagnostics: &mut Vec<Diagnostic>) -> Option<Template> {
+fn compile_body(
+    path: &str,
+    body: &str,
+    line_offset: u32,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<Template> {
     match Template::compile(body) {
         Ok(template) => Some(template),
         Err(error) => {
             let (line, col) = error.pos().unwrap_or((1, 1));
-            diagnostics.push(Diagnostic::error(path, Pos::new(line as u32 + line_offset, col as u32), "J041", format!("template syntax error: {}", error.reason())).with_hint("check that every {{#if}} / {{#each}} has its {{/if}} / {{/each}} and that braces are balanced"));
+            let reason = error.reason().to_string();
+            // The parser lists every token it expected; the first words are what help.
+            let reason = reason
+                .split(": expected")
+                .next()
+                .unwrap_or(&reason)
+                .to_string();
+            diagnostics.push(Diagnostic::error(path, Pos::new(line as u32 + line_offset, col as u32), "J041", format!("template syntax error: {reason}")).with_hint("check that every {{#if}} / {{#each}} has its {{/if}} / {{/each}} and that braces are balanced"));
             None
         }
     }
@@ -341,14 +458,36 @@ fn compile_body(path: &str, body: &str, line_offset: u32, diagnostics: &mut Vec<
 
 /// Splits front matter from the body; returns the variant, the compiled body and the line where
 /// the body starts (minus one).
-fn email_variant(file: &SourceFile, diagnostics: &mut Vec<Diagnostic>) -> Option<(EmailVariant, Template, u32)> {
+fn email_variant(
+    file: &SourceFile,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<(EmailVariant, Template, u32)> {
     let text = file.text.trim_start_matches('\u{feff}');
-    let Some(rest) = text.strip_prefix("---\n").or_else(|| text.strip_prefix("---\r\n")) else {
-        diagnostics.push(Diagnostic::error(&file.path, Pos::new(1, 1), "J045", "an email template starts with front matter").with_hint("begin the file with `---`, a `subject:` line, and `---` before the HTML"));
+    let Some(rest) = text
+        .strip_prefix("---\n")
+        .or_else(|| text.strip_prefix("---\r\n"))
+    else {
+        diagnostics.push(
+            Diagnostic::error(
+                &file.path,
+                Pos::new(1, 1),
+                "J045",
+                "an email template starts with front matter",
+            )
+            .with_hint("begin the file with `---`, a `subject:` line, and `---` before the HTML"),
+        );
         return None;
     };
     let Some(end) = rest.find("\n---") else {
-        diagnostics.push(Diagnostic::error(&file.path, Pos::new(1, 1), "J045", "the front matter is not closed").with_hint("put a line with `---` between the front matter and the HTML"));
+        diagnostics.push(
+            Diagnostic::error(
+                &file.path,
+                Pos::new(1, 1),
+                "J045",
+                "the front matter is not closed",
+            )
+            .with_hint("put a line with `---` between the front matter and the HTML"),
+        );
         return None;
     };
     let front = &rest[..end + 1];
@@ -358,16 +497,30 @@ fn email_variant(file: &SourceFile, diagnostics: &mut Vec<Diagnostic>) -> Option
     let root = match yaml::parse(front) {
         Ok(root) => root,
         Err(error) => {
-            diagnostics.push(Diagnostic::error(&file.path, Pos::new(error.pos.line + 1, error.pos.col), "J045", format!("the front matter is not valid YAML: {}", error.message)));
+            diagnostics.push(Diagnostic::error(
+                &file.path,
+                Pos::new(error.pos.line + 1, error.pos.col),
+                "J045",
+                format!("the front matter is not valid YAML: {}", error.message),
+            ));
             return None;
         }
     };
     let errors_before = diagnostics.len();
     let mut reader = Reader::new(&file.path, front, diagnostics);
-    let fields = reader.fields(&root, "the front matter", &["subject", "from", "reply_to", "preheader", "class"]);
+    let fields = reader.fields(
+        &root,
+        "the front matter",
+        &["subject", "from", "reply_to", "preheader", "class"],
+    );
     let mut variant = None;
     if let Some(fields) = fields {
-        let subject = reader.required_string(&fields, "subject", "an email template", "\"Your whitepaper is here\"");
+        let subject = reader.required_string(
+            &fields,
+            "subject",
+            "an email template",
+            "\"Your whitepaper is here\"",
+        );
         let from = reader.optional_string(&fields, "from");
         let reply_to = reader.optional_string(&fields, "reply_to");
         let preheader = reader.optional_string(&fields, "preheader");
@@ -376,7 +529,12 @@ fn email_variant(file: &SourceFile, diagnostics: &mut Vec<Diagnostic>) -> Option
             Some("transactional") => Some(MailClass::Transactional),
             Some(other) => {
                 let pos = fields.get("class").map(|n| n.pos).unwrap_or_default();
-                reader.sink.error_hint(pos, "J045", format!("`{other}` is not a mail class"), "write `marketing` (the default) or `transactional`");
+                reader.sink.error_hint(
+                    pos,
+                    "J045",
+                    format!("`{other}` is not a mail class"),
+                    "write `marketing` (the default) or `transactional`",
+                );
                 None
             }
         };
@@ -385,11 +543,24 @@ fn email_variant(file: &SourceFile, diagnostics: &mut Vec<Diagnostic>) -> Option
                 && let Err(error) = Template::compile(value)
             {
                 let pos = fields.get(key).map(|n| n.pos).unwrap_or_default();
-                reader.sink.error(pos, "J041", format!("the {key} is not a valid template: {}", error.reason()));
+                reader.sink.error(
+                    pos,
+                    "J041",
+                    format!("the {key} is not a valid template: {}", error.reason()),
+                );
             }
         }
         if let (Some(subject), Some(class)) = (subject, class) {
-            variant = Some(EmailVariant { file: file.path.clone(), subject, from, reply_to, preheader, class, html: body.to_string(), text: None });
+            variant = Some(EmailVariant {
+                file: file.path.clone(),
+                subject,
+                from,
+                reply_to,
+                preheader,
+                class,
+                html: body.to_string(),
+                text: None,
+            });
         }
     }
     // Positions inside the front matter are one line down in the file.
@@ -400,7 +571,10 @@ fn email_variant(file: &SourceFile, diagnostics: &mut Vec<Diagnostic>) -> Option
         return None;
     }
     // Variables used in the subject and preheader are checked like the body's.
-    let mut combined = variant.as_ref().map(|v| v.subject.clone()).unwrap_or_default();
+    let mut combined = variant
+        .as_ref()
+        .map(|v| v.subject.clone())
+        .unwrap_or_default();
     if let Some(preheader) = variant.as_ref().and_then(|v| v.preheader.clone()) {
         combined.push(' ');
         combined.push_str(&preheader);
@@ -431,18 +605,23 @@ fn collect(template: &Template, line_offset: u32, out: &mut References, nested: 
             .map(|m| Pos::new(m.0 as u32 + line_offset, m.1 as u32))
             .unwrap_or(Pos::new(line_offset + 1, 1));
         match element {
-            TemplateElement::Expression(helper) | TemplateElement::HtmlExpression(helper) | TemplateElement::HelperBlock(helper) => {
+            TemplateElement::Expression(helper)
+            | TemplateElement::HtmlExpression(helper)
+            | TemplateElement::HelperBlock(helper) => {
                 let is_call = !helper.params.is_empty() || !helper.hash.is_empty() || helper.block;
                 match (&helper.name, is_call) {
                     (Parameter::Name(name), true) => out.helpers.push((name.clone(), pos)),
-                    (Parameter::Path(Path::Relative((_, raw))), true) => out.helpers.push((raw.clone(), pos)),
+                    (Parameter::Path(Path::Relative((_, raw))), true) => {
+                        out.helpers.push((raw.clone(), pos))
+                    }
                     (name, false) => parameter(name, pos, out, nested),
                     _ => {}
                 }
                 for param in helper.params.iter().chain(helper.hash.values()) {
                     parameter(param, pos, out, nested);
                 }
-                let changes_context = matches!(&helper.name, Parameter::Name(n) if n == "each" || n == "with");
+                let changes_context =
+                    matches!(&helper.name, Parameter::Name(n) if n == "each" || n == "with");
                 if let Some(inner) = &helper.template {
                     collect(inner, line_offset, out, nested || changes_context);
                 }
@@ -450,7 +629,8 @@ fn collect(template: &Template, line_offset: u32, out: &mut References, nested: 
                     collect(inverse, line_offset, out, nested);
                 }
             }
-            TemplateElement::PartialExpression(partial) | TemplateElement::PartialBlock(partial) => {
+            TemplateElement::PartialExpression(partial)
+            | TemplateElement::PartialBlock(partial) => {
                 let name = match &partial.name {
                     Parameter::Name(name) => Some(name.clone()),
                     Parameter::Path(Path::Relative((_, raw))) => Some(raw.clone()),
@@ -471,9 +651,16 @@ fn collect(template: &Template, line_offset: u32, out: &mut References, nested: 
 fn parameter(param: &Parameter, pos: Pos, out: &mut References, nested: bool) {
     match param {
         Parameter::Path(Path::Relative((_, raw))) => {
-            if let Some(rooted) = raw.strip_prefix("@root.").or_else(|| raw.strip_prefix("@root/")) {
+            if let Some(rooted) = raw
+                .strip_prefix("@root.")
+                .or_else(|| raw.strip_prefix("@root/"))
+            {
                 out.variables.push((rooted.to_string(), pos));
-            } else if !nested && !raw.starts_with("this") && !raw.starts_with('@') && !raw.starts_with("..") {
+            } else if !nested
+                && !raw.starts_with("this")
+                && !raw.starts_with('@')
+                && !raw.starts_with("..")
+            {
                 out.variables.push((raw.clone(), pos));
             }
         }
@@ -492,17 +679,34 @@ fn parameter(param: &Parameter, pos: Pos, out: &mut References, nested: bool) {
     }
 }
 
-fn check_references(file: &str, references: &References, partials: &BTreeMap<String, String>, diagnostics: &mut Vec<Diagnostic>) {
+fn check_references(
+    file: &str,
+    references: &References,
+    partials: &BTreeMap<String, String>,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
     for (path, pos) in &references.variables {
         let segments: Vec<&str> = path.split(['.', '/']).filter(|s| !s.is_empty()).collect();
-        let Some(root) = segments.first() else { continue };
+        let Some(root) = segments.first() else {
+            continue;
+        };
         match ROOTS.iter().find(|(name, _)| name == root) {
             None => {
                 let hint = match did_you_mean(root, ROOTS.iter().map(|(n, _)| *n)) {
                     Some(suggestion) => format!("did you mean `{suggestion}`?"),
-                    None => "contact details are under `contact.` and profile fields under `traits.`, e.g. {{traits.first_name}}".into(),
+                    None => {
+                        format!("profile fields are under `traits.`: write {{{{traits.{path}}}}}")
+                    }
                 };
-                diagnostics.push(Diagnostic::error(file, *pos, "J042", format!("no contact or event provides `{path}`")).with_hint(hint));
+                diagnostics.push(
+                    Diagnostic::error(
+                        file,
+                        *pos,
+                        "J042",
+                        format!("no contact or event provides `{path}`"),
+                    )
+                    .with_hint(hint),
+                );
             }
             Some((_, Some(fields))) => {
                 if let Some(field) = segments.get(1)
@@ -513,9 +717,22 @@ fn check_references(file: &str, references: &References, partials: &BTreeMap<Str
                     } else {
                         did_you_mean(field, fields.iter().copied())
                             .map(|s| format!("did you mean `{root}.{s}`?"))
-                            .unwrap_or_else(|| format!("`{root}` has: {}; profile fields are under `traits.`", fields.join(", ")))
+                            .unwrap_or_else(|| {
+                                format!(
+                                    "`{root}` has: {}; profile fields are under `traits.`",
+                                    fields.join(", ")
+                                )
+                            })
                     };
-                    diagnostics.push(Diagnostic::error(file, *pos, "J042", format!("no contact or event provides `{path}`")).with_hint(hint));
+                    diagnostics.push(
+                        Diagnostic::error(
+                            file,
+                            *pos,
+                            "J042",
+                            format!("no contact or event provides `{path}`"),
+                        )
+                        .with_hint(hint),
+                    );
                 }
             }
             Some((_, None)) => {}
@@ -524,14 +741,24 @@ fn check_references(file: &str, references: &References, partials: &BTreeMap<Str
     for (helper, pos) in &references.helpers {
         if !BUILTIN_HELPERS.contains(&helper.as_str()) && !OUR_HELPERS.contains(&helper.as_str()) {
             let all = BUILTIN_HELPERS.iter().chain(OUR_HELPERS.iter()).copied();
-            let hint = did_you_mean(helper, all).map(|h| format!("did you mean `{h}`?")).unwrap_or_else(|| format!("helpers: {}", OUR_HELPERS.join(", ")));
-            diagnostics.push(Diagnostic::error(file, *pos, "J045", format!("unknown helper `{helper}`")).with_hint(hint));
+            let hint = did_you_mean(helper, all)
+                .map(|h| format!("did you mean `{h}`?"))
+                .unwrap_or_else(|| format!("helpers: {}", OUR_HELPERS.join(", ")));
+            diagnostics.push(
+                Diagnostic::error(file, *pos, "J045", format!("unknown helper `{helper}`"))
+                    .with_hint(hint),
+            );
         }
     }
     for (partial, pos) in &references.partials {
         if !partials.contains_key(partial) {
-            let hint = did_you_mean(partial, partials.keys().map(String::as_str)).map(|p| format!("did you mean `{p}`?")).unwrap_or_else(|| format!("create templates/partials/{partial}.hbs"));
-            diagnostics.push(Diagnostic::error(file, *pos, "J045", format!("unknown partial `{partial}`")).with_hint(hint));
+            let hint = did_you_mean(partial, partials.keys().map(String::as_str))
+                .map(|p| format!("did you mean `{p}`?"))
+                .unwrap_or_else(|| format!("create templates/partials/{partial}.hbs"));
+            diagnostics.push(
+                Diagnostic::error(file, *pos, "J045", format!("unknown partial `{partial}`"))
+                    .with_hint(hint),
+            );
         }
     }
 }
@@ -540,14 +767,20 @@ fn check_references(file: &str, references: &References, partials: &BTreeMap<Str
 fn uses_unsubscribe(references: &References, partials: &BTreeMap<String, String>) -> bool {
     let mut seen = BTreeSet::new();
     let mut pending: Vec<String> = references.partials.iter().map(|(p, _)| p.clone()).collect();
-    if references.variables.iter().any(|(v, _)| v == "unsubscribe_url") {
+    if references
+        .variables
+        .iter()
+        .any(|(v, _)| v == "unsubscribe_url")
+    {
         return true;
     }
     while let Some(name) = pending.pop() {
         if !seen.insert(name.clone()) {
             continue;
         }
-        let Some(Ok(template)) = partials.get(&name).map(|text| Template::compile(text)) else { continue };
+        let Some(Ok(template)) = partials.get(&name).map(|text| Template::compile(text)) else {
+            continue;
+        };
         let mut inner = References::default();
         collect(&template, 0, &mut inner, false);
         if inner.variables.iter().any(|(v, _)| v == "unsubscribe_url") {
@@ -582,7 +815,19 @@ fn check_sms_length(file: &SourceFile, diagnostics: &mut Vec<Diagnostic>) {
             SmsEncoding::Gsm7 => "153 GSM-7 characters",
             SmsEncoding::Ucs2 => "67 characters when it has Chinese or emoji (UCS-2)",
         };
-        diagnostics.push(Diagnostic::error(&file.path, Pos::new(1, 1), "J044", format!("this SMS would be sent as {segments} parts; the limit is {MAX_SMS_SEGMENTS}")).with_hint(format!("each part holds {per}: shorten it, or link to a page")));
+        diagnostics.push(
+            Diagnostic::error(
+                &file.path,
+                Pos::new(1, 1),
+                "J044",
+                format!(
+                    "this SMS would be sent as {segments} parts; the limit is {MAX_SMS_SEGMENTS}"
+                ),
+            )
+            .with_hint(format!(
+                "each part holds {per}: shorten it, or link to a page"
+            )),
+        );
     }
 }
 
@@ -603,7 +848,11 @@ pub fn sms_segments(body: &str) -> (u32, SmsEncoding) {
         }
     }
     if gsm {
-        let segments = if septets <= 160 { 1 } else { septets.div_ceil(153) };
+        let segments = if septets <= 160 {
+            1
+        } else {
+            septets.div_ceil(153)
+        };
         (segments.max(1) as u32, SmsEncoding::Gsm7)
     } else {
         let units: usize = body.chars().map(char::len_utf16).sum();
@@ -622,18 +871,30 @@ pub fn html_to_text(html: &str) -> String {
         if skip_depth == 0 {
             out.push_str(&rest[..start]);
         }
-        let Some(end) = rest[start..].find('>') else { break };
+        let Some(end) = rest[start..].find('>') else {
+            break;
+        };
         let tag = &rest[start + 1..start + end];
         rest = &rest[start + end + 1..];
         let lower = tag.to_ascii_lowercase();
-        let name: String = lower.trim_start_matches('/').chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
+        let name: String = lower
+            .trim_start_matches('/')
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric())
+            .collect();
         let closing = lower.starts_with('/');
         match name.as_str() {
             "style" | "script" | "head" | "title" => {
-                if closing { skip_depth = skip_depth.saturating_sub(1) } else { skip_depth += 1 }
+                if closing {
+                    skip_depth = skip_depth.saturating_sub(1)
+                } else {
+                    skip_depth += 1
+                }
             }
             "br" => out.push('\n'),
-            "p" | "div" | "h1" | "h2" | "h3" | "h4" | "tr" | "li" | "table" if closing => out.push('\n'),
+            "p" | "div" | "h1" | "h2" | "h3" | "h4" | "tr" | "li" | "table" if closing => {
+                out.push('\n')
+            }
             "li" => out.push_str("- "),
             "a" if !closing => pending_href.push(attribute(tag, "href")),
             "a" => {
@@ -700,8 +961,13 @@ mod tests {
 
     #[test]
     fn html_becomes_readable_text() {
-        let text = html_to_text("<html><head><style>p{}</style></head><body><h1>Hi Ada</h1><p>Read <a href=\"https://x.example/w\">the whitepaper</a>.</p><p>Bye &amp; thanks</p></body></html>");
-        assert_eq!(text, "Hi Ada\nRead the whitepaper (https://x.example/w).\nBye & thanks");
+        let text = html_to_text(
+            "<html><head><style>p{}</style></head><body><h1>Hi Ada</h1><p>Read <a href=\"https://x.example/w\">the whitepaper</a>.</p><p>Bye &amp; thanks</p></body></html>",
+        );
+        assert_eq!(
+            text,
+            "Hi Ada\nRead the whitepaper (https://x.example/w).\nBye & thanks"
+        );
     }
 
     #[test]

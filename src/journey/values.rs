@@ -12,7 +12,8 @@ pub struct Delay {
     pub seconds: u64,
 }
 
-pub const DELAY_HINT: &str = "write a number and a unit: 30s, 15m, 2h, 3d, 1w (or combined, like 1d12h)";
+pub const DELAY_HINT: &str =
+    "write a number and a unit: 30s, 15m, 2h, 3d, 1w (or combined, like 1d12h)";
 
 impl Delay {
     pub fn from_secs(seconds: u64) -> Delay {
@@ -51,9 +52,9 @@ impl FromStr for Delay {
                 'w' => 604_800,
                 _ => return Err(format!("`{text}` is not a duration: unknown unit `{ch}`")),
             };
-            let value: u64 = number
-                .parse()
-                .map_err(|_| format!("`{text}` is not a duration: a number must come before `{ch}`"))?;
+            let value: u64 = number.parse().map_err(|_| {
+                format!("`{text}` is not a duration: a number must come before `{ch}`")
+            })?;
             seconds = value
                 .checked_mul(unit)
                 .and_then(|v| seconds.checked_add(v))
@@ -77,7 +78,13 @@ impl fmt::Display for Delay {
             return write!(f, "0s");
         }
         let mut rest = self.seconds;
-        for (unit, size) in [("w", 604_800), ("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
+        for (unit, size) in [
+            ("w", 604_800),
+            ("d", 86_400),
+            ("h", 3600),
+            ("m", 60),
+            ("s", 1),
+        ] {
             if rest >= size {
                 write!(f, "{}{unit}", rest / size)?;
                 rest %= size;
@@ -145,13 +152,21 @@ impl fmt::Display for Days {
             return write!(f, "every day");
         }
         let names = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
-        let chosen: Vec<&str> = (0..7).filter(|i| self.0 & (1 << i) != 0).map(|i| names[i]).collect();
+        let chosen: Vec<&str> = (0..7)
+            .filter(|i| self.0 & (1 << i) != 0)
+            .map(|i| names[i])
+            .collect();
         write!(f, "{}", chosen.join(","))
     }
 }
 
 /// The next moment at or after `after` whose local time in `zone` is `time` on one of `days`.
-pub fn next_time_of_day(after: DateTime<Utc>, zone: Tz, time: TimeOfDay, days: Days) -> DateTime<Utc> {
+pub fn next_time_of_day(
+    after: DateTime<Utc>,
+    zone: Tz,
+    time: TimeOfDay,
+    days: Days,
+) -> DateTime<Utc> {
     let local = after.with_timezone(&zone);
     for offset in 0..=8 {
         let date = local.date_naive() + Duration::days(offset);
@@ -162,7 +177,10 @@ pub fn next_time_of_day(after: DateTime<Utc>, zone: Tz, time: TimeOfDay, days: D
         let candidate = zone
             .from_local_datetime(&date.and_time(time.0))
             .earliest()
-            .or_else(|| zone.from_local_datetime(&(date.and_time(time.0) + Duration::hours(1))).earliest());
+            .or_else(|| {
+                zone.from_local_datetime(&(date.and_time(time.0) + Duration::hours(1)))
+                    .earliest()
+            });
         if let Some(candidate) = candidate {
             let candidate = candidate.with_timezone(&Utc);
             if candidate >= after {
@@ -263,8 +281,7 @@ impl PartialEq for CronSchedule {
     }
 }
 
-pub const CRON_HINT: &str =
-    "write five fields: minute hour day-of-month month day-of-week, e.g. \"0 9 * * MON\" for Mondays at 09:00";
+pub const CRON_HINT: &str = "write five fields: minute hour day-of-month month day-of-week, e.g. \"0 9 * * MON\" for Mondays at 09:00";
 
 impl FromStr for CronSchedule {
     type Err = String;
@@ -272,11 +289,17 @@ impl FromStr for CronSchedule {
     fn from_str(text: &str) -> Result<CronSchedule, String> {
         let fields: Vec<&str> = text.split_whitespace().collect();
         if fields.len() != 5 {
-            return Err(format!("`{text}` has {} fields, a schedule has 5", fields.len()));
+            return Err(format!(
+                "`{text}` has {} fields, a schedule has 5",
+                fields.len()
+            ));
         }
         let day_of_week = translate_day_of_week(fields[4])?;
         // The cron crate wants seconds first and counts weekdays from Sunday = 1.
-        let expression = format!("0 {} {} {} {} {}", fields[0], fields[1], fields[2], fields[3], day_of_week);
+        let expression = format!(
+            "0 {} {} {} {} {}",
+            fields[0], fields[1], fields[2], fields[3], day_of_week
+        );
         let schedule = cron::Schedule::from_str(&expression)
             .map_err(|error| format!("`{text}` is not a valid schedule: {error}"))?;
         Ok(CronSchedule {
@@ -336,7 +359,9 @@ pub fn parse_timezone(text: &str) -> Result<Tz, String> {
 }
 
 /// A contact's lifecycle stage, in the order a lead moves through them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Stage {
     Subscriber,
@@ -356,7 +381,14 @@ impl Stage {
         Stage::Opportunity,
         Stage::Customer,
     ];
-    pub const NAMES: [&'static str; 6] = ["subscriber", "lead", "mql", "sql", "opportunity", "customer"];
+    pub const NAMES: [&'static str; 6] = [
+        "subscriber",
+        "lead",
+        "mql",
+        "sql",
+        "opportunity",
+        "customer",
+    ];
 
     pub fn as_str(&self) -> &'static str {
         Stage::NAMES[*self as usize]
@@ -399,7 +431,10 @@ mod tests {
         let quiet: QuietHours = "21:00-08:00".parse().unwrap();
         let zone: Tz = "Asia/Shanghai".parse().unwrap();
         let at = Utc.with_ymd_and_hms(2026, 1, 5, 14, 0, 0).unwrap(); // 22:00 in Shanghai
-        assert_eq!(quiet.release_time(at, zone), Utc.with_ymd_and_hms(2026, 1, 6, 0, 0, 0).unwrap());
+        assert_eq!(
+            quiet.release_time(at, zone),
+            Utc.with_ymd_and_hms(2026, 1, 6, 0, 0, 0).unwrap()
+        );
         let noon = Utc.with_ymd_and_hms(2026, 1, 5, 4, 0, 0).unwrap();
         assert_eq!(quiet.release_time(noon, zone), noon);
     }
@@ -414,7 +449,10 @@ mod tests {
         assert_eq!(next, Utc.with_ymd_and_hms(2026, 1, 5, 9, 0, 0).unwrap());
         assert_eq!(by_name.next_after(start, zone), Some(next));
         let weekend: CronSchedule = "0 9 * * 6-7".parse().unwrap();
-        assert_eq!(weekend.next_after(start, zone), Some(Utc.with_ymd_and_hms(2026, 1, 3, 9, 0, 0).unwrap()));
+        assert_eq!(
+            weekend.next_after(start, zone),
+            Some(Utc.with_ymd_and_hms(2026, 1, 3, 9, 0, 0).unwrap())
+        );
         assert!("0 9 * *".parse::<CronSchedule>().is_err());
     }
 

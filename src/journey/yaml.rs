@@ -151,7 +151,10 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
     let mut documents = 0;
     for item in Parser::new_from_str(text) {
         let (event, span) = item.map_err(|error| SyntaxError {
-            pos: Pos::new(error.marker().line() as u32, error.marker().col() as u32 + 1),
+            pos: Pos::new(
+                error.marker().line() as u32,
+                error.marker().col() as u32 + 1,
+            ),
             message: error.info().to_string(),
         })?;
         if let Event::DocumentStart(_) = event {

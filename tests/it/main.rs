@@ -1,0 +1,6 @@
+//! The one integration test binary: `mod`s per area, shared helpers in `support`.
+
+mod cli;
+mod language;
+mod simulate;
+mod support;
