@@ -8,6 +8,9 @@
 //! - [`cli`]: the `nurture` command.
 
 pub mod cli;
+pub mod config;
 pub mod engine;
 pub mod expr;
 pub mod journey;
+pub mod queue;
+pub mod store;

@@ -1,0 +1,157 @@
+//! Configuration: defaults give the embedded mode; `nurture.toml` and then the environment
+//! (`DATABASE_URL`, `REDIS_URL`, `NURTURE_*`) override them.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `postgres://...` for production; unset means the embedded SQLite file.
+    pub database_url: Option<String>,
+    /// `redis://...` for production; unset means the queue lives in SQLite too.
+    pub redis_url: Option<String>,
+    /// Where the embedded mode keeps its state and queue.
+    pub sqlite_path: PathBuf,
+    pub listen: String,
+    pub journeys: PathBuf,
+    pub templates: PathBuf,
+    pub sales: PathBuf,
+    pub scoring: PathBuf,
+    /// Prefix of every Redis key, so several deployments (or tests) share one Redis.
+    pub namespace: String,
+    /// Step jobs one worker process runs at once.
+    pub concurrency: usize,
+    /// Where mail and SMS go when no provider is configured.
+    pub outbox: PathBuf,
+    /// `smtp://user:pass@host:port`; unset means the outbox.
+    pub smtp_url: Option<String>,
+    pub mail_from: String,
+    /// Public base URL, for unsubscribe links.
+    pub public_url: String,
+    /// How often the reconciler looks for due steps that have no job.
+    #[serde(with = "humantime_secs")]
+    pub reconcile_every: Duration,
+    /// How late a step must be before the reconciler re-enqueues it.
+    #[serde(with = "humantime_secs")]
+    pub reconcile_grace: Duration,
+    /// Attempts of a failing effect before the enrollment is marked failed.
+    pub max_attempts: u32,
+    /// First retry delay; doubled on every attempt, with jitter.
+    #[serde(with = "humantime_secs")]
+    pub retry_base: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            database_url: None,
+            redis_url: None,
+            sqlite_path: PathBuf::from("nurture.db"),
+            listen: "127.0.0.1:8080".into(),
+            journeys: PathBuf::from("journeys"),
+            templates: PathBuf::from("templates"),
+            sales: PathBuf::from("sales.yaml"),
+            scoring: PathBuf::from("scoring.yaml"),
+            namespace: "nurture".into(),
+            concurrency: 64,
+            outbox: PathBuf::from("outbox"),
+            smtp_url: None,
+            mail_from: "nurture <nurture@localhost>".into(),
+            public_url: "http://127.0.0.1:8080".into(),
+            reconcile_every: Duration::from_secs(30),
+            reconcile_grace: Duration::from_secs(60),
+            max_attempts: 8,
+            retry_base: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Durations in config files are written like journeys' (`30s`, `5m`).
+mod humantime_secs {
+    use crate::journey::values::Delay;
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        parse(&text).map_err(serde::de::Error::custom)
+    }
+
+    pub fn parse(text: &str) -> Result<Duration, String> {
+        if let Some(ms) = text.trim().strip_suffix("ms") {
+            return ms.trim().parse::<u64>().map(Duration::from_millis).map_err(|e| e.to_string());
+        }
+        text.parse::<Delay>().map(|d| Duration::from_secs(d.seconds))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path} is not valid: {message}")]
+    Invalid { path: String, message: String },
+    #[error("environment variable {name}: {message}")]
+    Env { name: String, message: String },
+}
+
+impl Config {
+    /// Reads `nurture.toml` in `dir` if present, then applies the environment.
+    pub fn load(dir: &Path) -> Result<Config, Error> {
+        let path = dir.join("nurture.toml");
+        let mut config = if path.is_file() {
+            let text = std::fs::read_to_string(&path).map_err(|source| Error::Read { path: path.display().to_string(), source })?;
+            toml::from_str(&text).map_err(|e| Error::Invalid { path: path.display().to_string(), message: e.to_string() })?
+        } else {
+            Config::default()
+        };
+        config.apply_env(|name| std::env::var(name).ok())?;
+        Ok(config)
+    }
+
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), Error> {
+        let set = |value: Option<String>| value.filter(|v| !v.trim().is_empty());
+        if let Some(url) = set(get("DATABASE_URL")) {
+            self.database_url = Some(url);
+        }
+        if let Some(url) = set(get("REDIS_URL")) {
+            self.redis_url = Some(url);
+        }
+        if let Some(listen) = set(get("NURTURE_LISTEN")) {
+            self.listen = listen;
+        }
+        if let Some(ns) = set(get("NURTURE_NAMESPACE")) {
+            self.namespace = ns;
+        }
+        if let Some(url) = set(get("NURTURE_SMTP_URL")) {
+            self.smtp_url = Some(url);
+        }
+        if let Some(dir) = set(get("NURTURE_OUTBOX")) {
+            self.outbox = dir.into();
+        }
+        if let Some(path) = set(get("NURTURE_SQLITE_PATH")) {
+            self.sqlite_path = path.into();
+        }
+        if let Some(url) = set(get("NURTURE_PUBLIC_URL")) {
+            self.public_url = url;
+        }
+        for (name, field) in [("NURTURE_RECONCILE_EVERY", &mut self.reconcile_every), ("NURTURE_RECONCILE_GRACE", &mut self.reconcile_grace), ("NURTURE_RETRY_BASE", &mut self.retry_base)] {
+            if let Some(text) = set(get(name)) {
+                *field = humantime_secs::parse(&text).map_err(|message| Error::Env { name: name.into(), message })?;
+            }
+        }
+        if let Some(text) = set(get("NURTURE_CONCURRENCY")) {
+            self.concurrency = text.parse().map_err(|_| Error::Env { name: "NURTURE_CONCURRENCY".into(), message: format!("`{text}` is not a number") })?;
+        }
+        if let Some(text) = set(get("NURTURE_MAX_ATTEMPTS")) {
+            self.max_attempts = text.parse().map_err(|_| Error::Env { name: "NURTURE_MAX_ATTEMPTS".into(), message: format!("`{text}` is not a number") })?;
+        }
+        Ok(())
+    }
+
+    pub fn is_embedded(&self) -> bool {
+        self.database_url.is_none()
+    }
+}

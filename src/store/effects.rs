@@ -1,0 +1,70 @@
+//! Side effects, recorded under their key in the step's transaction before they are performed
+//! and marked done after, so a retry never repeats an effect recorded as done.
+
+use super::{ms, Error, Result};
+use crate::engine::transition::Effect;
+use chrono::{DateTime, Utc};
+use sqlx::{AnyConnection, Row};
+
+#[derive(Clone, Debug)]
+pub struct Pending {
+    pub key: String,
+    pub step: String,
+    pub effect: Effect,
+    pub attempts: i32,
+}
+
+pub async fn pending(connection: &mut AnyConnection, enrollment_id: i64) -> Result<Vec<Pending>> {
+    let rows = sqlx::query("SELECT effect_key, step, payload, attempts FROM effects WHERE enrollment_id = $1 AND status = 'pending' ORDER BY created_at, effect_key")
+        .bind(enrollment_id)
+        .fetch_all(connection)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let payload: String = r.try_get(2)?;
+            Ok(Pending {
+                key: r.try_get(0)?,
+                step: r.try_get(1)?,
+                effect: serde_json::from_str(&payload).map_err(|e| Error::Corrupt(e.to_string()))?,
+                attempts: r.try_get(3)?,
+            })
+        })
+        .collect()
+}
+
+pub async fn mark_done(connection: &mut AnyConnection, key: &str, result: &str, now: DateTime<Utc>) -> Result<()> {
+    sqlx::query("UPDATE effects SET status = 'done', result = $1, done_at = $2, attempts = attempts + 1 WHERE effect_key = $3")
+        .bind(result)
+        .bind(ms(now))
+        .bind(key)
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
+pub async fn mark_attempt(connection: &mut AnyConnection, key: &str, error: &str, failed: bool) -> Result<i32> {
+    let status = if failed { "failed" } else { "pending" };
+    let row = sqlx::query("UPDATE effects SET attempts = attempts + 1, last_error = $1, status = $2 WHERE effect_key = $3 RETURNING attempts")
+        .bind(error)
+        .bind(status)
+        .bind(key)
+        .fetch_one(connection)
+        .await?;
+    Ok(row.try_get(0)?)
+}
+
+/// Messages (email and SMS) delivered to a contact since `since`, for frequency caps.
+pub async fn messages_since(connection: &mut AnyConnection, contact_id: i64, since: DateTime<Utc>) -> Result<i64> {
+    let row = sqlx::query("SELECT COUNT(*) FROM effects WHERE contact_id = $1 AND status = 'done' AND kind IN ('email', 'sms') AND done_at >= $2")
+        .bind(contact_id)
+        .bind(ms(since))
+        .fetch_one(connection)
+        .await?;
+    Ok(row.try_get(0)?)
+}
+
+/// Effects performed, by kind and status: what tests and reports count.
+pub async fn count(connection: &mut AnyConnection, kind: &str, status: &str) -> Result<i64> {
+    let row = sqlx::query("SELECT COUNT(*) FROM effects WHERE kind = $1 AND status = $2").bind(kind).bind(status).fetch_one(connection).await?;
+    Ok(row.try_get(0)?)
+}

@@ -1,0 +1,322 @@
+//! Enrollments: a contact's trip through one version of a journey. Every move is a
+//! compare-and-set on `seq`, so a stale job, a duplicate job or the loser of a race between a
+//! timeout and an event changes nothing.
+
+use super::{from_ms, ms, Error, Result, Tx};
+use crate::engine::transition::{Advance, Effect, Enrollment, Outcome, Park, Position, Status};
+use crate::expr::EventFacts;
+use crate::journey::model::{Journey, StepKind};
+use chrono::{DateTime, Utc};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+
+pub fn status_name(status: Status) -> &'static str {
+    match status {
+        Status::Active => "active",
+        Status::Waiting => "waiting",
+        Status::Completed => "completed",
+        Status::Exited => "exited",
+        Status::Failed => "failed",
+    }
+}
+
+/// The job due time of a position: now for a step being entered, `until` for a parked one.
+pub fn due_at(position: &Position, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    match position {
+        Position::Entering { .. } => Some(now),
+        Position::Parked { until, .. } => Some(*until),
+        Position::Finished { .. } => None,
+    }
+}
+
+fn step_name(journey: &Journey, position: &Position) -> Option<String> {
+    match position {
+        Position::Entering { step } | Position::Parked { step, .. } => journey.steps.get(*step).map(|s| s.id.clone()),
+        Position::Finished { .. } => None,
+    }
+}
+
+/// `SELECT` of every enrollment column, then the rest of the query.
+macro_rules! select_enrollments {
+    ($rest:literal) => {
+        concat!("SELECT id, contact_id, journey_id, version, enrollment_key, position, seq, trigger_event, entered_at, attempts, last_error, status FROM enrollments ", $rest)
+    };
+}
+
+fn from_row(row: &AnyRow) -> Result<(Enrollment, i32, Option<String>)> {
+    let position: String = row.try_get("position")?;
+    let trigger: Option<String> = row.try_get("trigger_event")?;
+    let key: String = row.try_get("enrollment_key")?;
+    let enrollment = Enrollment {
+        id: row.try_get::<i64, _>("id")?.to_string(),
+        contact_id: row.try_get::<i64, _>("contact_id")?.to_string(),
+        journey_id: row.try_get("journey_id")?,
+        version: row.try_get("version")?,
+        trigger: trigger.as_deref().map(serde_json::from_str).transpose().map_err(|e| Error::Corrupt(e.to_string()))?,
+        key: (!key.is_empty()).then_some(key),
+        position: serde_json::from_str(&position).map_err(|e| Error::Corrupt(e.to_string()))?,
+        seq: row.try_get::<i64, _>("seq")? as u64,
+        entered_at: from_ms(row.try_get("entered_at")?),
+    };
+    Ok((enrollment, row.try_get("attempts")?, row.try_get("last_error")?))
+}
+
+/// An enrollment and its retry bookkeeping.
+#[derive(Clone, Debug)]
+pub struct Stored {
+    pub enrollment: Enrollment,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+}
+
+pub async fn load(connection: &mut AnyConnection, id: i64) -> Result<Option<Stored>> {
+    let row = sqlx::query(select_enrollments!("WHERE id = $1")).bind(id).fetch_optional(connection).await?;
+    row.map(|row| from_row(&row).map(|(enrollment, attempts, last_error)| Stored { enrollment, attempts, last_error })).transpose()
+}
+
+/// The contact's earlier enrollments in a journey, oldest first, for re-entry rules.
+pub async fn of_contact(connection: &mut AnyConnection, contact_id: i64, journey_id: &str) -> Result<Vec<Enrollment>> {
+    let rows = sqlx::query(select_enrollments!("WHERE contact_id = $1 AND journey_id = $2 ORDER BY id"))
+        .bind(contact_id)
+        .bind(journey_id)
+        .fetch_all(connection)
+        .await?;
+    rows.iter().map(|row| from_row(row).map(|(e, _, _)| e)).collect()
+}
+
+/// Unfinished enrollments of a contact, for goals on event arrival.
+pub async fn open_of_contact(connection: &mut AnyConnection, contact_id: i64) -> Result<Vec<Enrollment>> {
+    let rows = sqlx::query(select_enrollments!("WHERE contact_id = $1 AND status IN ('active', 'waiting')"))
+        .bind(contact_id)
+        .fetch_all(connection)
+        .await?;
+    rows.iter().map(|row| from_row(row).map(|(e, _, _)| e)).collect()
+}
+
+/// Starts an enrollment at the journey's first step; `None` when the contact already has an
+/// unfinished one with the same key (the unique index decides, so racing triggers cannot both win).
+pub async fn insert(tx: &mut Tx<'_>, journey: &Journey, contact_id: i64, key: Option<&str>, trigger: Option<&EventFacts>, now: DateTime<Utc>) -> Result<Option<Enrollment>> {
+    let position = match journey.entry() {
+        crate::journey::model::Target::Step(step) => Position::Entering { step },
+        crate::journey::model::Target::End => Position::Finished { outcome: Outcome::Completed },
+    };
+    let trigger_json = trigger.map(|t| serde_json::to_string(t).unwrap_or_default());
+    let row = sqlx::query(
+        "INSERT INTO enrollments (contact_id, journey_id, version, enrollment_key, status, position, step, seq, due_at, trigger_event, entered_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9, $10, $10) ON CONFLICT DO NOTHING RETURNING id",
+    )
+    .bind(contact_id)
+    .bind(&journey.id)
+    .bind(&journey.version)
+    .bind(key.unwrap_or(""))
+    .bind("active")
+    .bind(serde_json::to_string(&position).unwrap_or_default())
+    .bind(step_name(journey, &position))
+    .bind(ms(now))
+    .bind(trigger_json)
+    .bind(ms(now))
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let id: i64 = row.try_get(0)?;
+    Ok(Some(Enrollment {
+        id: id.to_string(),
+        contact_id: contact_id.to_string(),
+        journey_id: journey.id.clone(),
+        version: journey.version.clone(),
+        trigger: trigger.cloned(),
+        key: key.map(str::to_string),
+        position,
+        seq: 0,
+        entered_at: now,
+    }))
+}
+
+/// Writes one move: position, history, waiters, pending effects and conversions, all in the
+/// caller's transaction. Returns false if someone else moved the enrollment first.
+pub async fn save_move(tx: &mut Tx<'_>, journey: &Journey, enrollment: &Enrollment, advance: &Advance, now: DateTime<Utc>) -> Result<bool> {
+    let id: i64 = enrollment.id.parse().map_err(|_| Error::Corrupt(format!("enrollment id {}", enrollment.id)))?;
+    let contact_id: i64 = enrollment.contact_id.parse().unwrap_or_default();
+    let mut moved = enrollment.clone();
+    moved.position = advance.position.clone();
+    let status = status_name(moved.status());
+    let updated = sqlx::query(
+        "UPDATE enrollments SET position = $1, status = $2, step = $3, seq = $4, due_at = $5, attempts = 0, last_error = NULL, updated_at = $6
+         WHERE id = $7 AND seq = $8",
+    )
+    .bind(serde_json::to_string(&advance.position).unwrap_or_default())
+    .bind(status)
+    .bind(step_name(journey, &advance.position))
+    .bind(advance.seq as i64)
+    .bind(due_at(&advance.position, now).map(ms))
+    .bind(ms(now))
+    .bind(id)
+    .bind(enrollment.seq as i64)
+    .execute(&mut **tx)
+    .await?;
+    if updated.rows_affected() != 1 {
+        return Ok(false);
+    }
+    sqlx::query("DELETE FROM waiters WHERE enrollment_id = $1").bind(id).execute(&mut **tx).await?;
+    if let Position::Parked { step, reason: Park::WaitFor, .. } = &advance.position
+        && let Some(StepKind::WaitFor { event, .. }) = journey.steps.get(*step).map(|s| &s.kind)
+    {
+        sqlx::query("INSERT INTO waiters (enrollment_id, contact_id, event_name, seq) VALUES ($1, $2, $3, $4)")
+            .bind(id)
+            .bind(contact_id)
+            .bind(&event.event)
+            .bind(advance.seq as i64)
+            .execute(&mut **tx)
+            .await?;
+    }
+    for record in &advance.records {
+        sqlx::query("INSERT INTO step_history (enrollment_id, journey_id, version, step, kind, seq, outcome, detail, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
+            .bind(id)
+            .bind(&journey.id)
+            .bind(&journey.version)
+            .bind(&record.step)
+            .bind(&record.kind)
+            .bind(record.seq as i64)
+            .bind(&record.outcome)
+            .bind(&record.detail)
+            .bind(ms(record.at))
+            .execute(&mut **tx)
+            .await?;
+    }
+    for keyed in &advance.effects {
+        let kind = match keyed.effect {
+            Effect::SendEmail { .. } => "email",
+            Effect::SendSms { .. } => "sms",
+            Effect::AssignToSales { .. } => "assignment",
+            Effect::Webhook { .. } => "webhook",
+        };
+        sqlx::query(
+            "INSERT INTO effects (effect_key, enrollment_id, contact_id, journey_id, step, kind, payload, status, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8) ON CONFLICT DO NOTHING",
+        )
+        .bind(keyed.key.to_string())
+        .bind(id)
+        .bind(contact_id)
+        .bind(&journey.id)
+        .bind(&keyed.key.step)
+        .bind(kind)
+        .bind(serde_json::to_string(&keyed.effect).unwrap_or_default())
+        .bind(ms(now))
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(true)
+}
+
+pub async fn record_conversion(tx: &mut Tx<'_>, enrollment: &Enrollment, event: &EventFacts, now: DateTime<Utc>) -> Result<()> {
+    let revenue = event.properties.get("revenue").and_then(|v| v.as_f64());
+    sqlx::query(
+        "INSERT INTO conversions (enrollment_id, contact_id, journey_id, version, event_name, revenue, at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+    )
+    .bind(enrollment.id.parse::<i64>().unwrap_or_default())
+    .bind(enrollment.contact_id.parse::<i64>().unwrap_or_default())
+    .bind(&enrollment.journey_id)
+    .bind(&enrollment.version)
+    .bind(&event.name)
+    .bind(revenue)
+    .bind(ms(now))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Enrollments waiting for this event of this contact, with the `seq` they wait at.
+pub async fn waiting_for(connection: &mut AnyConnection, contact_id: i64, event: &str) -> Result<Vec<(i64, u64)>> {
+    let rows = sqlx::query("SELECT enrollment_id, seq FROM waiters WHERE contact_id = $1 AND event_name = $2").bind(contact_id).bind(event).fetch_all(connection).await?;
+    rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get::<i64, _>(1)? as u64))).collect()
+}
+
+/// Unfinished enrollments whose step was due before `before`: the reconciler's work list.
+pub async fn overdue(connection: &mut AnyConnection, before: DateTime<Utc>, limit: i64) -> Result<Vec<(i64, u64)>> {
+    let rows = sqlx::query("SELECT id, seq FROM enrollments WHERE status IN ('active', 'waiting') AND due_at <= $1 ORDER BY due_at LIMIT $2")
+        .bind(ms(before))
+        .bind(limit)
+        .fetch_all(connection)
+        .await?;
+    rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get::<i64, _>(1)? as u64))).collect()
+}
+
+/// Postpones an enrollment's job after a transient failure.
+pub async fn postpone(connection: &mut AnyConnection, id: i64, seq: u64, until: DateTime<Utc>, attempts: i32, error: &str, now: DateTime<Utc>) -> Result<()> {
+    sqlx::query("UPDATE enrollments SET due_at = $1, attempts = $2, last_error = $3, updated_at = $4 WHERE id = $5 AND seq = $6")
+        .bind(ms(until))
+        .bind(attempts)
+        .bind(error)
+        .bind(ms(now))
+        .bind(id)
+        .bind(seq as i64)
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
+/// Moves an enrollment to the dead-letter list. Its position stays, so a retry resumes there.
+pub async fn fail(connection: &mut AnyConnection, id: i64, seq: u64, error: &str, now: DateTime<Utc>) -> Result<()> {
+    sqlx::query("UPDATE enrollments SET status = 'failed', due_at = NULL, last_error = $1, updated_at = $2 WHERE id = $3 AND seq = $4")
+        .bind(error)
+        .bind(ms(now))
+        .bind(id)
+        .bind(seq as i64)
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Failed {
+    pub id: i64,
+    pub contact_id: i64,
+    pub journey_id: String,
+    pub step: Option<String>,
+    pub error: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+pub async fn failed(connection: &mut AnyConnection, limit: i64) -> Result<Vec<Failed>> {
+    let rows = sqlx::query("SELECT id, contact_id, journey_id, step, last_error, updated_at FROM enrollments WHERE status = 'failed' ORDER BY updated_at DESC LIMIT $1")
+        .bind(limit)
+        .fetch_all(connection)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Failed {
+                id: r.try_get(0)?,
+                contact_id: r.try_get(1)?,
+                journey_id: r.try_get(2)?,
+                step: r.try_get(3)?,
+                error: r.try_get(4)?,
+                updated_at: from_ms(r.try_get(5)?),
+            })
+        })
+        .collect()
+}
+
+/// Puts a failed enrollment back to work: its failed effects become pending again and the
+/// enrollment is due now. Returns the `seq` to enqueue, or `None` if it was not failed.
+pub async fn revive(tx: &mut Tx<'_>, id: i64, now: DateTime<Utc>) -> Result<Option<u64>> {
+    let Some(row) = sqlx::query("SELECT position, seq FROM enrollments WHERE id = $1 AND status = 'failed'").bind(id).fetch_optional(&mut **tx).await? else {
+        return Ok(None);
+    };
+    let position: Position = serde_json::from_str(&row.try_get::<String, _>(0)?).map_err(|e| Error::Corrupt(e.to_string()))?;
+    let seq = row.try_get::<i64, _>(1)? as u64;
+    let status = match position {
+        Position::Parked { .. } => "waiting",
+        _ => "active",
+    };
+    sqlx::query("UPDATE enrollments SET status = $1, due_at = $2, attempts = 0, updated_at = $2 WHERE id = $3").bind(status).bind(ms(now)).bind(id).execute(&mut **tx).await?;
+    sqlx::query("UPDATE effects SET status = 'pending', attempts = 0 WHERE enrollment_id = $1 AND status = 'failed'").bind(id).execute(&mut **tx).await?;
+    Ok(Some(seq))
+}
+
+/// How many unfinished enrollments sit at each step of each journey version (for `plan`).
+pub async fn census(connection: &mut AnyConnection) -> Result<Vec<(String, String, String, i64)>> {
+    let rows = sqlx::query("SELECT journey_id, version, COALESCE(step, ''), COUNT(*) FROM enrollments WHERE status IN ('active', 'waiting', 'failed') GROUP BY journey_id, version, step ORDER BY journey_id, version, step")
+        .fetch_all(connection)
+        .await?;
+    rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?))).collect()
+}

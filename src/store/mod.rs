@@ -1,0 +1,139 @@
+//! The engine's state in PostgreSQL (production) or SQLite (embedded), through one code path:
+//! sqlx's `Any` driver, portable SQL, times as milliseconds. One file per aggregate.
+
+pub mod contacts;
+pub mod effects;
+pub mod enrollments;
+
+use chrono::{DateTime, TimeZone, Utc};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor, Row};
+use std::time::Duration;
+
+pub type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is not readable: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Postgres,
+    Sqlite,
+}
+
+#[derive(Clone, Debug)]
+pub struct Store {
+    pub pool: AnyPool,
+    pub kind: Kind,
+}
+
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+impl Store {
+    /// Connects to `url` (`postgres://...` or `sqlite://...`).
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let kind = if url.starts_with("postgres") { Kind::Postgres } else { Kind::Sqlite };
+        let options = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |connection, _| {
+                Box::pin(async move {
+                    if kind == Kind::Sqlite {
+                        // Several writers share one file: wait for the lock instead of failing.
+                        connection.execute("PRAGMA busy_timeout = 10000").await?;
+                        connection.execute("PRAGMA foreign_keys = ON").await?;
+                        connection.execute("PRAGMA synchronous = NORMAL").await?;
+                    }
+                    Ok(())
+                })
+            });
+        let pool = options.connect(url).await?;
+        if kind == Kind::Sqlite {
+            pool.execute("PRAGMA journal_mode = WAL").await?;
+        }
+        Ok(Store { pool, kind })
+    }
+
+    /// Applies the schema migrations of this database kind.
+    pub async fn migrate(&self) -> Result<()> {
+        match self.kind {
+            Kind::Postgres => POSTGRES_MIGRATIONS.run(&self.pool).await?,
+            Kind::Sqlite => SQLITE_MIGRATIONS.run(&self.pool).await?,
+        }
+        Ok(())
+    }
+
+    pub async fn begin(&self) -> Result<Tx<'static>> {
+        Ok(self.pool.begin().await?)
+    }
+
+    /// Records a compiled journey version; returns whether it was new.
+    pub async fn save_journey_version(&self, journey_id: &str, version: &str, file: &str, source: &str, now: DateTime<Utc>) -> Result<bool> {
+        let result = sqlx::query(
+            "INSERT INTO journey_versions (journey_id, version, file, source, loaded_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        )
+        .bind(journey_id)
+        .bind(version)
+        .bind(file)
+        .bind(source)
+        .bind(ms(now))
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// The source text of a stored journey version, for enrollments still on it.
+    pub async fn journey_source(&self, journey_id: &str, version: &str) -> Result<Option<(String, String)>> {
+        let row = sqlx::query("SELECT file, source FROM journey_versions WHERE journey_id = $1 AND version = $2")
+            .bind(journey_id)
+            .bind(version)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| (r.get::<String, _>(0), r.get::<String, _>(1))))
+    }
+
+    /// Claims one tick of a schedule for this process; false if another process has it.
+    pub async fn claim_tick(&self, journey_id: &str, tick: DateTime<Utc>, process: &str, now: DateTime<Utc>) -> Result<bool> {
+        let result = sqlx::query("INSERT INTO schedule_ticks (journey_id, tick, claimed_by, claimed_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
+            .bind(journey_id)
+            .bind(ms(tick))
+            .bind(process)
+            .bind(ms(now))
+            .execute(&self.pool)
+            .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    pub async fn record_tick_enrolled(&self, journey_id: &str, tick: DateTime<Utc>, enrolled: i64) -> Result<()> {
+        sqlx::query("UPDATE schedule_ticks SET enrolled = $1 WHERE journey_id = $2 AND tick = $3")
+            .bind(enrolled)
+            .bind(journey_id)
+            .bind(ms(tick))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+pub fn ms(at: DateTime<Utc>) -> i64 {
+    at.timestamp_millis()
+}
+
+pub fn from_ms(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+}
+
+pub(crate) fn opt_ms(row: &AnyRow, column: &str) -> Option<DateTime<Utc>> {
+    row.try_get::<Option<i64>, _>(column).ok().flatten().map(from_ms)
+}
