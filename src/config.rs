@@ -81,16 +81,24 @@ mod humantime_secs {
 
     pub fn parse(text: &str) -> Result<Duration, String> {
         if let Some(ms) = text.trim().strip_suffix("ms") {
-            return ms.trim().parse::<u64>().map(Duration::from_millis).map_err(|e| e.to_string());
+            return ms
+                .trim()
+                .parse::<u64>()
+                .map(Duration::from_millis)
+                .map_err(|e| e.to_string());
         }
-        text.parse::<Delay>().map(|d| Duration::from_secs(d.seconds))
+        text.parse::<Delay>()
+            .map(|d| Duration::from_secs(d.seconds))
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path} is not valid: {message}")]
     Invalid { path: String, message: String },
     #[error("environment variable {name}: {message}")]
@@ -102,8 +110,14 @@ impl Config {
     pub fn load(dir: &Path) -> Result<Config, Error> {
         let path = dir.join("nurture.toml");
         let mut config = if path.is_file() {
-            let text = std::fs::read_to_string(&path).map_err(|source| Error::Read { path: path.display().to_string(), source })?;
-            toml::from_str(&text).map_err(|e| Error::Invalid { path: path.display().to_string(), message: e.to_string() })?
+            let text = std::fs::read_to_string(&path).map_err(|source| Error::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            toml::from_str(&text).map_err(|e| Error::Invalid {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?
         } else {
             Config::default()
         };
@@ -137,16 +151,29 @@ impl Config {
         if let Some(url) = set(get("NURTURE_PUBLIC_URL")) {
             self.public_url = url;
         }
-        for (name, field) in [("NURTURE_RECONCILE_EVERY", &mut self.reconcile_every), ("NURTURE_RECONCILE_GRACE", &mut self.reconcile_grace), ("NURTURE_RETRY_BASE", &mut self.retry_base)] {
+        for (name, field) in [
+            ("NURTURE_RECONCILE_EVERY", &mut self.reconcile_every),
+            ("NURTURE_RECONCILE_GRACE", &mut self.reconcile_grace),
+            ("NURTURE_RETRY_BASE", &mut self.retry_base),
+        ] {
             if let Some(text) = set(get(name)) {
-                *field = humantime_secs::parse(&text).map_err(|message| Error::Env { name: name.into(), message })?;
+                *field = humantime_secs::parse(&text).map_err(|message| Error::Env {
+                    name: name.into(),
+                    message,
+                })?;
             }
         }
         if let Some(text) = set(get("NURTURE_CONCURRENCY")) {
-            self.concurrency = text.parse().map_err(|_| Error::Env { name: "NURTURE_CONCURRENCY".into(), message: format!("`{text}` is not a number") })?;
+            self.concurrency = text.parse().map_err(|_| Error::Env {
+                name: "NURTURE_CONCURRENCY".into(),
+                message: format!("`{text}` is not a number"),
+            })?;
         }
         if let Some(text) = set(get("NURTURE_MAX_ATTEMPTS")) {
-            self.max_attempts = text.parse().map_err(|_| Error::Env { name: "NURTURE_MAX_ATTEMPTS".into(), message: format!("`{text}` is not a number") })?;
+            self.max_attempts = text.parse().map_err(|_| Error::Env {
+                name: "NURTURE_MAX_ATTEMPTS".into(),
+                message: format!("`{text}` is not a number"),
+            })?;
         }
         Ok(())
     }

@@ -35,8 +35,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         return Ok(ExitCode::from(1));
     };
     match args.format {
-        GraphFormat::Mermaid => print!("{}", graph::mermaid(journey)),
-        GraphFormat::Dot => print!("{}", graph::dot(journey)),
+        GraphFormat::Mermaid => super::out(&graph::mermaid(journey)),
+        GraphFormat::Dot => super::out(&graph::dot(journey)),
     }
     Ok(ExitCode::SUCCESS)
 }

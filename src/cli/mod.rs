@@ -68,6 +68,15 @@ pub fn run() -> ExitCode {
     }
 }
 
+/// Writes to standard output; a closed pipe (`| head`) ends output quietly instead of panicking.
+pub fn out(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout
+        .write_all(text.as_bytes())
+        .and_then(|_| stdout.flush());
+}
+
 fn display_path(path: &Path) -> String {
     let text = path.to_string_lossy().replace('\\', "/");
     text.strip_prefix("./").map(str::to_string).unwrap_or(text)

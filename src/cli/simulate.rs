@@ -67,8 +67,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
     };
     let report = simulate(journey, &catalog.templates, contact, events, start);
     match args.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-        Format::Text => print!("{}", render_text(&report, zone)),
+        Format::Json => super::out(&format!("{}\n", serde_json::to_string_pretty(&report)?)),
+        Format::Text => super::out(&render_text(&report, zone)),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -30,7 +30,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Format::Json => {
             let journeys: Vec<_> = catalog.journeys.iter().map(|j| json!({"id": j.id, "version": j.version, "file": j.file, "steps": j.steps.len()})).collect();
             let report = json!({"ok": errors == 0, "errors": errors, "diagnostics": diagnostics, "journeys": journeys});
-            println!("{}", serde_json::to_string_pretty(&report)?);
+            super::out(&format!("{}\n", serde_json::to_string_pretty(&report)?));
         }
         Format::Text => {
             super::print_diagnostics(&diagnostics);
@@ -48,10 +48,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 } else {
                     format!(", {}", extras.join(", "))
                 };
-                println!(
-                    "ok: {} journeys, {templates} templates{extras}",
-                    catalog.journeys.len()
-                );
+                super::out(&format!("ok: {} journeys, {templates} templates{extras}
+", catalog.journeys.len()));
             } else {
                 let files: std::collections::BTreeSet<&str> = diagnostics
                     .iter()

@@ -150,6 +150,7 @@ pub(super) fn check(
         scopes: vec![variables],
         errors: Vec::new(),
         roots: BTreeSet::new(),
+        tested: BTreeSet::new(),
         trait_names: BTreeSet::new(),
         property_names: BTreeSet::new(),
         count_calls: Vec::new(),
@@ -176,8 +177,16 @@ pub(super) fn check(
     if checker.errors.is_empty() {
         Ok(Checked {
             roots: checker.roots,
-            trait_names: checker.trait_names,
-            property_names: checker.property_names,
+            trait_names: checker
+                .trait_names
+                .difference(&checker.tested)
+                .cloned()
+                .collect(),
+            property_names: checker
+                .property_names
+                .difference(&checker.tested)
+                .cloned()
+                .collect(),
             count_calls: checker.count_calls,
         })
     } else {
@@ -191,6 +200,8 @@ struct Checker<'a> {
     scopes: Vec<HashMap<String, Ty>>,
     errors: Vec<ExprError>,
     roots: BTreeSet<String>,
+    /// Fields tested with `has()`: left absent so the test means something.
+    tested: BTreeSet<String>,
     trait_names: BTreeSet<String>,
     property_names: BTreeSet<String>,
     count_calls: Vec<(String, Delay)>,
@@ -242,6 +253,7 @@ impl Checker<'_> {
             Node::Select(select) => {
                 let operand = self.infer(&select.operand);
                 if select.test {
+                    self.tested.insert(select.field.clone());
                     return Ty::Bool;
                 }
                 self.record_names(&select.operand, &select.field);

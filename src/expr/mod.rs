@@ -42,7 +42,8 @@ pub struct Expr {
     program: Arc<Program>,
     roots: Arc<BTreeSet<String>>,
     /// `traits.X` names the expression reads; absent ones are bound to null so a missing trait
-    /// makes a comparison false instead of an error.
+    /// makes `==` false and `!=` true instead of an error. (Names tested with `has()` are left
+    /// absent; ordering a missing value still fails, and a failed condition counts as false.)
     trait_names: Arc<BTreeSet<String>>,
     property_names: Arc<BTreeSet<String>>,
     count_calls: Arc<Vec<(String, Delay)>>,

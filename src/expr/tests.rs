@@ -116,3 +116,14 @@ fn count_events_asks_the_contacts_history() {
     let errors = compile("count_events(\"Pricing Page Viewed\", \"7 days\") >= 2").unwrap_err();
     assert!(errors[0].message.contains("bad window"), "{errors:?}");
 }
+
+#[test]
+fn has_guards_a_missing_trait() {
+    let traits = Map::new();
+    let contact = ContactFacts::default();
+    let facts = facts_with(&traits, &[], &contact, None);
+    let expr = compile("has(traits.company_size) && traits.company_size >= 200").unwrap();
+    assert_eq!(expr.eval_bool(&facts), Ok(false));
+    let expr = compile("traits.region != \"Shanghai\"").unwrap();
+    assert_eq!(expr.eval_bool(&facts), Ok(true), "a missing trait is null, and null is not Shanghai");
+}

@@ -1108,15 +1108,10 @@ impl JourneyParser<'_, '_> {
             self.reader.sink.error_hint(url_node.pos, "J070", format!("webhook url `{url}` must start with https:// or http://"), "write the full address, e.g. https://oapi.dingtalk.com/robot/send?access_token=...");
             return None;
         }
-        if let Err(error) = handlebars::Template::compile(&url) {
-            self.reader.sink.error(
-                url_node.pos,
-                "J041",
-                format!(
-                    "the webhook url is not a valid template: {}",
-                    error.reason()
-                ),
-            );
+        if let Err(reason) = super::templates::Templates::check_inline(&url) {
+            self.reader
+                .sink
+                .error(url_node.pos, "J041", format!("the webhook url is {reason}"));
             return None;
         }
         let method = match fields.get("method") {

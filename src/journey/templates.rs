@@ -250,6 +250,14 @@ impl Templates {
         for (file, template, line_offset, what) in &parsed {
             let mut references = References::default();
             collect(template, *line_offset, &mut references, false);
+            if *what == "partial" {
+                // A partial may be given parameters (`{{> button url="..."}}`): only names under
+                // the known roots can be checked.
+                references.variables.retain(|(path, _)| {
+                    let root = path.split(['.', '/']).next().unwrap_or_default();
+                    ROOTS.iter().any(|(name, _)| *name == root)
+                });
+            }
             check_references(&file.path, &references, &templates.partials, diagnostics);
             if *what == "email"
                 && let Some((_, name, language)) = classify(&file.path)
@@ -381,6 +389,23 @@ impl Templates {
             segments,
             encoding,
         })
+    }
+
+    /// Checks a string template written inside a journey (webhook URL, headers and body).
+    pub fn check_inline(text: &str) -> Result<(), String> {
+        let template = Template::compile(text)
+            .map_err(|error| format!("not a valid template: {}", error.reason()))?;
+        let mut references = References::default();
+        collect(&template, 0, &mut references, false);
+        let mut diagnostics = Vec::new();
+        check_references("", &references, &BTreeMap::new(), &mut diagnostics);
+        match diagnostics.into_iter().next() {
+            Some(diagnostic) => Err(match diagnostic.hint {
+                Some(hint) => format!("{} ({hint})", diagnostic.message),
+                None => diagnostic.message,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Renders a string template (webhook URLs and bodies) without HTML escaping.
@@ -751,7 +776,8 @@ fn check_references(
         }
     }
     for (partial, pos) in &references.partials {
-        if !partials.contains_key(partial) {
+        // `{{> @partial-block}}` is the body a layout wraps, not a file.
+        if !partials.contains_key(partial) && !partial.starts_with('@') {
             let hint = did_you_mean(partial, partials.keys().map(String::as_str))
                 .map(|p| format!("did you mean `{p}`?"))
                 .unwrap_or_else(|| format!("create templates/partials/{partial}.hbs"));

@@ -59,7 +59,11 @@ impl WakeHub {
     }
 
     fn next_timer(&self) -> Option<i64> {
-        self.timers.lock().unwrap_or_else(|e| e.into_inner()).first().copied()
+        self.timers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .first()
+            .copied()
     }
 
     fn pop_due(&self, now_second: i64) -> bool {
@@ -104,7 +108,10 @@ pub fn wake_stream(hub: Arc<WakeHub>) -> futures::channel::mpsc::Receiver<()> {
 }
 
 fn unix_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// Scheduled jobs run at whole seconds: round up so a job never runs before its time.
@@ -158,15 +165,27 @@ impl Queue {
                 }
             }
         });
-        Ok(Queue { backend: Backend::Redis(storage), hub, timers: Some((connection, timers)) })
+        Ok(Queue {
+            backend: Backend::Redis(storage),
+            hub,
+            timers: Some((connection, timers)),
+        })
     }
 
     /// The queue in the embedded SQLite file.
     pub async fn sqlite(pool: &sqlx::SqlitePool) -> Result<Queue, Error> {
-        SqliteStorage::setup(pool).await.map_err(|e| Error::Queue(e.to_string()))?;
-        let config = apalis_sqlite::Config::default().queue("nurture:steps").persist_results(false);
+        SqliteStorage::setup(pool)
+            .await
+            .map_err(|e| Error::Queue(e.to_string()))?;
+        let config = apalis_sqlite::Config::default()
+            .queue("nurture:steps")
+            .persist_results(false);
         let storage = SqliteStorage::new(pool).with_config(config);
-        Ok(Queue { backend: Backend::Sqlite(storage), hub: Arc::new(WakeHub::default()), timers: None })
+        Ok(Queue {
+            backend: Backend::Sqlite(storage),
+            hub: Arc::new(WakeHub::default()),
+            timers: None,
+        })
     }
 
     /// Enqueues jobs to run now.
@@ -175,8 +194,16 @@ impl Queue {
             return Ok(());
         }
         match &self.backend {
-            Backend::Redis(storage) => storage.clone().push_bulk(jobs).await.map_err(|e| Error::Queue(e.to_string()))?,
-            Backend::Sqlite(storage) => storage.clone().push_bulk(jobs).await.map_err(|e| Error::Queue(e.to_string()))?,
+            Backend::Redis(storage) => storage
+                .clone()
+                .push_bulk(jobs)
+                .await
+                .map_err(|e| Error::Queue(e.to_string()))?,
+            Backend::Sqlite(storage) => storage
+                .clone()
+                .push_bulk(jobs)
+                .await
+                .map_err(|e| Error::Queue(e.to_string()))?,
         }
         self.hub.jobs_available();
         Ok(())
@@ -185,14 +212,28 @@ impl Queue {
     /// Enqueues a job to run at `at` (rounded up to the second).
     pub async fn push_at(&self, job: StepJob, at: DateTime<Utc>) -> Result<(), Error> {
         let second = due_second(at);
-        let task = TaskBuilder::new(job).run_at_timestamp(second.max(0) as u64).build();
+        let task = TaskBuilder::new(job)
+            .run_at_timestamp(second.max(0) as u64)
+            .build();
         match &self.backend {
-            Backend::Redis(storage) => storage.clone().push_task(task).await.map_err(|e| Error::Queue(e.to_string()))?,
-            Backend::Sqlite(storage) => storage.clone().push_task(task).await.map_err(|e| Error::Queue(e.to_string()))?,
+            Backend::Redis(storage) => storage
+                .clone()
+                .push_task(task)
+                .await
+                .map_err(|e| Error::Queue(e.to_string()))?,
+            Backend::Sqlite(storage) => storage
+                .clone()
+                .push_task(task)
+                .await
+                .map_err(|e| Error::Queue(e.to_string()))?,
         }
         self.hub.job_scheduled(second);
         if let Some((connection, channel)) = &self.timers {
-            let _: i64 = redis::cmd("PUBLISH").arg(channel).arg(second).query_async(&mut connection.clone()).await?;
+            let _: i64 = redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(second)
+                .query_async(&mut connection.clone())
+                .await?;
         }
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! Contacts: profile columns, traits and tags in their own tables (so concurrent steps never
 //! overwrite each other's changes), and their events.
 
-use super::{ms, opt_ms, Result, Tx};
+use super::{Result, Tx, ms, opt_ms};
 use crate::engine::{Contact, ContactChange};
 use crate::expr::EventFacts;
 use crate::journey::values::Stage;
@@ -24,7 +24,11 @@ pub struct NewContact {
     pub last_seen_at: Option<DateTime<Utc>>,
 }
 
-pub async fn create(connection: &mut AnyConnection, contact: &NewContact, now: DateTime<Utc>) -> Result<i64> {
+pub async fn create(
+    connection: &mut AnyConnection,
+    contact: &NewContact,
+    now: DateTime<Utc>,
+) -> Result<i64> {
     let row = sqlx::query(
         "INSERT INTO contacts (external_id, email, phone, stage, score, timezone, language, created_at, last_seen_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
@@ -50,7 +54,13 @@ pub async fn create(connection: &mut AnyConnection, contact: &NewContact, now: D
     Ok(id)
 }
 
-async fn set_trait(connection: &mut AnyConnection, id: i64, name: &str, value: &Json, now: DateTime<Utc>) -> Result<()> {
+async fn set_trait(
+    connection: &mut AnyConnection,
+    id: i64,
+    name: &str,
+    value: &Json,
+    now: DateTime<Utc>,
+) -> Result<()> {
     sqlx::query(
         "INSERT INTO contact_traits (contact_id, name, value, updated_at) VALUES ($1, $2, $3, $4)
          ON CONFLICT (contact_id, name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
@@ -64,7 +74,12 @@ async fn set_trait(connection: &mut AnyConnection, id: i64, name: &str, value: &
     Ok(())
 }
 
-async fn add_tag(connection: &mut AnyConnection, id: i64, tag: &str, now: DateTime<Utc>) -> Result<()> {
+async fn add_tag(
+    connection: &mut AnyConnection,
+    id: i64,
+    tag: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
     sqlx::query("INSERT INTO contact_tags (contact_id, tag, added_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
         .bind(id)
         .bind(tag)
@@ -89,34 +104,62 @@ pub async fn load(connection: &mut AnyConnection, id: i64) -> Result<Option<Cont
         email: row.try_get("email")?,
         phone: row.try_get("phone")?,
         score: row.try_get("score")?,
-        stage: row.try_get::<String, _>("stage")?.parse().unwrap_or(Stage::Lead),
+        stage: row
+            .try_get::<String, _>("stage")?
+            .parse()
+            .unwrap_or(Stage::Lead),
         timezone: row.try_get("timezone")?,
         language: row.try_get("language")?,
         created_at: opt_ms(&row, "created_at"),
         last_seen_at: opt_ms(&row, "last_seen_at"),
         ..Contact::default()
     };
-    for row in sqlx::query("SELECT name, value FROM contact_traits WHERE contact_id = $1").bind(id).fetch_all(&mut *connection).await? {
+    for row in sqlx::query("SELECT name, value FROM contact_traits WHERE contact_id = $1")
+        .bind(id)
+        .fetch_all(&mut *connection)
+        .await?
+    {
         let value: String = row.try_get(1)?;
-        contact.traits.insert(row.try_get(0)?, serde_json::from_str(&value).unwrap_or(Json::String(value)));
+        contact.traits.insert(
+            row.try_get(0)?,
+            serde_json::from_str(&value).unwrap_or(Json::String(value)),
+        );
     }
-    for row in sqlx::query("SELECT tag FROM contact_tags WHERE contact_id = $1 ORDER BY added_at, tag").bind(id).fetch_all(&mut *connection).await? {
+    for row in
+        sqlx::query("SELECT tag FROM contact_tags WHERE contact_id = $1 ORDER BY added_at, tag")
+            .bind(id)
+            .fetch_all(&mut *connection)
+            .await?
+    {
         contact.tags.push(row.try_get(0)?);
     }
     Ok(Some(contact))
 }
 
 /// Applies a step's changes inside its transaction.
-pub async fn apply(tx: &mut Tx<'_>, id: i64, changes: &[ContactChange], now: DateTime<Utc>) -> Result<()> {
+pub async fn apply(
+    tx: &mut Tx<'_>,
+    id: i64,
+    changes: &[ContactChange],
+    now: DateTime<Utc>,
+) -> Result<()> {
     for change in changes {
         match change {
             ContactChange::Tag { tag } => add_tag(tx, id, tag, now).await?,
             ContactChange::Untag { tag } => {
-                sqlx::query("DELETE FROM contact_tags WHERE contact_id = $1 AND tag = $2").bind(id).bind(tag).execute(&mut **tx).await?;
+                sqlx::query("DELETE FROM contact_tags WHERE contact_id = $1 AND tag = $2")
+                    .bind(id)
+                    .bind(tag)
+                    .execute(&mut **tx)
+                    .await?;
             }
             ContactChange::Set { name, value } => set_trait(tx, id, name, value, now).await?,
             ContactChange::Score { points } => {
-                sqlx::query("UPDATE contacts SET score = score + $1 WHERE id = $2").bind(*points).bind(id).execute(&mut **tx).await?;
+                sqlx::query("UPDATE contacts SET score = score + $1 WHERE id = $2")
+                    .bind(*points)
+                    .bind(id)
+                    .execute(&mut **tx)
+                    .await?;
             }
         }
     }
@@ -124,7 +167,12 @@ pub async fn apply(tx: &mut Tx<'_>, id: i64, changes: &[ContactChange], now: Dat
 }
 
 /// Stores an event of a contact and marks the contact as seen.
-pub async fn record_event(tx: &mut Tx<'_>, id: i64, event: &EventFacts, at: DateTime<Utc>) -> Result<i64> {
+pub async fn record_event(
+    tx: &mut Tx<'_>,
+    id: i64,
+    event: &EventFacts,
+    at: DateTime<Utc>,
+) -> Result<i64> {
     let row = sqlx::query("INSERT INTO events (contact_id, name, properties, occurred_at) VALUES ($1, $2, $3, $4) RETURNING id")
         .bind(id)
         .bind(&event.name)
@@ -140,19 +188,35 @@ pub async fn record_event(tx: &mut Tx<'_>, id: i64, event: &EventFacts, at: Date
     Ok(row.try_get(0)?)
 }
 
-pub async fn count_events(connection: &mut AnyConnection, id: i64, name: &str, since: DateTime<Utc>) -> Result<i64> {
-    let row = sqlx::query("SELECT COUNT(*) FROM events WHERE contact_id = $1 AND name = $2 AND occurred_at >= $3")
-        .bind(id)
-        .bind(name)
-        .bind(ms(since))
-        .fetch_one(connection)
-        .await?;
+pub async fn count_events(
+    connection: &mut AnyConnection,
+    id: i64,
+    name: &str,
+    since: DateTime<Utc>,
+) -> Result<i64> {
+    let row = sqlx::query(
+        "SELECT COUNT(*) FROM events WHERE contact_id = $1 AND name = $2 AND occurred_at >= $3",
+    )
+    .bind(id)
+    .bind(name)
+    .bind(ms(since))
+    .fetch_one(connection)
+    .await?;
     Ok(row.try_get(0)?)
 }
 
 /// Ids of contacts, in pages, for schedule audiences.
-pub async fn page_of_ids(connection: &mut AnyConnection, after: i64, limit: i64) -> Result<Vec<i64>> {
-    let rows = sqlx::query("SELECT id FROM contacts WHERE id > $1 ORDER BY id LIMIT $2").bind(after).bind(limit).fetch_all(connection).await?;
-    rows.iter().map(|r| r.try_get(0).map_err(Into::into)).collect()
+pub async fn page_of_ids(
+    connection: &mut AnyConnection,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<i64>> {
+    let rows = sqlx::query("SELECT id FROM contacts WHERE id > $1 ORDER BY id LIMIT $2")
+        .bind(after)
+        .bind(limit)
+        .fetch_all(connection)
+        .await?;
+    rows.iter()
+        .map(|r| r.try_get(0).map_err(Into::into))
+        .collect()
 }
-

@@ -2,7 +2,7 @@
 //! compare-and-set on `seq`, so a stale job, a duplicate job or the loser of a race between a
 //! timeout and an event changes nothing.
 
-use super::{from_ms, ms, Error, Result, Tx};
+use super::{Error, Result, Tx, from_ms, ms};
 use crate::engine::transition::{Advance, Effect, Enrollment, Outcome, Park, Position, Status};
 use crate::expr::EventFacts;
 use crate::journey::model::{Journey, StepKind};
@@ -31,7 +31,9 @@ pub fn due_at(position: &Position, now: DateTime<Utc>) -> Option<DateTime<Utc>> 
 
 fn step_name(journey: &Journey, position: &Position) -> Option<String> {
     match position {
-        Position::Entering { step } | Position::Parked { step, .. } => journey.steps.get(*step).map(|s| s.id.clone()),
+        Position::Entering { step } | Position::Parked { step, .. } => {
+            journey.steps.get(*step).map(|s| s.id.clone())
+        }
         Position::Finished { .. } => None,
     }
 }
@@ -52,13 +54,21 @@ fn from_row(row: &AnyRow) -> Result<(Enrollment, i32, Option<String>)> {
         contact_id: row.try_get::<i64, _>("contact_id")?.to_string(),
         journey_id: row.try_get("journey_id")?,
         version: row.try_get("version")?,
-        trigger: trigger.as_deref().map(serde_json::from_str).transpose().map_err(|e| Error::Corrupt(e.to_string()))?,
+        trigger: trigger
+            .as_deref()
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(|e| Error::Corrupt(e.to_string()))?,
         key: (!key.is_empty()).then_some(key),
         position: serde_json::from_str(&position).map_err(|e| Error::Corrupt(e.to_string()))?,
         seq: row.try_get::<i64, _>("seq")? as u64,
         entered_at: from_ms(row.try_get("entered_at")?),
     };
-    Ok((enrollment, row.try_get("attempts")?, row.try_get("last_error")?))
+    Ok((
+        enrollment,
+        row.try_get("attempts")?,
+        row.try_get("last_error")?,
+    ))
 }
 
 /// An enrollment and its retry bookkeeping.
@@ -70,35 +80,69 @@ pub struct Stored {
 }
 
 pub async fn load(connection: &mut AnyConnection, id: i64) -> Result<Option<Stored>> {
-    let row = sqlx::query(select_enrollments!("WHERE id = $1")).bind(id).fetch_optional(connection).await?;
-    row.map(|row| from_row(&row).map(|(enrollment, attempts, last_error)| Stored { enrollment, attempts, last_error })).transpose()
+    let row = sqlx::query(select_enrollments!("WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(connection)
+        .await?;
+    row.map(|row| {
+        from_row(&row).map(|(enrollment, attempts, last_error)| Stored {
+            enrollment,
+            attempts,
+            last_error,
+        })
+    })
+    .transpose()
 }
 
 /// The contact's earlier enrollments in a journey, oldest first, for re-entry rules.
-pub async fn of_contact(connection: &mut AnyConnection, contact_id: i64, journey_id: &str) -> Result<Vec<Enrollment>> {
-    let rows = sqlx::query(select_enrollments!("WHERE contact_id = $1 AND journey_id = $2 ORDER BY id"))
-        .bind(contact_id)
-        .bind(journey_id)
-        .fetch_all(connection)
-        .await?;
-    rows.iter().map(|row| from_row(row).map(|(e, _, _)| e)).collect()
+pub async fn of_contact(
+    connection: &mut AnyConnection,
+    contact_id: i64,
+    journey_id: &str,
+) -> Result<Vec<Enrollment>> {
+    let rows = sqlx::query(select_enrollments!(
+        "WHERE contact_id = $1 AND journey_id = $2 ORDER BY id"
+    ))
+    .bind(contact_id)
+    .bind(journey_id)
+    .fetch_all(connection)
+    .await?;
+    rows.iter()
+        .map(|row| from_row(row).map(|(e, _, _)| e))
+        .collect()
 }
 
 /// Unfinished enrollments of a contact, for goals on event arrival.
-pub async fn open_of_contact(connection: &mut AnyConnection, contact_id: i64) -> Result<Vec<Enrollment>> {
-    let rows = sqlx::query(select_enrollments!("WHERE contact_id = $1 AND status IN ('active', 'waiting')"))
-        .bind(contact_id)
-        .fetch_all(connection)
-        .await?;
-    rows.iter().map(|row| from_row(row).map(|(e, _, _)| e)).collect()
+pub async fn open_of_contact(
+    connection: &mut AnyConnection,
+    contact_id: i64,
+) -> Result<Vec<Enrollment>> {
+    let rows = sqlx::query(select_enrollments!(
+        "WHERE contact_id = $1 AND status IN ('active', 'waiting')"
+    ))
+    .bind(contact_id)
+    .fetch_all(connection)
+    .await?;
+    rows.iter()
+        .map(|row| from_row(row).map(|(e, _, _)| e))
+        .collect()
 }
 
 /// Starts an enrollment at the journey's first step; `None` when the contact already has an
 /// unfinished one with the same key (the unique index decides, so racing triggers cannot both win).
-pub async fn insert(tx: &mut Tx<'_>, journey: &Journey, contact_id: i64, key: Option<&str>, trigger: Option<&EventFacts>, now: DateTime<Utc>) -> Result<Option<Enrollment>> {
+pub async fn insert(
+    tx: &mut Tx<'_>,
+    journey: &Journey,
+    contact_id: i64,
+    key: Option<&str>,
+    trigger: Option<&EventFacts>,
+    now: DateTime<Utc>,
+) -> Result<Option<Enrollment>> {
     let position = match journey.entry() {
         crate::journey::model::Target::Step(step) => Position::Entering { step },
-        crate::journey::model::Target::End => Position::Finished { outcome: Outcome::Completed },
+        crate::journey::model::Target::End => Position::Finished {
+            outcome: Outcome::Completed,
+        },
     };
     let trigger_json = trigger.map(|t| serde_json::to_string(t).unwrap_or_default());
     let row = sqlx::query(
@@ -134,8 +178,17 @@ pub async fn insert(tx: &mut Tx<'_>, journey: &Journey, contact_id: i64, key: Op
 
 /// Writes one move: position, history, waiters, pending effects and conversions, all in the
 /// caller's transaction. Returns false if someone else moved the enrollment first.
-pub async fn save_move(tx: &mut Tx<'_>, journey: &Journey, enrollment: &Enrollment, advance: &Advance, now: DateTime<Utc>) -> Result<bool> {
-    let id: i64 = enrollment.id.parse().map_err(|_| Error::Corrupt(format!("enrollment id {}", enrollment.id)))?;
+pub async fn save_move(
+    tx: &mut Tx<'_>,
+    journey: &Journey,
+    enrollment: &Enrollment,
+    advance: &Advance,
+    now: DateTime<Utc>,
+) -> Result<bool> {
+    let id: i64 = enrollment
+        .id
+        .parse()
+        .map_err(|_| Error::Corrupt(format!("enrollment id {}", enrollment.id)))?;
     let contact_id: i64 = enrollment.contact_id.parse().unwrap_or_default();
     let mut moved = enrollment.clone();
     moved.position = advance.position.clone();
@@ -157,8 +210,15 @@ pub async fn save_move(tx: &mut Tx<'_>, journey: &Journey, enrollment: &Enrollme
     if updated.rows_affected() != 1 {
         return Ok(false);
     }
-    sqlx::query("DELETE FROM waiters WHERE enrollment_id = $1").bind(id).execute(&mut **tx).await?;
-    if let Position::Parked { step, reason: Park::WaitFor, .. } = &advance.position
+    sqlx::query("DELETE FROM waiters WHERE enrollment_id = $1")
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    if let Position::Parked {
+        step,
+        reason: Park::WaitFor,
+        ..
+    } = &advance.position
         && let Some(StepKind::WaitFor { event, .. }) = journey.steps.get(*step).map(|s| &s.kind)
     {
         sqlx::query("INSERT INTO waiters (enrollment_id, contact_id, event_name, seq) VALUES ($1, $2, $3, $4)")
@@ -208,7 +268,12 @@ pub async fn save_move(tx: &mut Tx<'_>, journey: &Journey, enrollment: &Enrollme
     Ok(true)
 }
 
-pub async fn record_conversion(tx: &mut Tx<'_>, enrollment: &Enrollment, event: &EventFacts, now: DateTime<Utc>) -> Result<()> {
+pub async fn record_conversion(
+    tx: &mut Tx<'_>,
+    enrollment: &Enrollment,
+    event: &EventFacts,
+    now: DateTime<Utc>,
+) -> Result<()> {
     let revenue = event.properties.get("revenue").and_then(|v| v.as_f64());
     sqlx::query(
         "INSERT INTO conversions (enrollment_id, contact_id, journey_id, version, event_name, revenue, at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
@@ -226,23 +291,49 @@ pub async fn record_conversion(tx: &mut Tx<'_>, enrollment: &Enrollment, event: 
 }
 
 /// Enrollments waiting for this event of this contact, with the `seq` they wait at.
-pub async fn waiting_for(connection: &mut AnyConnection, contact_id: i64, event: &str) -> Result<Vec<(i64, u64)>> {
-    let rows = sqlx::query("SELECT enrollment_id, seq FROM waiters WHERE contact_id = $1 AND event_name = $2").bind(contact_id).bind(event).fetch_all(connection).await?;
-    rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get::<i64, _>(1)? as u64))).collect()
+pub async fn waiting_for(
+    connection: &mut AnyConnection,
+    contact_id: i64,
+    event: &str,
+) -> Result<Vec<(i64, u64)>> {
+    let rows = sqlx::query(
+        "SELECT enrollment_id, seq FROM waiters WHERE contact_id = $1 AND event_name = $2",
+    )
+    .bind(contact_id)
+    .bind(event)
+    .fetch_all(connection)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get::<i64, _>(1)? as u64)))
+        .collect()
 }
 
 /// Unfinished enrollments whose step was due before `before`: the reconciler's work list.
-pub async fn overdue(connection: &mut AnyConnection, before: DateTime<Utc>, limit: i64) -> Result<Vec<(i64, u64)>> {
+pub async fn overdue(
+    connection: &mut AnyConnection,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<(i64, u64)>> {
     let rows = sqlx::query("SELECT id, seq FROM enrollments WHERE status IN ('active', 'waiting') AND due_at <= $1 ORDER BY due_at LIMIT $2")
         .bind(ms(before))
         .bind(limit)
         .fetch_all(connection)
         .await?;
-    rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get::<i64, _>(1)? as u64))).collect()
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get::<i64, _>(1)? as u64)))
+        .collect()
 }
 
 /// Postpones an enrollment's job after a transient failure.
-pub async fn postpone(connection: &mut AnyConnection, id: i64, seq: u64, until: DateTime<Utc>, attempts: i32, error: &str, now: DateTime<Utc>) -> Result<()> {
+pub async fn postpone(
+    connection: &mut AnyConnection,
+    id: i64,
+    seq: u64,
+    until: DateTime<Utc>,
+    attempts: i32,
+    error: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
     sqlx::query("UPDATE enrollments SET due_at = $1, attempts = $2, last_error = $3, updated_at = $4 WHERE id = $5 AND seq = $6")
         .bind(ms(until))
         .bind(attempts)
@@ -256,7 +347,13 @@ pub async fn postpone(connection: &mut AnyConnection, id: i64, seq: u64, until: 
 }
 
 /// Moves an enrollment to the dead-letter list. Its position stays, so a retry resumes there.
-pub async fn fail(connection: &mut AnyConnection, id: i64, seq: u64, error: &str, now: DateTime<Utc>) -> Result<()> {
+pub async fn fail(
+    connection: &mut AnyConnection,
+    id: i64,
+    seq: u64,
+    error: &str,
+    now: DateTime<Utc>,
+) -> Result<()> {
     sqlx::query("UPDATE enrollments SET status = 'failed', due_at = NULL, last_error = $1, updated_at = $2 WHERE id = $3 AND seq = $4")
         .bind(error)
         .bind(ms(now))
@@ -299,10 +396,16 @@ pub async fn failed(connection: &mut AnyConnection, limit: i64) -> Result<Vec<Fa
 /// Puts a failed enrollment back to work: its failed effects become pending again and the
 /// enrollment is due now. Returns the `seq` to enqueue, or `None` if it was not failed.
 pub async fn revive(tx: &mut Tx<'_>, id: i64, now: DateTime<Utc>) -> Result<Option<u64>> {
-    let Some(row) = sqlx::query("SELECT position, seq FROM enrollments WHERE id = $1 AND status = 'failed'").bind(id).fetch_optional(&mut **tx).await? else {
+    let Some(row) =
+        sqlx::query("SELECT position, seq FROM enrollments WHERE id = $1 AND status = 'failed'")
+            .bind(id)
+            .fetch_optional(&mut **tx)
+            .await?
+    else {
         return Ok(None);
     };
-    let position: Position = serde_json::from_str(&row.try_get::<String, _>(0)?).map_err(|e| Error::Corrupt(e.to_string()))?;
+    let position: Position = serde_json::from_str(&row.try_get::<String, _>(0)?)
+        .map_err(|e| Error::Corrupt(e.to_string()))?;
     let seq = row.try_get::<i64, _>(1)? as u64;
     let status = match position {
         Position::Parked { .. } => "waiting",
@@ -318,5 +421,7 @@ pub async fn census(connection: &mut AnyConnection) -> Result<Vec<(String, Strin
     let rows = sqlx::query("SELECT journey_id, version, COALESCE(step, ''), COUNT(*) FROM enrollments WHERE status IN ('active', 'waiting', 'failed') GROUP BY journey_id, version, step ORDER BY journey_id, version, step")
         .fetch_all(connection)
         .await?;
-    rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?))).collect()
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+        .collect()
 }

@@ -43,7 +43,11 @@ impl Store {
     /// Connects to `url` (`postgres://...` or `sqlite://...`).
     pub async fn connect(url: &str, max_connections: u32) -> Result<Store> {
         sqlx::any::install_default_drivers();
-        let kind = if url.starts_with("postgres") { Kind::Postgres } else { Kind::Sqlite };
+        let kind = if url.starts_with("postgres") {
+            Kind::Postgres
+        } else {
+            Kind::Sqlite
+        };
         let options = AnyPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
@@ -79,7 +83,14 @@ impl Store {
     }
 
     /// Records a compiled journey version; returns whether it was new.
-    pub async fn save_journey_version(&self, journey_id: &str, version: &str, file: &str, source: &str, now: DateTime<Utc>) -> Result<bool> {
+    pub async fn save_journey_version(
+        &self,
+        journey_id: &str,
+        version: &str,
+        file: &str,
+        source: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
         let result = sqlx::query(
             "INSERT INTO journey_versions (journey_id, version, file, source, loaded_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
         )
@@ -94,17 +105,29 @@ impl Store {
     }
 
     /// The source text of a stored journey version, for enrollments still on it.
-    pub async fn journey_source(&self, journey_id: &str, version: &str) -> Result<Option<(String, String)>> {
-        let row = sqlx::query("SELECT file, source FROM journey_versions WHERE journey_id = $1 AND version = $2")
-            .bind(journey_id)
-            .bind(version)
-            .fetch_optional(&self.pool)
-            .await?;
+    pub async fn journey_source(
+        &self,
+        journey_id: &str,
+        version: &str,
+    ) -> Result<Option<(String, String)>> {
+        let row = sqlx::query(
+            "SELECT file, source FROM journey_versions WHERE journey_id = $1 AND version = $2",
+        )
+        .bind(journey_id)
+        .bind(version)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(row.map(|r| (r.get::<String, _>(0), r.get::<String, _>(1))))
     }
 
     /// Claims one tick of a schedule for this process; false if another process has it.
-    pub async fn claim_tick(&self, journey_id: &str, tick: DateTime<Utc>, process: &str, now: DateTime<Utc>) -> Result<bool> {
+    pub async fn claim_tick(
+        &self,
+        journey_id: &str,
+        tick: DateTime<Utc>,
+        process: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
         let result = sqlx::query("INSERT INTO schedule_ticks (journey_id, tick, claimed_by, claimed_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
             .bind(journey_id)
             .bind(ms(tick))
@@ -115,7 +138,12 @@ impl Store {
         Ok(result.rows_affected() == 1)
     }
 
-    pub async fn record_tick_enrolled(&self, journey_id: &str, tick: DateTime<Utc>, enrolled: i64) -> Result<()> {
+    pub async fn record_tick_enrolled(
+        &self,
+        journey_id: &str,
+        tick: DateTime<Utc>,
+        enrolled: i64,
+    ) -> Result<()> {
         sqlx::query("UPDATE schedule_ticks SET enrolled = $1 WHERE journey_id = $2 AND tick = $3")
             .bind(enrolled)
             .bind(journey_id)
@@ -135,5 +163,8 @@ pub fn from_ms(ms: i64) -> DateTime<Utc> {
 }
 
 pub(crate) fn opt_ms(row: &AnyRow, column: &str) -> Option<DateTime<Utc>> {
-    row.try_get::<Option<i64>, _>(column).ok().flatten().map(from_ms)
+    row.try_get::<Option<i64>, _>(column)
+        .ok()
+        .flatten()
+        .map(from_ms)
 }
