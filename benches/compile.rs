@@ -6,10 +6,7 @@ use std::path::Path;
 use std::time::Instant;
 
 fn read_dir(dir: &Path, out: &mut Vec<SourceFile>) {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
     entries.sort();
     for path in entries {
         if path.is_dir() {
@@ -37,16 +34,10 @@ fn main() {
     let journeys: Vec<SourceFile> = (0..count)
         .map(|i| {
             let original = &shipped[i % shipped.len()];
-            let id_line = original
-                .text
-                .lines()
-                .find(|l| l.starts_with("id:"))
-                .unwrap();
+            let id_line = original.text.lines().find(|l| l.starts_with("id:")).unwrap();
             SourceFile {
                 path: format!("journeys/generated-{i}.yaml"),
-                text: original
-                    .text
-                    .replacen(id_line, &format!("id: generated-{i}"), 1),
+                text: original.text.replacen(id_line, &format!("id: generated-{i}"), 1),
             }
         })
         .collect();

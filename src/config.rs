@@ -87,18 +87,14 @@ mod humantime_secs {
                 .map(Duration::from_millis)
                 .map_err(|e| e.to_string());
         }
-        text.parse::<Delay>()
-            .map(|d| Duration::from_secs(d.seconds))
+        text.parse::<Delay>().map(|d| Duration::from_secs(d.seconds))
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("{path} is not valid: {message}")]
     Invalid { path: String, message: String },
     #[error("environment variable {name}: {message}")]

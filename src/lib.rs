@@ -7,10 +7,13 @@
 //! - [`engine`]: the enrollment state machine (`transition`), the clock and the simulator.
 //! - [`cli`]: the `nurture` command.
 
+pub mod app;
+pub mod channels;
 pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod expr;
 pub mod journey;
+pub mod project;
 pub mod queue;
 pub mod store;

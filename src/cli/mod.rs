@@ -1,21 +1,19 @@
 //! The `nurture` command: parses flags and calls the library. One file per command.
 
+mod admin;
 mod graph;
+mod serve;
 mod simulate;
 mod validate;
 
-use crate::journey::{self, Catalog, Diagnostic, SourceFile, Sources};
-use anyhow::{Context, Result};
+use crate::journey::{self, Catalog, Diagnostic};
+use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(
-    name = "nurture",
-    version,
-    about = "Marketing-automation journeys that live in git"
-)]
+#[command(name = "nurture", version, about = "Marketing-automation journeys that live in git")]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -29,6 +27,17 @@ enum Command {
     Graph(graph::Args),
     /// Run a journey for one contact on a virtual clock, with no network.
     Simulate(simulate::Args),
+    /// Run everything: step workers, schedules and the reconciler.
+    Serve(serve::Args),
+    /// Run step workers only (scale out by starting more).
+    Worker(serve::Args),
+    /// Apply database migrations.
+    Migrate,
+    /// Compile the journeys and store their versions.
+    Reload,
+    /// Failed enrollments: list and retry.
+    #[command(subcommand)]
+    Enrollments(admin::Enrollments),
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -58,6 +67,11 @@ pub fn run() -> ExitCode {
         Command::Validate(args) => validate::run(args),
         Command::Graph(args) => graph::run(args),
         Command::Simulate(args) => simulate::run(args),
+        Command::Serve(args) => serve::run(args, true),
+        Command::Worker(args) => serve::run(args, false),
+        Command::Migrate => admin::migrate(),
+        Command::Reload => admin::reload(),
+        Command::Enrollments(command) => admin::enrollments(command),
     };
     match result {
         Ok(code) => code,
@@ -72,131 +86,23 @@ pub fn run() -> ExitCode {
 pub fn out(text: &str) {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
-    let _ = stdout
-        .write_all(text.as_bytes())
-        .and_then(|_| stdout.flush());
-}
-
-fn display_path(path: &Path) -> String {
-    let text = path.to_string_lossy().replace('\\', "/");
-    text.strip_prefix("./").map(str::to_string).unwrap_or(text)
-}
-
-fn read(path: &Path) -> Result<SourceFile> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("Failed to read {}", path.display()))?;
-    Ok(SourceFile {
-        path: display_path(path),
-        text,
-    })
-}
-
-/// Every file under `dir` with one of `extensions`, sorted, recursively.
-fn files_under(dir: &Path, extensions: &[&str]) -> Result<Vec<PathBuf>> {
-    let mut found = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        let entries =
-            std::fs::read_dir(&dir).with_context(|| format!("Failed to list {}", dir.display()))?;
-        for entry in entries {
-            let path = entry?.path();
-            if path.is_dir() {
-                pending.push(path);
-            } else if extensions
-                .iter()
-                .any(|ext| path.to_string_lossy().ends_with(ext))
-            {
-                found.push(path);
-            }
-        }
-    }
-    found.sort();
-    Ok(found)
-}
-
-/// Reads journeys from `paths` (files or directories) and the project's templates,
-/// `sales.yaml` and `scoring.yaml`.
-pub fn load_sources(paths: &[PathBuf], project: &ProjectArgs) -> Result<Sources> {
-    let mut sources = Sources::default();
-    let mut template_paths: Vec<PathBuf> = Vec::new();
-    let mut sales = None;
-    let mut scoring = None;
-    for path in paths {
-        if path.is_dir() {
-            for file in files_under(path, &[".yaml", ".yml", ".hbs"])? {
-                classify(
-                    &file,
-                    &mut sources,
-                    &mut template_paths,
-                    &mut sales,
-                    &mut scoring,
-                );
-            }
-        } else if path.exists() {
-            classify(
-                path,
-                &mut sources,
-                &mut template_paths,
-                &mut sales,
-                &mut scoring,
-            );
-        } else {
-            anyhow::bail!("{} does not exist", path.display());
-        }
-    }
-    if project.templates.is_dir() {
-        for file in files_under(&project.templates, &[".hbs"])? {
-            if !template_paths.iter().any(|p| same_file(p, &file)) {
-                template_paths.push(file);
-            }
-        }
-    }
-    for path in template_paths {
-        sources.templates.push(read(&path)?);
-    }
-    let sales = sales.or_else(|| project.sales.is_file().then(|| project.sales.clone()));
-    let scoring = scoring.or_else(|| project.scoring.is_file().then(|| project.scoring.clone()));
-    sources.sales = sales.map(|p| read(&p)).transpose()?;
-    sources.scoring = scoring.map(|p| read(&p)).transpose()?;
-    Ok(sources)
-}
-
-fn same_file(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => a == b,
-    }
-}
-
-fn classify(
-    path: &Path,
-    sources: &mut Sources,
-    templates: &mut Vec<PathBuf>,
-    sales: &mut Option<PathBuf>,
-    scoring: &mut Option<PathBuf>,
-) {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_default();
-    if name.ends_with(".hbs") {
-        templates.push(path.to_path_buf());
-    } else if name == "sales.yaml" || name == "sales.yml" {
-        *sales = Some(path.to_path_buf());
-    } else if name == "scoring.yaml" || name == "scoring.yml" {
-        *scoring = Some(path.to_path_buf());
-    } else if let Ok(file) = read(path) {
-        sources.journeys.push(file);
-    }
+    let _ = stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush());
 }
 
 /// Compiles the given journeys with the project's templates and files.
-pub fn compile_paths(
-    paths: &[PathBuf],
-    project: &ProjectArgs,
-) -> Result<(Catalog, Vec<Diagnostic>)> {
-    let sources = load_sources(paths, project)?;
+pub fn compile_paths(paths: &[PathBuf], project: &ProjectArgs) -> Result<(Catalog, Vec<Diagnostic>)> {
+    let sources = crate::project::load_sources(paths, &project.templates, &project.sales, &project.scoring)?;
     Ok(journey::compile(&sources))
+}
+
+/// Logs go to standard error; `RUST_LOG` chooses what (default: info).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,apalis=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn print_diagnostics(diagnostics: &[Diagnostic]) {

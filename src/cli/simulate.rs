@@ -37,10 +37,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
         super::print_diagnostics(&diagnostics);
         return Ok(ExitCode::from(1));
     };
-    let text = std::fs::read_to_string(&args.contact)
-        .with_context(|| format!("Failed to read {}", args.contact.display()))?;
-    let mut contact: Contact = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a contact", args.contact.display()))?;
+    let text =
+        std::fs::read_to_string(&args.contact).with_context(|| format!("Failed to read {}", args.contact.display()))?;
+    let mut contact: Contact =
+        serde_json::from_str(&text).with_context(|| format!("{} is not a contact", args.contact.display()))?;
     if contact.id == Contact::default().id
         && let Some(name) = contact.email.clone().or(contact.phone.clone())
     {
@@ -59,8 +59,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     };
     let events = match &args.events {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("Failed to read {}", path.display()))?;
+            let text = std::fs::read_to_string(path).with_context(|| format!("Failed to read {}", path.display()))?;
             parse_events(&text, start).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
         }
         None => Vec::new(),

@@ -28,7 +28,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let errors = diagnostics.iter().filter(|d| d.is_error()).count();
     match args.format {
         Format::Json => {
-            let journeys: Vec<_> = catalog.journeys.iter().map(|j| json!({"id": j.id, "version": j.version, "file": j.file, "steps": j.steps.len()})).collect();
+            let journeys: Vec<_> = catalog
+                .journeys
+                .iter()
+                .map(|j| json!({"id": j.id, "version": j.version, "file": j.file, "steps": j.steps.len()}))
+                .collect();
             let report = json!({"ok": errors == 0, "errors": errors, "diagnostics": diagnostics, "journeys": journeys});
             super::out(&format!("{}\n", serde_json::to_string_pretty(&report)?));
         }
@@ -48,8 +52,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 } else {
                     format!(", {}", extras.join(", "))
                 };
-                super::out(&format!("ok: {} journeys, {templates} templates{extras}
-", catalog.journeys.len()));
+                super::out(&format!(
+                    "ok: {} journeys, {templates} templates{extras}
+",
+                    catalog.journeys.len()
+                ));
             } else {
                 let files: std::collections::BTreeSet<&str> = diagnostics
                     .iter()

@@ -9,12 +9,12 @@
 pub mod clock;
 pub mod contact;
 pub mod message;
+pub mod runner;
 pub mod simulate;
 pub mod transition;
 
 pub use clock::{Clock, SystemClock, VirtualClock};
 pub use contact::{Contact, ContactChange};
 pub use transition::{
-    Advance, Effect, EffectKey, Enrollment, Input, Outcome, Park, Position, Refused, Status, World,
-    advance,
+    Advance, Effect, EffectKey, Enrollment, Input, Outcome, Park, Position, Refused, Status, World, advance,
 };

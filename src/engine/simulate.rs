@@ -4,9 +4,7 @@
 
 use super::contact::Contact;
 use super::message::template_data;
-use super::transition::{
-    Effect, Enrollment, History, Input, Outcome, Position, Refused, StepRecord, World, advance,
-};
+use super::transition::{Effect, Enrollment, History, Input, Outcome, Position, Refused, StepRecord, World, advance};
 use crate::expr::{EventCounter, EventFacts};
 use crate::journey::model::{Journey, Trigger};
 use crate::journey::templates::Templates;
@@ -70,8 +68,7 @@ pub fn parse_events(text: &str, start: DateTime<Utc>) -> Result<Vec<TimedEvent>,
         if line.is_empty() || line.starts_with('#') || line.starts_with("//") {
             continue;
         }
-        let value: Json =
-            serde_json::from_str(line).map_err(|e| format!("line {line_no}: not JSON: {e}"))?;
+        let value: Json = serde_json::from_str(line).map_err(|e| format!("line {line_no}: not JSON: {e}"))?;
         let object = value
             .as_object()
             .ok_or_else(|| format!("line {line_no}: each line must be a JSON object"))?;
@@ -90,9 +87,7 @@ pub fn parse_events(text: &str, start: DateTime<Utc>) -> Result<Vec<TimedEvent>,
                 let delay: Delay = offset
                     .trim()
                     .strip_prefix('+')
-                    .ok_or_else(|| {
-                        format!("line {line_no}: `at` is an offset from the start like \"+2h\"")
-                    })?
+                    .ok_or_else(|| format!("line {line_no}: `at` is an offset from the start like \"+2h\""))?
                     .parse()
                     .or_else(|e: String| {
                         if offset.trim() == "+0" {
@@ -136,10 +131,7 @@ struct SimHistory {
 
 impl EventCounter for SimHistory {
     fn count_events(&self, name: &str, since: DateTime<Utc>) -> i64 {
-        self.events
-            .iter()
-            .filter(|(at, n)| n == name && *at >= since)
-            .count() as i64
+        self.events.iter().filter(|(at, n)| n == name && *at >= since).count() as i64
     }
 }
 
@@ -188,9 +180,7 @@ impl Run<'_> {
     }
 
     fn see(&mut self, event: &TimedEvent) {
-        self.history
-            .events
-            .push((event.at, event.event.name.clone()));
+        self.history.events.push((event.at, event.event.name.clone()));
         self.contact.last_seen_at = Some(event.at);
         let properties: Vec<String> = event
             .event
@@ -206,12 +196,7 @@ impl Run<'_> {
         self.push(event.at, None, "event", "arrived", detail, None);
     }
 
-    fn preview(
-        &self,
-        enrollment: &Enrollment,
-        effect: &Effect,
-        now: DateTime<Utc>,
-    ) -> (String, Message) {
+    fn preview(&self, enrollment: &Enrollment, effect: &Effect, now: DateTime<Utc>) -> (String, Message) {
         let data = template_data(
             self.journey,
             enrollment,
@@ -221,69 +206,65 @@ impl Run<'_> {
         );
         let language = self.contact.language();
         match effect {
-            Effect::SendEmail { template } => {
-                match self.templates.render_email(template, language, &data) {
-                    Ok(email) => (
-                        format!(
-                            "email \"{}\" to {}",
-                            email.subject,
-                            self.contact.email.clone().unwrap_or_default()
-                        ),
-                        Message {
-                            channel: "email".into(),
-                            to: self.contact.email.clone().unwrap_or_default(),
-                            subject: Some(email.subject),
-                            lines: email
-                                .text
-                                .lines()
-                                .filter(|l| !l.trim().is_empty())
-                                .take(3)
-                                .map(str::to_string)
-                                .collect(),
-                        },
+            Effect::SendEmail { template } => match self.templates.render_email(template, language, &data) {
+                Ok(email) => (
+                    format!(
+                        "email \"{}\" to {}",
+                        email.subject,
+                        self.contact.email.clone().unwrap_or_default()
                     ),
-                    Err(error) => (
-                        format!("email could not render: {error}"),
-                        Message {
-                            channel: "email".into(),
-                            to: String::new(),
-                            subject: None,
-                            lines: vec![],
-                        },
+                    Message {
+                        channel: "email".into(),
+                        to: self.contact.email.clone().unwrap_or_default(),
+                        subject: Some(email.subject),
+                        lines: email
+                            .text
+                            .lines()
+                            .filter(|l| !l.trim().is_empty())
+                            .take(3)
+                            .map(str::to_string)
+                            .collect(),
+                    },
+                ),
+                Err(error) => (
+                    format!("email could not render: {error}"),
+                    Message {
+                        channel: "email".into(),
+                        to: String::new(),
+                        subject: None,
+                        lines: vec![],
+                    },
+                ),
+            },
+            Effect::SendSms { template } => match self.templates.render_sms(template, language, &data) {
+                Ok(sms) => (
+                    format!(
+                        "SMS to {} ({} part{}, {})",
+                        self.contact.phone.clone().unwrap_or_default(),
+                        sms.segments,
+                        if sms.segments == 1 { "" } else { "s" },
+                        serde_json::to_value(sms.encoding)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_string))
+                            .unwrap_or_default()
                     ),
-                }
-            }
-            Effect::SendSms { template } => {
-                match self.templates.render_sms(template, language, &data) {
-                    Ok(sms) => (
-                        format!(
-                            "SMS to {} ({} part{}, {})",
-                            self.contact.phone.clone().unwrap_or_default(),
-                            sms.segments,
-                            if sms.segments == 1 { "" } else { "s" },
-                            serde_json::to_value(sms.encoding)
-                                .ok()
-                                .and_then(|v| v.as_str().map(str::to_string))
-                                .unwrap_or_default()
-                        ),
-                        Message {
-                            channel: "sms".into(),
-                            to: self.contact.phone.clone().unwrap_or_default(),
-                            subject: None,
-                            lines: sms.body.lines().take(3).map(str::to_string).collect(),
-                        },
-                    ),
-                    Err(error) => (
-                        format!("SMS could not render: {error}"),
-                        Message {
-                            channel: "sms".into(),
-                            to: String::new(),
-                            subject: None,
-                            lines: vec![],
-                        },
-                    ),
-                }
-            }
+                    Message {
+                        channel: "sms".into(),
+                        to: self.contact.phone.clone().unwrap_or_default(),
+                        subject: None,
+                        lines: sms.body.lines().take(3).map(str::to_string).collect(),
+                    },
+                ),
+                Err(error) => (
+                    format!("SMS could not render: {error}"),
+                    Message {
+                        channel: "sms".into(),
+                        to: String::new(),
+                        subject: None,
+                        lines: vec![],
+                    },
+                ),
+            },
             Effect::AssignToSales { team } => (
                 format!("team {team}"),
                 Message {
@@ -293,9 +274,7 @@ impl Run<'_> {
                     lines: vec![],
                 },
             ),
-            Effect::Webhook {
-                method, url, body, ..
-            } => {
+            Effect::Webhook { method, url, body, .. } => {
                 let url = self
                     .templates
                     .render_inline(url, &data)
@@ -321,17 +300,8 @@ impl Run<'_> {
 /// Renders every string inside a JSON value as a template.
 pub fn render_json(templates: &Templates, value: &Json, data: &Json) -> Json {
     match value {
-        Json::String(s) => Json::String(
-            templates
-                .render_inline(s, data)
-                .unwrap_or_else(|_| s.clone()),
-        ),
-        Json::Array(items) => Json::Array(
-            items
-                .iter()
-                .map(|v| render_json(templates, v, data))
-                .collect(),
-        ),
+        Json::String(s) => Json::String(templates.render_inline(s, data).unwrap_or_else(|_| s.clone())),
+        Json::Array(items) => Json::Array(items.iter().map(|v| render_json(templates, v, data)).collect()),
         Json::Object(map) => Json::Object(
             map.iter()
                 .map(|(k, v)| (k.clone(), render_json(templates, v, data)))
@@ -381,13 +351,9 @@ pub fn simulate(
                 let view = run.contact.facts_view();
                 let matched = matcher.event == event.event.name
                     && matcher.condition.as_ref().is_none_or(|c| {
-                        let facts = run.contact.facts(
-                            &view,
-                            Some(&event.event),
-                            Some(&event.event),
-                            event.at,
-                            &run.history,
-                        );
+                        let facts =
+                            run.contact
+                                .facts(&view, Some(&event.event), Some(&event.event), event.at, &run.history);
                         c.eval_bool(&facts) == Ok(true)
                     });
                 if matched {
@@ -403,7 +369,22 @@ pub fn simulate(
                         properties: Map::new(),
                         timestamp: Some(start),
                     };
-                    run.push(start, None, "note", "assumed", format!("no \"{}\" in the events{}; simulating one with no properties at the start", matcher.event, if matcher.condition.is_some() { " matched the trigger's `where`" } else { "" }), None);
+                    run.push(
+                        start,
+                        None,
+                        "note",
+                        "assumed",
+                        format!(
+                            "no \"{}\" in the events{}; simulating one with no properties at the start",
+                            matcher.event,
+                            if matcher.condition.is_some() {
+                                " matched the trigger's `where`"
+                            } else {
+                                ""
+                            }
+                        ),
+                        None,
+                    );
                     (start, Some(event))
                 }
             }
@@ -475,28 +456,20 @@ pub fn simulate(
         let facts = run
             .contact
             .facts(&view, trigger.as_ref(), None, entered_at, &run.history);
-        expr.eval(&facts).ok().map(|v| {
-            v.as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| v.to_string())
-        })
+        expr.eval(&facts)
+            .ok()
+            .map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))
     });
     if let Trigger::Event(_) | Trigger::Stage(_) = journey.trigger {
         let detail = match (&journey.trigger, &key) {
             (Trigger::Stage(stage), _) => format!("stage became {stage}"),
             (_, Some(key)) => format!(
                 "by \"{}\" (enrollment key {key})",
-                trigger
-                    .as_ref()
-                    .map(|t| t.name.as_str())
-                    .unwrap_or_default()
+                trigger.as_ref().map(|t| t.name.as_str()).unwrap_or_default()
             ),
             _ => format!(
                 "by \"{}\"",
-                trigger
-                    .as_ref()
-                    .map(|t| t.name.as_str())
-                    .unwrap_or_default()
+                trigger.as_ref().map(|t| t.name.as_str()).unwrap_or_default()
             ),
         };
         run.push(entered_at, None, "enrolled", "enrolled", detail, None);
@@ -584,20 +557,10 @@ pub fn simulate(
             let performs = outcome == "sent" || outcome == "assigned" || outcome == "called";
             if performs && let Some(effect) = effects.next() {
                 let (detail, message) = run.preview(&enrollment, &effect.effect, now);
-                if matches!(
-                    effect.effect,
-                    Effect::SendEmail { .. } | Effect::SendSms { .. }
-                ) {
+                if matches!(effect.effect, Effect::SendEmail { .. } | Effect::SendSms { .. }) {
                     run.history.messages.push(now);
                 }
-                run.push(
-                    now,
-                    Some(step.clone()),
-                    kind,
-                    outcome,
-                    detail,
-                    Some(message),
-                );
+                run.push(now, Some(step.clone()), kind, outcome, detail, Some(message));
                 continue;
             }
             run.push(now, Some(step.clone()), kind, outcome, detail.clone(), None);
@@ -631,10 +594,7 @@ pub fn render_text(report: &Report, zone: chrono_tz::Tz) -> String {
         report.journey,
         report.version,
         report.contact,
-        report
-            .start
-            .with_timezone(&zone)
-            .format("%a %Y-%m-%d %H:%M %Z")
+        report.start.with_timezone(&zone).format("%a %Y-%m-%d %H:%M %Z")
     );
     let step_width = report
         .entries
@@ -650,10 +610,7 @@ pub fn render_text(report: &Report, zone: chrono_tz::Tz) -> String {
         } else {
             format!("{}: {}", entry.outcome, entry.detail)
         };
-        out.push_str(&format!(
-            "  {:<8} {:<step_width$}  {what}\n",
-            entry.offset, step
-        ));
+        out.push_str(&format!("  {:<8} {:<step_width$}  {what}\n", entry.offset, step));
         if let Some(message) = &entry.message {
             let indent = " ".repeat(13 + step_width);
             if let Some(subject) = &message.subject {

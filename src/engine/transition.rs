@@ -227,14 +227,7 @@ pub fn advance(
         (Position::Finished { .. }, _) => return Err(Refused::Finished),
         (_, Input::Event(event)) => mover.on_event(event)?,
         (Position::Entering { step }, Input::Due) => mover.enter(*step),
-        (
-            Position::Parked {
-                step,
-                until,
-                reason,
-            },
-            Input::Due,
-        ) => {
+        (Position::Parked { step, until, reason }, Input::Due) => {
             if world.now < *until {
                 return Err(Refused::NotYet(*until));
             }
@@ -304,11 +297,7 @@ impl Mover<'_> {
             && self.matches(goal, event) == Ok(true)
         {
             let step = self.current_step();
-            self.record(
-                step,
-                "converted",
-                format!("goal \"{}\" reached", goal.event),
-            );
+            self.record(step, "converted", format!("goal \"{}\" reached", goal.event));
             return Ok(Position::Finished {
                 outcome: Outcome::Converted,
             });
@@ -330,11 +319,7 @@ impl Mover<'_> {
                 self.record(
                     step,
                     "event",
-                    format!(
-                        "\"{}\" arrived; next: {}",
-                        event.name,
-                        self.journey.target_name(next)
-                    ),
+                    format!("\"{}\" arrived; next: {}", event.name, self.journey.target_name(next)),
                 );
                 Ok(self.go(next))
             }
@@ -450,11 +435,7 @@ impl Mover<'_> {
             }
             StepKind::WaitFor { event, timeout, .. } => {
                 let until = now + timeout.as_duration();
-                self.record(
-                    step,
-                    "waiting",
-                    format!("for \"{}\" up to {timeout}", event.event),
-                );
+                self.record(step, "waiting", format!("for \"{}\" up to {timeout}", event.event));
                 Position::Parked {
                     step,
                     until,
@@ -463,13 +444,7 @@ impl Mover<'_> {
             }
             StepKind::Branch { arms, otherwise } => {
                 let view = contact.facts_view();
-                let facts = contact.facts(
-                    &view,
-                    self.enrollment.trigger.as_ref(),
-                    None,
-                    now,
-                    self.world.history,
-                );
+                let facts = contact.facts(&view, self.enrollment.trigger.as_ref(), None, now, self.world.history);
                 let mut reasons = Vec::new();
                 let mut chosen = *otherwise;
                 let mut matched = false;
@@ -561,10 +536,7 @@ impl Mover<'_> {
                     return self.go(next);
                 }
                 if let Some(cap) = &journey.settings.frequency_cap {
-                    let sent = self
-                        .world
-                        .history
-                        .messages_since(now - cap.window.as_duration());
+                    let sent = self.world.history.messages_since(now - cap.window.as_duration());
                     if sent >= cap.messages {
                         self.record(
                             step,
@@ -596,11 +568,7 @@ impl Mover<'_> {
                         ContactChange::Untag { tag: tag.clone() }
                     });
                 }
-                self.record(
-                    step,
-                    if tagging { "tagged" } else { "untagged" },
-                    tags.join(", "),
-                );
+                self.record(step, if tagging { "tagged" } else { "untagged" }, tags.join(", "));
                 self.go(next)
             }
             StepKind::Set(traits) => {

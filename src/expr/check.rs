@@ -115,12 +115,7 @@ pub(super) struct Checked {
     pub count_calls: Vec<(String, Delay)>,
 }
 
-pub(super) fn check(
-    program: &Program,
-    source: &str,
-    place: Place,
-    want: Want,
-) -> Result<Checked, Vec<ExprError>> {
+pub(super) fn check(program: &Program, source: &str, place: Place, want: Want) -> Result<Checked, Vec<ExprError>> {
     let mut variables: HashMap<String, Ty> = HashMap::new();
     for (name, ty) in [
         ("score", Ty::Int),
@@ -177,16 +172,8 @@ pub(super) fn check(
     if checker.errors.is_empty() {
         Ok(Checked {
             roots: checker.roots,
-            trait_names: checker
-                .trait_names
-                .difference(&checker.tested)
-                .cloned()
-                .collect(),
-            property_names: checker
-                .property_names
-                .difference(&checker.tested)
-                .cloned()
-                .collect(),
+            trait_names: checker.trait_names.difference(&checker.tested).cloned().collect(),
+            property_names: checker.property_names.difference(&checker.tested).cloned().collect(),
             count_calls: checker.count_calls,
         })
     } else {
@@ -224,18 +211,11 @@ impl Checker<'_> {
         if self.errors.iter().any(|e| e.offset == offset) {
             return;
         }
-        self.errors.push(ExprError {
-            offset,
-            message,
-            hint,
-        });
+        self.errors.push(ExprError { offset, message, hint });
     }
 
     fn lookup(&self, name: &str) -> Option<Ty> {
-        self.scopes
-            .iter()
-            .rev()
-            .find_map(|scope| scope.get(name).cloned())
+        self.scopes.iter().rev().find_map(|scope| scope.get(name).cloned())
     }
 
     fn infer(&mut self, expr: &IdedExpr) -> Ty {
@@ -291,11 +271,7 @@ impl Checker<'_> {
                     Ty::Map => Ty::String,
                     Ty::Dyn | Ty::Null => Ty::Dyn,
                     other => {
-                        self.error(
-                            &comprehension.iter_range,
-                            format!("cannot loop over {other}"),
-                            None,
-                        );
+                        self.error(&comprehension.iter_range, format!("cannot loop over {other}"), None);
                         Ty::Dyn
                     }
                 };
@@ -313,9 +289,7 @@ impl Checker<'_> {
                 self.scopes.pop();
                 result
             }
-            Node::Call(call) => {
-                self.call(expr, &call.func_name, call.target.as_deref(), &call.args)
-            }
+            Node::Call(call) => self.call(expr, &call.func_name, call.target.as_deref(), &call.args),
         }
     }
 
@@ -329,7 +303,9 @@ impl Checker<'_> {
         let known: Vec<String> = self.scopes[0].keys().cloned().collect();
         let message = match name {
             "event" => "`event` is only known in the `where:` of a trigger, a `wait_for` or a goal".to_string(),
-            "trigger" => "`trigger` is not known here: a scheduled journey or a scoring rule has no triggering event".to_string(),
+            "trigger" => {
+                "`trigger` is not known here: a scheduled journey or a scoring rule has no triggering event".to_string()
+            }
             _ => format!("unknown variable `{name}`"),
         };
         let hint = match did_you_mean(name, known.iter().map(String::as_str)) {
@@ -374,11 +350,7 @@ impl Checker<'_> {
             Some(suggestion) => format!("did you mean `{suggestion}`?"),
             None => format!(
                 "known fields: {}",
-                fields
-                    .iter()
-                    .map(|(name, _)| *name)
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                fields.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(", ")
             ),
         };
         let what = if *operand == Ty::Contact {
@@ -391,21 +363,11 @@ impl Checker<'_> {
         } else {
             ""
         };
-        self.error(
-            expr,
-            format!("{what} has no field `{field}`{extra}"),
-            Some(hint),
-        );
+        self.error(expr, format!("{what} has no field `{field}`{extra}"), Some(hint));
         Ty::Dyn
     }
 
-    fn call(
-        &mut self,
-        expr: &IdedExpr,
-        name: &str,
-        target: Option<&IdedExpr>,
-        args: &[IdedExpr],
-    ) -> Ty {
+    fn call(&mut self, expr: &IdedExpr, name: &str, target: Option<&IdedExpr>, args: &[IdedExpr]) -> Ty {
         let target_ty = target.map(|t| self.infer(t));
         let arg_tys: Vec<Ty> = args.iter().map(|a| self.infer(a)).collect();
         let binary = |checker: &mut Checker, op: &str| -> Option<(Ty, Ty)> {
@@ -420,11 +382,7 @@ impl Checker<'_> {
             operators::LOGICAL_AND | operators::LOGICAL_OR => {
                 for (arg, ty) in args.iter().zip(&arg_tys) {
                     if !matches!(ty, Ty::Bool | Ty::Dyn | Ty::Null) {
-                        let op = if name == operators::LOGICAL_AND {
-                            "&&"
-                        } else {
-                            "||"
-                        };
+                        let op = if name == operators::LOGICAL_AND { "&&" } else { "||" };
                         self.error(
                             arg,
                             format!("`{op}` joins conditions, but this is {ty}"),
@@ -447,21 +405,12 @@ impl Checker<'_> {
                 }
                 Ty::Bool
             }
-            operators::LESS
-            | operators::LESS_EQUALS
-            | operators::GREATER
-            | operators::GREATER_EQUALS => {
+            operators::LESS | operators::LESS_EQUALS | operators::GREATER | operators::GREATER_EQUALS => {
                 if let Some((left, right)) = binary(self, name) {
                     let orderable = |t: &Ty| {
                         matches!(
                             t,
-                            Ty::Int
-                                | Ty::Double
-                                | Ty::String
-                                | Ty::Timestamp
-                                | Ty::Duration
-                                | Ty::Dyn
-                                | Ty::Null
+                            Ty::Int | Ty::Double | Ty::String | Ty::Timestamp | Ty::Duration | Ty::Dyn | Ty::Null
                         )
                     };
                     if !left.comparable_with(&right) || !orderable(&left) || !orderable(&right) {
@@ -474,11 +423,7 @@ impl Checker<'_> {
                 }
                 Ty::Bool
             }
-            operators::ADD
-            | operators::SUBSTRACT
-            | operators::MULTIPLY
-            | operators::DIVIDE
-            | operators::MODULO => {
+            operators::ADD | operators::SUBSTRACT | operators::MULTIPLY | operators::DIVIDE | operators::MODULO => {
                 let Some((left, right)) = binary(self, name) else {
                     return Ty::Dyn;
                 };
@@ -494,10 +439,7 @@ impl Checker<'_> {
                     _ => {
                         self.error(
                             expr,
-                            format!(
-                                "cannot combine {left} and {right} with `{}`",
-                                name.trim_matches('_')
-                            ),
+                            format!("cannot combine {left} and {right} with `{}`", name.trim_matches('_')),
                             None,
                         );
                         Ty::Dyn
@@ -533,13 +475,9 @@ impl Checker<'_> {
                 if let Some(target) = &target_ty
                     && !matches!(target, Ty::String | Ty::Dyn | Ty::Null)
                 {
-                    let hint = matches!(target, Ty::List(_))
-                        .then(|| "for a list, write `\"value\" in list`".to_string());
-                    self.error(
-                        expr,
-                        format!("`{name}` works on strings, not on {target}"),
-                        hint,
-                    );
+                    let hint =
+                        matches!(target, Ty::List(_)).then(|| "for a list, write `\"value\" in list`".to_string());
+                    self.error(expr, format!("`{name}` works on strings, not on {target}"), hint);
                 }
                 Ty::Bool
             }
@@ -551,10 +489,8 @@ impl Checker<'_> {
             "duration" => Ty::Duration,
             "dyn" | "type" => Ty::Dyn,
             "has" => Ty::Bool,
-            "getFullYear" | "getMonth" | "getDate" | "getDayOfMonth" | "getDayOfWeek"
-            | "getDayOfYear" | "getHours" | "getMinutes" | "getSeconds" | "getMilliseconds" => {
-                Ty::Int
-            }
+            "getFullYear" | "getMonth" | "getDate" | "getDayOfMonth" | "getDayOfWeek" | "getDayOfYear" | "getHours"
+            | "getMinutes" | "getSeconds" | "getMilliseconds" => Ty::Int,
             "count_events" => {
                 self.count_events(expr, args);
                 Ty::Int

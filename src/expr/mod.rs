@@ -70,7 +70,7 @@ pub struct ExprError {
 }
 
 /// Counts a contact's events, for `count_events(name, window)`.
-pub trait EventCounter {
+pub trait EventCounter: Sync {
     fn count_events(&self, name: &str, since: DateTime<Utc>) -> i64;
 }
 
@@ -138,9 +138,7 @@ impl Expr {
         let program = env().compile(source).map_err(|errors| {
             // The parser's later errors are echoes of the first.
             let first = errors.errors.first();
-            let offset = first
-                .map(|e| line_col_to_offset(source, e.pos.0, e.pos.1))
-                .unwrap_or(0);
+            let offset = first.map(|e| line_col_to_offset(source, e.pos.0, e.pos.1)).unwrap_or(0);
             let mut message = first
                 .map(|e| e.msg.trim_start_matches("Syntax error: ").to_string())
                 .unwrap_or_default();
@@ -164,6 +162,11 @@ impl Expr {
         })
     }
 
+    /// The `count_events(name, window)` calls in this expression.
+    pub fn count_calls(&self) -> &[(String, Delay)] {
+        &self.count_calls
+    }
+
     pub fn source(&self) -> &str {
         &self.source
     }
@@ -179,16 +182,8 @@ impl Expr {
         bind(&mut context, "tags", to_cel(&facts.tags)?);
         bind(&mut context, "traits", to_cel(&traits)?);
         bind(&mut context, "contact", to_cel(facts.contact)?);
-        bind(
-            &mut context,
-            "inactive_days",
-            CelValue::Int(facts.inactive_days),
-        );
-        bind(
-            &mut context,
-            "now",
-            CelValue::Timestamp(facts.now.fixed_offset()),
-        );
+        bind(&mut context, "inactive_days", CelValue::Int(facts.inactive_days));
+        bind(&mut context, "now", CelValue::Timestamp(facts.now.fixed_offset()));
         for (name, event) in [("trigger", facts.trigger), ("event", facts.event)] {
             if let Some(event) = event {
                 let mut event = event.clone();
@@ -211,20 +206,14 @@ impl Expr {
                 .collect();
             let counts = Arc::new(counts);
             context
-                .add_function(
-                    "count_events",
-                    move |name: Arc<String>, window: Arc<String>| {
-                        let window = window
-                            .parse::<Delay>()
-                            .map(|d| d.to_string())
-                            .unwrap_or_default();
-                        counts
-                            .iter()
-                            .find(|(n, w, _)| n == name.as_str() && *w == window)
-                            .map(|(_, _, count)| *count)
-                            .unwrap_or(0)
-                    },
-                )
+                .add_function("count_events", move |name: Arc<String>, window: Arc<String>| {
+                    let window = window.parse::<Delay>().map(|d| d.to_string()).unwrap_or_default();
+                    counts
+                        .iter()
+                        .find(|(n, w, _)| n == name.as_str() && *w == window)
+                        .map(|(_, _, count)| *count)
+                        .unwrap_or(0)
+                })
                 .map_err(|error| EvalError(error.to_string()))?;
         }
         let value = self
@@ -261,9 +250,7 @@ impl Expr {
         match self.eval(facts)? {
             Json::Bool(b) => Ok(b),
             Json::Null => Ok(false),
-            other => Err(EvalError(format!(
-                "the condition gave {other}, not true or false"
-            ))),
+            other => Err(EvalError(format!("the condition gave {other}, not true or false"))),
         }
     }
 }
@@ -274,10 +261,7 @@ fn parse_hint(source: &str) -> Option<String> {
     let lone_equals = bytes.iter().enumerate().any(|(i, c)| {
         *c == '='
             && !matches!(bytes.get(i + 1), Some('='))
-            && !matches!(
-                i.checked_sub(1).and_then(|j| bytes.get(j)),
-                Some('=' | '!' | '<' | '>')
-            )
+            && !matches!(i.checked_sub(1).and_then(|j| bytes.get(j)), Some('=' | '!' | '<' | '>'))
     });
     if lone_equals {
         return Some("compare with `==`; a single `=` is not an operator".into());

@@ -27,8 +27,7 @@ fn compile(source: &str) -> Result<Expr, Vec<ExprError>> {
 
 #[test]
 fn conditions_read_score_tags_traits_and_event_properties() {
-    let traits: Map<String, Json> =
-        serde_json::from_str(r#"{"industry": "manufacturing"}"#).unwrap();
+    let traits: Map<String, Json> = serde_json::from_str(r#"{"industry": "manufacturing"}"#).unwrap();
     let tags = vec!["vip".to_string()];
     let contact = ContactFacts::default();
     let event = EventFacts {
@@ -39,10 +38,7 @@ fn conditions_read_score_tags_traits_and_event_properties() {
     let facts = facts_with(&traits, &tags, &contact, Some(&event));
     for (source, expected) in [
         ("score >= 50", true),
-        (
-            "\"vip\" in tags && traits.industry == \"manufacturing\"",
-            true,
-        ),
+        ("\"vip\" in tags && traits.industry == \"manufacturing\"", true),
         ("event.properties.revenue > 0", true),
         ("traits.region == \"Shanghai\"", false),
         ("stage == \"customer\" || \"do-not-contact\" in tags", false),
@@ -63,16 +59,8 @@ fn unknown_names_point_at_the_mistake() {
     assert_eq!(errors[0].message, "the contact has no field `emial`");
     assert_eq!(errors[0].hint.as_deref(), Some("did you mean `email`?"));
 
-    let errors = Expr::compile(
-        "event.name == \"x\"",
-        Place::Contact { has_trigger: true },
-        Want::Bool,
-    )
-    .unwrap_err();
-    assert!(
-        errors[0].message.contains("`event` is only known"),
-        "{errors:?}"
-    );
+    let errors = Expr::compile("event.name == \"x\"", Place::Contact { has_trigger: true }, Want::Bool).unwrap_err();
+    assert!(errors[0].message.contains("`event` is only known"), "{errors:?}");
 }
 
 #[test]
@@ -85,15 +73,9 @@ fn type_mistakes_are_caught_before_a_journey_ships() {
         "{errors:?}"
     );
     let errors = compile("score + 1").unwrap_err();
-    assert!(
-        errors[0].message.contains("must be true or false"),
-        "{errors:?}"
-    );
+    assert!(errors[0].message.contains("must be true or false"), "{errors:?}");
     let errors = compile("tags.contains(\"vip\")").unwrap_err();
-    assert!(
-        errors[0].hint.as_deref().unwrap().contains("in list"),
-        "{errors:?}"
-    );
+    assert!(errors[0].hint.as_deref().unwrap().contains("in list"), "{errors:?}");
     let errors = compile("score >= ").unwrap_err();
     assert!(errors[0].message.starts_with("cannot parse"), "{errors:?}");
 }
@@ -125,5 +107,9 @@ fn has_guards_a_missing_trait() {
     let expr = compile("has(traits.company_size) && traits.company_size >= 200").unwrap();
     assert_eq!(expr.eval_bool(&facts), Ok(false));
     let expr = compile("traits.region != \"Shanghai\"").unwrap();
-    assert_eq!(expr.eval_bool(&facts), Ok(true), "a missing trait is null, and null is not Shanghai");
+    assert_eq!(
+        expr.eval_bool(&facts),
+        Ok(true),
+        "a missing trait is null, and null is not Shanghai"
+    );
 }

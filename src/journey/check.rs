@@ -62,8 +62,12 @@ pub fn check_graph(journey: &Journey, diagnostics: &mut Vec<Diagnostic>) {
             diagnostics.push(error(
                 start,
                 "J014",
-                format!("loop with no wait: {} would repeat forever without pause", names.join(" -> ")),
-                "put a `wait`, `wait_until` or `wait_for` step inside the loop, or leave it with a branch to `end`".into(),
+                format!(
+                    "loop with no wait: {} would repeat forever without pause",
+                    names.join(" -> ")
+                ),
+                "put a `wait`, `wait_until` or `wait_for` step inside the loop, or leave it with a branch to `end`"
+                    .into(),
             ));
         }
     }
@@ -101,11 +105,7 @@ pub fn check_graph(journey: &Journey, diagnostics: &mut Vec<Diagnostic>) {
 }
 
 /// A cycle through `start` made only of steps that do not wait, as step indices.
-fn find_cycle_without_wait(
-    start: StepIndex,
-    edges: &[Vec<StepIndex>],
-    waits: &[bool],
-) -> Option<Vec<StepIndex>> {
+fn find_cycle_without_wait(start: StepIndex, edges: &[Vec<StepIndex>], waits: &[bool]) -> Option<Vec<StepIndex>> {
     let mut path = vec![start];
     let mut visited = vec![false; edges.len()];
     fn dfs(

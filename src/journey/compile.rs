@@ -12,7 +12,7 @@ use super::yaml::Pos;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Sources {
     pub journeys: Vec<SourceFile>,
     pub templates: Vec<SourceFile>,
@@ -52,10 +52,8 @@ pub fn compile(sources: &Sources) -> (Catalog, Vec<Diagnostic>) {
         // A broken sales.yaml is reported there; don't also blame every journey using it.
         (Some(_), None) => TeamNames::Unchecked,
     };
-    let has_email =
-        |name: &str| templates.has_email(name) || templates_broken(sources, name, ".email.hbs");
-    let has_sms =
-        |name: &str| templates.has_sms(name) || templates_broken(sources, name, ".sms.hbs");
+    let has_email = |name: &str| templates.has_email(name) || templates_broken(sources, name, ".email.hbs");
+    let has_sms = |name: &str| templates.has_sms(name) || templates_broken(sources, name, ".sms.hbs");
     let refs = Refs {
         has_email_template: &has_email,
         has_sms_template: &has_sms,

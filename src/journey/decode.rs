@@ -59,20 +59,12 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads a mapping; reports keys that are not in `allowed`, with the closest allowed one.
-    pub fn fields<'n>(
-        &mut self,
-        node: &'n Node,
-        what: &str,
-        allowed: &[&str],
-    ) -> Option<Fields<'n>> {
+    pub fn fields<'n>(&mut self, node: &'n Node, what: &str, allowed: &[&str]) -> Option<Fields<'n>> {
         let Value::Map(entries) = &node.value else {
             self.sink.error_hint(
                 node.pos,
                 "J002",
-                format!(
-                    "{what} must be a mapping of `key: value` lines, not {}",
-                    node.kind()
-                ),
+                format!("{what} must be a mapping of `key: value` lines, not {}", node.kind()),
                 format!("known keys: {}", allowed.join(", ")),
             );
             return None;
@@ -86,12 +78,8 @@ impl<'a> Reader<'a> {
                 Some(suggestion) => format!("did you mean `{suggestion}`?"),
                 None => format!("known keys: {}", allowed.join(", ")),
             };
-            self.sink.error_hint(
-                key.pos,
-                "J003",
-                format!("unknown key `{name}` in {what}"),
-                hint,
-            );
+            self.sink
+                .error_hint(key.pos, "J003", format!("unknown key `{name}` in {what}"), hint);
         }
         Some(Fields { node, entries })
     }
@@ -106,13 +94,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A required text value.
-    pub fn required_string(
-        &mut self,
-        fields: &Fields<'_>,
-        key: &str,
-        what: &str,
-        example: &str,
-    ) -> Option<String> {
+    pub fn required_string(&mut self, fields: &Fields<'_>, key: &str, what: &str, example: &str) -> Option<String> {
         match fields.get(key) {
             Some(node) => self.string(node, key),
             None => {
@@ -130,11 +112,8 @@ impl<'a> Reader<'a> {
         match &node.value {
             Value::Scalar(scalar) => Some(scalar.text.clone()),
             _ => {
-                self.sink.error(
-                    node.pos,
-                    "J005",
-                    format!("`{key}` must be text, not {}", node.kind()),
-                );
+                self.sink
+                    .error(node.pos, "J005", format!("`{key}` must be text, not {}", node.kind()));
                 None
             }
         }
@@ -182,10 +161,7 @@ impl<'a> Reader<'a> {
                 self.sink.error(
                     node.pos,
                     "J005",
-                    format!(
-                        "`{key}` must be a word or a list of words, not {}",
-                        node.kind()
-                    ),
+                    format!("`{key}` must be a word or a list of words, not {}", node.kind()),
                 );
                 None
             }
@@ -247,13 +223,9 @@ impl<'a> Reader<'a> {
             Err(errors) => {
                 for error in errors {
                     let pos = self.pos_in_scalar(node, &scalar.text, error.offset);
-                    let diagnostic = Diagnostic::error(
-                        self.sink.file,
-                        pos,
-                        "J031",
-                        format!("in `{key}`: {}", error.message),
-                    )
-                    .maybe_hint(error.hint);
+                    let diagnostic =
+                        Diagnostic::error(self.sink.file, pos, "J031", format!("in `{key}`: {}", error.message))
+                            .maybe_hint(error.hint);
                     self.sink.push(diagnostic);
                 }
                 None
@@ -279,10 +251,7 @@ impl<'a> Reader<'a> {
                     .unwrap_or(0);
                 Pos::new(line, indent + 1 + col_in_line)
             }
-            Some(s) if line_in_text == 0 => Pos::new(
-                node.pos.line,
-                node.pos.col + u32::from(s.quoted) + col_in_line,
-            ),
+            Some(s) if line_in_text == 0 => Pos::new(node.pos.line, node.pos.col + u32::from(s.quoted) + col_in_line),
             _ => Pos::new(node.pos.line + line_in_text, col_in_line + 1),
         }
     }

@@ -86,17 +86,10 @@ pub struct Sink<'a> {
 
 impl Sink<'_> {
     pub fn error(&mut self, pos: Pos, code: &'static str, message: impl Into<String>) {
-        self.diagnostics
-            .push(Diagnostic::error(self.file, pos, code, message));
+        self.diagnostics.push(Diagnostic::error(self.file, pos, code, message));
     }
 
-    pub fn error_hint(
-        &mut self,
-        pos: Pos,
-        code: &'static str,
-        message: impl Into<String>,
-        hint: impl Into<String>,
-    ) {
+    pub fn error_hint(&mut self, pos: Pos, code: &'static str, message: impl Into<String>, hint: impl Into<String>) {
         self.diagnostics
             .push(Diagnostic::error(self.file, pos, code, message).with_hint(hint));
     }
@@ -112,19 +105,11 @@ impl Sink<'_> {
 }
 
 /// The closest candidate to a misspelt name, if one is close enough to be what was meant.
-pub fn did_you_mean<'a>(
-    word: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-) -> Option<&'a str> {
+pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     let word_lower = word.to_lowercase();
     candidates
         .into_iter()
-        .map(|candidate| {
-            (
-                edit_distance(&word_lower, &candidate.to_lowercase()),
-                candidate,
-            )
-        })
+        .map(|candidate| (edit_distance(&word_lower, &candidate.to_lowercase()), candidate))
         .filter(|(distance, candidate)| *distance <= (candidate.chars().count().max(3) / 3).max(1))
         .min_by_key(|(distance, _)| *distance)
         .map(|(_, candidate)| candidate)

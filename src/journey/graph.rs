@@ -26,10 +26,7 @@ fn describe(kind: &StepKind) -> String {
         StepKind::SendSms { template } => format!("SMS {template}"),
         StepKind::Tag(tags) => format!("tag {}", tags.join(", ")),
         StepKind::Untag(tags) => format!("untag {}", tags.join(", ")),
-        StepKind::Set(traits) => format!(
-            "set {}",
-            traits.keys().cloned().collect::<Vec<_>>().join(", ")
-        ),
+        StepKind::Set(traits) => format!("set {}", traits.keys().cloned().collect::<Vec<_>>().join(", ")),
         StepKind::Score(points) => format!("score {points:+}"),
         StepKind::AssignToSales { team } => format!("assign to {team}"),
         StepKind::Webhook(hook) => format!("{} webhook", hook.method),

@@ -37,10 +37,7 @@ pub struct Journey {
 pub enum Trigger {
     Event(EventMatch),
     Stage(Stage),
-    Schedule {
-        cron: Box<CronSchedule>,
-        audience: Expr,
-    },
+    Schedule { cron: Box<CronSchedule>, audience: Expr },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -232,6 +229,39 @@ impl Journey {
         } else {
             Target::Step(0)
         }
+    }
+
+    /// Every condition in the journey.
+    pub fn expressions(&self) -> Vec<&Expr> {
+        let mut all: Vec<&Expr> = Vec::new();
+        match &self.trigger {
+            Trigger::Event(m) => all.extend(m.condition.as_ref()),
+            Trigger::Stage(_) => {}
+            Trigger::Schedule { audience, .. } => all.push(audience),
+        }
+        all.extend(self.goal.as_ref().and_then(|g| g.condition.as_ref()));
+        all.extend(self.exit_when.as_ref());
+        all.extend(self.enrollment_key.as_ref());
+        for step in &self.steps {
+            match &step.kind {
+                StepKind::WaitFor { event, .. } => all.extend(event.condition.as_ref()),
+                StepKind::Branch { arms, .. } => all.extend(arms.iter().map(|arm| &arm.when)),
+                _ => {}
+            }
+        }
+        all
+    }
+
+    /// The `count_events` calls of all its conditions, so a runner can count them up front.
+    pub fn count_calls(&self) -> Vec<(String, super::values::Delay)> {
+        let mut calls: Vec<(String, super::values::Delay)> = self
+            .expressions()
+            .iter()
+            .flat_map(|e| e.count_calls().iter().cloned())
+            .collect();
+        calls.sort_by(|a, b| (a.0.as_str(), a.1).cmp(&(b.0.as_str(), b.1)));
+        calls.dedup();
+        calls
     }
 
     pub fn target_name(&self, target: Target) -> &str {

@@ -3,9 +3,7 @@
 use super::decode::{Fields, Reader, is_slug};
 use super::diagnostic::{Diagnostic, did_you_mean};
 use super::model::*;
-use super::values::{
-    self, CRON_HINT, CronSchedule, Days, FrequencyCap, QuietHours, Stage, TIME_HINT, TimeOfDay,
-};
+use super::values::{self, CRON_HINT, CronSchedule, Days, FrequencyCap, QuietHours, Stage, TIME_HINT, TimeOfDay};
 use super::yaml::{self, Node, Pos, Value};
 use crate::expr::{Place, Want};
 use sha2::{Digest, Sha256};
@@ -54,22 +52,9 @@ const STEP_KINDS: [&str; 13] = [
     "assign_to_sales",
     "webhook",
 ];
-const STEP_EXTRA_KEYS: [&str; 7] = [
-    "id",
-    "name",
-    "description",
-    "next",
-    "on_timeout",
-    "on_event",
-    "else",
-];
+const STEP_EXTRA_KEYS: [&str; 7] = ["id", "name", "description", "next", "on_timeout", "on_event", "else"];
 
-pub fn parse_journey(
-    file: &str,
-    text: &str,
-    refs: &Refs<'_>,
-    diagnostics: &mut Vec<Diagnostic>,
-) -> Option<Journey> {
+pub fn parse_journey(file: &str, text: &str, refs: &Refs<'_>, diagnostics: &mut Vec<Diagnostic>) -> Option<Journey> {
     let root = match yaml::parse(text) {
         Ok(root) => root,
         Err(error) => {
@@ -80,9 +65,7 @@ pub fn parse_journey(
                     "J001",
                     format!("this is not valid YAML: {}", error.message),
                 )
-                .with_hint(
-                    "check the indentation and that every `key:` has a space after the colon",
-                ),
+                .with_hint("check the indentation and that every `key:` has a space after the colon"),
             );
             return None;
         }
@@ -94,12 +77,7 @@ pub fn parse_journey(
         refs,
     }
     .journey(&root);
-    let errors_after = reader
-        .sink
-        .diagnostics
-        .iter()
-        .filter(|d| d.is_error())
-        .count();
+    let errors_after = reader.sink.diagnostics.iter().filter(|d| d.is_error()).count();
     journey.filter(|_| errors_after == errors_before)
 }
 
@@ -126,19 +104,14 @@ impl StepIds {
         if name == "end" {
             return Some(Target::End);
         }
-        self.ids
-            .iter()
-            .position(|(id, _)| id == name)
-            .map(Target::Step)
+        self.ids.iter().position(|(id, _)| id == name).map(Target::Step)
     }
 }
 
 impl JourneyParser<'_, '_> {
     fn journey(&mut self, root: &Node) -> Option<Journey> {
         let fields = self.reader.fields(root, "a journey", &JOURNEY_KEYS)?;
-        let id = self
-            .reader
-            .required_string(&fields, "id", "a journey", "my-journey");
+        let id = self.reader.required_string(&fields, "id", "a journey", "my-journey");
         if let (Some(id), Some(node)) = (&id, fields.get("id"))
             && !is_slug(id)
         {
@@ -172,21 +145,23 @@ impl JourneyParser<'_, '_> {
             .unwrap_or(Some(ReEntry::Never));
         let enrollment_key = fields.get("enrollment_key").and_then(|node| {
             if !event_trigger {
-                self.reader.sink.error_hint(node.pos, "J026", "`enrollment_key` needs an event trigger", "key enrollments by a property of the triggering event, e.g. `trigger.properties.cart_id`");
+                self.reader.sink.error_hint(
+                    node.pos,
+                    "J026",
+                    "`enrollment_key` needs an event trigger",
+                    "key enrollments by a property of the triggering event, e.g. `trigger.properties.cart_id`",
+                );
                 return None;
             }
-            self.reader.expr(node, "enrollment_key", Place::Contact { has_trigger: true }, Want::Key)
+            self.reader
+                .expr(node, "enrollment_key", Place::Contact { has_trigger: true }, Want::Key)
         });
         let goal = fields
             .get("goal")
             .and_then(|node| self.event_match(node, "goal", has_trigger));
         let exit_when = fields.get("exit_when").and_then(|node| {
-            self.reader.expr(
-                node,
-                "exit_when",
-                Place::Contact { has_trigger },
-                Want::Bool,
-            )
+            self.reader
+                .expr(node, "exit_when", Place::Contact { has_trigger }, Want::Bool)
         });
         let settings = match fields.get("settings") {
             Some(node) => self.settings(node),
@@ -233,11 +208,7 @@ impl JourneyParser<'_, '_> {
             } else {
                 format!(
                     "the trigger has {}; a journey starts in exactly one way",
-                    kinds
-                        .iter()
-                        .map(|k| format!("`{k}`"))
-                        .collect::<Vec<_>>()
-                        .join(" and ")
+                    kinds.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(" and ")
                 )
             };
             self.reader.sink.error_hint(node.pos, "J004", message, "e.g. `trigger: {event: Signed Up}`, `trigger: {stage: sql}` or `trigger: {schedule: \"0 9 * * MON\", audience: \"inactive_days >= 90\"}`");
@@ -258,11 +229,9 @@ impl JourneyParser<'_, '_> {
             "stage" => {
                 for key in ["where", "audience"] {
                     if let Some(pos) = fields.key_pos(key) {
-                        self.reader.sink.error(
-                            pos,
-                            "J017",
-                            format!("`{key}` is not used with a stage trigger"),
-                        );
+                        self.reader
+                            .sink
+                            .error(pos, "J017", format!("`{key}` is not used with a stage trigger"));
                     }
                 }
                 let stage_node = fields.get("stage")?;
@@ -287,16 +256,10 @@ impl JourneyParser<'_, '_> {
                     self.reader
                         .parsed(fields.get("schedule")?, "schedule", "J021", CRON_HINT);
                 let audience = match fields.get("audience") {
-                    Some(node) => self
-                        .reader
-                        .expr(node, "audience", Place::Audience, Want::Bool),
+                    Some(node) => self.reader.expr(node, "audience", Place::Audience, Want::Bool),
                     None => {
-                        self.reader.missing(
-                            &fields,
-                            "audience",
-                            "a schedule trigger",
-                            "\"inactive_days >= 90\"",
-                        );
+                        self.reader
+                            .missing(&fields, "audience", "a schedule trigger", "\"inactive_days >= 90\"");
                         None
                     }
                 };
@@ -321,26 +284,17 @@ impl JourneyParser<'_, '_> {
         } else {
             self.reader.fields(node, &format!("the {what}"), allowed)?
         };
-        let event = self.reader.required_string(
-            &fields,
-            "event",
-            &format!("the {what}"),
-            "Order Completed",
-        );
+        let event = self
+            .reader
+            .required_string(&fields, "event", &format!("the {what}"), "Order Completed");
         if let (Some(event), Some(node)) = (&event, fields.get("event"))
             && event.trim().is_empty()
         {
-            self.reader
-                .sink
-                .error(node.pos, "J005", "the event name is empty");
+            self.reader.sink.error(node.pos, "J005", "the event name is empty");
         }
         let condition = fields.get("where").and_then(|node| {
-            self.reader.expr(
-                node,
-                "where",
-                Place::EventFilter { has_trigger },
-                Want::Bool,
-            )
+            self.reader
+                .expr(node, "where", Place::EventFilter { has_trigger }, Want::Bool)
         });
         Some(EventMatch {
             event: event?,
@@ -368,12 +322,9 @@ impl JourneyParser<'_, '_> {
                     }
                 },
                 None => {
-                    self.reader.sink.error_hint(
-                        node.pos,
-                        "J026",
-                        format!("`{other}` is not a re-entry policy"),
-                        hint,
-                    );
+                    self.reader
+                        .sink
+                        .error_hint(node.pos, "J026", format!("`{other}` is not a re-entry policy"), hint);
                     None
                 }
             },
@@ -384,22 +335,12 @@ impl JourneyParser<'_, '_> {
         let fields = self.reader.fields(
             node,
             "settings",
-            &[
-                "timezone",
-                "quiet_hours",
-                "frequency_cap",
-                "cost",
-                "currency",
-            ],
+            &["timezone", "quiet_hours", "frequency_cap", "cost", "currency"],
         )?;
         let mut settings = default_settings();
         let mut ok = true;
         if let Some(node) = fields.get("timezone") {
-            match self
-                .reader
-                .string(node, "timezone")
-                .map(|t| values::parse_timezone(&t))
-            {
+            match self.reader.string(node, "timezone").map(|t| values::parse_timezone(&t)) {
                 Some(Ok(zone)) => settings.timezone = zone,
                 Some(Err(reason)) => {
                     let text = node.as_str().unwrap_or_default();
@@ -415,12 +356,9 @@ impl JourneyParser<'_, '_> {
             }
         }
         if let Some(node) = fields.get("quiet_hours") {
-            let quiet: Option<QuietHours> = self.reader.parsed(
-                node,
-                "quiet_hours",
-                "J024",
-                "write a range like \"21:00-08:00\"",
-            );
+            let quiet: Option<QuietHours> =
+                self.reader
+                    .parsed(node, "quiet_hours", "J024", "write a range like \"21:00-08:00\"");
             ok &= quiet.is_some();
             settings.quiet_hours = quiet;
         }
@@ -435,9 +373,7 @@ impl JourneyParser<'_, '_> {
             settings.cost = self.reader.number(node, "cost");
             ok &= settings.cost.is_some();
             if settings.cost.is_some_and(|c| c < 0.0) {
-                self.reader
-                    .sink
-                    .error(node.pos, "J005", "`cost` cannot be negative");
+                self.reader.sink.error(node.pos, "J005", "`cost` cannot be negative");
                 ok = false;
             }
         }
@@ -492,9 +428,7 @@ impl JourneyParser<'_, '_> {
                         return None;
                     };
                     for (old, new) in entries {
-                        let (Some(old), Some(new_id)) =
-                            (old.as_str(), self.reader.string(new, "migrate"))
-                        else {
+                        let (Some(old), Some(new_id)) = (old.as_str(), self.reader.string(new, "migrate")) else {
                             continue;
                         };
                         if let Some(steps) = steps
@@ -503,10 +437,7 @@ impl JourneyParser<'_, '_> {
                         {
                             let hint = did_you_mean(&new_id, steps.iter().map(|s| s.id.as_str()))
                                 .map(|s| format!("did you mean `{s}`?"))
-                                .unwrap_or_else(|| {
-                                    "map each old step to a step of this version, or to `end`"
-                                        .into()
-                                });
+                                .unwrap_or_else(|| "map each old step to a step of this version, or to `end`".into());
                             self.reader.sink.error_hint(
                                 new.pos,
                                 "J012",
@@ -599,10 +530,7 @@ impl JourneyParser<'_, '_> {
                     pos,
                     "J011",
                     format!("duplicate step id `{id}`"),
-                    format!(
-                        "it is already used on line {}; step ids must be unique",
-                        first.line
-                    ),
+                    format!("it is already used on line {}; step ids must be unique", first.line),
                 );
                 ok = false;
             } else {
@@ -633,10 +561,7 @@ impl JourneyParser<'_, '_> {
         if let Some(target) = ids.resolve(name.trim()) {
             return Some(target);
         }
-        let hint = match did_you_mean(
-            &name,
-            ids.ids.iter().map(|(id, _)| id.as_str()).chain(["end"]),
-        ) {
+        let hint = match did_you_mean(&name, ids.ids.iter().map(|(id, _)| id.as_str()).chain(["end"])) {
             Some(suggestion) => {
                 let line = ids
                     .ids
@@ -648,45 +573,24 @@ impl JourneyParser<'_, '_> {
             }
             None => format!(
                 "steps are: {}, or `end`",
-                ids.ids
-                    .iter()
-                    .map(|(id, _)| id.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                ids.ids.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>().join(", ")
             ),
         };
-        self.reader.sink.error_hint(
-            node.pos,
-            "J012",
-            format!("unknown step `{name}` in `{key}`"),
-            hint,
-        );
+        self.reader
+            .sink
+            .error_hint(node.pos, "J012", format!("unknown step `{name}` in `{key}`"), hint);
         None
     }
 
-    fn step(
-        &mut self,
-        node: &Node,
-        ids: &StepIds,
-        default_next: Target,
-        has_trigger: bool,
-    ) -> Option<Step> {
-        let allowed: Vec<&str> = STEP_EXTRA_KEYS
-            .iter()
-            .chain(STEP_KINDS.iter())
-            .copied()
-            .collect();
+    fn step(&mut self, node: &Node, ids: &StepIds, default_next: Target, has_trigger: bool) -> Option<Step> {
+        let allowed: Vec<&str> = STEP_EXTRA_KEYS.iter().chain(STEP_KINDS.iter()).copied().collect();
         let fields = self.reader.fields(node, "a step", &allowed)?;
         let id = fields
             .get("id")
             .and_then(|n| n.as_str())
             .unwrap_or_default()
             .to_string();
-        let kinds: Vec<&str> = STEP_KINDS
-            .iter()
-            .copied()
-            .filter(|k| fields.has(k))
-            .collect();
+        let kinds: Vec<&str> = STEP_KINDS.iter().copied().filter(|k| fields.has(k)).collect();
         let has_unknown_key = fields
             .entries()
             .iter()
@@ -701,11 +605,7 @@ impl JourneyParser<'_, '_> {
             } else {
                 format!(
                     "step `{id}` does {} at once",
-                    kinds
-                        .iter()
-                        .map(|k| format!("`{k}`"))
-                        .collect::<Vec<_>>()
-                        .join(" and ")
+                    kinds.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(" and ")
                 )
             };
             self.reader.sink.error_hint(
@@ -717,19 +617,13 @@ impl JourneyParser<'_, '_> {
             return None;
         }
         let kind_key = kinds[0];
-        for (key, only_for) in [
-            ("on_timeout", "wait_for"),
-            ("on_event", "wait_for"),
-            ("else", "branch"),
-        ] {
+        for (key, only_for) in [("on_timeout", "wait_for"), ("on_event", "wait_for"), ("else", "branch")] {
             if kind_key != only_for
                 && let Some(pos) = fields.key_pos(key)
             {
-                self.reader.sink.error(
-                    pos,
-                    "J017",
-                    format!("`{key}` only belongs to a `{only_for}` step"),
-                );
+                self.reader
+                    .sink
+                    .error(pos, "J017", format!("`{key}` only belongs to a `{only_for}` step"));
             }
         }
         if matches!(kind_key, "branch" | "split")
@@ -740,12 +634,9 @@ impl JourneyParser<'_, '_> {
             } else {
                 "each arm says `goto:`"
             };
-            self.reader.sink.error_hint(
-                pos,
-                "J017",
-                format!("a `{kind_key}` step does not use `next`"),
-                hint,
-            );
+            self.reader
+                .sink
+                .error_hint(pos, "J017", format!("a `{kind_key}` step does not use `next`"), hint);
         }
         let mut next = match fields.get("next") {
             Some(node) => self.target(node, "next", ids)?,
@@ -756,9 +647,7 @@ impl JourneyParser<'_, '_> {
             "wait" => StepKind::Wait(self.reader.delay(value, "wait")?),
             "wait_until" => self.wait_until(value)?,
             "wait_for" => {
-                let wait = self
-                    .reader
-                    .fields(value, "wait_for", &["event", "where", "timeout"])?;
+                let wait = self.reader.fields(value, "wait_for", &["event", "where", "timeout"])?;
                 let event = self.event_match(value, "wait_for", has_trigger);
                 let timeout = match wait.get("timeout") {
                     Some(node) => self.reader.delay(node, "timeout"),
@@ -773,11 +662,9 @@ impl JourneyParser<'_, '_> {
                 };
                 if let Some(node) = fields.get("on_event") {
                     if fields.has("next") {
-                        self.reader.sink.error(
-                            node.pos,
-                            "J017",
-                            "write either `on_event` or `next`, not both",
-                        );
+                        self.reader
+                            .sink
+                            .error(node.pos, "J017", "write either `on_event` or `next`, not both");
                     }
                     next = self.target(node, "on_event", ids)?;
                 }
@@ -834,9 +721,7 @@ impl JourneyParser<'_, '_> {
             "tag" | "untag" => {
                 let tags = self.reader.string_list(value, kind_key)?;
                 if tags.iter().any(|t| t.trim().is_empty()) {
-                    self.reader
-                        .sink
-                        .error(value.pos, "J005", "a tag cannot be empty");
+                    self.reader.sink.error(value.pos, "J005", "a tag cannot be empty");
                     return None;
                 }
                 if kind_key == "tag" {
@@ -866,9 +751,7 @@ impl JourneyParser<'_, '_> {
             "score" => {
                 let points = self.reader.integer(value, "score")?;
                 if points == 0 {
-                    self.reader
-                        .sink
-                        .error(value.pos, "J005", "`score: 0` changes nothing");
+                    self.reader.sink.error(value.pos, "J005", "`score: 0` changes nothing");
                     return None;
                 }
                 StepKind::Score(points)
@@ -878,12 +761,8 @@ impl JourneyParser<'_, '_> {
                     Value::Scalar(s) => s.text.clone(),
                     _ => {
                         let fields = self.reader.fields(value, "assign_to_sales", &["team"])?;
-                        self.reader.required_string(
-                            &fields,
-                            "team",
-                            "assign_to_sales",
-                            "inbound",
-                        )?
+                        self.reader
+                            .required_string(&fields, "team", "assign_to_sales", "inbound")?
                     }
                 };
                 let pos = value.get("team").map(|n| n.pos).unwrap_or(value.pos);
@@ -901,15 +780,10 @@ impl JourneyParser<'_, '_> {
                     TeamNames::Known(teams) if !teams.contains(&team) => {
                         let hint = did_you_mean(&team, teams.iter().map(String::as_str))
                             .map(|t| format!("did you mean `{t}`?"))
-                            .unwrap_or_else(|| {
-                                format!("teams in sales.yaml: {}", teams.join(", "))
-                            });
-                        self.reader.sink.error_hint(
-                            pos,
-                            "J050",
-                            format!("unknown sales team `{team}`"),
-                            hint,
-                        );
+                            .unwrap_or_else(|| format!("teams in sales.yaml: {}", teams.join(", ")));
+                        self.reader
+                            .sink
+                            .error_hint(pos, "J050", format!("unknown sales team `{team}`"), hint);
                         return None;
                     }
                     TeamNames::Known(_) => StepKind::AssignToSales { team },
@@ -930,8 +804,7 @@ impl JourneyParser<'_, '_> {
             Value::Scalar(s) => Some(s.text.clone()),
             _ => {
                 let fields = self.reader.fields(value, key, &["template"])?;
-                self.reader
-                    .required_string(&fields, "template", key, "welcome")
+                self.reader.required_string(&fields, "template", key, "welcome")
             }
         }
     }
@@ -942,16 +815,13 @@ impl JourneyParser<'_, '_> {
             _ => {
                 let fields = self.reader.fields(value, "wait_until", &["time", "days"])?;
                 let Some(time) = fields.get("time") else {
-                    self.reader
-                        .missing(&fields, "time", "wait_until", "\"09:00\"");
+                    self.reader.missing(&fields, "time", "wait_until", "\"09:00\"");
                     return None;
                 };
                 (time, fields.get("days"))
             }
         };
-        let time: TimeOfDay = self
-            .reader
-            .parsed(time_node, "wait_until", "J023", TIME_HINT)?;
+        let time: TimeOfDay = self.reader.parsed(time_node, "wait_until", "J023", TIME_HINT)?;
         let mut days = Days::ALL;
         if let Some(node) = days_node {
             days = Days(0);
@@ -974,12 +844,7 @@ impl JourneyParser<'_, '_> {
         Some(StepKind::WaitUntil { time, days })
     }
 
-    fn branch_arms(
-        &mut self,
-        value: &Node,
-        ids: &StepIds,
-        has_trigger: bool,
-    ) -> Option<Vec<BranchArm>> {
+    fn branch_arms(&mut self, value: &Node, ids: &StepIds, has_trigger: bool) -> Option<Vec<BranchArm>> {
         let Some(items) = value.as_seq().filter(|items| !items.is_empty()) else {
             self.reader.sink.error_hint(
                 value.pos,
@@ -997,21 +862,18 @@ impl JourneyParser<'_, '_> {
                 continue;
             };
             let when = match fields.get("when") {
-                Some(node) => {
-                    self.reader
-                        .expr(node, "when", Place::Contact { has_trigger }, Want::Bool)
-                }
+                Some(node) => self
+                    .reader
+                    .expr(node, "when", Place::Contact { has_trigger }, Want::Bool),
                 None => {
-                    self.reader
-                        .missing(&fields, "when", "a branch arm", "score >= 50");
+                    self.reader.missing(&fields, "when", "a branch arm", "score >= 50");
                     None
                 }
             };
             let goto = match fields.get("goto") {
                 Some(node) => self.target(node, "goto", ids),
                 None => {
-                    self.reader
-                        .missing(&fields, "goto", "a branch arm", "a-step-id");
+                    self.reader.missing(&fields, "goto", "a branch arm", "a-step-id");
                     None
                 }
             };
@@ -1036,10 +898,7 @@ impl JourneyParser<'_, '_> {
         let mut arms = Vec::new();
         let mut ok = true;
         for item in items {
-            let Some(fields) = self
-                .reader
-                .fields(item, "a split arm", &["percent", "goto"])
-            else {
+            let Some(fields) = self.reader.fields(item, "a split arm", &["percent", "goto"]) else {
                 ok = false;
                 continue;
             };
@@ -1064,8 +923,7 @@ impl JourneyParser<'_, '_> {
             let goto = match fields.get("goto") {
                 Some(node) => self.target(node, "goto", ids),
                 None => {
-                    self.reader
-                        .missing(&fields, "goto", "a split arm", "a-step-id");
+                    self.reader.missing(&fields, "goto", "a split arm", "a-step-id");
                     None
                 }
             };
@@ -1081,10 +939,7 @@ impl JourneyParser<'_, '_> {
                 self.reader.sink.error_hint(
                     value.pos,
                     "J051",
-                    format!(
-                        "split percents add up to {total}, not 100 ({})",
-                        percents.join(" + ")
-                    ),
+                    format!("split percents add up to {total}, not 100 ({})", percents.join(" + ")),
                     "make the arms add up to exactly 100",
                 );
                 return None;
@@ -1097,15 +952,17 @@ impl JourneyParser<'_, '_> {
         let fields = self
             .reader
             .fields(value, "webhook", &["url", "method", "headers", "body"])?;
-        let url = self.reader.required_string(
-            &fields,
-            "url",
-            "webhook",
-            "https://erp.example.com/hooks/lead",
-        )?;
+        let url = self
+            .reader
+            .required_string(&fields, "url", "webhook", "https://erp.example.com/hooks/lead")?;
         let url_node = fields.get("url")?;
         if !(url.starts_with("https://") || url.starts_with("http://")) {
-            self.reader.sink.error_hint(url_node.pos, "J070", format!("webhook url `{url}` must start with https:// or http://"), "write the full address, e.g. https://oapi.dingtalk.com/robot/send?access_token=...");
+            self.reader.sink.error_hint(
+                url_node.pos,
+                "J070",
+                format!("webhook url `{url}` must start with https:// or http://"),
+                "write the full address, e.g. https://oapi.dingtalk.com/robot/send?access_token=...",
+            );
             return None;
         }
         if let Err(reason) = super::templates::Templates::check_inline(&url) {

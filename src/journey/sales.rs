@@ -94,16 +94,10 @@ pub fn parse_sales(file: &str, text: &str, diagnostics: &mut Vec<Diagnostic>) ->
                 format!("team id `{id}` may only use lowercase letters, digits and dashes"),
             );
         }
-        let Some(team) = reader.fields(
-            node,
-            "a team",
-            &["name", "strategy", "accept_within", "reps"],
-        ) else {
+        let Some(team) = reader.fields(node, "a team", &["name", "strategy", "accept_within", "reps"]) else {
             continue;
         };
-        let name = reader
-            .optional_string(&team, "name")
-            .unwrap_or_else(|| id.clone());
+        let name = reader.optional_string(&team, "name").unwrap_or_else(|| id.clone());
         let strategy = match reader.optional_string(&team, "strategy").as_deref() {
             None | Some("round_robin") => Strategy::RoundRobin,
             Some("territory") => Strategy::Territory,
@@ -119,9 +113,7 @@ pub fn parse_sales(file: &str, text: &str, diagnostics: &mut Vec<Diagnostic>) ->
                 Strategy::RoundRobin
             }
         };
-        let accept_within = team
-            .get("accept_within")
-            .and_then(|n| reader.delay(n, "accept_within"));
+        let accept_within = team.get("accept_within").and_then(|n| reader.delay(n, "accept_within"));
         let mut reps = Vec::new();
         match team.get("reps").map(|n| (n, n.as_seq())) {
             Some((_, Some(items))) if !items.is_empty() => {
@@ -146,9 +138,7 @@ pub fn parse_sales(file: &str, text: &str, diagnostics: &mut Vec<Diagnostic>) ->
                     let capacity = rep.get("capacity").and_then(|n| {
                         let value = reader.integer(n, "capacity")?;
                         if value <= 0 {
-                            reader
-                                .sink
-                                .error(n.pos, "J052", "`capacity` must be at least 1");
+                            reader.sink.error(n.pos, "J052", "`capacity` must be at least 1");
                             return None;
                         }
                         Some(value as u32)
@@ -157,9 +147,7 @@ pub fn parse_sales(file: &str, text: &str, diagnostics: &mut Vec<Diagnostic>) ->
                         .get("territory")
                         .and_then(|n| reader.expr(n, "territory", Place::Audience, Want::Bool));
                     reps.push(Rep {
-                        name: reader
-                            .optional_string(&rep, "name")
-                            .unwrap_or_else(|| rep_id.clone()),
+                        name: reader.optional_string(&rep, "name").unwrap_or_else(|| rep_id.clone()),
                         id: rep_id,
                         email: reader.optional_string(&rep, "email"),
                         phone: reader.optional_string(&rep, "phone"),
@@ -174,17 +162,9 @@ pub fn parse_sales(file: &str, text: &str, diagnostics: &mut Vec<Diagnostic>) ->
                 format!("team `{id}` needs a list of reps"),
                 "write `reps:` then `- {id: li-wei, email: li.wei@example.com}`",
             ),
-            None => reader.missing(
-                &team,
-                "reps",
-                "a team",
-                "[{id: li-wei, email: li.wei@example.com}]",
-            ),
+            None => reader.missing(&team, "reps", "a team", "[{id: li-wei, email: li.wei@example.com}]"),
         }
-        if strategy == Strategy::Territory
-            && !reps.is_empty()
-            && reps.iter().all(|r| r.territory.is_none())
-        {
+        if strategy == Strategy::Territory && !reps.is_empty() && reps.iter().all(|r| r.territory.is_none()) {
             reader.sink.error_hint(
                 node.pos,
                 "J052",

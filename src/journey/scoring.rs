@@ -79,7 +79,12 @@ pub fn parse_scoring(file: &str, text: &str, diagnostics: &mut Vec<Diagnostic>) 
                 if let (Some(m), Some(s)) = (mql, sql)
                     && (m <= 0 || s <= m)
                 {
-                    reader.sink.error_hint(node.pos, "J060", format!("thresholds must grow: 0 < mql ({m}) < sql ({s})"), "an SQL is a lead that scored past the MQL threshold, e.g. mql: 50, sql: 100");
+                    reader.sink.error_hint(
+                        node.pos,
+                        "J060",
+                        format!("thresholds must grow: 0 < mql ({m}) < sql ({s})"),
+                        "an SQL is a lead that scored past the MQL threshold, e.g. mql: 50, sql: 100",
+                    );
                 }
             }
         }
@@ -87,10 +92,7 @@ pub fn parse_scoring(file: &str, text: &str, diagnostics: &mut Vec<Diagnostic>) 
     }
     let decay = fields.get("decay").and_then(|node| {
         let decay = reader.fields(node, "decay", &["half_life", "points_per_inactive_week"])?;
-        match (
-            decay.get("half_life"),
-            decay.get("points_per_inactive_week"),
-        ) {
+        match (decay.get("half_life"), decay.get("points_per_inactive_week")) {
             (Some(n), None) => reader.delay(n, "half_life").map(Decay::HalfLife),
             (None, Some(n)) => reader
                 .integer(n, "points_per_inactive_week")
@@ -112,20 +114,11 @@ pub fn parse_scoring(file: &str, text: &str, diagnostics: &mut Vec<Diagnostic>) 
             let Some(rule) = reader.fields(
                 item,
                 "a scoring rule",
-                &[
-                    "id",
-                    "event",
-                    "where",
-                    "when",
-                    "points",
-                    "max_per_day",
-                    "max_total",
-                ],
+                &["id", "event", "where", "when", "points", "max_per_day", "max_total"],
             ) else {
                 continue;
             };
-            let Some(id) = reader.required_string(&rule, "id", "a scoring rule", "pricing-view")
-            else {
+            let Some(id) = reader.required_string(&rule, "id", "a scoring rule", "pricing-view") else {
                 continue;
             };
             let id_pos = rule.get("id").map(|n| n.pos).unwrap_or(item.pos);
@@ -137,20 +130,13 @@ pub fn parse_scoring(file: &str, text: &str, diagnostics: &mut Vec<Diagnostic>) 
                 );
             }
             if rules.iter().any(|r| r.id == id) {
-                reader
-                    .sink
-                    .error(id_pos, "J060", format!("duplicate rule id `{id}`"));
+                reader.sink.error(id_pos, "J060", format!("duplicate rule id `{id}`"));
             }
             let on = match (rule.get("event"), rule.get("when")) {
                 (Some(event), None) => {
-                    let condition = rule.get("where").and_then(|n| {
-                        reader.expr(
-                            n,
-                            "where",
-                            Place::EventFilter { has_trigger: false },
-                            Want::Bool,
-                        )
-                    });
+                    let condition = rule
+                        .get("where")
+                        .and_then(|n| reader.expr(n, "where", Place::EventFilter { has_trigger: false }, Want::Bool));
                     reader
                         .string(event, "event")
                         .map(|name| RuleOn::Event { name, condition })
@@ -175,9 +161,7 @@ pub fn parse_scoring(file: &str, text: &str, diagnostics: &mut Vec<Diagnostic>) 
             let points = match rule.get("points") {
                 Some(n) => reader.integer(n, "points").filter(|p| {
                     if *p == 0 {
-                        reader
-                            .sink
-                            .error(n.pos, "J060", "a rule worth 0 points does nothing");
+                        reader.sink.error(n.pos, "J060", "a rule worth 0 points does nothing");
                     }
                     *p != 0
                 }),
@@ -186,12 +170,8 @@ pub fn parse_scoring(file: &str, text: &str, diagnostics: &mut Vec<Diagnostic>) 
                     None
                 }
             };
-            let max_per_day = rule
-                .get("max_per_day")
-                .and_then(|n| reader.integer(n, "max_per_day"));
-            let max_total = rule
-                .get("max_total")
-                .and_then(|n| reader.integer(n, "max_total"));
+            let max_per_day = rule.get("max_per_day").and_then(|n| reader.integer(n, "max_per_day"));
+            let max_total = rule.get("max_total").and_then(|n| reader.integer(n, "max_total"));
             if let (Some(on), Some(points)) = (on, points) {
                 rules.push(Rule {
                     id,

@@ -30,8 +30,7 @@ const ROOTS: [(&str, Option<&[&str]>); 10] = [
     ("now", Some(&[])),
 ];
 const BUILTIN_HELPERS: [&str; 15] = [
-    "if", "unless", "each", "with", "lookup", "eq", "ne", "gt", "gte", "lt", "lte", "and", "or",
-    "not", "len",
+    "if", "unless", "each", "with", "lookup", "eq", "ne", "gt", "gte", "lt", "lte", "and", "or", "not", "len",
 ];
 const OUR_HELPERS: [&str; 3] = ["default", "upper", "lower"];
 /// An SMS longer than this many parts is refused: it costs like ten messages and reads badly.
@@ -115,6 +114,7 @@ pub enum RenderError {
 }
 
 /// A template file as read from disk: its path for messages and its text.
+#[derive(Clone)]
 pub struct SourceFile {
     pub path: String,
     pub text: String,
@@ -186,9 +186,7 @@ impl Templates {
                     &file.path,
                     Pos::new(1, 1),
                     "J045",
-                    format!(
-                        "template name `{name}` may only use lowercase letters, digits and dashes"
-                    ),
+                    format!("template name `{name}` may only use lowercase letters, digits and dashes"),
                 ));
                 continue;
             }
@@ -197,11 +195,7 @@ impl Templates {
                 Kind::Email => {
                     if let Some((variant, template, offset)) = email_variant(file, diagnostics) {
                         parsed.push((file, template, offset, "email"));
-                        templates
-                            .emails
-                            .entry(name)
-                            .or_default()
-                            .insert(language, variant);
+                        templates.emails.entry(name).or_default().insert(language, variant);
                     }
                 }
                 Kind::EmailText => {
@@ -279,9 +273,7 @@ impl Templates {
                     .html
                     .register_template_string(&format!("{key}/html"), &variant.html);
                 if let Some(text) = &variant.text {
-                    let _ = templates
-                        .plain
-                        .register_template_string(&format!("{key}/text"), text);
+                    let _ = templates.plain.register_template_string(&format!("{key}/text"), text);
                 }
                 if let Some(preheader) = &variant.preheader {
                     let _ = templates
@@ -309,12 +301,7 @@ impl Templates {
     }
 
     /// Renders an email in the contact's language, falling back to the default one.
-    pub fn render_email(
-        &self,
-        name: &str,
-        language: Option<&str>,
-        data: &Json,
-    ) -> Result<RenderedEmail, RenderError> {
+    pub fn render_email(&self, name: &str, language: Option<&str>, data: &Json) -> Result<RenderedEmail, RenderError> {
         let variants = self.emails.get(name).ok_or_else(|| RenderError::Missing {
             channel: "email",
             name: name.into(),
@@ -326,27 +313,14 @@ impl Templates {
             name: name.into(),
             reason: error.to_string(),
         };
-        let subject = self
-            .plain
-            .render(&format!("{key}/subject"), data)
-            .map_err(failed)?;
-        let html = self
-            .html
-            .render(&format!("{key}/html"), data)
-            .map_err(failed)?;
+        let subject = self.plain.render(&format!("{key}/subject"), data).map_err(failed)?;
+        let html = self.html.render(&format!("{key}/html"), data).map_err(failed)?;
         let text = match &variant.text {
-            Some(_) => self
-                .plain
-                .render(&format!("{key}/text"), data)
-                .map_err(failed)?,
+            Some(_) => self.plain.render(&format!("{key}/text"), data).map_err(failed)?,
             None => html_to_text(&html),
         };
         let preheader = match &variant.preheader {
-            Some(_) => Some(
-                self.plain
-                    .render(&format!("{key}/preheader"), data)
-                    .map_err(failed)?,
-            ),
+            Some(_) => Some(self.plain.render(&format!("{key}/preheader"), data).map_err(failed)?),
             None => None,
         };
         Ok(RenderedEmail {
@@ -362,12 +336,7 @@ impl Templates {
         })
     }
 
-    pub fn render_sms(
-        &self,
-        name: &str,
-        language: Option<&str>,
-        data: &Json,
-    ) -> Result<RenderedSms, RenderError> {
+    pub fn render_sms(&self, name: &str, language: Option<&str>, data: &Json) -> Result<RenderedSms, RenderError> {
         let variants = self.sms.get(name).ok_or_else(|| RenderError::Missing {
             channel: "SMS",
             name: name.into(),
@@ -393,8 +362,7 @@ impl Templates {
 
     /// Checks a string template written inside a journey (webhook URL, headers and body).
     pub fn check_inline(text: &str) -> Result<(), String> {
-        let template = Template::compile(text)
-            .map_err(|error| format!("not a valid template: {}", error.reason()))?;
+        let template = Template::compile(text).map_err(|error| format!("not a valid template: {}", error.reason()))?;
         let mut references = References::default();
         collect(&template, 0, &mut references, false);
         let mut diagnostics = Vec::new();
@@ -433,24 +401,11 @@ fn registry(html: bool) -> Handlebars<'static> {
 }
 
 /// `zh-CN` matches `zh-CN`, then `zh`, then the default.
-fn pick_language<'a>(
-    available: impl Iterator<Item = &'a String> + Clone,
-    wanted: Option<&str>,
-) -> String {
-    if let Some(wanted) = wanted
-        .map(|w| w.trim().to_ascii_lowercase())
-        .filter(|w| !w.is_empty())
-    {
-        let primary = wanted
-            .split(['-', '_'])
-            .next()
-            .unwrap_or_default()
-            .to_string();
+fn pick_language<'a>(available: impl Iterator<Item = &'a String> + Clone, wanted: Option<&str>) -> String {
+    if let Some(wanted) = wanted.map(|w| w.trim().to_ascii_lowercase()).filter(|w| !w.is_empty()) {
+        let primary = wanted.split(['-', '_']).next().unwrap_or_default().to_string();
         for candidate in [wanted.replace('_', "-"), primary] {
-            if let Some(found) = available
-                .clone()
-                .find(|a| a.to_ascii_lowercase() == candidate)
-            {
+            if let Some(found) = available.clone().find(|a| a.to_ascii_lowercase() == candidate) {
                 return found.clone();
             }
         }
@@ -458,24 +413,25 @@ fn pick_language<'a>(
     String::new()
 }
 
-fn compile_body(
-    path: &str,
-    body: &str,
-    line_offset: u32,
-    diagnostics: &mut Vec<Diagnostic>,
-) -> Option<Template> {
+fn compile_body(path: &str, body: &str, line_offset: u32, diagnostics: &mut Vec<Diagnostic>) -> Option<Template> {
     match Template::compile(body) {
         Ok(template) => Some(template),
         Err(error) => {
             let (line, col) = error.pos().unwrap_or((1, 1));
             let reason = error.reason().to_string();
             // The parser lists every token it expected; the first words are what help.
-            let reason = reason
-                .split(": expected")
-                .next()
-                .unwrap_or(&reason)
-                .to_string();
-            diagnostics.push(Diagnostic::error(path, Pos::new(line as u32 + line_offset, col as u32), "J041", format!("template syntax error: {reason}")).with_hint("check that every {{#if}} / {{#each}} has its {{/if}} / {{/each}} and that braces are balanced"));
+            let reason = reason.split(": expected").next().unwrap_or(&reason).to_string();
+            diagnostics.push(
+                Diagnostic::error(
+                    path,
+                    Pos::new(line as u32 + line_offset, col as u32),
+                    "J041",
+                    format!("template syntax error: {reason}"),
+                )
+                .with_hint(
+                    "check that every {{#if}} / {{#each}} has its {{/if}} / {{/each}} and that braces are balanced",
+                ),
+            );
             None
         }
     }
@@ -483,15 +439,9 @@ fn compile_body(
 
 /// Splits front matter from the body; returns the variant, the compiled body and the line where
 /// the body starts (minus one).
-fn email_variant(
-    file: &SourceFile,
-    diagnostics: &mut Vec<Diagnostic>,
-) -> Option<(EmailVariant, Template, u32)> {
+fn email_variant(file: &SourceFile, diagnostics: &mut Vec<Diagnostic>) -> Option<(EmailVariant, Template, u32)> {
     let text = file.text.trim_start_matches('\u{feff}');
-    let Some(rest) = text
-        .strip_prefix("---\n")
-        .or_else(|| text.strip_prefix("---\r\n"))
-    else {
+    let Some(rest) = text.strip_prefix("---\n").or_else(|| text.strip_prefix("---\r\n")) else {
         diagnostics.push(
             Diagnostic::error(
                 &file.path,
@@ -505,13 +455,8 @@ fn email_variant(
     };
     let Some(end) = rest.find("\n---") else {
         diagnostics.push(
-            Diagnostic::error(
-                &file.path,
-                Pos::new(1, 1),
-                "J045",
-                "the front matter is not closed",
-            )
-            .with_hint("put a line with `---` between the front matter and the HTML"),
+            Diagnostic::error(&file.path, Pos::new(1, 1), "J045", "the front matter is not closed")
+                .with_hint("put a line with `---` between the front matter and the HTML"),
         );
         return None;
     };
@@ -540,12 +485,7 @@ fn email_variant(
     );
     let mut variant = None;
     if let Some(fields) = fields {
-        let subject = reader.required_string(
-            &fields,
-            "subject",
-            "an email template",
-            "\"Your whitepaper is here\"",
-        );
+        let subject = reader.required_string(&fields, "subject", "an email template", "\"Your whitepaper is here\"");
         let from = reader.optional_string(&fields, "from");
         let reply_to = reader.optional_string(&fields, "reply_to");
         let preheader = reader.optional_string(&fields, "preheader");
@@ -596,10 +536,7 @@ fn email_variant(
         return None;
     }
     // Variables used in the subject and preheader are checked like the body's.
-    let mut combined = variant
-        .as_ref()
-        .map(|v| v.subject.clone())
-        .unwrap_or_default();
+    let mut combined = variant.as_ref().map(|v| v.subject.clone()).unwrap_or_default();
     if let Some(preheader) = variant.as_ref().and_then(|v| v.preheader.clone()) {
         combined.push(' ');
         combined.push_str(&preheader);
@@ -636,17 +573,14 @@ fn collect(template: &Template, line_offset: u32, out: &mut References, nested: 
                 let is_call = !helper.params.is_empty() || !helper.hash.is_empty() || helper.block;
                 match (&helper.name, is_call) {
                     (Parameter::Name(name), true) => out.helpers.push((name.clone(), pos)),
-                    (Parameter::Path(Path::Relative((_, raw))), true) => {
-                        out.helpers.push((raw.clone(), pos))
-                    }
+                    (Parameter::Path(Path::Relative((_, raw))), true) => out.helpers.push((raw.clone(), pos)),
                     (name, false) => parameter(name, pos, out, nested),
                     _ => {}
                 }
                 for param in helper.params.iter().chain(helper.hash.values()) {
                     parameter(param, pos, out, nested);
                 }
-                let changes_context =
-                    matches!(&helper.name, Parameter::Name(n) if n == "each" || n == "with");
+                let changes_context = matches!(&helper.name, Parameter::Name(n) if n == "each" || n == "with");
                 if let Some(inner) = &helper.template {
                     collect(inner, line_offset, out, nested || changes_context);
                 }
@@ -654,8 +588,7 @@ fn collect(template: &Template, line_offset: u32, out: &mut References, nested: 
                     collect(inverse, line_offset, out, nested);
                 }
             }
-            TemplateElement::PartialExpression(partial)
-            | TemplateElement::PartialBlock(partial) => {
+            TemplateElement::PartialExpression(partial) | TemplateElement::PartialBlock(partial) => {
                 let name = match &partial.name {
                     Parameter::Name(name) => Some(name.clone()),
                     Parameter::Path(Path::Relative((_, raw))) => Some(raw.clone()),
@@ -676,16 +609,9 @@ fn collect(template: &Template, line_offset: u32, out: &mut References, nested: 
 fn parameter(param: &Parameter, pos: Pos, out: &mut References, nested: bool) {
     match param {
         Parameter::Path(Path::Relative((_, raw))) => {
-            if let Some(rooted) = raw
-                .strip_prefix("@root.")
-                .or_else(|| raw.strip_prefix("@root/"))
-            {
+            if let Some(rooted) = raw.strip_prefix("@root.").or_else(|| raw.strip_prefix("@root/")) {
                 out.variables.push((rooted.to_string(), pos));
-            } else if !nested
-                && !raw.starts_with("this")
-                && !raw.starts_with('@')
-                && !raw.starts_with("..")
-            {
+            } else if !nested && !raw.starts_with("this") && !raw.starts_with('@') && !raw.starts_with("..") {
                 out.variables.push((raw.clone(), pos));
             }
         }
@@ -724,13 +650,8 @@ fn check_references(
                     }
                 };
                 diagnostics.push(
-                    Diagnostic::error(
-                        file,
-                        *pos,
-                        "J042",
-                        format!("no contact or event provides `{path}`"),
-                    )
-                    .with_hint(hint),
+                    Diagnostic::error(file, *pos, "J042", format!("no contact or event provides `{path}`"))
+                        .with_hint(hint),
                 );
             }
             Some((_, Some(fields))) => {
@@ -750,13 +671,8 @@ fn check_references(
                             })
                     };
                     diagnostics.push(
-                        Diagnostic::error(
-                            file,
-                            *pos,
-                            "J042",
-                            format!("no contact or event provides `{path}`"),
-                        )
-                        .with_hint(hint),
+                        Diagnostic::error(file, *pos, "J042", format!("no contact or event provides `{path}`"))
+                            .with_hint(hint),
                     );
                 }
             }
@@ -769,10 +685,8 @@ fn check_references(
             let hint = did_you_mean(helper, all)
                 .map(|h| format!("did you mean `{h}`?"))
                 .unwrap_or_else(|| format!("helpers: {}", OUR_HELPERS.join(", ")));
-            diagnostics.push(
-                Diagnostic::error(file, *pos, "J045", format!("unknown helper `{helper}`"))
-                    .with_hint(hint),
-            );
+            diagnostics
+                .push(Diagnostic::error(file, *pos, "J045", format!("unknown helper `{helper}`")).with_hint(hint));
         }
     }
     for (partial, pos) in &references.partials {
@@ -781,10 +695,8 @@ fn check_references(
             let hint = did_you_mean(partial, partials.keys().map(String::as_str))
                 .map(|p| format!("did you mean `{p}`?"))
                 .unwrap_or_else(|| format!("create templates/partials/{partial}.hbs"));
-            diagnostics.push(
-                Diagnostic::error(file, *pos, "J045", format!("unknown partial `{partial}`"))
-                    .with_hint(hint),
-            );
+            diagnostics
+                .push(Diagnostic::error(file, *pos, "J045", format!("unknown partial `{partial}`")).with_hint(hint));
         }
     }
 }
@@ -793,11 +705,7 @@ fn check_references(
 fn uses_unsubscribe(references: &References, partials: &BTreeMap<String, String>) -> bool {
     let mut seen = BTreeSet::new();
     let mut pending: Vec<String> = references.partials.iter().map(|(p, _)| p.clone()).collect();
-    if references
-        .variables
-        .iter()
-        .any(|(v, _)| v == "unsubscribe_url")
-    {
+    if references.variables.iter().any(|(v, _)| v == "unsubscribe_url") {
         return true;
     }
     while let Some(name) = pending.pop() {
@@ -846,13 +754,9 @@ fn check_sms_length(file: &SourceFile, diagnostics: &mut Vec<Diagnostic>) {
                 &file.path,
                 Pos::new(1, 1),
                 "J044",
-                format!(
-                    "this SMS would be sent as {segments} parts; the limit is {MAX_SMS_SEGMENTS}"
-                ),
+                format!("this SMS would be sent as {segments} parts; the limit is {MAX_SMS_SEGMENTS}"),
             )
-            .with_hint(format!(
-                "each part holds {per}: shorten it, or link to a page"
-            )),
+            .with_hint(format!("each part holds {per}: shorten it, or link to a page")),
         );
     }
 }
@@ -874,11 +778,7 @@ pub fn sms_segments(body: &str) -> (u32, SmsEncoding) {
         }
     }
     if gsm {
-        let segments = if septets <= 160 {
-            1
-        } else {
-            septets.div_ceil(153)
-        };
+        let segments = if septets <= 160 { 1 } else { septets.div_ceil(153) };
         (segments.max(1) as u32, SmsEncoding::Gsm7)
     } else {
         let units: usize = body.chars().map(char::len_utf16).sum();
@@ -918,9 +818,7 @@ pub fn html_to_text(html: &str) -> String {
                 }
             }
             "br" => out.push('\n'),
-            "p" | "div" | "h1" | "h2" | "h3" | "h4" | "tr" | "li" | "table" if closing => {
-                out.push('\n')
-            }
+            "p" | "div" | "h1" | "h2" | "h3" | "h4" | "tr" | "li" | "table" if closing => out.push('\n'),
             "li" => out.push_str("- "),
             "a" if !closing => pending_href.push(attribute(tag, "href")),
             "a" => {
@@ -990,10 +888,7 @@ mod tests {
         let text = html_to_text(
             "<html><head><style>p{}</style></head><body><h1>Hi Ada</h1><p>Read <a href=\"https://x.example/w\">the whitepaper</a>.</p><p>Bye &amp; thanks</p></body></html>",
         );
-        assert_eq!(
-            text,
-            "Hi Ada\nRead the whitepaper (https://x.example/w).\nBye & thanks"
-        );
+        assert_eq!(text, "Hi Ada\nRead the whitepaper (https://x.example/w).\nBye & thanks");
     }
 
     #[test]

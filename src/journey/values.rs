@@ -12,8 +12,7 @@ pub struct Delay {
     pub seconds: u64,
 }
 
-pub const DELAY_HINT: &str =
-    "write a number and a unit: 30s, 15m, 2h, 3d, 1w (or combined, like 1d12h)";
+pub const DELAY_HINT: &str = "write a number and a unit: 30s, 15m, 2h, 3d, 1w (or combined, like 1d12h)";
 
 impl Delay {
     pub fn from_secs(seconds: u64) -> Delay {
@@ -52,9 +51,9 @@ impl FromStr for Delay {
                 'w' => 604_800,
                 _ => return Err(format!("`{text}` is not a duration: unknown unit `{ch}`")),
             };
-            let value: u64 = number.parse().map_err(|_| {
-                format!("`{text}` is not a duration: a number must come before `{ch}`")
-            })?;
+            let value: u64 = number
+                .parse()
+                .map_err(|_| format!("`{text}` is not a duration: a number must come before `{ch}`"))?;
             seconds = value
                 .checked_mul(unit)
                 .and_then(|v| seconds.checked_add(v))
@@ -78,13 +77,7 @@ impl fmt::Display for Delay {
             return write!(f, "0s");
         }
         let mut rest = self.seconds;
-        for (unit, size) in [
-            ("w", 604_800),
-            ("d", 86_400),
-            ("h", 3600),
-            ("m", 60),
-            ("s", 1),
-        ] {
+        for (unit, size) in [("w", 604_800), ("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
             if rest >= size {
                 write!(f, "{}{unit}", rest / size)?;
                 rest %= size;
@@ -152,21 +145,13 @@ impl fmt::Display for Days {
             return write!(f, "every day");
         }
         let names = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
-        let chosen: Vec<&str> = (0..7)
-            .filter(|i| self.0 & (1 << i) != 0)
-            .map(|i| names[i])
-            .collect();
+        let chosen: Vec<&str> = (0..7).filter(|i| self.0 & (1 << i) != 0).map(|i| names[i]).collect();
         write!(f, "{}", chosen.join(","))
     }
 }
 
 /// The next moment at or after `after` whose local time in `zone` is `time` on one of `days`.
-pub fn next_time_of_day(
-    after: DateTime<Utc>,
-    zone: Tz,
-    time: TimeOfDay,
-    days: Days,
-) -> DateTime<Utc> {
+pub fn next_time_of_day(after: DateTime<Utc>, zone: Tz, time: TimeOfDay, days: Days) -> DateTime<Utc> {
     let local = after.with_timezone(&zone);
     for offset in 0..=8 {
         let date = local.date_naive() + Duration::days(offset);
@@ -174,13 +159,10 @@ pub fn next_time_of_day(
             continue;
         }
         // A time skipped by a daylight-saving jump moves to the first valid instant after it.
-        let candidate = zone
-            .from_local_datetime(&date.and_time(time.0))
-            .earliest()
-            .or_else(|| {
-                zone.from_local_datetime(&(date.and_time(time.0) + Duration::hours(1)))
-                    .earliest()
-            });
+        let candidate = zone.from_local_datetime(&date.and_time(time.0)).earliest().or_else(|| {
+            zone.from_local_datetime(&(date.and_time(time.0) + Duration::hours(1)))
+                .earliest()
+        });
         if let Some(candidate) = candidate {
             let candidate = candidate.with_timezone(&Utc);
             if candidate >= after {
@@ -281,7 +263,8 @@ impl PartialEq for CronSchedule {
     }
 }
 
-pub const CRON_HINT: &str = "write five fields: minute hour day-of-month month day-of-week, e.g. \"0 9 * * MON\" for Mondays at 09:00";
+pub const CRON_HINT: &str =
+    "write five fields: minute hour day-of-month month day-of-week, e.g. \"0 9 * * MON\" for Mondays at 09:00";
 
 impl FromStr for CronSchedule {
     type Err = String;
@@ -289,10 +272,7 @@ impl FromStr for CronSchedule {
     fn from_str(text: &str) -> Result<CronSchedule, String> {
         let fields: Vec<&str> = text.split_whitespace().collect();
         if fields.len() != 5 {
-            return Err(format!(
-                "`{text}` has {} fields, a schedule has 5",
-                fields.len()
-            ));
+            return Err(format!("`{text}` has {} fields, a schedule has 5", fields.len()));
         }
         let day_of_week = translate_day_of_week(fields[4])?;
         // The cron crate wants seconds first and counts weekdays from Sunday = 1.
@@ -359,9 +339,7 @@ pub fn parse_timezone(text: &str) -> Result<Tz, String> {
 }
 
 /// A contact's lifecycle stage, in the order a lead moves through them.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Stage {
     Subscriber,
@@ -381,14 +359,7 @@ impl Stage {
         Stage::Opportunity,
         Stage::Customer,
     ];
-    pub const NAMES: [&'static str; 6] = [
-        "subscriber",
-        "lead",
-        "mql",
-        "sql",
-        "opportunity",
-        "customer",
-    ];
+    pub const NAMES: [&'static str; 6] = ["subscriber", "lead", "mql", "sql", "opportunity", "customer"];
 
     pub fn as_str(&self) -> &'static str {
         Stage::NAMES[*self as usize]

@@ -151,10 +151,7 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
     let mut documents = 0;
     for item in Parser::new_from_str(text) {
         let (event, span) = item.map_err(|error| SyntaxError {
-            pos: Pos::new(
-                error.marker().line() as u32,
-                error.marker().col() as u32 + 1,
-            ),
+            pos: Pos::new(error.marker().line() as u32, error.marker().col() as u32 + 1),
             message: error.info().to_string(),
         })?;
         if let Event::DocumentStart(_) = event {
@@ -162,8 +159,7 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
             if documents > 1 {
                 return Err(SyntaxError {
                     pos: pos_of(&span),
-                    message: "a journey file holds one YAML document; remove the second `---`"
-                        .into(),
+                    message: "a journey file holds one YAML document; remove the second `---`".into(),
                 });
             }
             continue;
@@ -201,10 +197,7 @@ impl Builder {
                 } else {
                     Value::Scalar(Scalar {
                         text: text.into_owned(),
-                        quoted: matches!(
-                            style,
-                            ScalarStyle::SingleQuoted | ScalarStyle::DoubleQuoted
-                        ),
+                        quoted: matches!(style, ScalarStyle::SingleQuoted | ScalarStyle::DoubleQuoted),
                         block: matches!(style, ScalarStyle::Literal | ScalarStyle::Folded),
                     })
                 };
@@ -232,9 +225,7 @@ impl Builder {
                 Ok(())
             }
             Event::SequenceEnd | Event::MappingEnd => match self.stack.pop() {
-                Some(Open::Seq(node, anchor)) | Some(Open::Map(node, anchor, None)) => {
-                    self.complete(node, anchor)
-                }
+                Some(Open::Seq(node, anchor)) | Some(Open::Map(node, anchor, None)) => self.complete(node, anchor),
                 _ => Err(SyntaxError {
                     pos,
                     message: "unbalanced YAML structure".into(),

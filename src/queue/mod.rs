@@ -59,11 +59,7 @@ impl WakeHub {
     }
 
     fn next_timer(&self) -> Option<i64> {
-        self.timers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .first()
-            .copied()
+        self.timers.lock().unwrap_or_else(|e| e.into_inner()).first().copied()
     }
 
     fn pop_due(&self, now_second: i64) -> bool {
@@ -80,9 +76,13 @@ impl WakeHub {
 pub fn wake_stream(hub: Arc<WakeHub>) -> futures::channel::mpsc::Receiver<()> {
     let (mut sender, receiver) = futures::channel::mpsc::channel(1);
     tokio::spawn(async move {
+        // A wake-up that arrives while a fetch is already running is absorbed by that fetch,
+        // which may have looked before the job was pushed: so every wake-up is repeated once,
+        // a moment later.
+        let mut follow_up: Option<tokio::time::Instant> = None;
         loop {
             let next = hub.next_timer();
-            let sleep = async {
+            let timer = async {
                 match next {
                     Some(second) => {
                         let wait = (second * 1000 - unix_ms()).max(0) as u64;
@@ -92,10 +92,22 @@ pub fn wake_stream(hub: Arc<WakeHub>) -> futures::channel::mpsc::Receiver<()> {
                     None => std::future::pending::<()>().await,
                 }
             };
+            let repeat = async {
+                match follow_up {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending::<()>().await,
+                }
+            };
             tokio::select! {
-                _ = hub.notify.notified() => {}
-                _ = sleep => {
+                _ = hub.notify.notified() => {
+                    follow_up = Some(tokio::time::Instant::now() + std::time::Duration::from_millis(20));
+                }
+                _ = timer => {
                     hub.pop_due(unix_ms() / 1000);
+                    follow_up = Some(tokio::time::Instant::now() + std::time::Duration::from_millis(20));
+                }
+                _ = repeat => {
+                    follow_up = None;
                 }
             }
             // A full channel already holds a wake-up; the worker will fetch everything then.
@@ -212,9 +224,7 @@ impl Queue {
     /// Enqueues a job to run at `at` (rounded up to the second).
     pub async fn push_at(&self, job: StepJob, at: DateTime<Utc>) -> Result<(), Error> {
         let second = due_second(at);
-        let task = TaskBuilder::new(job)
-            .run_at_timestamp(second.max(0) as u64)
-            .build();
+        let task = TaskBuilder::new(job).run_at_timestamp(second.max(0) as u64).build();
         match &self.backend {
             Backend::Redis(storage) => storage
                 .clone()

@@ -24,11 +24,7 @@ pub struct NewContact {
     pub last_seen_at: Option<DateTime<Utc>>,
 }
 
-pub async fn create(
-    connection: &mut AnyConnection,
-    contact: &NewContact,
-    now: DateTime<Utc>,
-) -> Result<i64> {
+pub async fn create(connection: &mut AnyConnection, contact: &NewContact, now: DateTime<Utc>) -> Result<i64> {
     let row = sqlx::query(
         "INSERT INTO contacts (external_id, email, phone, stage, score, timezone, language, created_at, last_seen_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
@@ -74,12 +70,7 @@ async fn set_trait(
     Ok(())
 }
 
-async fn add_tag(
-    connection: &mut AnyConnection,
-    id: i64,
-    tag: &str,
-    now: DateTime<Utc>,
-) -> Result<()> {
+async fn add_tag(connection: &mut AnyConnection, id: i64, tag: &str, now: DateTime<Utc>) -> Result<()> {
     sqlx::query("INSERT INTO contact_tags (contact_id, tag, added_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
         .bind(id)
         .bind(tag)
@@ -104,10 +95,7 @@ pub async fn load(connection: &mut AnyConnection, id: i64) -> Result<Option<Cont
         email: row.try_get("email")?,
         phone: row.try_get("phone")?,
         score: row.try_get("score")?,
-        stage: row
-            .try_get::<String, _>("stage")?
-            .parse()
-            .unwrap_or(Stage::Lead),
+        stage: row.try_get::<String, _>("stage")?.parse().unwrap_or(Stage::Lead),
         timezone: row.try_get("timezone")?,
         language: row.try_get("language")?,
         created_at: opt_ms(&row, "created_at"),
@@ -125,11 +113,10 @@ pub async fn load(connection: &mut AnyConnection, id: i64) -> Result<Option<Cont
             serde_json::from_str(&value).unwrap_or(Json::String(value)),
         );
     }
-    for row in
-        sqlx::query("SELECT tag FROM contact_tags WHERE contact_id = $1 ORDER BY added_at, tag")
-            .bind(id)
-            .fetch_all(&mut *connection)
-            .await?
+    for row in sqlx::query("SELECT tag FROM contact_tags WHERE contact_id = $1 ORDER BY added_at, tag")
+        .bind(id)
+        .fetch_all(&mut *connection)
+        .await?
     {
         contact.tags.push(row.try_get(0)?);
     }
@@ -137,12 +124,7 @@ pub async fn load(connection: &mut AnyConnection, id: i64) -> Result<Option<Cont
 }
 
 /// Applies a step's changes inside its transaction.
-pub async fn apply(
-    tx: &mut Tx<'_>,
-    id: i64,
-    changes: &[ContactChange],
-    now: DateTime<Utc>,
-) -> Result<()> {
+pub async fn apply(tx: &mut Tx<'_>, id: i64, changes: &[ContactChange], now: DateTime<Utc>) -> Result<()> {
     for change in changes {
         match change {
             ContactChange::Tag { tag } => add_tag(tx, id, tag, now).await?,
@@ -167,19 +149,16 @@ pub async fn apply(
 }
 
 /// Stores an event of a contact and marks the contact as seen.
-pub async fn record_event(
-    tx: &mut Tx<'_>,
-    id: i64,
-    event: &EventFacts,
-    at: DateTime<Utc>,
-) -> Result<i64> {
-    let row = sqlx::query("INSERT INTO events (contact_id, name, properties, occurred_at) VALUES ($1, $2, $3, $4) RETURNING id")
-        .bind(id)
-        .bind(&event.name)
-        .bind(Json::Object(event.properties.clone()).to_string())
-        .bind(ms(at))
-        .fetch_one(&mut **tx)
-        .await?;
+pub async fn record_event(tx: &mut Tx<'_>, id: i64, event: &EventFacts, at: DateTime<Utc>) -> Result<i64> {
+    let row = sqlx::query(
+        "INSERT INTO events (contact_id, name, properties, occurred_at) VALUES ($1, $2, $3, $4) RETURNING id",
+    )
+    .bind(id)
+    .bind(&event.name)
+    .bind(Json::Object(event.properties.clone()).to_string())
+    .bind(ms(at))
+    .fetch_one(&mut **tx)
+    .await?;
     sqlx::query("UPDATE contacts SET last_seen_at = $1 WHERE id = $2 AND (last_seen_at IS NULL OR last_seen_at < $1)")
         .bind(ms(at))
         .bind(id)
@@ -188,35 +167,22 @@ pub async fn record_event(
     Ok(row.try_get(0)?)
 }
 
-pub async fn count_events(
-    connection: &mut AnyConnection,
-    id: i64,
-    name: &str,
-    since: DateTime<Utc>,
-) -> Result<i64> {
-    let row = sqlx::query(
-        "SELECT COUNT(*) FROM events WHERE contact_id = $1 AND name = $2 AND occurred_at >= $3",
-    )
-    .bind(id)
-    .bind(name)
-    .bind(ms(since))
-    .fetch_one(connection)
-    .await?;
+pub async fn count_events(connection: &mut AnyConnection, id: i64, name: &str, since: DateTime<Utc>) -> Result<i64> {
+    let row = sqlx::query("SELECT COUNT(*) FROM events WHERE contact_id = $1 AND name = $2 AND occurred_at >= $3")
+        .bind(id)
+        .bind(name)
+        .bind(ms(since))
+        .fetch_one(connection)
+        .await?;
     Ok(row.try_get(0)?)
 }
 
 /// Ids of contacts, in pages, for schedule audiences.
-pub async fn page_of_ids(
-    connection: &mut AnyConnection,
-    after: i64,
-    limit: i64,
-) -> Result<Vec<i64>> {
+pub async fn page_of_ids(connection: &mut AnyConnection, after: i64, limit: i64) -> Result<Vec<i64>> {
     let rows = sqlx::query("SELECT id FROM contacts WHERE id > $1 ORDER BY id LIMIT $2")
         .bind(after)
         .bind(limit)
         .fetch_all(connection)
         .await?;
-    rows.iter()
-        .map(|r| r.try_get(0).map_err(Into::into))
-        .collect()
+    rows.iter().map(|r| r.try_get(0).map_err(Into::into)).collect()
 }

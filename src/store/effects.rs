@@ -25,35 +25,26 @@ pub async fn pending(connection: &mut AnyConnection, enrollment_id: i64) -> Resu
             Ok(Pending {
                 key: r.try_get(0)?,
                 step: r.try_get(1)?,
-                effect: serde_json::from_str(&payload)
-                    .map_err(|e| Error::Corrupt(e.to_string()))?,
+                effect: serde_json::from_str(&payload).map_err(|e| Error::Corrupt(e.to_string()))?,
                 attempts: r.try_get(3)?,
             })
         })
         .collect()
 }
 
-pub async fn mark_done(
-    connection: &mut AnyConnection,
-    key: &str,
-    result: &str,
-    now: DateTime<Utc>,
-) -> Result<()> {
-    sqlx::query("UPDATE effects SET status = 'done', result = $1, done_at = $2, attempts = attempts + 1 WHERE effect_key = $3")
-        .bind(result)
-        .bind(ms(now))
-        .bind(key)
-        .execute(connection)
-        .await?;
+pub async fn mark_done(connection: &mut AnyConnection, key: &str, result: &str, now: DateTime<Utc>) -> Result<()> {
+    sqlx::query(
+        "UPDATE effects SET status = 'done', result = $1, done_at = $2, attempts = attempts + 1 WHERE effect_key = $3",
+    )
+    .bind(result)
+    .bind(ms(now))
+    .bind(key)
+    .execute(connection)
+    .await?;
     Ok(())
 }
 
-pub async fn mark_attempt(
-    connection: &mut AnyConnection,
-    key: &str,
-    error: &str,
-    failed: bool,
-) -> Result<i32> {
+pub async fn mark_attempt(connection: &mut AnyConnection, key: &str, error: &str, failed: bool) -> Result<i32> {
     let status = if failed { "failed" } else { "pending" };
     let row = sqlx::query("UPDATE effects SET attempts = attempts + 1, last_error = $1, status = $2 WHERE effect_key = $3 RETURNING attempts")
         .bind(error)
@@ -65,11 +56,7 @@ pub async fn mark_attempt(
 }
 
 /// Messages (email and SMS) delivered to a contact since `since`, for frequency caps.
-pub async fn messages_since(
-    connection: &mut AnyConnection,
-    contact_id: i64,
-    since: DateTime<Utc>,
-) -> Result<i64> {
+pub async fn messages_since(connection: &mut AnyConnection, contact_id: i64, since: DateTime<Utc>) -> Result<i64> {
     let row = sqlx::query("SELECT COUNT(*) FROM effects WHERE contact_id = $1 AND status = 'done' AND kind IN ('email', 'sms') AND done_at >= $2")
         .bind(contact_id)
         .bind(ms(since))

@@ -31,9 +31,7 @@ pub fn due_at(position: &Position, now: DateTime<Utc>) -> Option<DateTime<Utc>> 
 
 fn step_name(journey: &Journey, position: &Position) -> Option<String> {
     match position {
-        Position::Entering { step } | Position::Parked { step, .. } => {
-            journey.steps.get(*step).map(|s| s.id.clone())
-        }
+        Position::Entering { step } | Position::Parked { step, .. } => journey.steps.get(*step).map(|s| s.id.clone()),
         Position::Finished { .. } => None,
     }
 }
@@ -46,6 +44,10 @@ macro_rules! select_enrollments {
 }
 
 fn from_row(row: &AnyRow) -> Result<(Enrollment, i32, Option<String>)> {
+    from_row_with_status(row).map(|(e, a, l, _)| (e, a, l))
+}
+
+fn from_row_with_status(row: &AnyRow) -> Result<(Enrollment, i32, Option<String>, String)> {
     let position: String = row.try_get("position")?;
     let trigger: Option<String> = row.try_get("trigger_event")?;
     let key: String = row.try_get("enrollment_key")?;
@@ -68,6 +70,7 @@ fn from_row(row: &AnyRow) -> Result<(Enrollment, i32, Option<String>)> {
         enrollment,
         row.try_get("attempts")?,
         row.try_get("last_error")?,
+        row.try_get("status")?,
     ))
 }
 
@@ -75,6 +78,7 @@ fn from_row(row: &AnyRow) -> Result<(Enrollment, i32, Option<String>)> {
 #[derive(Clone, Debug)]
 pub struct Stored {
     pub enrollment: Enrollment,
+    pub status: String,
     pub attempts: i32,
     pub last_error: Option<String>,
 }
@@ -85,8 +89,9 @@ pub async fn load(connection: &mut AnyConnection, id: i64) -> Result<Option<Stor
         .fetch_optional(connection)
         .await?;
     row.map(|row| {
-        from_row(&row).map(|(enrollment, attempts, last_error)| Stored {
+        from_row_with_status(&row).map(|(enrollment, attempts, last_error, status)| Stored {
             enrollment,
+            status,
             attempts,
             last_error,
         })
@@ -95,11 +100,7 @@ pub async fn load(connection: &mut AnyConnection, id: i64) -> Result<Option<Stor
 }
 
 /// The contact's earlier enrollments in a journey, oldest first, for re-entry rules.
-pub async fn of_contact(
-    connection: &mut AnyConnection,
-    contact_id: i64,
-    journey_id: &str,
-) -> Result<Vec<Enrollment>> {
+pub async fn of_contact(connection: &mut AnyConnection, contact_id: i64, journey_id: &str) -> Result<Vec<Enrollment>> {
     let rows = sqlx::query(select_enrollments!(
         "WHERE contact_id = $1 AND journey_id = $2 ORDER BY id"
     ))
@@ -107,25 +108,18 @@ pub async fn of_contact(
     .bind(journey_id)
     .fetch_all(connection)
     .await?;
-    rows.iter()
-        .map(|row| from_row(row).map(|(e, _, _)| e))
-        .collect()
+    rows.iter().map(|row| from_row(row).map(|(e, _, _)| e)).collect()
 }
 
 /// Unfinished enrollments of a contact, for goals on event arrival.
-pub async fn open_of_contact(
-    connection: &mut AnyConnection,
-    contact_id: i64,
-) -> Result<Vec<Enrollment>> {
+pub async fn open_of_contact(connection: &mut AnyConnection, contact_id: i64) -> Result<Vec<Enrollment>> {
     let rows = sqlx::query(select_enrollments!(
         "WHERE contact_id = $1 AND status IN ('active', 'waiting')"
     ))
     .bind(contact_id)
     .fetch_all(connection)
     .await?;
-    rows.iter()
-        .map(|row| from_row(row).map(|(e, _, _)| e))
-        .collect()
+    rows.iter().map(|row| from_row(row).map(|(e, _, _)| e)).collect()
 }
 
 /// Starts an enrollment at the journey's first step; `None` when the contact already has an
@@ -291,34 +285,43 @@ pub async fn record_conversion(
 }
 
 /// Enrollments waiting for this event of this contact, with the `seq` they wait at.
-pub async fn waiting_for(
-    connection: &mut AnyConnection,
-    contact_id: i64,
-    event: &str,
-) -> Result<Vec<(i64, u64)>> {
-    let rows = sqlx::query(
-        "SELECT enrollment_id, seq FROM waiters WHERE contact_id = $1 AND event_name = $2",
-    )
-    .bind(contact_id)
-    .bind(event)
-    .fetch_all(connection)
-    .await?;
+pub async fn waiting_for(connection: &mut AnyConnection, contact_id: i64, event: &str) -> Result<Vec<(i64, u64)>> {
+    let rows = sqlx::query("SELECT enrollment_id, seq FROM waiters WHERE contact_id = $1 AND event_name = $2")
+        .bind(contact_id)
+        .bind(event)
+        .fetch_all(connection)
+        .await?;
     rows.iter()
         .map(|r| Ok((r.try_get(0)?, r.try_get::<i64, _>(1)? as u64)))
         .collect()
 }
 
 /// Unfinished enrollments whose step was due before `before`: the reconciler's work list.
-pub async fn overdue(
-    connection: &mut AnyConnection,
-    before: DateTime<Utc>,
-    limit: i64,
-) -> Result<Vec<(i64, u64)>> {
+pub async fn overdue(connection: &mut AnyConnection, before: DateTime<Utc>, limit: i64) -> Result<Vec<(i64, u64)>> {
     let rows = sqlx::query("SELECT id, seq FROM enrollments WHERE status IN ('active', 'waiting') AND due_at <= $1 ORDER BY due_at LIMIT $2")
         .bind(ms(before))
         .bind(limit)
         .fetch_all(connection)
         .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get::<i64, _>(1)? as u64)))
+        .collect()
+}
+
+/// Enrollments with effects still pending since before `before`, whatever their status.
+pub async fn with_stale_effects(
+    connection: &mut AnyConnection,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<(i64, u64)>> {
+    let rows = sqlx::query(
+        "SELECT DISTINCT e.id, e.seq FROM effects f JOIN enrollments e ON e.id = f.enrollment_id
+         WHERE f.status = 'pending' AND f.created_at <= $1 AND e.status <> 'failed' AND (e.due_at IS NULL OR e.due_at <= $1) LIMIT $2",
+    )
+    .bind(ms(before))
+    .bind(limit)
+    .fetch_all(connection)
+    .await?;
     rows.iter()
         .map(|r| Ok((r.try_get(0)?, r.try_get::<i64, _>(1)? as u64)))
         .collect()
@@ -347,13 +350,7 @@ pub async fn postpone(
 }
 
 /// Moves an enrollment to the dead-letter list. Its position stays, so a retry resumes there.
-pub async fn fail(
-    connection: &mut AnyConnection,
-    id: i64,
-    seq: u64,
-    error: &str,
-    now: DateTime<Utc>,
-) -> Result<()> {
+pub async fn fail(connection: &mut AnyConnection, id: i64, seq: u64, error: &str, now: DateTime<Utc>) -> Result<()> {
     sqlx::query("UPDATE enrollments SET status = 'failed', due_at = NULL, last_error = $1, updated_at = $2 WHERE id = $3 AND seq = $4")
         .bind(error)
         .bind(ms(now))
@@ -396,23 +393,30 @@ pub async fn failed(connection: &mut AnyConnection, limit: i64) -> Result<Vec<Fa
 /// Puts a failed enrollment back to work: its failed effects become pending again and the
 /// enrollment is due now. Returns the `seq` to enqueue, or `None` if it was not failed.
 pub async fn revive(tx: &mut Tx<'_>, id: i64, now: DateTime<Utc>) -> Result<Option<u64>> {
-    let Some(row) =
-        sqlx::query("SELECT position, seq FROM enrollments WHERE id = $1 AND status = 'failed'")
-            .bind(id)
-            .fetch_optional(&mut **tx)
-            .await?
+    let Some(row) = sqlx::query("SELECT position, seq FROM enrollments WHERE id = $1 AND status = 'failed'")
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?
     else {
         return Ok(None);
     };
-    let position: Position = serde_json::from_str(&row.try_get::<String, _>(0)?)
-        .map_err(|e| Error::Corrupt(e.to_string()))?;
+    let position: Position =
+        serde_json::from_str(&row.try_get::<String, _>(0)?).map_err(|e| Error::Corrupt(e.to_string()))?;
     let seq = row.try_get::<i64, _>(1)? as u64;
     let status = match position {
         Position::Parked { .. } => "waiting",
         _ => "active",
     };
-    sqlx::query("UPDATE enrollments SET status = $1, due_at = $2, attempts = 0, updated_at = $2 WHERE id = $3").bind(status).bind(ms(now)).bind(id).execute(&mut **tx).await?;
-    sqlx::query("UPDATE effects SET status = 'pending', attempts = 0 WHERE enrollment_id = $1 AND status = 'failed'").bind(id).execute(&mut **tx).await?;
+    sqlx::query("UPDATE enrollments SET status = $1, due_at = $2, attempts = 0, updated_at = $2 WHERE id = $3")
+        .bind(status)
+        .bind(ms(now))
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("UPDATE effects SET status = 'pending', attempts = 0 WHERE enrollment_id = $1 AND status = 'failed'")
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
     Ok(Some(seq))
 }
 

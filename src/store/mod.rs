@@ -105,18 +105,12 @@ impl Store {
     }
 
     /// The source text of a stored journey version, for enrollments still on it.
-    pub async fn journey_source(
-        &self,
-        journey_id: &str,
-        version: &str,
-    ) -> Result<Option<(String, String)>> {
-        let row = sqlx::query(
-            "SELECT file, source FROM journey_versions WHERE journey_id = $1 AND version = $2",
-        )
-        .bind(journey_id)
-        .bind(version)
-        .fetch_optional(&self.pool)
-        .await?;
+    pub async fn journey_source(&self, journey_id: &str, version: &str) -> Result<Option<(String, String)>> {
+        let row = sqlx::query("SELECT file, source FROM journey_versions WHERE journey_id = $1 AND version = $2")
+            .bind(journey_id)
+            .bind(version)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(row.map(|r| (r.get::<String, _>(0), r.get::<String, _>(1))))
     }
 
@@ -138,12 +132,7 @@ impl Store {
         Ok(result.rows_affected() == 1)
     }
 
-    pub async fn record_tick_enrolled(
-        &self,
-        journey_id: &str,
-        tick: DateTime<Utc>,
-        enrolled: i64,
-    ) -> Result<()> {
+    pub async fn record_tick_enrolled(&self, journey_id: &str, tick: DateTime<Utc>, enrolled: i64) -> Result<()> {
         sqlx::query("UPDATE schedule_ticks SET enrolled = $1 WHERE journey_id = $2 AND tick = $3")
             .bind(enrolled)
             .bind(journey_id)
@@ -163,8 +152,5 @@ pub fn from_ms(ms: i64) -> DateTime<Utc> {
 }
 
 pub(crate) fn opt_ms(row: &AnyRow, column: &str) -> Option<DateTime<Utc>> {
-    row.try_get::<Option<i64>, _>(column)
-        .ok()
-        .flatten()
-        .map(from_ms)
+    row.try_get::<Option<i64>, _>(column).ok().flatten().map(from_ms)
 }

@@ -18,12 +18,7 @@ fn graph_draws_every_named_transition() {
     }
     let dot = stdout(&nurture(
         &root(),
-        &[
-            "graph",
-            "journeys/whitepaper-nurture.yaml",
-            "--format",
-            "dot",
-        ],
+        &["graph", "journeys/whitepaper-nurture.yaml", "--format", "dot"],
     ));
     assert!(dot.starts_with("digraph \"whitepaper-nurture\" {"), "{dot}");
     assert!(dot.contains("[label=\"timeout 3d\"]"), "{dot}");
@@ -54,9 +49,5 @@ fn graph_of_a_broken_journey_prints_its_errors() {
 fn a_missing_path_is_a_usage_error() {
     let output = nurture(&root(), &["validate", "no/such/dir"]);
     assert_eq!(output.status.code(), Some(2));
-    assert!(
-        stderr(&output).contains("does not exist"),
-        "{}",
-        stderr(&output)
-    );
+    assert!(stderr(&output).contains("does not exist"), "{}", stderr(&output));
 }

@@ -24,11 +24,7 @@ fn validate_bad(extra: &[&str]) -> std::process::Output {
 #[test]
 fn every_broken_fixture_is_reported_with_its_line_and_a_hint() {
     let output = validate_bad(&[]);
-    assert_eq!(
-        output.status.code(),
-        Some(1),
-        "validate exits 1 when there are errors"
-    );
+    assert_eq!(output.status.code(), Some(1), "validate exits 1 when there are errors");
     expect_file(&root().join(BAD).join("expected.txt"), &stderr(&output));
 }
 
@@ -49,10 +45,7 @@ fn each_broken_file_has_an_error_and_the_sound_templates_have_none() {
             continue; // The first of two journeys with one id is fine; the second is reported.
         }
         let path = format!("{BAD}/journeys/{name}");
-        assert!(
-            files_with_errors.contains(&path),
-            "{path} should be rejected"
-        );
+        assert!(files_with_errors.contains(&path), "{path} should be rejected");
     }
     for bad_template in [
         "unknown-variable.email.hbs",
@@ -65,11 +58,7 @@ fn each_broken_file_has_an_error_and_the_sound_templates_have_none() {
             "{bad_template} should be rejected"
         );
     }
-    for sound in [
-        "welcome.email.hbs",
-        "reminder.sms.hbs",
-        "partials/footer.hbs",
-    ] {
+    for sound in ["welcome.email.hbs", "reminder.sms.hbs", "partials/footer.hbs"] {
         assert!(
             !files_with_errors.contains(&format!("{BAD}/templates/{sound}")),
             "{sound} is sound"
@@ -77,28 +66,16 @@ fn each_broken_file_has_an_error_and_the_sound_templates_have_none() {
     }
     let first = &report["diagnostics"][0];
     for field in ["file", "line", "column", "severity", "code", "message"] {
-        assert!(
-            !first[field].is_null(),
-            "diagnostics carry `{field}`: {first}"
-        );
+        assert!(!first[field].is_null(), "diagnostics carry `{field}`: {first}");
     }
 }
 
 #[test]
 fn the_shipped_project_validates_cleanly() {
     let output = nurture(&root(), &["validate"]);
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}{}",
-        stdout(&output),
-        stderr(&output)
-    );
-    let report: serde_json::Value = serde_json::from_str(&stdout(&nurture(
-        &root(),
-        &["validate", "--format", "json"],
-    )))
-    .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}{}", stdout(&output), stderr(&output));
+    let report: serde_json::Value =
+        serde_json::from_str(&stdout(&nurture(&root(), &["validate", "--format", "json"]))).unwrap();
     let ids: BTreeSet<&str> = report["journeys"]
         .as_array()
         .unwrap()

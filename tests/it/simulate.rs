@@ -12,13 +12,7 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn simulate(journey: &str, contact: &str, events: &str) -> Value {
-    let dir = scratch(
-        journey
-            .trim_end_matches(".yaml")
-            .rsplit('/')
-            .next()
-            .unwrap(),
-    );
+    let dir = scratch(journey.trim_end_matches(".yaml").rsplit('/').next().unwrap());
     let contact_path = dir.join(format!("contact-{}.json", contact.len()));
     let events_path = dir.join(format!("events-{}.jsonl", events.len()));
     std::fs::write(&contact_path, contact).unwrap();
@@ -64,8 +58,7 @@ fn has(story: &[(String, String, String)], offset: &str, step: &str, outcome: &s
 }
 
 const ADA: &str = r#"{"email": "ada@example.com", "traits": {"first_name": "Ada", "industry": "software"}, "score": 20, "stage": "lead"}"#;
-const DOWNLOAD: &str =
-    r#"{"event": "Whitepaper Downloaded", "properties": {"topic": "automation"}, "at": "+0s"}"#;
+const DOWNLOAD: &str = r#"{"event": "Whitepaper Downloaded", "properties": {"topic": "automation"}, "at": "+0s"}"#;
 
 #[test]
 fn whitepaper_pricing_click_goes_to_sales() {
@@ -80,10 +73,7 @@ fn whitepaper_pricing_click_goes_to_sales() {
         has(&story, "+1h", "intro-email", "sent"),
         "the email goes out an hour later: {story:?}"
     );
-    assert!(
-        has(&story, "+2h", "await-pricing-click", "event"),
-        "{story:?}"
-    );
+    assert!(has(&story, "+2h", "await-pricing-click", "event"), "{story:?}");
     assert!(has(&story, "+2h", "hand-to-sales", "assigned"), "{story:?}");
     assert!(
         !story.iter().any(|(_, step, _)| step == "check-score"),
@@ -97,9 +87,7 @@ fn whitepaper_pricing_click_goes_to_sales() {
         .find(|e| e["step"] == "intro-email")
         .unwrap();
     assert!(
-        email["message"]["subject"]
-            .as_str()
-            .is_some_and(|s| !s.is_empty()),
+        email["message"]["subject"].as_str().is_some_and(|s| !s.is_empty()),
         "{email}"
     );
     assert_eq!(email["message"]["to"], "ada@example.com");
@@ -107,17 +95,10 @@ fn whitepaper_pricing_click_goes_to_sales() {
 
 #[test]
 fn whitepaper_without_a_click_takes_the_three_day_timeout() {
-    let report = simulate(
-        "journeys/whitepaper-nurture.yaml",
-        ADA,
-        &format!("{DOWNLOAD}\n"),
-    );
+    let report = simulate("journeys/whitepaper-nurture.yaml", ADA, &format!("{DOWNLOAD}\n"));
     let story = story(&report);
     assert!(has(&story, "+1h", "intro-email", "sent"), "{story:?}");
-    assert!(
-        has(&story, "+3d1h", "await-pricing-click", "timed_out"),
-        "{story:?}"
-    );
+    assert!(has(&story, "+3d1h", "await-pricing-click", "timed_out"), "{story:?}");
     assert!(has(&story, "+3d1h", "check-score", "branched"), "{story:?}");
     assert!(
         !story.iter().any(|(_, step, _)| step == "hand-to-sales"),
@@ -129,11 +110,7 @@ fn whitepaper_without_a_click_takes_the_three_day_timeout() {
 #[test]
 fn whitepaper_branch_sends_manufacturing_leads_an_sms() {
     let contact = r#"{"email": "wang@example.com", "phone": "+8613800138000", "language": "zh", "traits": {"industry": "manufacturing"}, "score": 30}"#;
-    let report = simulate(
-        "journeys/whitepaper-nurture.yaml",
-        contact,
-        &format!("{DOWNLOAD}\n"),
-    );
+    let report = simulate("journeys/whitepaper-nurture.yaml", contact, &format!("{DOWNLOAD}\n"));
     let story = story(&report);
     assert!(has(&story, "+3d1h", "reminder-sms", "sent"), "{story:?}");
     let branch = report["entries"]
@@ -152,11 +129,7 @@ fn whitepaper_branch_sends_manufacturing_leads_an_sms() {
 #[test]
 fn whitepaper_high_score_timeout_still_reaches_sales() {
     let contact = r#"{"email": "bo@example.com", "traits": {}, "score": 75}"#;
-    let report = simulate(
-        "journeys/whitepaper-nurture.yaml",
-        contact,
-        &format!("{DOWNLOAD}\n"),
-    );
+    let report = simulate("journeys/whitepaper-nurture.yaml", contact, &format!("{DOWNLOAD}\n"));
     assert!(
         has(&story(&report), "+3d1h", "hand-to-sales", "assigned"),
         "{:?}",
@@ -176,16 +149,10 @@ fn whitepaper_goal_exits_as_a_conversion() {
 #[test]
 fn whitepaper_do_not_contact_exits_before_the_email() {
     let contact = r#"{"email": "no@example.com", "tags": ["do-not-contact"], "score": 90}"#;
-    let report = simulate(
-        "journeys/whitepaper-nurture.yaml",
-        contact,
-        &format!("{DOWNLOAD}\n"),
-    );
+    let report = simulate("journeys/whitepaper-nurture.yaml", contact, &format!("{DOWNLOAD}\n"));
     assert_eq!(report["outcome"], "exited");
     assert!(
-        !story(&report)
-            .iter()
-            .any(|(_, _, outcome)| outcome == "sent"),
+        !story(&report).iter().any(|(_, _, outcome)| outcome == "sent"),
         "{:?}",
         story(&report)
     );
@@ -216,29 +183,17 @@ fn whitepaper_text_output_tells_the_story() {
 fn abandoned_cart_sends_the_coupon_unless_that_cart_was_ordered() {
     let cart = r#"{"event": "Cart Abandoned", "properties": {"cart_id": "c1", "value": 300}, "at": "+0s"}"#;
     let other_order = r#"{"event": "Order Completed", "properties": {"cart_id": "c2", "revenue": 50}, "at": "+30m"}"#;
-    let report = simulate(
-        "journeys/abandoned-cart.yaml",
-        ADA,
-        &format!("{cart}\n{other_order}\n"),
-    );
+    let report = simulate("journeys/abandoned-cart.yaml", ADA, &format!("{cart}\n{other_order}\n"));
     assert!(
-        story(&report)
-            .iter()
-            .any(|(_, _, outcome)| outcome == "sent"),
+        story(&report).iter().any(|(_, _, outcome)| outcome == "sent"),
         "another cart's order does not count: {:?}",
         story(&report)
     );
 
     let this_order = r#"{"event": "Order Completed", "properties": {"cart_id": "c1", "revenue": 300}, "at": "+30m"}"#;
-    let report = simulate(
-        "journeys/abandoned-cart.yaml",
-        ADA,
-        &format!("{cart}\n{this_order}\n"),
-    );
+    let report = simulate("journeys/abandoned-cart.yaml", ADA, &format!("{cart}\n{this_order}\n"));
     assert!(
-        !story(&report)
-            .iter()
-            .any(|(_, _, outcome)| outcome == "sent"),
+        !story(&report).iter().any(|(_, _, outcome)| outcome == "sent"),
         "{:?}",
         story(&report)
     );
@@ -264,21 +219,13 @@ fn regional_invitation_reaches_shanghai_manufacturers_only() {
 
 #[test]
 fn dormant_contacts_get_a_coupon_then_a_churn_risk_tag() {
-    let dormant =
-        r#"{"email": "old@example.com", "stage": "lead", "last_seen_at": "2025-06-01T00:00:00Z"}"#;
+    let dormant = r#"{"email": "old@example.com", "stage": "lead", "last_seen_at": "2025-06-01T00:00:00Z"}"#;
     let report = simulate("journeys/dormant-reactivation.yaml", dormant, "");
     let story = story(&report);
-    assert!(
-        story.iter().any(|(_, _, outcome)| outcome == "sent"),
-        "{story:?}"
-    );
-    assert!(
-        story.iter().any(|(_, _, outcome)| outcome == "tagged"),
-        "{story:?}"
-    );
+    assert!(story.iter().any(|(_, _, outcome)| outcome == "sent"), "{story:?}");
+    assert!(story.iter().any(|(_, _, outcome)| outcome == "tagged"), "{story:?}");
 
-    let active =
-        r#"{"email": "new@example.com", "stage": "lead", "last_seen_at": "2026-01-01T00:00:00Z"}"#;
+    let active = r#"{"email": "new@example.com", "stage": "lead", "last_seen_at": "2026-01-01T00:00:00Z"}"#;
     assert_eq!(
         simulate("journeys/dormant-reactivation.yaml", active, "")["outcome"],
         "not_enrolled"
@@ -293,11 +240,7 @@ fn sql_handoff_reassigns_when_nobody_accepts() {
         .iter()
         .filter(|(_, _, outcome)| outcome == "assigned")
         .count();
-    assert!(
-        assigned >= 2,
-        "assigned, timed out, reassigned: {:?}",
-        story(&report)
-    );
+    assert!(assigned >= 2, "assigned, timed out, reassigned: {:?}", story(&report));
 
     let accepted = r#"{"event": "Lead Accepted", "at": "+1h"}"#;
     let report = simulate("journeys/sql-handoff.yaml", lead, &format!("{accepted}\n"));

@@ -38,3 +38,170 @@ pub fn expect_file(path: &Path, actual: &str) {
         );
     }
 }
+
+use nurture::config::Config;
+use nurture::engine::runner::Engine;
+use nurture::engine::{Clock, VirtualClock};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::sync::watch;
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A name unique to this test process and call.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(unique(&format!("nurture-{name}")));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// SQLite for state and queue, one process.
+    Embedded,
+    /// PostgreSQL for state, Redis for the queue.
+    Production,
+}
+
+pub fn admin_database_url() -> String {
+    std::env::var("NURTURE_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+pub fn redis_url() -> String {
+    std::env::var("NURTURE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A fresh PostgreSQL database for one test. Panics (never skips) when PostgreSQL is down.
+pub async fn fresh_database() -> String {
+    use sqlx::Executor;
+    let admin = admin_database_url();
+    let name = unique("nurture_test");
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&admin)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL is required for this test ({admin}): {e}"));
+    pool.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .await
+        .expect("create the test database");
+    let base = admin.rsplit_once('/').map(|(base, _)| base.to_string()).unwrap();
+    format!("{base}/{name}")
+}
+
+/// A config for one test: its own database or SQLite file, Redis namespace and outbox.
+pub async fn test_config(mode: Mode, journeys: &Path) -> Config {
+    let dir = scratch_dir("env");
+    let mut config = Config {
+        journeys: journeys.to_path_buf(),
+        templates: journeys.parent().unwrap().join("templates"),
+        sales: journeys.parent().unwrap().join("sales.yaml"),
+        scoring: journeys.parent().unwrap().join("scoring.yaml"),
+        sqlite_path: dir.join("nurture.db"),
+        outbox: dir.join("outbox"),
+        namespace: unique("nt"),
+        reconcile_every: Duration::from_millis(300),
+        reconcile_grace: Duration::from_secs(1),
+        retry_base: Duration::from_millis(200),
+        concurrency: 16,
+        ..Config::default()
+    };
+    if mode == Mode::Production {
+        config.database_url = Some(fresh_database().await);
+        config.redis_url = Some(redis_url());
+    }
+    config
+}
+
+/// A running engine with its worker, for one test.
+pub struct TestEnv {
+    pub engine: Arc<Engine>,
+    pub config: Config,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl TestEnv {
+    pub async fn start(config: Config, clock: Arc<dyn Clock>, with_reconciler: bool) -> TestEnv {
+        if std::env::var_os("TEST_LOG").is_some() {
+            nurture::cli::init_tracing();
+        }
+        let engine = nurture::app::build(config.clone(), clock)
+            .await
+            .unwrap_or_else(|e| panic!("the engine starts: {e:#}"));
+        let (stop, stopped) = watch::channel(false);
+        let wait = |mut receiver: watch::Receiver<bool>| async move {
+            let _ = receiver.wait_for(|stop| *stop).await;
+        };
+        let mut tasks = Vec::new();
+        let worker_engine = engine.clone();
+        let worker_stop = wait(stopped.clone());
+        tasks.push(tokio::spawn(async move {
+            nurture::app::run_worker(worker_engine, unique("test-worker"), worker_stop)
+                .await
+                .expect("worker runs");
+        }));
+        if with_reconciler {
+            tasks.push(tokio::spawn(nurture::app::run_reconciler(
+                engine.clone(),
+                wait(stopped.clone()),
+            )));
+        }
+        TestEnv {
+            engine,
+            config,
+            stop,
+            tasks,
+        }
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+    }
+}
+
+pub fn virtual_clock(start: &str) -> VirtualClock {
+    VirtualClock::new(
+        chrono::DateTime::parse_from_rfc3339(start)
+            .unwrap()
+            .with_timezone(&chrono::Utc),
+    )
+}
+
+/// Waits until `check` returns `Some`, or panics after `timeout` naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Files in a directory (recursively), e.g. messages in an outbox.
+pub fn count_files(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| if e.path().is_dir() { count_files(&e.path()) } else { 1 })
+        .sum()
+}

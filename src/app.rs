@@ -1,0 +1,229 @@
+//! Assembly: builds the store, the queue and the engine from a `Config`, loads the journeys,
+//! and runs the long-lived parts (workers, scheduler, reconciler) until told to stop.
+
+use crate::config::Config;
+use crate::engine::runner::Engine;
+use crate::engine::{Clock, SystemClock};
+use crate::journey::model::Trigger;
+use crate::journey::{self, Diagnostic};
+use crate::queue::{self, Backend, Queue, StepJob};
+use crate::store::Store;
+use anyhow::{Context, Result};
+use apalis::prelude::*;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// Connects to the state store and the queue the config names, and migrates the schema.
+pub async fn connect(config: &Config) -> Result<(Store, Queue)> {
+    match &config.database_url {
+        Some(url) => {
+            let store = Store::connect(url, 32)
+                .await
+                .with_context(|| "Failed to connect to the database")?;
+            store.migrate().await.context("Failed to migrate the database")?;
+            let redis_url = config
+                .redis_url
+                .as_deref()
+                .context("production mode needs REDIS_URL next to DATABASE_URL")?;
+            let queue = Queue::redis(redis_url, &config.namespace)
+                .await
+                .context("Failed to connect to Redis")?;
+            Ok((store, queue))
+        }
+        None => {
+            let url = format!("sqlite://{}?mode=rwc", config.sqlite_path.display());
+            let store = Store::connect(&url, 8)
+                .await
+                .with_context(|| format!("Failed to open {}", config.sqlite_path.display()))?;
+            store.migrate().await.context("Failed to migrate the database")?;
+            // The queue has its own file: apalis keeps its own migration history.
+            let queue_url = format!("sqlite://{}?mode=rwc", queue_path(&config.sqlite_path).display());
+            let options = queue_url
+                .parse::<sqlx::sqlite::SqliteConnectOptions>()?
+                .busy_timeout(Duration::from_secs(10));
+            let pool = sqlx::sqlite::SqlitePoolOptions::new()
+                .max_connections(4)
+                .connect_with(options)
+                .await?;
+            let queue = Queue::sqlite(&pool)
+                .await
+                .context("Failed to set up the SQLite queue")?;
+            Ok((store, queue))
+        }
+    }
+}
+
+/// `nurture.db` keeps its queue in `nurture.queue.db`.
+pub fn queue_path(state: &std::path::Path) -> std::path::PathBuf {
+    state.with_extension("queue.db")
+}
+
+/// Compiles the project's journeys; refuses to run broken ones.
+pub fn compile_project(config: &Config) -> Result<(journey::Catalog, journey::Sources, Vec<Diagnostic>)> {
+    let paths = if config.journeys.is_dir() {
+        vec![config.journeys.clone()]
+    } else {
+        Vec::new()
+    };
+    let sources = crate::project::load_sources(&paths, &config.templates, &config.sales, &config.scoring)?;
+    let (catalog, diagnostics) = journey::compile(&sources);
+    Ok((catalog, sources, diagnostics))
+}
+
+/// Builds the engine and loads the journeys.
+pub async fn build(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<Engine>> {
+    let (store, queue) = connect(&config).await?;
+    let (catalog, sources, diagnostics) = compile_project(&config)?;
+    if diagnostics.iter().any(Diagnostic::is_error) {
+        let text: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
+        anyhow::bail!(
+            "the journeys have errors; fix them (see `nurture validate`):\n{}",
+            text.join("\n")
+        );
+    }
+    let engine = Arc::new(Engine::new(store, queue, clock, config)?);
+    engine.install(catalog, sources).await?;
+    Ok(engine)
+}
+
+pub async fn build_default(config: Config) -> Result<Arc<Engine>> {
+    build(config, Arc::new(SystemClock)).await
+}
+
+/// Compiles the project again and makes it current (SIGHUP, `nurture reload`).
+pub async fn reload(engine: &Engine) -> Result<usize> {
+    let (catalog, sources, diagnostics) = compile_project(&engine.config)?;
+    if diagnostics.iter().any(Diagnostic::is_error) {
+        let text: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
+        anyhow::bail!("not reloaded, the journeys have errors:\n{}", text.join("\n"));
+    }
+    let count = catalog.journeys.len();
+    engine.install(catalog, sources).await?;
+    Ok(count)
+}
+
+async fn handle_step(job: StepJob, engine: Data<Arc<Engine>>) -> Result<(), BoxDynError> {
+    engine.run_job(job).await.map_err(|error| {
+        warn!(%error, enrollment = job.enrollment, "Step job failed; the reconciler will retry it.");
+        Box::new(error) as BoxDynError
+    })
+}
+
+/// Runs this process's step worker until `shutdown` completes; in-flight steps finish first.
+pub async fn run_worker(
+    engine: Arc<Engine>,
+    name: String,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let wake = queue::wake_stream(engine.queue.hub.clone());
+    let concurrency = engine.config.concurrency.max(1);
+    let signal = async move {
+        shutdown.await;
+        Ok::<(), std::io::Error>(())
+    };
+    // The handler is written once; only the backend differs.
+    match engine.queue.backend.clone() {
+        Backend::Redis(storage) => {
+            WorkerBuilder::new(name)
+                .backend(storage.poll_with_stream(wake))
+                .concurrency(concurrency)
+                .data(engine.clone())
+                .build(handle_step)
+                .run_until(signal)
+                .await?
+        }
+        Backend::Sqlite(storage) => {
+            WorkerBuilder::new(name)
+                .backend(storage.poll_with_stream(wake))
+                .concurrency(concurrency)
+                .data(engine.clone())
+                .build(handle_step)
+                .run_until(signal)
+                .await?
+        }
+    }
+    Ok(())
+}
+
+/// Repairs lost jobs every `reconcile_every`, and once at start.
+pub async fn run_reconciler(engine: Arc<Engine>, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        if let Err(error) = engine.reconcile().await {
+            warn!(%error, "Reconciler failed.");
+        }
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(engine.config.reconcile_every) => {}
+        }
+    }
+}
+
+/// Fires schedule triggers: sleeps until the next tick of any scheduled journey. Every
+/// process may run this; each tick is claimed once in the database.
+pub async fn run_scheduler(engine: Arc<Engine>, process: String, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let mut last = engine.clock.now();
+    loop {
+        let catalog = engine.catalog();
+        let next = catalog
+            .journeys
+            .iter()
+            .filter_map(|j| match &j.trigger {
+                Trigger::Schedule { cron, .. } => {
+                    cron.next_after(last, j.settings.timezone).map(|tick| (tick, j.clone()))
+                }
+                _ => None,
+            })
+            .min_by_key(|(tick, _)| *tick);
+        let wait = match &next {
+            Some((tick, _)) => (*tick - engine.clock.now()).to_std().unwrap_or_default(),
+            // Nothing scheduled: look again after a reload might have added something.
+            None => Duration::from_secs(60),
+        };
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let Some((tick, _)) = next else { continue };
+        for journey in catalog.journeys.iter() {
+            if let Trigger::Schedule { cron, .. } = &journey.trigger
+                && cron.next_after(last, journey.settings.timezone) == Some(tick)
+                && let Err(error) = engine.fire_schedule(journey, tick, &process).await
+            {
+                warn!(%error, journey = %journey.id, "Schedule failed to fire.");
+            }
+        }
+        last = tick;
+    }
+}
+
+/// A unique name for this process's worker.
+pub fn process_name(role: &str) -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static COUNT: AtomicUsize = AtomicUsize::new(0);
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+    format!(
+        "{role}-{host}-{}-{}",
+        std::process::id(),
+        COUNT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+    info!("Shutting down: finishing in-flight steps.");
+}

@@ -1,0 +1,23 @@
+//! Delivery of effects: email (lettre: SMTP, or `.eml` files in the outbox), SMS (the outbox
+//! until a provider is configured) and assignment to sales reps. Each call either succeeds, or
+//! says whether a retry could help.
+
+pub mod assign;
+pub mod email;
+pub mod sms;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Worth retrying later: a timeout, SMTP 4xx, HTTP 5xx, a database hiccup.
+    #[error("{0}")]
+    Transient(String),
+    /// Retrying cannot help: a bad address, a channel that is not set up.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl Error {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Transient(_))
+    }
+}

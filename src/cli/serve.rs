@@ -1,0 +1,105 @@
+//! `nurture serve` (workers, scheduler, reconciler; the events API joins it) and
+//! `nurture worker` (step workers and the reconciler only).
+
+use crate::app;
+use crate::config::Config;
+use anyhow::Result;
+use std::process::ExitCode;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Journeys directory (default: journeys/ of the working directory).
+    #[arg(long)]
+    journeys: Option<std::path::PathBuf>,
+    /// Templates directory (default: templates/ of the working directory).
+    #[arg(long)]
+    templates: Option<std::path::PathBuf>,
+}
+
+pub fn config_with(args: &Args) -> Result<Config> {
+    let mut config = Config::load(std::path::Path::new("."))?;
+    if let Some(dir) = &args.journeys {
+        config.journeys = dir.clone();
+    }
+    if let Some(dir) = &args.templates {
+        config.templates = dir.clone();
+    }
+    Ok(config)
+}
+
+pub fn run(args: Args, with_scheduler: bool) -> Result<ExitCode> {
+    let config = config_with(&args)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        super::init_tracing();
+        let engine = app::build_default(config).await?;
+        let mode = if engine.config.is_embedded() {
+            format!(
+                "embedded mode: state and queue in {}, messages in {}/",
+                engine.config.sqlite_path.display(),
+                engine.config.outbox.display()
+            )
+        } else {
+            "production mode: PostgreSQL + Redis".to_string()
+        };
+        info!(
+            journeys = engine.catalog().journeys.len(),
+            "nurture is running ({mode})."
+        );
+        let (stop, stopped) = watch::channel(false);
+        let wait = |mut receiver: watch::Receiver<bool>| async move {
+            let _ = receiver.wait_for(|stop| *stop).await;
+        };
+        let role = if with_scheduler { "serve" } else { "worker" };
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(app::run_worker(
+            engine.clone(),
+            app::process_name(role),
+            wait(stopped.clone()),
+        ));
+        let reconciler = engine.clone();
+        let reconciler_stop = wait(stopped.clone());
+        tasks.spawn(async move {
+            app::run_reconciler(reconciler, reconciler_stop).await;
+            Ok(())
+        });
+        if with_scheduler {
+            let scheduler = engine.clone();
+            let scheduler_stop = wait(stopped.clone());
+            tasks.spawn(async move {
+                app::run_scheduler(scheduler, app::process_name("scheduler"), scheduler_stop).await;
+                Ok(())
+            });
+        }
+        tokio::spawn(reload_on_sighup(engine.clone()));
+        app::shutdown_signal().await;
+        let _ = stop.send(true);
+        while let Some(result) = tasks.join_next().await {
+            if let Ok(Err(error)) = result {
+                warn!(%error, "A component stopped with an error.");
+            }
+        }
+        info!("Stopped.");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+async fn reload_on_sighup(engine: Arc<crate::engine::runner::Engine>) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            match app::reload(&engine).await {
+                Ok(count) => info!(journeys = count, "Reloaded the journeys."),
+                Err(error) => warn!(%error, "Reload refused."),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = engine;
+}

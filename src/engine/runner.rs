@@ -1,0 +1,742 @@
+//! The durable runner: takes step jobs, moves enrollments with `transition::advance`, commits
+//! each move, then performs its effects. Also the entry points that start and wake
+//! enrollments: events, stages, schedules, and the reconciler that repairs lost jobs.
+
+use super::clock::Clock;
+use super::contact::Contact;
+use super::message::template_data;
+use super::transition::{Effect, Enrollment, History, Input, Outcome, Position, Refused, World, advance, may_enter};
+use crate::channels::email::{Mailer, Outgoing};
+use crate::channels::sms::SmsSender;
+use crate::channels::{self, assign};
+use crate::config::Config;
+use crate::expr::{EventCounter, EventFacts};
+use crate::journey::model::{Journey, Trigger};
+use crate::journey::values::Stage;
+use crate::journey::{self, Catalog, Sources};
+use crate::queue::{Queue, StepJob};
+use crate::store::{self, Store, contacts, effects, enrollments};
+use chrono::{DateTime, Duration, Utc};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use tracing::{Instrument, info, warn};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    #[error(transparent)]
+    Queue(#[from] crate::queue::Error),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(error: sqlx::Error) -> Self {
+        Error::Store(store::Error::Db(error))
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Most moves one job makes before it hands the enrollment back to the queue.
+const MOVES_PER_JOB: usize = 64;
+
+pub struct Engine {
+    pub store: Store,
+    pub queue: Queue,
+    pub clock: Arc<dyn Clock>,
+    pub config: Config,
+    catalog: RwLock<Arc<Catalog>>,
+    sources: RwLock<Arc<Sources>>,
+    /// Older journey versions that running enrollments still use, compiled on demand.
+    versions: Mutex<HashMap<(String, String), Arc<Journey>>>,
+    mailer: Mailer,
+    sms: SmsSender,
+}
+
+/// Counts preloaded for one move: `count_events` windows and the frequency-cap window.
+struct Preloaded {
+    counts: Vec<(String, DateTime<Utc>, i64)>,
+    messages: (DateTime<Utc>, u32),
+}
+
+impl EventCounter for Preloaded {
+    fn count_events(&self, name: &str, since: DateTime<Utc>) -> i64 {
+        self.counts
+            .iter()
+            .find(|(n, s, _)| n == name && *s == since)
+            .map(|(_, _, c)| *c)
+            .unwrap_or(0)
+    }
+}
+
+impl History for Preloaded {
+    fn messages_since(&self, since: DateTime<Utc>) -> u32 {
+        if since >= self.messages.0 { self.messages.1 } else { 0 }
+    }
+}
+
+impl Engine {
+    pub fn new(store: Store, queue: Queue, clock: Arc<dyn Clock>, config: Config) -> Result<Engine> {
+        let mailer = Mailer::from_config(config.smtp_url.as_deref(), &config.outbox)
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        // Until a provider is configured, messages go to the outbox, in both modes.
+        let sms = SmsSender::Outbox(config.outbox.join("sms"));
+        Ok(Engine {
+            store,
+            queue,
+            clock,
+            config,
+            catalog: RwLock::new(Arc::new(Catalog::default())),
+            sources: RwLock::new(Arc::new(Sources::default())),
+            versions: Mutex::new(HashMap::new()),
+            mailer,
+            sms,
+        })
+    }
+
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Makes a compiled catalog current and stores every journey version in it.
+    pub async fn install(&self, catalog: Catalog, sources: Sources) -> Result<()> {
+        let now = self.clock.now();
+        for journey in &catalog.journeys {
+            let source = sources
+                .journeys
+                .iter()
+                .find(|f| f.path == journey.file)
+                .map(|f| f.text.as_str())
+                .unwrap_or_default();
+            if self
+                .store
+                .save_journey_version(&journey.id, &journey.version, &journey.file, source, now)
+                .await?
+            {
+                info!(journey = %journey.id, version = %journey.version, "New journey version stored.");
+            }
+        }
+        *self.sources.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(sources);
+        *self.catalog.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(catalog);
+        Ok(())
+    }
+
+    /// The journey an enrollment runs on: the current version, or an older stored one.
+    async fn journey(&self, id: &str, version: &str) -> Result<Option<Arc<Journey>>> {
+        if let Some(journey) = self.catalog().journey(id).filter(|j| j.version == version) {
+            return Ok(Some(journey.clone()));
+        }
+        let key = (id.to_string(), version.to_string());
+        if let Some(journey) = self.versions.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return Ok(Some(journey.clone()));
+        }
+        let Some((file, source)) = self.store.journey_source(id, version).await? else {
+            return Ok(None);
+        };
+        let mut sources = (**self.sources.read().unwrap_or_else(|e| e.into_inner())).clone();
+        sources.journeys = vec![journey::SourceFile {
+            path: file,
+            text: source,
+        }];
+        let (catalog, diagnostics) = journey::compile(&sources);
+        let Some(journey) = catalog
+            .journeys
+            .into_iter()
+            .find(|j| j.id == id && j.version == version)
+        else {
+            warn!(
+                journey = id,
+                version,
+                ?diagnostics,
+                "A stored journey version no longer compiles."
+            );
+            return Ok(None);
+        };
+        self.versions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, journey.clone());
+        Ok(Some(journey))
+    }
+
+    pub async fn create_contact(&self, contact: &contacts::NewContact) -> Result<i64> {
+        let mut connection = self.store.pool.acquire().await?;
+        Ok(contacts::create(&mut connection, contact, self.clock.now()).await?)
+    }
+
+    pub async fn contact(&self, id: i64) -> Result<Option<Contact>> {
+        let mut connection = self.store.pool.acquire().await?;
+        Ok(contacts::load(&mut connection, id).await?)
+    }
+
+    /// A contact did something: store it, then let it reach goals, answer waits and start
+    /// journeys. Jobs are enqueued after the transaction commits. Returns new enrollment ids.
+    pub async fn track(&self, contact_id: i64, event: EventFacts) -> Result<Vec<i64>> {
+        let now = self.clock.now();
+        let at = event.timestamp.unwrap_or(now);
+        let catalog = self.catalog();
+        let mut tx = self.store.begin().await?;
+        contacts::record_event(&mut tx, contact_id, &event, at).await?;
+        let Some(contact) = contacts::load(&mut tx, contact_id).await? else {
+            return Err(Error::Invalid(format!("no contact {contact_id}")));
+        };
+        let mut jobs = Vec::new();
+        // Goals and waits of the contact's open enrollments.
+        let waiting: Vec<(i64, u64)> = enrollments::waiting_for(&mut tx, contact_id, &event.name).await?;
+        for enrollment in enrollments::open_of_contact(&mut tx, contact_id).await? {
+            let Some(journey) = self.journey(&enrollment.journey_id, &enrollment.version).await? else {
+                continue;
+            };
+            let awaited = waiting
+                .iter()
+                .any(|(id, seq)| enrollment.id == id.to_string() && *seq == enrollment.seq);
+            let goal = journey.goal.as_ref().is_some_and(|g| g.event == event.name);
+            if !awaited && !goal {
+                continue;
+            }
+            let history = self.preload(&mut tx, &journey, contact_id, now).await?;
+            let world = World {
+                contact: &contact,
+                now,
+                history: &history,
+            };
+            let Ok(moved) = advance(&journey, &enrollment, enrollment.seq, Input::Event(&event), &world) else {
+                continue;
+            };
+            contacts::apply(&mut tx, contact_id, &moved.changes, now).await?;
+            if enrollments::save_move(&mut tx, &journey, &enrollment, &moved, now).await? {
+                if moved.position
+                    == (Position::Finished {
+                        outcome: Outcome::Converted,
+                    })
+                {
+                    enrollments::record_conversion(&mut tx, &enrollment, &event, now).await?;
+                }
+                if let Some(job) = job_for(&enrollment, &moved.position, moved.seq, now) {
+                    jobs.push(job);
+                }
+            }
+        }
+        // Journeys this event starts.
+        let mut started = Vec::new();
+        for journey in catalog
+            .journeys
+            .iter()
+            .filter(|j| matches!(&j.trigger, Trigger::Event(m) if m.event == event.name))
+        {
+            let Trigger::Event(matcher) = &journey.trigger else {
+                continue;
+            };
+            if let Some(condition) = &matcher.condition {
+                let view = contact.facts_view();
+                let history = self.preload(&mut tx, journey, contact_id, now).await?;
+                let facts = contact.facts(&view, Some(&event), Some(&event), now, &history);
+                if condition.eval_bool(&facts) != Ok(true) {
+                    continue;
+                }
+            }
+            if let Some(enrollment) = self.try_enroll(&mut tx, journey, &contact, Some(&event), now).await? {
+                started.push(enrollment.id.parse().unwrap_or_default());
+                jobs.push((
+                    StepJob {
+                        enrollment: enrollment.id.parse().unwrap_or_default(),
+                        seq: 0,
+                    },
+                    now,
+                ));
+            }
+        }
+        tx.commit().await?;
+        self.enqueue(jobs).await?;
+        Ok(started)
+    }
+
+    /// The contact reached a lifecycle stage: start the journeys that wait for it.
+    pub async fn stage_reached(&self, contact_id: i64, stage: Stage) -> Result<Vec<i64>> {
+        let now = self.clock.now();
+        let catalog = self.catalog();
+        let mut tx = self.store.begin().await?;
+        sqlx::query("UPDATE contacts SET stage = $1 WHERE id = $2")
+            .bind(stage.as_str())
+            .bind(contact_id)
+            .execute(&mut *tx)
+            .await?;
+        let Some(contact) = contacts::load(&mut tx, contact_id).await? else {
+            return Err(Error::Invalid(format!("no contact {contact_id}")));
+        };
+        let trigger = EventFacts {
+            name: "Lead Qualified".into(),
+            properties: [("stage".to_string(), serde_json::Value::from(stage.as_str()))]
+                .into_iter()
+                .collect(),
+            timestamp: Some(now),
+        };
+        let mut jobs = Vec::new();
+        for journey in catalog.journeys.iter().filter(|j| j.trigger == Trigger::Stage(stage)) {
+            if let Some(enrollment) = self.try_enroll(&mut tx, journey, &contact, Some(&trigger), now).await? {
+                jobs.push((
+                    StepJob {
+                        enrollment: enrollment.id.parse().unwrap_or_default(),
+                        seq: 0,
+                    },
+                    now,
+                ));
+            }
+        }
+        tx.commit().await?;
+        let started = jobs.iter().map(|(job, _)| job.enrollment).collect();
+        self.enqueue(jobs).await?;
+        Ok(started)
+    }
+
+    /// Enrolls the contact if re-entry rules allow; the unique index settles races.
+    async fn try_enroll(
+        &self,
+        tx: &mut store::Tx<'_>,
+        journey: &Journey,
+        contact: &Contact,
+        trigger: Option<&EventFacts>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Enrollment>> {
+        let contact_id: i64 = contact.id.parse().unwrap_or_default();
+        let key = match &journey.enrollment_key {
+            Some(expr) => {
+                let view = contact.facts_view();
+                let facts = contact.facts(&view, trigger, None, now, &());
+                match expr.eval(&facts) {
+                    Ok(serde_json::Value::String(s)) => Some(s),
+                    Ok(serde_json::Value::Null) | Err(_) => return Ok(None),
+                    Ok(other) => Some(other.to_string()),
+                }
+            }
+            None => None,
+        };
+        let earlier = enrollments::of_contact(tx, contact_id, &journey.id).await?;
+        if let Err(reason) = may_enter(journey, &earlier, key.as_deref(), now) {
+            tracing::debug!(journey = %journey.id, contact = contact_id, reason, "Not enrolled.");
+            return Ok(None);
+        }
+        Ok(enrollments::insert(tx, journey, contact_id, key.as_deref(), trigger, now).await?)
+    }
+
+    async fn preload(
+        &self,
+        connection: &mut sqlx::AnyConnection,
+        journey: &Journey,
+        contact_id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Preloaded> {
+        let mut counts = Vec::new();
+        for (name, window) in journey.count_calls() {
+            let since = now - window.as_duration();
+            counts.push((
+                name.clone(),
+                since,
+                contacts::count_events(connection, contact_id, &name, since).await?,
+            ));
+        }
+        let messages = match &journey.settings.frequency_cap {
+            Some(cap) => {
+                let since = now - cap.window.as_duration();
+                (
+                    since,
+                    effects::messages_since(connection, contact_id, since).await? as u32,
+                )
+            }
+            None => (now, 0),
+        };
+        Ok(Preloaded { counts, messages })
+    }
+
+    async fn enqueue(&self, jobs: Vec<(StepJob, DateTime<Utc>)>) -> Result<()> {
+        let now = self.clock.now();
+        let (ready, later): (Vec<_>, Vec<_>) = jobs.into_iter().partition(|(_, at)| *at <= now);
+        self.queue
+            .push_now(ready.into_iter().map(|(job, _)| job).collect())
+            .await?;
+        for (job, at) in later {
+            self.queue.push_at(job, at).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs a step job: performs effects still pending, then moves the enrollment until it
+    /// waits or ends. A stale job does nothing.
+    pub async fn run_job(&self, job: StepJob) -> Result<()> {
+        let mut seq = job.seq;
+        for _ in 0..MOVES_PER_JOB {
+            let mut connection = self.store.pool.acquire().await?;
+            let Some(stored) = enrollments::load(&mut connection, job.enrollment).await? else {
+                return Ok(());
+            };
+            let enrollment = stored.enrollment;
+            if enrollment.seq != seq || stored.status == "failed" {
+                return Ok(());
+            }
+            let Some(journey) = self.journey(&enrollment.journey_id, &enrollment.version).await? else {
+                enrollments::fail(
+                    &mut connection,
+                    job.enrollment,
+                    seq,
+                    &format!(
+                        "journey {} version {} is not available",
+                        enrollment.journey_id, enrollment.version
+                    ),
+                    self.clock.now(),
+                )
+                .await?;
+                return Ok(());
+            };
+            let step_id = match &enrollment.position {
+                Position::Entering { step } | Position::Parked { step, .. } => {
+                    journey.steps.get(*step).map(|s| s.id.clone()).unwrap_or_default()
+                }
+                Position::Finished { .. } => String::new(),
+            };
+            let span = tracing::info_span!("step", journey = %journey.id, version = %journey.version, step = %step_id, enrollment = job.enrollment, contact = %enrollment.contact_id);
+            let next = self
+                .run_move(&journey, enrollment, stored.attempts, &mut connection)
+                .instrument(span)
+                .await?;
+            match next {
+                Some(new_seq) => seq = new_seq,
+                None => return Ok(()),
+            }
+        }
+        // A long chain of instant steps: hand the rest to the queue so others get a turn.
+        self.queue
+            .push_now(vec![StepJob {
+                enrollment: job.enrollment,
+                seq,
+            }])
+            .await?;
+        Ok(())
+    }
+
+    /// One move. Returns the new `seq` if the enrollment should keep moving in this job.
+    async fn run_move(
+        &self,
+        journey: &Journey,
+        enrollment: Enrollment,
+        attempts: i32,
+        connection: &mut sqlx::AnyConnection,
+    ) -> Result<Option<u64>> {
+        let id: i64 = enrollment.id.parse().unwrap_or_default();
+        let contact_id: i64 = enrollment.contact_id.parse().unwrap_or_default();
+        let Some(mut contact) = contacts::load(connection, contact_id).await? else {
+            return Ok(None);
+        };
+        // 1. Effects recorded by an earlier move but not yet performed.
+        for pending in effects::pending(connection, id).await? {
+            let now = self.clock.now();
+            match self
+                .perform(journey, &enrollment, &contact, &pending.key, &pending.effect, now)
+                .await
+            {
+                Ok(result) => {
+                    effects::mark_done(connection, &pending.key, &result, self.clock.now()).await?;
+                    info!(effect = %pending.key, result, "Effect performed.");
+                }
+                Err(error) => {
+                    let attempts = pending.attempts + 1;
+                    let give_up = !error.is_transient() || attempts as u32 >= self.config.max_attempts;
+                    effects::mark_attempt(connection, &pending.key, &error.to_string(), give_up).await?;
+                    if give_up {
+                        warn!(effect = %pending.key, %error, attempts, "Effect failed; the enrollment moves to the failed list.");
+                        enrollments::fail(
+                            connection,
+                            id,
+                            enrollment.seq,
+                            &format!("{}: {error}", pending.step),
+                            now,
+                        )
+                        .await?;
+                    } else {
+                        let delay = backoff(self.config.retry_base, attempts, &pending.key);
+                        warn!(effect = %pending.key, %error, attempts, retry_in = ?delay, "Effect failed; will retry.");
+                        let until = now + delay;
+                        enrollments::postpone(connection, id, enrollment.seq, until, attempts, &error.to_string(), now)
+                            .await?;
+                        self.queue
+                            .push_at(
+                                StepJob {
+                                    enrollment: id,
+                                    seq: enrollment.seq,
+                                },
+                                until,
+                            )
+                            .await?;
+                    }
+                    return Ok(None);
+                }
+            }
+        }
+        let _ = attempts;
+        if enrollment.is_finished() {
+            return Ok(None);
+        }
+        // 2. The move itself.
+        let now = self.clock.now();
+        let history = self.preload(connection, journey, contact_id, now).await?;
+        let world = World {
+            contact: &contact,
+            now,
+            history: &history,
+        };
+        let moved = match advance(journey, &enrollment, enrollment.seq, Input::Due, &world) {
+            Ok(moved) => moved,
+            Err(Refused::NotYet(until)) => {
+                // Early (a clock ahead of ours): make sure a job exists for the real time.
+                self.queue
+                    .push_at(
+                        StepJob {
+                            enrollment: id,
+                            seq: enrollment.seq,
+                        },
+                        until,
+                    )
+                    .await?;
+                return Ok(None);
+            }
+            Err(_) => return Ok(None),
+        };
+        let mut tx = self.store.begin().await?;
+        contacts::apply(&mut tx, contact_id, &moved.changes, now).await?;
+        if !enrollments::save_move(&mut tx, journey, &enrollment, &moved, now).await? {
+            return Ok(None);
+        }
+        tx.commit().await?;
+        for change in &moved.changes {
+            contact.apply(change);
+        }
+        for record in &moved.records {
+            info!(step = %record.step, outcome = %record.outcome, detail = %record.detail, "Step.");
+        }
+        if !moved.effects.is_empty() {
+            pause_for_tests();
+        }
+        match &moved.position {
+            Position::Entering { .. } => Ok(Some(moved.seq)),
+            Position::Parked { until, .. } => {
+                // Effects of this move (a message sent before a wait) go first.
+                if !moved.effects.is_empty() {
+                    return Ok(Some(moved.seq));
+                }
+                self.queue
+                    .push_at(
+                        StepJob {
+                            enrollment: id,
+                            seq: moved.seq,
+                        },
+                        *until,
+                    )
+                    .await?;
+                Ok(None)
+            }
+            Position::Finished { .. } => Ok((!moved.effects.is_empty()).then_some(moved.seq)),
+        }
+    }
+
+    async fn perform(
+        &self,
+        journey: &Journey,
+        enrollment: &Enrollment,
+        contact: &Contact,
+        key: &str,
+        effect: &Effect,
+        now: DateTime<Utc>,
+    ) -> Result<String, channels::Error> {
+        let catalog = self.catalog();
+        let unsubscribe_url = format!(
+            "{}/u/{}",
+            self.config.public_url.trim_end_matches('/'),
+            unsubscribe_token(&contact.id)
+        );
+        let data = template_data(journey, enrollment, contact, &unsubscribe_url, now);
+        let render_error = |e: journey::templates::RenderError| channels::Error::Permanent(e.to_string());
+        match effect {
+            Effect::SendEmail { template } => {
+                let to = contact
+                    .email
+                    .as_deref()
+                    .ok_or_else(|| channels::Error::Permanent("the contact has no email address".into()))?;
+                let email = catalog
+                    .templates
+                    .render_email(template, contact.language(), &data)
+                    .map_err(render_error)?;
+                let message_id = format!("<{}@nurture>", key.replace('/', "."));
+                self.mailer
+                    .send(Outgoing {
+                        to,
+                        from: &self.config.mail_from,
+                        email: &email,
+                        message_id,
+                        unsubscribe_url: &unsubscribe_url,
+                    })
+                    .await
+            }
+            Effect::SendSms { template } => {
+                let to = contact
+                    .phone
+                    .as_deref()
+                    .ok_or_else(|| channels::Error::Permanent("the contact has no phone number".into()))?;
+                let sms = catalog
+                    .templates
+                    .render_sms(template, contact.language(), &data)
+                    .map_err(render_error)?;
+                self.sms.send(key, to, &sms).await
+            }
+            Effect::AssignToSales { team } => {
+                let sales = catalog
+                    .sales
+                    .as_ref()
+                    .ok_or_else(|| channels::Error::Permanent("there is no sales.yaml".into()))?;
+                let team = sales.teams.get(team).ok_or_else(|| {
+                    channels::Error::Permanent(format!("sales team `{team}` is gone from sales.yaml"))
+                })?;
+                assign::assign(
+                    &self.store,
+                    team,
+                    contact,
+                    enrollment.id.parse().unwrap_or_default(),
+                    now,
+                )
+                .await
+                .map(|rep| format!("assigned to {rep}"))
+            }
+            Effect::Webhook { .. } => Err(channels::Error::Permanent("webhook delivery is not built yet".into())),
+        }
+    }
+
+    /// Re-enqueues unfinished enrollments whose step is overdue: after a Redis flush, a lost
+    /// job or a crashed worker. Duplicates are harmless (a stale `seq` does nothing).
+    pub async fn reconcile(&self) -> Result<usize> {
+        let now = self.clock.now();
+        let grace = Duration::from_std(self.config.reconcile_grace).unwrap_or_default();
+        let mut connection = self.store.pool.acquire().await?;
+        let mut overdue = enrollments::overdue(&mut connection, now - grace, 10_000).await?;
+        // Effects recorded but never performed (a worker died after its commit).
+        overdue.extend(enrollments::with_stale_effects(&mut connection, now - grace, 10_000).await?);
+        overdue.sort_unstable();
+        overdue.dedup();
+        let count = overdue.len();
+        if count > 0 {
+            warn!(count, "Re-enqueueing overdue steps that have no job.");
+            self.queue
+                .push_now(
+                    overdue
+                        .into_iter()
+                        .map(|(enrollment, seq)| StepJob { enrollment, seq })
+                        .collect(),
+                )
+                .await?;
+        }
+        Ok(count)
+    }
+
+    /// Puts a failed enrollment back to work.
+    pub async fn retry(&self, id: i64) -> Result<bool> {
+        let now = self.clock.now();
+        let mut tx = self.store.begin().await?;
+        let seq = enrollments::revive(&mut tx, id, now).await?;
+        tx.commit().await?;
+        match seq {
+            Some(seq) => {
+                self.queue.push_now(vec![StepJob { enrollment: id, seq }]).await?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Enrolls every contact in a schedule's audience for one tick, once across all processes.
+    pub async fn fire_schedule(&self, journey: &Journey, tick: DateTime<Utc>, process: &str) -> Result<Option<usize>> {
+        let Trigger::Schedule { audience, .. } = &journey.trigger else {
+            return Ok(None);
+        };
+        let now = self.clock.now();
+        if !self.store.claim_tick(&journey.id, tick, process, now).await? {
+            return Ok(None);
+        }
+        let mut enrolled = 0;
+        let mut after = 0;
+        loop {
+            let mut connection = self.store.pool.acquire().await?;
+            let ids = contacts::page_of_ids(&mut connection, after, 500).await?;
+            drop(connection);
+            let Some(last) = ids.last() else { break };
+            after = *last;
+            let mut tx = self.store.begin().await?;
+            let mut jobs = Vec::new();
+            for id in ids {
+                let Some(contact) = contacts::load(&mut tx, id).await? else {
+                    continue;
+                };
+                let history = self.preload(&mut tx, journey, id, now).await?;
+                let view = contact.facts_view();
+                let facts = contact.facts(&view, None, None, now, &history);
+                if audience.eval_bool(&facts) != Ok(true) {
+                    continue;
+                }
+                if let Some(enrollment) = self.try_enroll(&mut tx, journey, &contact, None, now).await? {
+                    jobs.push((
+                        StepJob {
+                            enrollment: enrollment.id.parse().unwrap_or_default(),
+                            seq: 0,
+                        },
+                        now,
+                    ));
+                }
+            }
+            tx.commit().await?;
+            enrolled += jobs.len();
+            self.enqueue(jobs).await?;
+        }
+        self.store
+            .record_tick_enrolled(&journey.id, tick, enrolled as i64)
+            .await?;
+        info!(journey = %journey.id, %tick, enrolled, "Schedule fired.");
+        Ok(Some(enrolled))
+    }
+}
+
+/// The job that continues an enrollment after a move made outside a job.
+fn job_for(
+    enrollment: &Enrollment,
+    position: &Position,
+    seq: u64,
+    now: DateTime<Utc>,
+) -> Option<(StepJob, DateTime<Utc>)> {
+    let id = enrollment.id.parse().ok()?;
+    let at = enrollments::due_at(position, now)?;
+    Some((StepJob { enrollment: id, seq }, at))
+}
+
+/// Exponential backoff with jitter: base, 2x base, 4x base, ... each scaled by 0.5-1.5.
+pub fn backoff(base: std::time::Duration, attempt: i32, key: &str) -> Duration {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("{key}/{attempt}").as_bytes());
+    let jitter = 0.5 + f64::from(digest[0]) / 255.0;
+    let factor = 2f64.powi((attempt - 1).clamp(0, 16));
+    let millis = (base.as_millis() as f64 * factor * jitter).min(6.0 * 3600.0 * 1000.0);
+    Duration::milliseconds(millis as i64)
+}
+
+/// An opaque, stable token for a contact's unsubscribe link.
+fn unsubscribe_token(contact_id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("unsubscribe/{contact_id}").as_bytes());
+    let hash: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    format!("{contact_id}-{hash}")
+}
+
+/// Test hook for the crash test: with `NURTURE_TEST_PAUSE_BEFORE_EFFECT=FILE`, a worker that
+/// has committed a move with effects creates FILE and stops there, to be killed.
+fn pause_for_tests() {
+    if let Ok(marker) = std::env::var("NURTURE_TEST_PAUSE_BEFORE_EFFECT") {
+        let _ = std::fs::write(&marker, b"paused");
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+    }
+}
