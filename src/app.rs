@@ -112,39 +112,54 @@ async fn handle_step(job: StepJob, engine: Data<Arc<Engine>>) -> Result<(), BoxD
 }
 
 /// Runs this process's step worker until `shutdown` completes; in-flight steps finish first.
+/// If the queue fails (Redis restarted or flushed), the worker starts again after a pause.
 pub async fn run_worker(
     engine: Arc<Engine>,
     name: String,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let wake = queue::wake_stream(engine.queue.hub.clone());
+    use futures::FutureExt;
+    let shutdown = shutdown.boxed().shared();
     let concurrency = engine.config.concurrency.max(1);
-    let signal = async move {
-        shutdown.await;
-        Ok::<(), std::io::Error>(())
-    };
-    // The handler is written once; only the backend differs.
-    match engine.queue.backend.clone() {
-        Backend::Redis(storage) => {
-            WorkerBuilder::new(name)
-                .backend(storage.poll_with_stream(wake))
-                .concurrency(concurrency)
-                .data(engine.clone())
-                .build(handle_step)
-                .run_until(signal)
-                .await?
-        }
-        Backend::Sqlite(storage) => {
-            WorkerBuilder::new(name)
-                .backend(storage.poll_with_stream(wake))
-                .concurrency(concurrency)
-                .data(engine.clone())
-                .build(handle_step)
-                .run_until(signal)
-                .await?
+    loop {
+        let wake = queue::wake_stream(engine.queue.hub.clone());
+        let stop = shutdown.clone();
+        let signal = async move {
+            stop.await;
+            Ok::<(), std::io::Error>(())
+        };
+        // The handler is written once; only the backend differs.
+        let result = match engine.queue.backend.clone() {
+            Backend::Redis(storage) => {
+                WorkerBuilder::new(name.clone())
+                    .backend(storage.poll_with_stream(wake))
+                    .concurrency(concurrency)
+                    .data(engine.clone())
+                    .build(handle_step)
+                    .run_until(signal)
+                    .await
+            }
+            Backend::Sqlite(storage) => {
+                WorkerBuilder::new(name.clone())
+                    .backend(storage.poll_with_stream(wake))
+                    .concurrency(concurrency)
+                    .data(engine.clone())
+                    .build(handle_step)
+                    .run_until(signal)
+                    .await
+            }
+        };
+        match result {
+            Ok(()) => return Ok(()),
+            Err(error) => {
+                warn!(%error, "The step worker stopped; starting it again.");
+                tokio::select! {
+                    _ = shutdown.clone() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
         }
     }
-    Ok(())
 }
 
 /// Repairs lost jobs every `reconcile_every`, and once at start.

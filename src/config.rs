@@ -23,6 +23,8 @@ pub struct Config {
     pub namespace: String,
     /// Step jobs one worker process runs at once.
     pub concurrency: usize,
+    /// Database connections one process keeps open at most.
+    pub db_pool: u32,
     /// Where mail and SMS go when no provider is configured.
     pub outbox: PathBuf,
     /// `smtp://user:pass@host:port`; unset means the outbox.
@@ -36,6 +38,9 @@ pub struct Config {
     /// How late a step must be before the reconciler re-enqueues it.
     #[serde(with = "humantime_secs")]
     pub reconcile_grace: Duration,
+    /// How long a worker may take to perform one effect before another may try it again.
+    #[serde(with = "humantime_secs")]
+    pub effect_lease: Duration,
     /// Attempts of a failing effect before the enrollment is marked failed.
     pub max_attempts: u32,
     /// First retry delay; doubled on every attempt, with jitter.
@@ -55,13 +60,15 @@ impl Default for Config {
             sales: PathBuf::from("sales.yaml"),
             scoring: PathBuf::from("scoring.yaml"),
             namespace: "nurture".into(),
-            concurrency: 64,
+            concurrency: 32,
+            db_pool: 16,
             outbox: PathBuf::from("outbox"),
             smtp_url: None,
             mail_from: "nurture <nurture@localhost>".into(),
             public_url: "http://127.0.0.1:8080".into(),
             reconcile_every: Duration::from_secs(30),
             reconcile_grace: Duration::from_secs(60),
+            effect_lease: Duration::from_secs(300),
             max_attempts: 8,
             retry_base: Duration::from_secs(10),
         }
@@ -162,6 +169,12 @@ impl Config {
         if let Some(text) = set(get("NURTURE_CONCURRENCY")) {
             self.concurrency = text.parse().map_err(|_| Error::Env {
                 name: "NURTURE_CONCURRENCY".into(),
+                message: format!("`{text}` is not a number"),
+            })?;
+        }
+        if let Some(text) = set(get("NURTURE_DB_POOL")) {
+            self.db_pool = text.parse().map_err(|_| Error::Env {
+                name: "NURTURE_DB_POOL".into(),
                 message: format!("`{text}` is not a number"),
             })?;
         }

@@ -103,13 +103,15 @@ CREATE TABLE effects (
     kind TEXT NOT NULL,
     payload TEXT NOT NULL,
     status TEXT NOT NULL,
+    -- While `sending`, the worker performing it holds a lease until `claimed_until`.
+    claimed_until BIGINT,
     attempts INTEGER NOT NULL DEFAULT 0,
     result TEXT,
     last_error TEXT,
     created_at BIGINT NOT NULL,
     done_at BIGINT
 );
-CREATE INDEX effects_pending ON effects (enrollment_id) WHERE status = 'pending';
+CREATE INDEX effects_pending ON effects (enrollment_id) WHERE status IN ('pending', 'sending');
 CREATE INDEX effects_messages ON effects (contact_id, done_at) WHERE status = 'done';
 
 CREATE TABLE conversions (

@@ -429,8 +429,13 @@ impl Engine {
             return Ok(None);
         };
         // 1. Effects recorded by an earlier move but not yet performed.
-        for pending in effects::pending(connection, id).await? {
+        for pending in effects::pending(connection, id, self.clock.now()).await? {
             let now = self.clock.now();
+            let lease = Duration::from_std(self.config.effect_lease).unwrap_or_else(|_| Duration::minutes(5));
+            if !effects::claim(connection, &pending.key, now, now + lease).await? {
+                // Another worker is performing it and will carry the enrollment on.
+                return Ok(None);
+            }
             match self
                 .perform(journey, &enrollment, &contact, &pending.key, &pending.effect, now)
                 .await
@@ -502,7 +507,8 @@ impl Engine {
             }
             Err(_) => return Ok(None),
         };
-        let mut tx = self.store.begin().await?;
+        // The move's transaction runs on the job's connection: one connection per job.
+        let mut tx = sqlx::Connection::begin(&mut *connection).await?;
         contacts::apply(&mut tx, contact_id, &moved.changes, now).await?;
         if !enrollments::save_move(&mut tx, journey, &enrollment, &moved, now).await? {
             return Ok(None);

@@ -73,8 +73,8 @@ impl WakeHub {
 }
 
 /// A stream that yields whenever the worker should fetch.
-pub fn wake_stream(hub: Arc<WakeHub>) -> futures::channel::mpsc::Receiver<()> {
-    let (mut sender, receiver) = futures::channel::mpsc::channel(1);
+pub fn wake_stream(hub: Arc<WakeHub>) -> WakeStream {
+    let (sender, receiver) = tokio::sync::mpsc::channel(1);
     tokio::spawn(async move {
         // A wake-up that arrives while a fetch is already running is absorbed by that fetch,
         // which may have looked before the job was pushed: so every wake-up is repeated once,
@@ -109,14 +109,25 @@ pub fn wake_stream(hub: Arc<WakeHub>) -> futures::channel::mpsc::Receiver<()> {
                 _ = repeat => {
                     follow_up = None;
                 }
+                // The worker is gone (stopped or restarting): let its successor have the hub.
+                _ = sender.closed() => return,
             }
             // A full channel already holds a wake-up; the worker will fetch everything then.
-            if sender.try_send(()).is_err() && sender.is_closed() {
-                return;
-            }
+            let _ = sender.try_send(());
         }
     });
-    receiver
+    WakeStream(receiver)
+}
+
+/// What the apalis worker polls: one item per wake-up.
+pub struct WakeStream(tokio::sync::mpsc::Receiver<()>);
+
+impl futures::Stream for WakeStream {
+    type Item = ();
+
+    fn poll_next(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<()>> {
+        self.0.poll_recv(cx)
+    }
 }
 
 fn unix_ms() -> i64 {

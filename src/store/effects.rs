@@ -14,9 +14,15 @@ pub struct Pending {
     pub attempts: i32,
 }
 
-pub async fn pending(connection: &mut AnyConnection, enrollment_id: i64) -> Result<Vec<Pending>> {
-    let rows = sqlx::query("SELECT effect_key, step, payload, attempts FROM effects WHERE enrollment_id = $1 AND status = 'pending' ORDER BY created_at, effect_key")
-        .bind(enrollment_id)
+/// Effects of an enrollment still to perform: pending ones, and ones whose sender's lease ran
+/// out (it died while sending: the one window where a message can go out twice).
+pub async fn pending(connection: &mut AnyConnection, enrollment_id: i64, now: DateTime<Utc>) -> Result<Vec<Pending>> {
+    let rows = sqlx::query(
+        "SELECT effect_key, step, payload, attempts FROM effects
+         WHERE enrollment_id = $1 AND (status = 'pending' OR (status = 'sending' AND claimed_until < $2)) ORDER BY created_at, effect_key",
+    )
+    .bind(enrollment_id)
+    .bind(ms(now))
         .fetch_all(connection)
         .await?;
     rows.iter()
@@ -30,6 +36,25 @@ pub async fn pending(connection: &mut AnyConnection, enrollment_id: i64) -> Resu
             })
         })
         .collect()
+}
+
+/// Takes the right to perform an effect until `until`; false if another worker holds it.
+pub async fn claim(
+    connection: &mut AnyConnection,
+    key: &str,
+    now: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Result<bool> {
+    let result = sqlx::query(
+        "UPDATE effects SET status = 'sending', claimed_until = $1
+         WHERE effect_key = $2 AND (status = 'pending' OR (status = 'sending' AND claimed_until < $3))",
+    )
+    .bind(ms(until))
+    .bind(key)
+    .bind(ms(now))
+    .execute(connection)
+    .await?;
+    Ok(result.rows_affected() == 1)
 }
 
 pub async fn mark_done(connection: &mut AnyConnection, key: &str, result: &str, now: DateTime<Utc>) -> Result<()> {
@@ -46,7 +71,7 @@ pub async fn mark_done(connection: &mut AnyConnection, key: &str, result: &str, 
 
 pub async fn mark_attempt(connection: &mut AnyConnection, key: &str, error: &str, failed: bool) -> Result<i32> {
     let status = if failed { "failed" } else { "pending" };
-    let row = sqlx::query("UPDATE effects SET attempts = attempts + 1, last_error = $1, status = $2 WHERE effect_key = $3 RETURNING attempts")
+    let row = sqlx::query("UPDATE effects SET attempts = attempts + 1, last_error = $1, status = $2, claimed_until = NULL WHERE effect_key = $3 RETURNING attempts")
         .bind(error)
         .bind(status)
         .bind(key)

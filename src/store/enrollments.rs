@@ -316,7 +316,7 @@ pub async fn with_stale_effects(
 ) -> Result<Vec<(i64, u64)>> {
     let rows = sqlx::query(
         "SELECT DISTINCT e.id, e.seq FROM effects f JOIN enrollments e ON e.id = f.enrollment_id
-         WHERE f.status = 'pending' AND f.created_at <= $1 AND e.status <> 'failed' AND (e.due_at IS NULL OR e.due_at <= $1) LIMIT $2",
+         WHERE (f.status = 'pending' OR (f.status = 'sending' AND f.claimed_until < $1)) AND f.created_at <= $1 AND e.status <> 'failed' AND (e.due_at IS NULL OR e.due_at <= $1) LIMIT $2",
     )
     .bind(ms(before))
     .bind(limit)

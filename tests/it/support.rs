@@ -111,7 +111,8 @@ pub async fn test_config(mode: Mode, journeys: &Path) -> Config {
         reconcile_every: Duration::from_millis(300),
         reconcile_grace: Duration::from_secs(1),
         retry_base: Duration::from_millis(200),
-        concurrency: 16,
+        concurrency: 8,
+        db_pool: 6,
         ..Config::default()
     };
     if mode == Mode::Production {
