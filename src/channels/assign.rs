@@ -6,13 +6,14 @@ use super::Error;
 use crate::engine::Contact;
 use crate::expr::{ContactFacts, EventCounter};
 use crate::journey::sales::{Rep, Strategy, Team};
-use crate::store::{Store, ms};
+use crate::store::ms;
 use chrono::{DateTime, Utc};
+use sqlx::AnyConnection;
 use sqlx::Row;
 
 /// Picks a rep and records the assignment; returns the rep's id.
 pub async fn assign(
-    store: &Store,
+    connection: &mut AnyConnection,
     team: &Team,
     contact: &Contact,
     enrollment_id: i64,
@@ -29,7 +30,7 @@ pub async fn assign(
             .bind(enrollment_id)
             .bind(&team.id)
             .bind(ms(now) - 60_000)
-            .fetch_optional(&store.pool)
+            .fetch_optional(&mut *connection)
             .await
             .map_err(db)?
     {
@@ -40,14 +41,14 @@ pub async fn assign(
         let row = sqlx::query("SELECT COUNT(*) FROM assignments WHERE team = $1 AND rep = $2 AND status = 'assigned'")
             .bind(&team.id)
             .bind(&rep.id)
-            .fetch_one(&store.pool)
+            .fetch_one(&mut *connection)
             .await
             .map_err(db)?;
         open.push(row.try_get::<i64, _>(0).map_err(db)?);
     }
     let total_row = sqlx::query("SELECT COUNT(*) FROM assignments WHERE team = $1")
         .bind(&team.id)
-        .fetch_one(&store.pool)
+        .fetch_one(&mut *connection)
         .await
         .map_err(db)?;
     let total: i64 = total_row.try_get(0).map_err(db)?;
@@ -59,13 +60,13 @@ pub async fn assign(
         .bind(&team.id)
         .bind(&rep.id)
         .bind(ms(now))
-        .execute(&store.pool)
+        .execute(&mut *connection)
         .await
         .map_err(db)?;
     sqlx::query("UPDATE contacts SET owner = $1 WHERE id = $2")
         .bind(&rep.id)
         .bind(contact_id)
-        .execute(&store.pool)
+        .execute(&mut *connection)
         .await
         .map_err(db)?;
     Ok(rep.id.clone())

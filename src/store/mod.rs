@@ -104,16 +104,6 @@ impl Store {
         Ok(result.rows_affected() == 1)
     }
 
-    /// The source text of a stored journey version, for enrollments still on it.
-    pub async fn journey_source(&self, journey_id: &str, version: &str) -> Result<Option<(String, String)>> {
-        let row = sqlx::query("SELECT file, source FROM journey_versions WHERE journey_id = $1 AND version = $2")
-            .bind(journey_id)
-            .bind(version)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|r| (r.get::<String, _>(0), r.get::<String, _>(1))))
-    }
-
     /// Claims one tick of a schedule for this process; false if another process has it.
     pub async fn claim_tick(
         &self,
@@ -141,6 +131,20 @@ impl Store {
             .await?;
         Ok(())
     }
+}
+
+/// The source text of a stored journey version, for enrollments still on it.
+pub async fn journey_source(
+    connection: &mut sqlx::AnyConnection,
+    journey_id: &str,
+    version: &str,
+) -> Result<Option<(String, String)>> {
+    let row = sqlx::query("SELECT file, source FROM journey_versions WHERE journey_id = $1 AND version = $2")
+        .bind(journey_id)
+        .bind(version)
+        .fetch_optional(connection)
+        .await?;
+    Ok(row.map(|r| (r.get::<String, _>(0), r.get::<String, _>(1))))
 }
 
 pub fn ms(at: DateTime<Utc>) -> i64 {
