@@ -449,15 +449,7 @@ impl Engine {
                 return Ok(None);
             }
             match self
-                .perform(
-                    connection,
-                    journey,
-                    &enrollment,
-                    &contact,
-                    &pending.key,
-                    &pending.effect,
-                    now,
-                )
+                .perform(connection, journey, &enrollment, &contact, &pending, now)
                 .await
             {
                 Ok(result) => {
@@ -564,10 +556,10 @@ impl Engine {
         journey: &Journey,
         enrollment: &Enrollment,
         contact: &Contact,
-        key: &str,
-        effect: &Effect,
+        pending: &effects::Pending,
         now: DateTime<Utc>,
     ) -> Result<String, channels::Error> {
+        let (key, effect) = (pending.key.as_str(), &pending.effect);
         let catalog = self.catalog();
         let unsubscribe_url = format!(
             "{}/u/{}",
