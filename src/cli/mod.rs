@@ -2,6 +2,7 @@
 
 mod admin;
 mod graph;
+mod plan;
 mod serve;
 mod simulate;
 mod validate;
@@ -35,6 +36,8 @@ enum Command {
     Migrate,
     /// Compile the journeys and store their versions.
     Reload,
+    /// Show what reloading the journeys would do to contacts in flight.
+    Plan(plan::Args),
     /// Failed enrollments: list and retry.
     #[command(subcommand)]
     Enrollments(admin::Enrollments),
@@ -71,6 +74,7 @@ pub fn run() -> ExitCode {
         Command::Worker(args) => serve::run(args, false),
         Command::Migrate => admin::migrate(),
         Command::Reload => admin::reload(),
+        Command::Plan(args) => plan::run(args),
         Command::Enrollments(command) => admin::enrollments(command),
     };
     match result {
@@ -105,7 +109,7 @@ pub fn init_tracing() {
         .try_init();
 }
 
-fn print_diagnostics(diagnostics: &[Diagnostic]) {
+pub(crate) fn print_diagnostics(diagnostics: &[Diagnostic]) {
     for diagnostic in diagnostics {
         eprintln!("{diagnostic}");
     }

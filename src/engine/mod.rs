@@ -9,6 +9,7 @@
 pub mod clock;
 pub mod contact;
 pub mod message;
+pub mod plan;
 pub mod runner;
 pub mod simulate;
 pub mod transition;

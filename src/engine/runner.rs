@@ -11,7 +11,7 @@ use crate::channels::sms::SmsSender;
 use crate::channels::{self, assign};
 use crate::config::Config;
 use crate::expr::{EventCounter, EventFacts};
-use crate::journey::model::{Journey, Trigger};
+use crate::journey::model::{Journey, OnChange, Trigger};
 use crate::journey::values::Stage;
 use crate::journey::{self, Catalog, Sources};
 use crate::queue::{Queue, StepJob};
@@ -119,8 +119,86 @@ impl Engine {
             }
         }
         *self.sources.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(sources);
-        *self.catalog.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(catalog);
+        *self.catalog.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(catalog.clone());
+        for journey in catalog
+            .journeys
+            .iter()
+            .filter(|j| matches!(j.on_change, OnChange::Migrate(_)))
+        {
+            let moved = self.migrate_in_flight(journey).await?;
+            if moved > 0 {
+                info!(journey = %journey.id, version = %journey.version, moved, "Moved running enrollments to the new version.");
+            }
+        }
         Ok(())
+    }
+
+    /// `on_change: migrate`: moves unfinished enrollments of older versions to the matching
+    /// step of this one (see `plan::migration_target`). Waits keep their deadline when the new
+    /// step waits the same way; otherwise the new step is entered now.
+    async fn migrate_in_flight(&self, journey: &Arc<Journey>) -> Result<usize> {
+        let now = self.clock.now();
+        let mut connection = self.store.pool.acquire().await?;
+        let mut jobs = Vec::new();
+        for enrollment in enrollments::open_on_other_versions(&mut connection, &journey.id, &journey.version).await? {
+            let Some(old) = self.journey(&mut connection, &journey.id, &enrollment.version).await? else {
+                continue;
+            };
+            let (old_step, parked) = match &enrollment.position {
+                Position::Entering { step } => (*step, None),
+                Position::Parked { step, until, reason } => (*step, Some((*until, *reason))),
+                Position::Finished { .. } => continue,
+            };
+            let Some(step_id) = old.steps.get(old_step).map(|s| s.id.clone()) else {
+                continue;
+            };
+            let Some(target) = super::plan::migration_target(journey, &step_id) else {
+                continue;
+            };
+            let position = match journey.step_index(&target) {
+                None => Position::Finished {
+                    outcome: Outcome::Completed,
+                },
+                Some(index) => match parked {
+                    Some((until, reason)) if same_wait(&old.steps[old_step].kind, &journey.steps[index].kind) => {
+                        Position::Parked {
+                            step: index,
+                            until,
+                            reason,
+                        }
+                    }
+                    _ => Position::Entering { step: index },
+                },
+            };
+            let record = super::transition::StepRecord {
+                step: target.clone(),
+                kind: "migrate".into(),
+                seq: enrollment.seq,
+                at: now,
+                outcome: "migrated".into(),
+                detail: format!("from step {step_id} of version {}", enrollment.version),
+            };
+            let moved = super::transition::Advance {
+                position: position.clone(),
+                seq: enrollment.seq + 1,
+                changes: vec![],
+                effects: vec![],
+                records: vec![record],
+            };
+            let id: i64 = enrollment.id.parse().unwrap_or_default();
+            let mut tx = sqlx::Connection::begin(&mut *connection).await?;
+            if enrollments::save_move(&mut tx, journey, &enrollment, &moved, now).await? {
+                enrollments::set_version(&mut tx, id, &journey.version).await?;
+                tx.commit().await?;
+                if let Some(job) = job_for(&enrollment, &position, moved.seq, now) {
+                    jobs.push(job);
+                }
+            }
+        }
+        let count = jobs.len();
+        drop(connection);
+        self.enqueue(jobs).await?;
+        Ok(count)
     }
 
     /// The journey an enrollment runs on: the current version, or an older stored one.
@@ -711,6 +789,16 @@ impl Engine {
             .await?;
         info!(journey = %journey.id, %tick, enrolled, "Schedule fired.");
         Ok(Some(enrolled))
+    }
+}
+
+/// Whether two steps hold a contact the same way, so a migrated wait keeps its deadline.
+fn same_wait(old: &crate::journey::model::StepKind, new: &crate::journey::model::StepKind) -> bool {
+    use crate::journey::model::StepKind::*;
+    match (old, new) {
+        (Wait(_) | WaitUntil { .. }, Wait(_) | WaitUntil { .. }) => true,
+        (WaitFor { event: a, .. }, WaitFor { event: b, .. }) => a.event == b.event,
+        _ => false,
     }
 }
 

@@ -284,6 +284,32 @@ pub async fn record_conversion(
     Ok(())
 }
 
+/// Unfinished enrollments of a journey on versions other than `version`.
+pub async fn open_on_other_versions(
+    connection: &mut AnyConnection,
+    journey_id: &str,
+    version: &str,
+) -> Result<Vec<Enrollment>> {
+    let rows = sqlx::query(select_enrollments!(
+        "WHERE journey_id = $1 AND version <> $2 AND status IN ('active', 'waiting')"
+    ))
+    .bind(journey_id)
+    .bind(version)
+    .fetch_all(connection)
+    .await?;
+    rows.iter().map(|row| from_row(row).map(|(e, _, _)| e)).collect()
+}
+
+/// Moves an enrollment (already saved with `save_move`) onto another version.
+pub async fn set_version(tx: &mut Tx<'_>, id: i64, version: &str) -> Result<()> {
+    sqlx::query("UPDATE enrollments SET version = $1 WHERE id = $2")
+        .bind(version)
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 /// Enrollments waiting for this event of this contact, with the `seq` they wait at.
 pub async fn waiting_for(connection: &mut AnyConnection, contact_id: i64, event: &str) -> Result<Vec<(i64, u64)>> {
     let rows = sqlx::query("SELECT enrollment_id, seq FROM waiters WHERE contact_id = $1 AND event_name = $2")

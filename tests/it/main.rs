@@ -6,3 +6,4 @@ mod engine;
 mod language;
 mod simulate;
 mod support;
+mod versions;
