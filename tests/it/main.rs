@@ -4,6 +4,7 @@ mod cli;
 mod durability;
 mod engine;
 mod language;
+mod retries;
 mod simulate;
 mod support;
 mod versions;

@@ -206,3 +206,86 @@ pub fn count_files(dir: &Path) -> usize {
         .map(|e| if e.path().is_dir() { count_files(&e.path()) } else { 1 })
         .sum()
 }
+
+/// A real SMTP server on a loopback port that records what it receives. `fail_first` makes it
+/// answer the first N `MAIL FROM`s with `code` (e.g. 451 transient, 550 permanent).
+pub struct SmtpSink {
+    pub port: u16,
+    pub messages: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl SmtpSink {
+    pub async fn start(fail_first: usize, code: u16) -> SmtpSink {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let messages = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let failures = Arc::new(AtomicUsize::new(fail_first));
+        let store = messages.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let store = store.clone();
+                let failures = failures.clone();
+                tokio::spawn(async move {
+                    let (read, mut write) = socket.into_split();
+                    let mut lines = BufReader::new(read);
+                    let _ = write.write_all(b"220 sink ESMTP\r\n").await;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if lines.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let command = line.trim_end().to_ascii_uppercase();
+                        let reply: String = if command.starts_with("EHLO") || command.starts_with("HELO") {
+                            "250-sink\r\n250 8BITMIME\r\n".into()
+                        } else if command.starts_with("MAIL FROM") {
+                            let left = failures.load(Ordering::SeqCst);
+                            if left > 0 {
+                                failures.store(left - 1, Ordering::SeqCst);
+                                format!("{code} try again later\r\n")
+                            } else {
+                                "250 OK\r\n".into()
+                            }
+                        } else if command.starts_with("DATA") {
+                            let _ = write.write_all(b"354 go ahead\r\n").await;
+                            let mut body = String::new();
+                            loop {
+                                line.clear();
+                                if lines.read_line(&mut line).await.unwrap_or(0) == 0 {
+                                    return;
+                                }
+                                if line == ".\r\n" {
+                                    break;
+                                }
+                                body.push_str(&line);
+                            }
+                            store.lock().unwrap().push(body);
+                            "250 queued\r\n".into()
+                        } else if command.starts_with("QUIT") {
+                            let _ = write.write_all(b"221 bye\r\n").await;
+                            return;
+                        } else {
+                            "250 OK\r\n".into()
+                        };
+                        if write.write_all(reply.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        SmtpSink { port, messages }
+    }
+
+    pub fn url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.port)
+    }
+
+    pub fn count(&self) -> usize {
+        self.messages.lock().unwrap().len()
+    }
+}
