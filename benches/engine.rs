@@ -9,7 +9,8 @@
 //! Each phase gets a fresh environment (SQLite files or PostgreSQL database and Redis
 //! namespace), a worker in this process, and the real clock. Environment variables:
 //! `NURTURE_BENCH_MODES` (`embedded,production`), `NURTURE_BENCH_TIMER_CONTACTS` (10000),
-//! `NURTURE_BENCH_STEPS_CONTACTS` (5000), `NURTURE_BENCH_CONCURRENCY` (worker, 48), and the
+//! `NURTURE_BENCH_STEPS_CONTACTS` (5000), `NURTURE_BENCH_CONCURRENCY` (worker, 48),
+//! `NURTURE_BENCH_LOG` (set: the engine's logs on stderr, filtered by `RUST_LOG`), and the
 //! test suite's `NURTURE_TEST_DATABASE_URL` and `NURTURE_TEST_REDIS_URL`.
 
 use futures::{StreamExt, stream};
@@ -500,6 +501,9 @@ fn print_summary(timers: &[TimerResult], steps: &[StepsResult], concurrency: usi
 #[tokio::main]
 async fn main() {
     // `cargo bench` passes `--bench`; there is nothing to filter.
+    if std::env::var_os("NURTURE_BENCH_LOG").is_some() {
+        nurture::cli::init_tracing();
+    }
     let modes: Vec<Mode> = std::env::var("NURTURE_BENCH_MODES")
         .unwrap_or_else(|_| "embedded,production".into())
         .split(',')

@@ -30,8 +30,14 @@ pub struct Config {
     /// `smtp://user:pass@host:port`; unset means the outbox.
     pub smtp_url: Option<String>,
     pub mail_from: String,
-    /// Public base URL, for unsubscribe links.
-    pub public_url: String,
+    /// Country calling code for phone numbers written without one (86: China).
+    pub phone_country_code: String,
+    /// Write keys accepted by the events API (`NURTURE_WRITE_KEYS`, comma-separated).
+    pub write_keys: Vec<String>,
+    /// Admin tokens for everything else (`NURTURE_ADMIN_TOKENS`, comma-separated).
+    pub admin_tokens: Vec<String>,
+    /// Public base URL, for links in messages and analytics.js settings; default `http://LISTEN`.
+    pub public_url: Option<String>,
     /// How often the reconciler looks for due steps that have no job.
     #[serde(with = "humantime_secs")]
     pub reconcile_every: Duration,
@@ -65,7 +71,10 @@ impl Default for Config {
             outbox: PathBuf::from("outbox"),
             smtp_url: None,
             mail_from: "nurture <nurture@localhost>".into(),
-            public_url: "http://127.0.0.1:8080".into(),
+            public_url: None,
+            phone_country_code: "86".into(),
+            write_keys: Vec::new(),
+            admin_tokens: Vec::new(),
             reconcile_every: Duration::from_secs(30),
             reconcile_grace: Duration::from_secs(60),
             effect_lease: Duration::from_secs(300),
@@ -152,7 +161,7 @@ impl Config {
             self.sqlite_path = path.into();
         }
         if let Some(url) = set(get("NURTURE_PUBLIC_URL")) {
-            self.public_url = url;
+            self.public_url = Some(url);
         }
         for (name, field) in [
             ("NURTURE_RECONCILE_EVERY", &mut self.reconcile_every),
@@ -172,6 +181,16 @@ impl Config {
                 message: format!("`{text}` is not a number"),
             })?;
         }
+        let list = |text: String| text.split(',').map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect::<Vec<_>>();
+        if let Some(keys) = set(get("NURTURE_WRITE_KEYS")) {
+            self.write_keys = list(keys);
+        }
+        if let Some(tokens) = set(get("NURTURE_ADMIN_TOKENS")) {
+            self.admin_tokens = list(tokens);
+        }
+        if let Some(code) = set(get("NURTURE_PHONE_COUNTRY_CODE")) {
+            self.phone_country_code = code.trim_start_matches('+').to_string();
+        }
         if let Some(text) = set(get("NURTURE_DB_POOL")) {
             self.db_pool = text.parse().map_err(|_| Error::Env {
                 name: "NURTURE_DB_POOL".into(),
@@ -185,6 +204,10 @@ impl Config {
             })?;
         }
         Ok(())
+    }
+
+    pub fn public_url(&self) -> String {
+        self.public_url.clone().unwrap_or_else(|| format!("http://{}", self.listen)).trim_end_matches('/').to_string()
     }
 
     pub fn is_embedded(&self) -> bool {

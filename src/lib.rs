@@ -7,11 +7,13 @@
 //! - [`engine`]: the enrollment state machine (`transition`), the clock and the simulator.
 //! - [`cli`]: the `nurture` command.
 
+pub mod api;
 pub mod app;
 pub mod channels;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod events;
 pub mod expr;
 pub mod journey;
 pub mod project;

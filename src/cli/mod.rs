@@ -28,10 +28,12 @@ enum Command {
     Graph(graph::Args),
     /// Run a journey for one contact on a virtual clock, with no network.
     Simulate(simulate::Args),
-    /// Run everything: step workers, schedules and the reconciler.
+    /// Run everything: the events API, step workers, schedules and the reconciler.
     Serve(serve::Args),
     /// Run step workers only (scale out by starting more).
     Worker(serve::Args),
+    /// Run the HTTP API only.
+    Api(serve::Args),
     /// Apply database migrations.
     Migrate,
     /// Compile the journeys and store their versions.
@@ -70,8 +72,9 @@ pub fn run() -> ExitCode {
         Command::Validate(args) => validate::run(args),
         Command::Graph(args) => graph::run(args),
         Command::Simulate(args) => simulate::run(args),
-        Command::Serve(args) => serve::run(args, true),
-        Command::Worker(args) => serve::run(args, false),
+        Command::Serve(args) => serve::run(args, serve::Role::Serve),
+        Command::Worker(args) => serve::run(args, serve::Role::Worker),
+        Command::Api(args) => serve::run(args, serve::Role::Api),
         Command::Migrate => admin::migrate(),
         Command::Reload => admin::reload(),
         Command::Plan(args) => plan::run(args),

@@ -3,7 +3,7 @@
 
 use crate::app;
 use crate::config::Config;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::process::ExitCode;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -30,7 +30,18 @@ pub fn config_with(args: &Args) -> Result<Config> {
     Ok(config)
 }
 
-pub fn run(args: Args, with_scheduler: bool) -> Result<ExitCode> {
+/// What a process runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// API, step workers, schedules and the reconciler.
+    Serve,
+    /// Step workers and the reconciler.
+    Worker,
+    /// The HTTP API only.
+    Api,
+}
+
+pub fn run(args: Args, role: Role) -> Result<ExitCode> {
     let config = config_with(&args)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
@@ -45,28 +56,35 @@ pub fn run(args: Args, with_scheduler: bool) -> Result<ExitCode> {
         } else {
             "production mode: PostgreSQL + Redis".to_string()
         };
-        info!(
-            journeys = engine.catalog().journeys.len(),
-            "nurture is running ({mode})."
-        );
+        info!(journeys = engine.catalog().journeys.len(), "nurture is running ({mode}).");
         let (stop, stopped) = watch::channel(false);
         let wait = |mut receiver: watch::Receiver<bool>| async move {
             let _ = receiver.wait_for(|stop| *stop).await;
         };
-        let role = if with_scheduler { "serve" } else { "worker" };
-        let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(app::run_worker(
-            engine.clone(),
-            app::process_name(role),
-            wait(stopped.clone()),
-        ));
-        let reconciler = engine.clone();
-        let reconciler_stop = wait(stopped.clone());
-        tasks.spawn(async move {
-            app::run_reconciler(reconciler, reconciler_stop).await;
-            Ok(())
-        });
-        if with_scheduler {
+        let mut tasks: tokio::task::JoinSet<anyhow::Result<()>> = tokio::task::JoinSet::new();
+        if role != Role::Api {
+            let name = app::process_name(if role == Role::Serve { "serve" } else { "worker" });
+            tasks.spawn(app::run_worker(engine.clone(), name, wait(stopped.clone())));
+            let reconciler = engine.clone();
+            let reconciler_stop = wait(stopped.clone());
+            tasks.spawn(async move {
+                app::run_reconciler(reconciler, reconciler_stop).await;
+                Ok(())
+            });
+        }
+        if role != Role::Worker {
+            let listener = tokio::net::TcpListener::bind(&engine.config.listen)
+                .await
+                .with_context(|| format!("Failed to listen on {}", engine.config.listen))?;
+            info!(address = %listener.local_addr()?, "Events API listening.");
+            let state = crate::api::AppState { keys: Arc::new(crate::api::keys_for(&engine)), engine: engine.clone() };
+            let api_stop = wait(stopped.clone());
+            tasks.spawn(async move {
+                crate::api::serve(listener, crate::api::router(state), api_stop).await?;
+                Ok(())
+            });
+        }
+        if role == Role::Serve {
             let scheduler = engine.clone();
             let scheduler_stop = wait(stopped.clone());
             tasks.spawn(async move {

@@ -260,18 +260,27 @@ impl Engine {
     pub async fn track(&self, contact_id: i64, event: EventFacts) -> Result<Vec<i64>> {
         let now = self.clock.now();
         let at = event.timestamp.unwrap_or(now);
-        let catalog = self.catalog();
         let mut tx = self.store.begin().await?;
         contacts::record_event(&mut tx, contact_id, &event, at).await?;
-        let Some(contact) = contacts::load(&mut tx, contact_id).await? else {
+        let (started, jobs) = self.react(&mut tx, contact_id, &event, now).await?;
+        tx.commit().await?;
+        self.enqueue(jobs).await?;
+        Ok(started)
+    }
+
+    /// What an event does to journeys, inside the caller's transaction: goals, answered waits,
+    /// new enrollments. Returns the new enrollment ids and the jobs to enqueue after commit.
+    pub(crate) async fn react(&self, tx: &mut store::Tx<'_>, contact_id: i64, event: &EventFacts, now: DateTime<Utc>) -> Result<(Vec<i64>, Vec<(StepJob, DateTime<Utc>)>)> {
+        let catalog = self.catalog();
+        let Some(contact) = contacts::load(tx, contact_id).await? else {
             return Err(Error::Invalid(format!("no contact {contact_id}")));
         };
         let mut jobs = Vec::new();
         // Goals and waits of the contact's open enrollments.
-        let waiting: Vec<(i64, u64)> = enrollments::waiting_for(&mut tx, contact_id, &event.name).await?;
-        for enrollment in enrollments::open_of_contact(&mut tx, contact_id).await? {
+        let waiting: Vec<(i64, u64)> = enrollments::waiting_for(&mut *tx, contact_id, &event.name).await?;
+        for enrollment in enrollments::open_of_contact(&mut *tx, contact_id).await? {
             let Some(journey) = self
-                .journey(&mut tx, &enrollment.journey_id, &enrollment.version)
+                .journey(&mut *tx, &enrollment.journey_id, &enrollment.version)
                 .await?
             else {
                 continue;
@@ -283,23 +292,23 @@ impl Engine {
             if !awaited && !goal {
                 continue;
             }
-            let history = self.preload(&mut tx, &journey, contact_id, now).await?;
+            let history = self.preload(&mut *tx, &journey, contact_id, now).await?;
             let world = World {
                 contact: &contact,
                 now,
                 history: &history,
             };
-            let Ok(moved) = advance(&journey, &enrollment, enrollment.seq, Input::Event(&event), &world) else {
+            let Ok(moved) = advance(&journey, &enrollment, enrollment.seq, Input::Event(event), &world) else {
                 continue;
             };
-            contacts::apply(&mut tx, contact_id, &moved.changes, now).await?;
-            if enrollments::save_move(&mut tx, &journey, &enrollment, &moved, now).await? {
+            contacts::apply(&mut *tx, contact_id, &moved.changes, now).await?;
+            if enrollments::save_move(&mut *tx, &journey, &enrollment, &moved, now).await? {
                 if moved.position
                     == (Position::Finished {
                         outcome: Outcome::Converted,
                     })
                 {
-                    enrollments::record_conversion(&mut tx, &enrollment, &event, now).await?;
+                    enrollments::record_conversion(&mut *tx, &enrollment, event, now).await?;
                 }
                 if let Some(job) = job_for(&enrollment, &moved.position, moved.seq, now) {
                     jobs.push(job);
@@ -318,13 +327,13 @@ impl Engine {
             };
             if let Some(condition) = &matcher.condition {
                 let view = contact.facts_view();
-                let history = self.preload(&mut tx, journey, contact_id, now).await?;
-                let facts = contact.facts(&view, Some(&event), Some(&event), now, &history);
+                let history = self.preload(&mut *tx, journey, contact_id, now).await?;
+                let facts = contact.facts(&view, Some(event), Some(event), now, &history);
                 if condition.eval_bool(&facts) != Ok(true) {
                     continue;
                 }
             }
-            if let Some(enrollment) = self.try_enroll(&mut tx, journey, &contact, Some(&event), now).await? {
+            if let Some(enrollment) = self.try_enroll(&mut *tx, journey, &contact, Some(&event), now).await? {
                 started.push(enrollment.id.parse().unwrap_or_default());
                 jobs.push((
                     StepJob {
@@ -335,9 +344,7 @@ impl Engine {
                 ));
             }
         }
-        tx.commit().await?;
-        self.enqueue(jobs).await?;
-        Ok(started)
+        Ok((started, jobs))
     }
 
     /// The contact reached a lifecycle stage: start the journeys that wait for it.
@@ -435,6 +442,10 @@ impl Engine {
             None => (now, 0),
         };
         Ok(Preloaded { counts, messages })
+    }
+
+    pub(crate) async fn enqueue_jobs(&self, jobs: Vec<(StepJob, DateTime<Utc>)>) -> Result<()> {
+        self.enqueue(jobs).await
     }
 
     async fn enqueue(&self, jobs: Vec<(StepJob, DateTime<Utc>)>) -> Result<()> {
@@ -641,7 +652,7 @@ impl Engine {
         let catalog = self.catalog();
         let unsubscribe_url = format!(
             "{}/u/{}",
-            self.config.public_url.trim_end_matches('/'),
+            self.config.public_url(),
             unsubscribe_token(&contact.id)
         );
         let data = template_data(journey, enrollment, contact, &unsubscribe_url, now);

@@ -4,6 +4,7 @@
 pub mod contacts;
 pub mod effects;
 pub mod enrollments;
+pub mod identities;
 
 use chrono::{DateTime, TimeZone, Utc};
 use sqlx::any::{AnyPoolOptions, AnyRow};

@@ -1,0 +1,67 @@
+//! The HTTP API (axum): Segment-compatible ingestion at the host root, the contact 360 view,
+//! erasure, the failed-enrollment list, and `/openapi.json`.
+
+mod auth;
+mod contacts;
+mod error;
+mod ingest;
+mod openapi;
+
+pub use auth::Keys;
+pub use error::ApiError;
+
+use crate::engine::runner::Engine;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderName, Method};
+use axum::routing::{get, post};
+use axum::Router;
+use std::future::Future;
+use std::sync::Arc;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    pub keys: Arc<Keys>,
+}
+
+/// The keys the config names; in the embedded mode with none configured, the write key `dev`
+/// and the admin token `dev`, so a fresh machine works out of the box.
+pub fn keys_for(engine: &Engine) -> Keys {
+    let config = &engine.config;
+    if config.is_embedded() && config.write_keys.is_empty() && config.admin_tokens.is_empty() {
+        tracing::warn!("No NURTURE_WRITE_KEYS or NURTURE_ADMIN_TOKENS: accepting `dev` for both (embedded mode only).");
+        return Keys::new(&["dev".into()], &["dev".into()]);
+    }
+    if config.write_keys.is_empty() {
+        tracing::warn!("No NURTURE_WRITE_KEYS configured: the events API will refuse every request.");
+    }
+    Keys::new(&config.write_keys, &config.admin_tokens)
+}
+
+pub fn router(state: AppState) -> Router {
+    // Browsers (analytics.js) send `Authorization`, so every call is preceded by a preflight.
+    let cors = CorsLayer::new()
+        .allow_origin(AllowOrigin::mirror_request())
+        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, HeaderName::from_static("x-retry-count")])
+        .max_age(std::time::Duration::from_secs(3600));
+    Router::new()
+        .route("/v1/{route}", post(ingest::ingest))
+        .route("/v1/projects/{key}/settings", get(ingest::settings))
+        .route("/v1/contacts", get(contacts::search))
+        .route("/v1/contacts/{id}", get(contacts::show).delete(contacts::erase))
+        .route("/v1/enrollments/failed", get(contacts::failed))
+        .route("/v1/enrollments/{id}/retry", post(contacts::retry))
+        .route("/openapi.json", get(openapi::document))
+        .route("/health", get(|| async { "ok" }))
+        // Bodies are measured again after gunzip; this only bounds what we read off the wire.
+        .layer(DefaultBodyLimit::max(4 * 1024 * 1024))
+        .layer(cors)
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` completes.
+pub async fn serve(listener: tokio::net::TcpListener, router: Router, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}

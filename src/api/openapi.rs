@@ -1,0 +1,78 @@
+//! `GET /openapi.json`: the OpenAPI 3.1 description of every endpoint.
+
+use axum::Json;
+use serde_json::{json, Value};
+
+pub async fn document() -> Json<Value> {
+    let message = json!({"$ref": "#/components/schemas/Message"});
+    let ingest = |summary: &str, kind: &str| {
+        json!({"post": {
+            "summary": summary, "tags": ["events"], "security": [{"writeKey": []}],
+            "description": format!("Segment-compatible `{kind}`. JSON whatever the Content-Type; gzip accepted; at most 32 KB."),
+            "requestBody": {"required": true, "content": {"application/json": {"schema": message}, "text/plain": {"schema": message}}},
+            "responses": responses()
+        }})
+    };
+    let admin = json!([{"adminToken": []}]);
+    Json(json!({
+        "openapi": "3.1.0",
+        "info": {"title": "nurture", "version": env!("CARGO_PKG_VERSION"), "description": "Events in (Segment tracking spec), contacts out."},
+        "paths": {
+            "/v1/track": ingest("Record an event", "track"),
+            "/v1/identify": ingest("Identify a person and set traits", "identify"),
+            "/v1/page": ingest("Record a page view", "page"),
+            "/v1/screen": ingest("Record a screen view", "screen"),
+            "/v1/group": ingest("Associate a person with a group", "group"),
+            "/v1/alias": ingest("Merge two identities", "alias"),
+            "/v1/batch": {"post": {
+                "summary": "Send many messages", "tags": ["events"], "security": [{"writeKey": []}],
+                "description": "Also `/v1/import` and `/v1/b`. At most 500 KB and 2,500 messages; a bad message is reported by index and the good ones are kept.",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["batch"], "properties": {"batch": {"type": "array", "items": message}, "sentAt": {"type": "string", "format": "date-time"}, "context": {"type": "object"}, "writeKey": {"type": "string"}}}}}},
+                "responses": responses()
+            }},
+            "/v1/projects/{key}/settings": {"get": {"summary": "Settings for analytics.js", "tags": ["events"], "parameters": [{"name": "key", "in": "path", "required": true, "schema": {"type": "string"}}], "responses": {"200": {"description": "Where to send events"}, "404": error_response("Unknown write key")}}},
+            "/v1/contacts": {"get": {"summary": "Find a contact by email, phone or user id", "tags": ["contacts"], "security": admin,
+                "parameters": [{"name": "email", "in": "query", "schema": {"type": "string"}}, {"name": "phone", "in": "query", "schema": {"type": "string"}}, {"name": "user_id", "in": "query", "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "The contact 360 view"}, "400": error_response("No lookup key"), "401": error_response("No or unknown token"), "403": error_response("A write key, not an admin token"), "404": error_response("No such contact")}}},
+            "/v1/contacts/{id}": {
+                "get": {"summary": "The contact 360 view", "tags": ["contacts"], "security": admin, "parameters": [id_parameter()], "responses": {"200": {"description": "Traits, stage, score, tags, events, enrollments, messages, owner"}, "401": error_response("No or unknown token"), "404": error_response("No such contact")}},
+                "delete": {"summary": "Erase a contact (GDPR/PIPL)", "tags": ["contacts"], "security": admin, "parameters": [id_parameter()], "responses": {"204": {"description": "Erased"}, "404": error_response("No such contact")}}
+            },
+            "/v1/enrollments/failed": {"get": {"summary": "Failed enrollments (the dead-letter list)", "tags": ["enrollments"], "security": admin, "responses": {"200": {"description": "Newest first"}}}},
+            "/v1/enrollments/{id}/retry": {"post": {"summary": "Retry a failed enrollment", "tags": ["enrollments"], "security": admin, "parameters": [id_parameter()], "responses": {"200": {"description": "Queued again"}, "404": error_response("Not in the failed list")}}}
+        },
+        "components": {
+            "securitySchemes": {
+                "writeKey": {"type": "http", "scheme": "basic", "description": "The write key as the user name, empty password; or `writeKey` in the body."},
+                "adminToken": {"type": "http", "scheme": "bearer"}
+            },
+            "schemas": {
+                "Message": {"type": "object", "properties": {
+                    "type": {"type": "string", "enum": ["identify", "track", "page", "screen", "group", "alias"]},
+                    "userId": {"type": ["string", "number", "null"]}, "anonymousId": {"type": ["string", "number", "null"]},
+                    "event": {"type": "string"}, "properties": {"type": "object"}, "traits": {"type": "object"}, "context": {"type": "object"},
+                    "messageId": {"type": "string"}, "timestamp": {"type": "string", "format": "date-time"}, "sentAt": {"type": "string", "format": "date-time"},
+                    "previousId": {"type": "string"}, "groupId": {"type": "string"}, "name": {"type": "string"}, "writeKey": {"type": "string"}
+                }},
+                "Error": {"type": "object", "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"}, "details": {"type": "object"}}}}}
+            }
+        }
+    }))
+}
+
+fn responses() -> Value {
+    json!({
+        "200": {"description": "Stored: `{\"success\": true}` (with `accepted` and `rejected` when some batch items were refused)"},
+        "400": error_response("Invalid JSON, too large, or no valid message; `field` names the problem"),
+        "401": error_response("Missing or unknown write key"),
+        "503": error_response("Not stored; retry (Retry-After)")
+    })
+}
+
+fn error_response(description: &str) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
+}
+
+fn id_parameter() -> Value {
+    json!({"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}})
+}

@@ -1,0 +1,214 @@
+//! Ingestion: Segment messages become contacts (identity resolution), profile updates and
+//! events, and events move journeys. One transaction per request: when it commits the request
+//! is durably stored; a message id seen before from the same source is skipped.
+
+use super::runner::{Engine, Result};
+use crate::events::{Kind, Message};
+use crate::expr::EventFacts;
+use crate::queue::StepJob;
+use crate::store::{self, contacts, identities, ms};
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value as Json};
+
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Ingested {
+    pub accepted: usize,
+    /// Replays of messages already stored (same source and `messageId`).
+    pub duplicates: usize,
+    /// Contacts the messages were attributed to, in message order (`None` for duplicates).
+    #[serde(skip)]
+    pub contacts: Vec<Option<i64>>,
+}
+
+/// Trims and lowercases an email; `None` if it does not look like one.
+pub fn normalize_email(text: &str) -> Option<String> {
+    let email = text.trim().to_lowercase();
+    let (local, domain) = email.split_once('@')?;
+    (!local.is_empty() && domain.contains('.') && !email.contains(char::is_whitespace)).then_some(email)
+}
+
+/// E.164 (`+8613800138000`) from what people type; national numbers get `country_code`.
+pub fn normalize_phone(text: &str, country_code: &str) -> Option<String> {
+    let trimmed = text.trim();
+    let digits: String = trimmed.chars().filter(char::is_ascii_digit).collect();
+    let number = if trimmed.starts_with('+') {
+        digits
+    } else if let Some(international) = digits.strip_prefix("00") {
+        international.to_string()
+    } else {
+        // A national trunk prefix (0) is not part of the international number.
+        format!("{country_code}{}", digits.strip_prefix('0').unwrap_or(&digits))
+    };
+    (8..=15).contains(&number.len()).then(|| format!("+{number}"))
+}
+
+impl Engine {
+    /// Stores and applies a request's messages in one transaction; returns what happened.
+    pub async fn ingest(&self, source: &str, messages: &[Message]) -> Result<Ingested> {
+        let now = self.clock.now();
+        let mut tx = self.store.begin().await?;
+        let mut report = Ingested::default();
+        let mut jobs: Vec<(StepJob, DateTime<Utc>)> = Vec::new();
+        for message in messages {
+            let fresh = sqlx::query("INSERT INTO received_messages (source, message_id, received_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+                .bind(source)
+                .bind(&message.message_id)
+                .bind(ms(message.received_at))
+                .execute(&mut *tx)
+                .await?;
+            if fresh.rows_affected() == 0 {
+                report.duplicates += 1;
+                report.contacts.push(None);
+                continue;
+            }
+            let contact_id = self.resolve(&mut tx, message, now).await?;
+            report.contacts.push(Some(contact_id));
+            report.accepted += 1;
+            if message.kind == Kind::Identify || !message.traits.is_empty() {
+                self.apply_traits(&mut tx, contact_id, message, now).await?;
+            }
+            let event = EventFacts { name: message.name.clone(), properties: message.properties.clone(), timestamp: Some(message.timestamp) };
+            let event_id = contacts::record_event(&mut tx, contact_id, &event, message.timestamp).await?;
+            sqlx::query("UPDATE events SET kind = $1, message_id = $2, context = $3, original_timestamp = $4, sent_at = $5, received_at = $6 WHERE id = $7")
+                .bind(message.kind.as_str())
+                .bind(&message.message_id)
+                .bind(Json::Object(message.context.clone()).to_string())
+                .bind(message.original_timestamp.map(ms))
+                .bind(message.sent_at.map(ms))
+                .bind(ms(message.received_at))
+                .bind(event_id)
+                .execute(&mut *tx)
+                .await?;
+            if matches!(message.kind, Kind::Track | Kind::Page | Kind::Screen) {
+                let (_, more) = self.react(&mut tx, contact_id, &event, now).await?;
+                jobs.extend(more);
+            }
+        }
+        tx.commit().await?;
+        self.enqueue_jobs(jobs).await?;
+        Ok(report)
+    }
+
+    /// Finds the message's contact by any of its identifiers, creating it or merging contacts
+    /// found to be one person. Two contacts with different user ids are never merged.
+    async fn resolve(&self, tx: &mut store::Tx<'_>, message: &Message, now: DateTime<Utc>) -> Result<i64> {
+        let mut ids: Vec<(&str, String)> = Vec::new();
+        if let Some(user_id) = &message.user_id {
+            ids.push(("user_id", user_id.clone()));
+        }
+        if let Some(anonymous_id) = &message.anonymous_id {
+            ids.push(("anonymous_id", anonymous_id.clone()));
+        }
+        if let Some(previous) = &message.previous_id {
+            // An alias's previous id is whatever the contact was known by before.
+            for kind in ["user_id", "anonymous_id"] {
+                if identities::find(tx, kind, previous).await?.is_some() {
+                    ids.push((kind, previous.clone()));
+                }
+            }
+            if !ids.iter().any(|(_, v)| v == previous) {
+                ids.push(("anonymous_id", previous.clone()));
+            }
+        }
+        if let Some(email) = message.traits.get("email").and_then(Json::as_str).and_then(normalize_email) {
+            ids.push(("email", email));
+        }
+        if let Some(phone) = message.traits.get("phone").and_then(|v| v.as_str().map(str::to_string).or_else(|| v.as_i64().map(|n| n.to_string()))) {
+            if let Some(phone) = normalize_phone(&phone, &self.config.phone_country_code) {
+                ids.push(("phone", phone));
+            }
+        }
+        let mut found: Vec<i64> = Vec::new();
+        for (kind, value) in &ids {
+            if let Some(contact) = identities::find(tx, kind, value).await?
+                && !found.contains(&contact)
+            {
+                found.push(contact);
+            }
+        }
+        let contact_id = match found.as_slice() {
+            [] => {
+                let new = contacts::NewContact {
+                    external_id: message.user_id.clone(),
+                    email: ids.iter().find(|(k, _)| *k == "email").map(|(_, v)| v.clone()),
+                    phone: ids.iter().find(|(k, _)| *k == "phone").map(|(_, v)| v.clone()),
+                    last_seen_at: Some(message.timestamp),
+                    ..contacts::NewContact::default()
+                };
+                contacts::create(tx, &new, now).await?
+            }
+            [only] => *only,
+            several => {
+                // The survivor is the known person (a user id), else the oldest contact.
+                let mut with_user = Vec::new();
+                for contact in several {
+                    if identities::user_id_of(tx, *contact).await?.is_some() {
+                        with_user.push(*contact);
+                    }
+                }
+                let survivor = with_user.first().copied().unwrap_or_else(|| *several.iter().min().unwrap_or(&several[0]));
+                for other in several.iter().copied().filter(|c| *c != survivor) {
+                    if with_user.contains(&other) {
+                        continue;
+                    }
+                    let reason = format!("{} {} links them", message.kind.as_str(), message.message_id);
+                    identities::merge(tx, survivor, other, &reason, now).await?;
+                }
+                survivor
+            }
+        };
+        for (kind, value) in &ids {
+            identities::link(tx, kind, value, contact_id, now).await?;
+        }
+        if let Some(user_id) = &message.user_id {
+            sqlx::query("UPDATE contacts SET external_id = $1 WHERE id = $2 AND external_id IS NULL").bind(user_id).bind(contact_id).execute(&mut **tx).await?;
+        }
+        Ok(contact_id)
+    }
+
+    /// Identify traits update the profile; well-known ones fill its columns.
+    async fn apply_traits(&self, tx: &mut store::Tx<'_>, contact_id: i64, message: &Message, now: DateTime<Utc>) -> Result<()> {
+        let at = message.timestamp.min(now);
+        let mut changes = Vec::new();
+        for (name, value) in &message.traits {
+            changes.push(crate::engine::ContactChange::Set { name: name.clone(), value: value.clone() });
+        }
+        contacts::apply(tx, contact_id, &changes, at).await?;
+        let text = |map: &Map<String, Json>, key: &str| map.get(key).and_then(Json::as_str).map(str::to_string);
+        let email = text(&message.traits, "email").and_then(|e| normalize_email(&e));
+        let phone = text(&message.traits, "phone").and_then(|p| normalize_phone(&p, &self.config.phone_country_code));
+        let timezone = text(&message.traits, "timezone").or_else(|| text(&message.context, "timezone"));
+        let language = text(&message.traits, "language").or_else(|| text(&message.context, "locale"));
+        sqlx::query(
+            "UPDATE contacts SET email = COALESCE($1, email), phone = COALESCE($2, phone), timezone = COALESCE($3, timezone), language = COALESCE($4, language) WHERE id = $5",
+        )
+        .bind(email)
+        .bind(phone)
+        .bind(timezone)
+        .bind(language)
+        .bind(contact_id)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phones_become_e164() {
+        assert_eq!(normalize_phone("138 0013 8000", "86").as_deref(), Some("+8613800138000"));
+        assert_eq!(normalize_phone("+86 138-0013-8000", "86").as_deref(), Some("+8613800138000"));
+        assert_eq!(normalize_phone("0049 30 1234567", "86").as_deref(), Some("+49301234567"));
+        assert_eq!(normalize_phone("030 1234567", "49").as_deref(), Some("+49301234567"));
+        assert_eq!(normalize_phone("12", "86"), None);
+    }
+
+    #[test]
+    fn emails_are_trimmed_and_lowercased() {
+        assert_eq!(normalize_email("  Ada@Example.COM ").as_deref(), Some("ada@example.com"));
+        assert_eq!(normalize_email("not an email"), None);
+    }
+}

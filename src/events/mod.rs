@@ -1,0 +1,6 @@
+//! Behavioural events as websites send them: the Segment tracking spec (and what real client
+//! libraries put on the wire), turned into checked `Message`s. Pure: no I/O.
+
+pub mod segment;
+
+pub use segment::{parse_batch, parse_single, Body, Invalid, Kind, Message, Parsed};
