@@ -19,7 +19,7 @@ use tracing::{info, warn};
 pub async fn connect(config: &Config) -> Result<(Store, Queue)> {
     match &config.database_url {
         Some(url) => {
-            let store = Store::connect(url, 32)
+            let store = Store::connect(url, config.db_pool)
                 .await
                 .with_context(|| "Failed to connect to the database")?;
             store.migrate().await.context("Failed to migrate the database")?;
@@ -34,7 +34,10 @@ pub async fn connect(config: &Config) -> Result<(Store, Queue)> {
         }
         None => {
             let url = format!("sqlite://{}?mode=rwc", config.sqlite_path.display());
-            let store = Store::connect(&url, 8)
+            // One connection: SQLite has one writer anyway, and the pool's queue hands the
+            // connection over at once where SQLite's busy handler would sleep, or fail a
+            // transaction that read before another wrote (SQLITE_BUSY_SNAPSHOT).
+            let store = Store::connect(&url, 1)
                 .await
                 .with_context(|| format!("Failed to open {}", config.sqlite_path.display()))?;
             store.migrate().await.context("Failed to migrate the database")?;

@@ -181,7 +181,12 @@ impl Config {
                 message: format!("`{text}` is not a number"),
             })?;
         }
-        let list = |text: String| text.split(',').map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect::<Vec<_>>();
+        let list = |text: String| {
+            text.split(',')
+                .map(|k| k.trim().to_string())
+                .filter(|k| !k.is_empty())
+                .collect::<Vec<_>>()
+        };
         if let Some(keys) = set(get("NURTURE_WRITE_KEYS")) {
             self.write_keys = list(keys);
         }
@@ -207,7 +212,11 @@ impl Config {
     }
 
     pub fn public_url(&self) -> String {
-        self.public_url.clone().unwrap_or_else(|| format!("http://{}", self.listen)).trim_end_matches('/').to_string()
+        self.public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.listen))
+            .trim_end_matches('/')
+            .to_string()
     }
 
     pub fn is_embedded(&self) -> bool {

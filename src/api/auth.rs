@@ -29,14 +29,23 @@ fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
 
 impl Keys {
     pub fn new(write_keys: &[String], admin_tokens: &[String]) -> Keys {
-        Keys { write: write_keys.iter().map(|k| digest(k)).collect(), admin: admin_tokens.iter().map(|k| digest(k)).collect() }
+        Keys {
+            write: write_keys.iter().map(|k| digest(k)).collect(),
+            admin: admin_tokens.iter().map(|k| digest(k)).collect(),
+        }
     }
 
     fn scope_of(&self, secret: &str) -> Option<Scope> {
         let presented = digest(secret);
         // Check every key, match or not, so the time taken does not depend on which matched.
-        let admin = self.admin.iter().fold(false, |found, key| found | same(key, &presented));
-        let write = self.write.iter().fold(false, |found, key| found | same(key, &presented));
+        let admin = self
+            .admin
+            .iter()
+            .fold(false, |found, key| found | same(key, &presented));
+        let write = self
+            .write
+            .iter()
+            .fold(false, |found, key| found | same(key, &presented));
         if admin {
             Some(Scope::Admin)
         } else if write {
@@ -51,9 +60,17 @@ impl Keys {
     pub fn ingest_key(&self, headers: &HeaderMap, body_key: Option<&str>) -> Result<String, ApiError> {
         let header_key = basic_user(headers).or_else(|| bearer(headers));
         let key = match (header_key.as_deref(), body_key) {
-            (Some(a), Some(b)) if a != b => return Err(ApiError::unauthorized("the write key in the Authorization header and `writeKey` in the body differ")),
+            (Some(a), Some(b)) if a != b => {
+                return Err(ApiError::unauthorized(
+                    "the write key in the Authorization header and `writeKey` in the body differ",
+                ));
+            }
             (Some(key), _) | (None, Some(key)) => key.to_string(),
-            (None, None) => return Err(ApiError::unauthorized("a write key is required: send it as the HTTP Basic user name, or as `writeKey` in the body")),
+            (None, None) => {
+                return Err(ApiError::unauthorized(
+                    "a write key is required: send it as the HTTP Basic user name, or as `writeKey` in the body",
+                ));
+            }
         };
         match self.scope_of(&key) {
             Some(_) => Ok(key),
@@ -63,11 +80,17 @@ impl Keys {
 
     pub fn require_admin(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         let Some(token) = bearer(headers).or_else(|| basic_user(headers)) else {
-            return Err(ApiError::unauthorized("an admin token is required: `Authorization: Bearer TOKEN`"));
+            return Err(ApiError::unauthorized(
+                "an admin token is required: `Authorization: Bearer TOKEN`",
+            ));
         };
         match self.scope_of(&token) {
             Some(Scope::Admin) => Ok(()),
-            Some(Scope::Ingest) => Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "a write key can only send events; this needs an admin token")),
+            Some(Scope::Ingest) => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "a write key can only send events; this needs an admin token",
+            )),
             None => Err(ApiError::unauthorized("unknown token")),
         }
     }
@@ -83,7 +106,9 @@ fn authorization(headers: &HeaderMap) -> Option<&str> {
 }
 
 fn basic_user(headers: &HeaderMap) -> Option<String> {
-    let encoded = authorization(headers)?.strip_prefix("Basic ").or_else(|| authorization(headers)?.strip_prefix("basic "))?;
+    let encoded = authorization(headers)?
+        .strip_prefix("Basic ")
+        .or_else(|| authorization(headers)?.strip_prefix("basic "))?;
     let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
     let text = String::from_utf8(decoded).ok()?;
     let user = text.split(':').next().unwrap_or_default().to_string();
@@ -108,7 +133,10 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("authorization", "Basic d2s6".parse().unwrap()); // "wk:"
         assert_eq!(keys.ingest_key(&headers, None).unwrap(), "wk");
-        assert!(keys.ingest_key(&headers, Some("other")).is_err(), "header and body must agree");
+        assert!(
+            keys.ingest_key(&headers, Some("other")).is_err(),
+            "header and body must agree"
+        );
         assert_eq!(keys.require_admin(&headers).unwrap_err().status, StatusCode::FORBIDDEN);
     }
 }

@@ -1,13 +1,13 @@
 //! The contact 360 view, lookup by email / phone / user id, erasure, and the failed list.
 
-use super::error::ApiError;
 use super::AppState;
+use super::error::ApiError;
 use crate::engine::ingest::{normalize_email, normalize_phone};
 use crate::store::{from_ms, identities};
+use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::Json;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use sqlx::Row;
 
 #[derive(serde::Deserialize)]
@@ -21,27 +21,55 @@ fn time(ms: Option<i64>) -> Value {
     ms.map(|ms| json!(from_ms(ms).to_rfc3339())).unwrap_or(Value::Null)
 }
 
-pub async fn show(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<i64>) -> Result<Json<Value>, ApiError> {
+pub async fn show(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, ApiError> {
     state.keys.require_admin(&headers)?;
-    view(&state, id).await?.map(Json).ok_or_else(|| ApiError::not_found(format!("no contact {id}")))
+    view(&state, id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no contact {id}")))
 }
 
-pub async fn search(State(state): State<AppState>, headers: HeaderMap, Query(lookup): Query<Lookup>) -> Result<Json<Value>, ApiError> {
+pub async fn search(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(lookup): Query<Lookup>,
+) -> Result<Json<Value>, ApiError> {
     state.keys.require_admin(&headers)?;
     let (kind, value) = if let Some(email) = &lookup.email {
-        ("email", normalize_email(email).ok_or_else(|| ApiError::bad_request("invalid_query", "email", "not an email address"))?)
+        (
+            "email",
+            normalize_email(email)
+                .ok_or_else(|| ApiError::bad_request("invalid_query", "email", "not an email address"))?,
+        )
     } else if let Some(phone) = &lookup.phone {
-        ("phone", normalize_phone(phone, &state.engine.config.phone_country_code).ok_or_else(|| ApiError::bad_request("invalid_query", "phone", "not a phone number"))?)
+        (
+            "phone",
+            normalize_phone(phone, &state.engine.config.phone_country_code)
+                .ok_or_else(|| ApiError::bad_request("invalid_query", "phone", "not a phone number"))?,
+        )
     } else if let Some(user_id) = &lookup.user_id {
         ("user_id", user_id.trim().to_string())
     } else {
-        return Err(ApiError::bad_request("invalid_query", "email", "give one of `email`, `phone` or `user_id`"));
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "email",
+            "give one of `email`, `phone` or `user_id`",
+        ));
     };
     let mut connection = state.engine.store.pool.acquire().await?;
     let id = identities::find(&mut connection, kind, &value).await?;
     drop(connection);
-    let Some(id) = id else { return Err(ApiError::not_found(format!("no contact with {kind} {value}"))) };
-    view(&state, id).await?.map(Json).ok_or_else(|| ApiError::not_found(format!("no contact {id}")))
+    let Some(id) = id else {
+        return Err(ApiError::not_found(format!("no contact with {kind} {value}")));
+    };
+    view(&state, id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no contact {id}")))
 }
 
 /// Everything about one contact, in one document.
@@ -54,19 +82,33 @@ async fn view(state: &AppState, id: i64) -> Result<Option<Value>, ApiError> {
     else {
         return Ok(None);
     };
-    let traits: serde_json::Map<String, Value> = sqlx::query("SELECT name, value, updated_at FROM contact_traits WHERE contact_id = $1 ORDER BY name")
+    let traits: serde_json::Map<String, Value> =
+        sqlx::query("SELECT name, value, updated_at FROM contact_traits WHERE contact_id = $1 ORDER BY name")
+            .bind(id)
+            .fetch_all(&mut *connection)
+            .await?
+            .iter()
+            .map(|r| {
+                let value: String = r.get(1);
+                let value: Value = serde_json::from_str(&value).unwrap_or(Value::String(value));
+                (
+                    r.get::<String, _>(0),
+                    json!({"value": value, "updated_at": time(Some(r.get(2)))}),
+                )
+            })
+            .collect();
+    let tags: Vec<String> = sqlx::query("SELECT tag FROM contact_tags WHERE contact_id = $1 ORDER BY tag")
         .bind(id)
         .fetch_all(&mut *connection)
         .await?
         .iter()
-        .map(|r| {
-            let value: String = r.get(1);
-            let value: Value = serde_json::from_str(&value).unwrap_or(Value::String(value));
-            (r.get::<String, _>(0), json!({"value": value, "updated_at": time(Some(r.get(2)))}))
-        })
+        .map(|r| r.get(0))
         .collect();
-    let tags: Vec<String> = sqlx::query("SELECT tag FROM contact_tags WHERE contact_id = $1 ORDER BY tag").bind(id).fetch_all(&mut *connection).await?.iter().map(|r| r.get(0)).collect();
-    let identities: Vec<Value> = identities::of_contact(&mut connection, id).await?.into_iter().map(|(kind, value)| json!({"kind": kind, "value": value})).collect();
+    let identities: Vec<Value> = identities::of_contact(&mut connection, id)
+        .await?
+        .into_iter()
+        .map(|(kind, value)| json!({"kind": kind, "value": value}))
+        .collect();
     let events: Vec<Value> = sqlx::query("SELECT kind, name, properties, occurred_at FROM events WHERE contact_id = $1 ORDER BY occurred_at DESC, id DESC LIMIT 50")
         .bind(id)
         .fetch_all(&mut *connection)
@@ -116,12 +158,20 @@ async fn view(state: &AppState, id: i64) -> Result<Option<Value>, ApiError> {
 }
 
 /// Erasure (GDPR/PIPL): nothing that names the person is left; anonymous counts remain.
-pub async fn erase(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<i64>) -> Result<StatusCode, ApiError> {
+pub async fn erase(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Result<StatusCode, ApiError> {
     state.keys.require_admin(&headers)?;
     let mut tx = state.engine.store.begin().await?;
     let erased = identities::erase(&mut tx, id, state.engine.clock.now()).await?;
     tx.commit().await?;
-    if erased { Ok(StatusCode::NO_CONTENT) } else { Err(ApiError::not_found(format!("no contact {id}"))) }
+    if erased {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("no contact {id}")))
+    }
 }
 
 pub async fn failed(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
@@ -131,11 +181,17 @@ pub async fn failed(State(state): State<AppState>, headers: HeaderMap) -> Result
     Ok(Json(json!({"failed": failed})))
 }
 
-pub async fn retry(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<i64>) -> Result<Json<Value>, ApiError> {
+pub async fn retry(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, ApiError> {
     state.keys.require_admin(&headers)?;
     if state.engine.retry(id).await? {
         Ok(Json(json!({"retried": id})))
     } else {
-        Err(ApiError::not_found(format!("enrollment {id} is not in the failed list")))
+        Err(ApiError::not_found(format!(
+            "enrollment {id} is not in the failed list"
+        )))
     }
 }

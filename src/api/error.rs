@@ -16,11 +16,20 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into(), field: None, details: None }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+            details: None,
+        }
     }
 
     pub fn bad_request(code: &'static str, field: &str, message: impl Into<String>) -> ApiError {
-        ApiError { field: Some(field.to_string()), ..ApiError::new(StatusCode::BAD_REQUEST, code, message) }
+        ApiError {
+            field: Some(field.to_string()),
+            ..ApiError::new(StatusCode::BAD_REQUEST, code, message)
+        }
     }
 
     pub fn unauthorized(message: impl Into<String>) -> ApiError {
@@ -35,7 +44,11 @@ impl ApiError {
     pub fn internal(error: impl std::fmt::Display) -> ApiError {
         let id = request_id();
         tracing::error!(request_id = %id, %error, "Request failed.");
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("the request could not be stored; retry later (request id {id})"))
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("the request could not be stored; retry later (request id {id})"),
+        )
     }
 }
 
@@ -56,7 +69,10 @@ impl IntoResponse for ApiError {
         }
         let mut response = (self.status, axum::Json(json!({"error": error}))).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("5"));
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("5"),
+            );
         }
         response
     }

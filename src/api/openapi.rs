@@ -1,7 +1,7 @@
 //! `GET /openapi.json`: the OpenAPI 3.1 description of every endpoint.
 
 use axum::Json;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 pub async fn document() -> Json<Value> {
     let message = json!({"$ref": "#/components/schemas/Message"});

@@ -56,7 +56,10 @@ pub fn run(args: Args, role: Role) -> Result<ExitCode> {
         } else {
             "production mode: PostgreSQL + Redis".to_string()
         };
-        info!(journeys = engine.catalog().journeys.len(), "nurture is running ({mode}).");
+        info!(
+            journeys = engine.catalog().journeys.len(),
+            "nurture is running ({mode})."
+        );
         let (stop, stopped) = watch::channel(false);
         let wait = |mut receiver: watch::Receiver<bool>| async move {
             let _ = receiver.wait_for(|stop| *stop).await;
@@ -77,7 +80,10 @@ pub fn run(args: Args, role: Role) -> Result<ExitCode> {
                 .await
                 .with_context(|| format!("Failed to listen on {}", engine.config.listen))?;
             info!(address = %listener.local_addr()?, "Events API listening.");
-            let state = crate::api::AppState { keys: Arc::new(crate::api::keys_for(&engine)), engine: engine.clone() };
+            let state = crate::api::AppState {
+                keys: Arc::new(crate::api::keys_for(&engine)),
+                engine: engine.clone(),
+            };
             let api_stop = wait(stopped.clone());
             tasks.spawn(async move {
                 crate::api::serve(listener, crate::api::router(state), api_stop).await?;

@@ -67,7 +67,11 @@ impl Engine {
             if message.kind == Kind::Identify || !message.traits.is_empty() {
                 self.apply_traits(&mut tx, contact_id, message, now).await?;
             }
-            let event = EventFacts { name: message.name.clone(), properties: message.properties.clone(), timestamp: Some(message.timestamp) };
+            let event = EventFacts {
+                name: message.name.clone(),
+                properties: message.properties.clone(),
+                timestamp: Some(message.timestamp),
+            };
             let event_id = contacts::record_event(&mut tx, contact_id, &event, message.timestamp).await?;
             sqlx::query("UPDATE events SET kind = $1, message_id = $2, context = $3, original_timestamp = $4, sent_at = $5, received_at = $6 WHERE id = $7")
                 .bind(message.kind.as_str())
@@ -110,13 +114,21 @@ impl Engine {
                 ids.push(("anonymous_id", previous.clone()));
             }
         }
-        if let Some(email) = message.traits.get("email").and_then(Json::as_str).and_then(normalize_email) {
+        if let Some(email) = message
+            .traits
+            .get("email")
+            .and_then(Json::as_str)
+            .and_then(normalize_email)
+        {
             ids.push(("email", email));
         }
-        if let Some(phone) = message.traits.get("phone").and_then(|v| v.as_str().map(str::to_string).or_else(|| v.as_i64().map(|n| n.to_string()))) {
-            if let Some(phone) = normalize_phone(&phone, &self.config.phone_country_code) {
-                ids.push(("phone", phone));
-            }
+        let phone_text = message.traits.get("phone").and_then(|v| {
+            v.as_str()
+                .map(str::to_string)
+                .or_else(|| v.as_i64().map(|n| n.to_string()))
+        });
+        if let Some(phone) = phone_text.and_then(|p| normalize_phone(&p, &self.config.phone_country_code)) {
+            ids.push(("phone", phone));
         }
         let mut found: Vec<i64> = Vec::new();
         for (kind, value) in &ids {
@@ -146,7 +158,10 @@ impl Engine {
                         with_user.push(*contact);
                     }
                 }
-                let survivor = with_user.first().copied().unwrap_or_else(|| *several.iter().min().unwrap_or(&several[0]));
+                let survivor = with_user
+                    .first()
+                    .copied()
+                    .unwrap_or_else(|| *several.iter().min().unwrap_or(&several[0]));
                 for other in several.iter().copied().filter(|c| *c != survivor) {
                     if with_user.contains(&other) {
                         continue;
@@ -161,17 +176,30 @@ impl Engine {
             identities::link(tx, kind, value, contact_id, now).await?;
         }
         if let Some(user_id) = &message.user_id {
-            sqlx::query("UPDATE contacts SET external_id = $1 WHERE id = $2 AND external_id IS NULL").bind(user_id).bind(contact_id).execute(&mut **tx).await?;
+            sqlx::query("UPDATE contacts SET external_id = $1 WHERE id = $2 AND external_id IS NULL")
+                .bind(user_id)
+                .bind(contact_id)
+                .execute(&mut **tx)
+                .await?;
         }
         Ok(contact_id)
     }
 
     /// Identify traits update the profile; well-known ones fill its columns.
-    async fn apply_traits(&self, tx: &mut store::Tx<'_>, contact_id: i64, message: &Message, now: DateTime<Utc>) -> Result<()> {
+    async fn apply_traits(
+        &self,
+        tx: &mut store::Tx<'_>,
+        contact_id: i64,
+        message: &Message,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
         let at = message.timestamp.min(now);
         let mut changes = Vec::new();
         for (name, value) in &message.traits {
-            changes.push(crate::engine::ContactChange::Set { name: name.clone(), value: value.clone() });
+            changes.push(crate::engine::ContactChange::Set {
+                name: name.clone(),
+                value: value.clone(),
+            });
         }
         contacts::apply(tx, contact_id, &changes, at).await?;
         let text = |map: &Map<String, Json>, key: &str| map.get(key).and_then(Json::as_str).map(str::to_string);
@@ -199,16 +227,28 @@ mod tests {
 
     #[test]
     fn phones_become_e164() {
-        assert_eq!(normalize_phone("138 0013 8000", "86").as_deref(), Some("+8613800138000"));
-        assert_eq!(normalize_phone("+86 138-0013-8000", "86").as_deref(), Some("+8613800138000"));
-        assert_eq!(normalize_phone("0049 30 1234567", "86").as_deref(), Some("+49301234567"));
+        assert_eq!(
+            normalize_phone("138 0013 8000", "86").as_deref(),
+            Some("+8613800138000")
+        );
+        assert_eq!(
+            normalize_phone("+86 138-0013-8000", "86").as_deref(),
+            Some("+8613800138000")
+        );
+        assert_eq!(
+            normalize_phone("0049 30 1234567", "86").as_deref(),
+            Some("+49301234567")
+        );
         assert_eq!(normalize_phone("030 1234567", "49").as_deref(), Some("+49301234567"));
         assert_eq!(normalize_phone("12", "86"), None);
     }
 
     #[test]
     fn emails_are_trimmed_and_lowercased() {
-        assert_eq!(normalize_email("  Ada@Example.COM ").as_deref(), Some("ada@example.com"));
+        assert_eq!(
+            normalize_email("  Ada@Example.COM ").as_deref(),
+            Some("ada@example.com")
+        );
         assert_eq!(normalize_email("not an email"), None);
     }
 }

@@ -270,7 +270,13 @@ impl Engine {
 
     /// What an event does to journeys, inside the caller's transaction: goals, answered waits,
     /// new enrollments. Returns the new enrollment ids and the jobs to enqueue after commit.
-    pub(crate) async fn react(&self, tx: &mut store::Tx<'_>, contact_id: i64, event: &EventFacts, now: DateTime<Utc>) -> Result<(Vec<i64>, Vec<(StepJob, DateTime<Utc>)>)> {
+    pub(crate) async fn react(
+        &self,
+        tx: &mut store::Tx<'_>,
+        contact_id: i64,
+        event: &EventFacts,
+        now: DateTime<Utc>,
+    ) -> Result<(Vec<i64>, Vec<(StepJob, DateTime<Utc>)>)> {
         let catalog = self.catalog();
         let Some(contact) = contacts::load(tx, contact_id).await? else {
             return Err(Error::Invalid(format!("no contact {contact_id}")));
@@ -333,7 +339,7 @@ impl Engine {
                     continue;
                 }
             }
-            if let Some(enrollment) = self.try_enroll(&mut *tx, journey, &contact, Some(&event), now).await? {
+            if let Some(enrollment) = self.try_enroll(&mut *tx, journey, &contact, Some(event), now).await? {
                 started.push(enrollment.id.parse().unwrap_or_default());
                 jobs.push((
                     StepJob {
@@ -650,11 +656,7 @@ impl Engine {
     ) -> Result<String, channels::Error> {
         let (key, effect) = (pending.key.as_str(), &pending.effect);
         let catalog = self.catalog();
-        let unsubscribe_url = format!(
-            "{}/u/{}",
-            self.config.public_url(),
-            unsubscribe_token(&contact.id)
-        );
+        let unsubscribe_url = format!("{}/u/{}", self.config.public_url(), unsubscribe_token(&contact.id));
         let data = template_data(journey, enrollment, contact, &unsubscribe_url, now);
         let render_error = |e: journey::templates::RenderError| channels::Error::Permanent(e.to_string());
         match effect {

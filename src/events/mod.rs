@@ -3,4 +3,4 @@
 
 pub mod segment;
 
-pub use segment::{parse_batch, parse_single, Body, Invalid, Kind, Message, Parsed};
+pub use segment::{Body, Invalid, Kind, Message, Parsed, parse_batch, parse_single};

@@ -82,7 +82,11 @@ pub struct Invalid {
 
 impl Invalid {
     fn new(field: &str, message: impl Into<String>) -> Invalid {
-        Invalid { index: None, field: field.into(), message: message.into() }
+        Invalid {
+            index: None,
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -99,18 +103,27 @@ pub fn read_body(raw: &[u8], gzip: bool, limit: usize) -> Result<Body, Invalid> 
     let mut bytes = Vec::new();
     if gzip || raw.starts_with(&[0x1f, 0x8b]) {
         let mut decoder = flate2::read::GzDecoder::new(raw).take(limit as u64 + 1);
-        decoder.read_to_end(&mut bytes).map_err(|e| Invalid::new("body", format!("the gzip body cannot be read: {e}")))?;
+        decoder
+            .read_to_end(&mut bytes)
+            .map_err(|e| Invalid::new("body", format!("the gzip body cannot be read: {e}")))?;
     } else {
         bytes.extend_from_slice(raw);
     }
     if bytes.len() > limit {
-        return Err(Invalid::new("body", format!("the body is larger than {} KB", limit / 1024)));
+        return Err(Invalid::new(
+            "body",
+            format!("the body is larger than {} KB", limit / 1024),
+        ));
     }
-    let json: Json = serde_json::from_slice(&bytes).map_err(|e| Invalid::new("body", format!("the body is not valid JSON: {e}")))?;
+    let json: Json =
+        serde_json::from_slice(&bytes).map_err(|e| Invalid::new("body", format!("the body is not valid JSON: {e}")))?;
     if !json.is_object() {
         return Err(Invalid::new("body", "the body must be a JSON object"));
     }
-    Ok(Body { json, bytes: bytes.len() })
+    Ok(Body {
+        json,
+        bytes: bytes.len(),
+    })
 }
 
 /// What a request carried: the accepted messages, the refused ones, and a write key if the
@@ -123,19 +136,39 @@ pub struct Parsed {
 }
 
 /// A single-call route (`/v1/track`, `/v1/t`, ...): the type comes from the path.
-pub fn parse_single(body: &Json, kind: Kind, received_at: DateTime<Utc>, fresh_id: &mut dyn FnMut() -> String) -> Result<Parsed, Invalid> {
-    let object = body.as_object().ok_or_else(|| Invalid::new("body", "the body must be a JSON object"))?;
+pub fn parse_single(
+    body: &Json,
+    kind: Kind,
+    received_at: DateTime<Utc>,
+    fresh_id: &mut dyn FnMut() -> String,
+) -> Result<Parsed, Invalid> {
+    let object = body
+        .as_object()
+        .ok_or_else(|| Invalid::new("body", "the body must be a JSON object"))?;
     let size = serde_json::to_string(body).map(|s| s.len()).unwrap_or(0);
     if size > MAX_MESSAGE_BYTES {
-        return Err(Invalid::new("body", format!("a message is limited to {} KB", MAX_MESSAGE_BYTES / 1024)));
+        return Err(Invalid::new(
+            "body",
+            format!("a message is limited to {} KB", MAX_MESSAGE_BYTES / 1024),
+        ));
     }
     let message = parse_message(object, Some(kind), None, received_at, fresh_id)?;
-    Ok(Parsed { messages: vec![message], rejected: vec![], write_key: string_field(object, "writeKey") })
+    Ok(Parsed {
+        messages: vec![message],
+        rejected: vec![],
+        write_key: string_field(object, "writeKey"),
+    })
 }
 
 /// `/v1/batch` and `/v1/import`: every item is checked on its own; bad ones are reported by index.
-pub fn parse_batch(body: &Json, received_at: DateTime<Utc>, fresh_id: &mut dyn FnMut() -> String) -> Result<Parsed, Invalid> {
-    let object = body.as_object().ok_or_else(|| Invalid::new("body", "the body must be a JSON object"))?;
+pub fn parse_batch(
+    body: &Json,
+    received_at: DateTime<Utc>,
+    fresh_id: &mut dyn FnMut() -> String,
+) -> Result<Parsed, Invalid> {
+    let object = body
+        .as_object()
+        .ok_or_else(|| Invalid::new("body", "the body must be a JSON object"))?;
     let items = match object.get("batch") {
         Some(Json::Array(items)) => items,
         Some(_) => return Err(Invalid::new("batch", "`batch` must be an array of messages")),
@@ -145,11 +178,17 @@ pub fn parse_batch(body: &Json, received_at: DateTime<Utc>, fresh_id: &mut dyn F
         return Err(Invalid::new("batch", "`batch` is empty"));
     }
     if items.len() > MAX_BATCH_MESSAGES {
-        return Err(Invalid::new("batch", format!("a batch holds at most {MAX_BATCH_MESSAGES} messages")));
+        return Err(Invalid::new(
+            "batch",
+            format!("a batch holds at most {MAX_BATCH_MESSAGES} messages"),
+        ));
     }
     let shared_context = object.get("context").and_then(Json::as_object);
     let batch_sent_at = object.get("sentAt").and_then(parse_time);
-    let mut parsed = Parsed { write_key: string_field(object, "writeKey"), ..Parsed::default() };
+    let mut parsed = Parsed {
+        write_key: string_field(object, "writeKey"),
+        ..Parsed::default()
+    };
     for (index, item) in items.iter().enumerate() {
         let result = (|| {
             let Some(item) = item.as_object() else {
@@ -157,7 +196,10 @@ pub fn parse_batch(body: &Json, received_at: DateTime<Utc>, fresh_id: &mut dyn F
             };
             let size = serde_json::to_string(item).map(|s| s.len()).unwrap_or(0);
             if size > MAX_MESSAGE_BYTES {
-                return Err(Invalid::new("", format!("a message is limited to {} KB", MAX_MESSAGE_BYTES / 1024)));
+                return Err(Invalid::new(
+                    "",
+                    format!("a message is limited to {} KB", MAX_MESSAGE_BYTES / 1024),
+                ));
             }
             let mut item = item.clone();
             // Batch-level context is merged into each item; the item's own keys win.
@@ -174,7 +216,11 @@ pub fn parse_batch(body: &Json, received_at: DateTime<Utc>, fresh_id: &mut dyn F
         match result {
             Ok(message) => parsed.messages.push(message),
             Err(mut invalid) => {
-                invalid.field = if invalid.field.is_empty() { format!("batch[{index}]") } else { format!("batch[{index}].{}", invalid.field) };
+                invalid.field = if invalid.field.is_empty() {
+                    format!("batch[{index}]")
+                } else {
+                    format!("batch[{index}].{}", invalid.field)
+                };
                 invalid.index = Some(index);
                 parsed.rejected.push(invalid);
             }
@@ -197,7 +243,10 @@ fn id_value(value: Option<&Json>) -> Option<String> {
 }
 
 fn parse_time(value: &Json) -> Option<DateTime<Utc>> {
-    value.as_str().and_then(|s| DateTime::parse_from_rfc3339(s.trim()).ok()).map(|t| t.with_timezone(&Utc))
+    value
+        .as_str()
+        .and_then(|s| DateTime::parse_from_rfc3339(s.trim()).ok())
+        .map(|t| t.with_timezone(&Utc))
 }
 
 fn object_field(object: &Map<String, Json>, key: &str) -> Result<Map<String, Json>, Invalid> {
@@ -218,8 +267,16 @@ fn parse_message(
     let kind = match route_kind {
         Some(kind) => kind,
         None => {
-            let text = object.get("type").and_then(Json::as_str).ok_or_else(|| Invalid::new("type", "`type` is missing"))?;
-            Kind::parse(text).ok_or_else(|| Invalid::new("type", format!("`{text}` is not a message type (identify, track, page, screen, group, alias)")))?
+            let text = object
+                .get("type")
+                .and_then(Json::as_str)
+                .ok_or_else(|| Invalid::new("type", "`type` is missing"))?;
+            Kind::parse(text).ok_or_else(|| {
+                Invalid::new(
+                    "type",
+                    format!("`{text}` is not a message type (identify, track, page, screen, group, alias)"),
+                )
+            })?
         }
     };
     let user_id = string_field(object, "userId");
@@ -238,7 +295,8 @@ fn parse_message(
         traits = context_traits.clone();
     }
     let name = match kind {
-        Kind::Track => string_field(object, "event").ok_or_else(|| Invalid::new("event", "a track message needs an `event` name"))?,
+        Kind::Track => string_field(object, "event")
+            .ok_or_else(|| Invalid::new("event", "a track message needs an `event` name"))?,
         Kind::Page => "Page Viewed".into(),
         Kind::Screen => "Screen Viewed".into(),
         Kind::Identify => "Identify".into(),
@@ -251,7 +309,10 @@ fn parse_message(
     }
     if kind == Kind::Alias && (previous_id.is_none() || user_id.is_none()) {
         let field = if previous_id.is_none() { "previousId" } else { "userId" };
-        return Err(Invalid::new(field, "an alias message needs a `previousId` and a `userId`"));
+        return Err(Invalid::new(
+            field,
+            "an alias message needs a `previousId` and a `userId`",
+        ));
     }
     let mut properties = properties;
     if matches!(kind, Kind::Page | Kind::Screen) {
@@ -269,9 +330,17 @@ fn parse_message(
         },
         None => fresh_id(),
     };
-    let original = object.get("timestamp").or_else(|| object.get("originalTimestamp")).filter(|v| !v.is_null());
+    let original = object
+        .get("timestamp")
+        .or_else(|| object.get("originalTimestamp"))
+        .filter(|v| !v.is_null());
     let original_timestamp = match original {
-        Some(value) => Some(parse_time(value).ok_or_else(|| Invalid::new("timestamp", "`timestamp` must be an ISO 8601 time like 2026-01-05T10:00:00Z"))?),
+        Some(value) => Some(parse_time(value).ok_or_else(|| {
+            Invalid::new(
+                "timestamp",
+                "`timestamp` must be an ISO 8601 time like 2026-01-05T10:00:00Z",
+            )
+        })?),
         None => None,
     };
     let sent_at = object.get("sentAt").and_then(parse_time).or(batch_sent_at);
@@ -306,7 +375,9 @@ mod tests {
     use serde_json::json;
 
     fn now() -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339("2026-11-23T14:16:12Z").unwrap().with_timezone(&Utc)
+        DateTime::parse_from_rfc3339("2026-11-23T14:16:12Z")
+            .unwrap()
+            .with_timezone(&Utc)
     }
 
     fn ids() -> impl FnMut() -> String {
@@ -332,7 +403,13 @@ mod tests {
         let parsed = parse_single(&body, Kind::Track, now(), &mut ids()).unwrap();
         assert_eq!(parsed.messages[0].user_id, None);
         assert_eq!(parsed.messages[0].anonymous_id.as_deref(), Some("42"));
-        let error = parse_single(&json!({"userId": null, "anonymousId": "  ", "event": "X"}), Kind::Track, now(), &mut ids()).unwrap_err();
+        let error = parse_single(
+            &json!({"userId": null, "anonymousId": "  ", "event": "X"}),
+            Kind::Track,
+            now(),
+            &mut ids(),
+        )
+        .unwrap_err();
         assert_eq!(error.field, "userId");
     }
 

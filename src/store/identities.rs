@@ -1,34 +1,52 @@
 //! Identity resolution: every identifier a contact is known by (user id, anonymous id, email,
 //! phone), and merging two contacts found to be one person.
 
-use super::{ms, Result, Tx};
+use super::{Result, Tx, ms};
 use chrono::{DateTime, Utc};
 use sqlx::{AnyConnection, Row};
 
 pub async fn find(connection: &mut AnyConnection, kind: &str, value: &str) -> Result<Option<i64>> {
-    let row = sqlx::query("SELECT contact_id FROM identities WHERE kind = $1 AND value = $2").bind(kind).bind(value).fetch_optional(connection).await?;
+    let row = sqlx::query("SELECT contact_id FROM identities WHERE kind = $1 AND value = $2")
+        .bind(kind)
+        .bind(value)
+        .fetch_optional(connection)
+        .await?;
     Ok(row.map(|r| r.get(0)))
 }
 
 /// Links an identifier to a contact unless it already belongs to someone.
-pub async fn link(connection: &mut AnyConnection, kind: &str, value: &str, contact_id: i64, now: DateTime<Utc>) -> Result<()> {
-    sqlx::query("INSERT INTO identities (kind, value, contact_id, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
-        .bind(kind)
-        .bind(value)
-        .bind(contact_id)
-        .bind(ms(now))
-        .execute(connection)
-        .await?;
+pub async fn link(
+    connection: &mut AnyConnection,
+    kind: &str,
+    value: &str,
+    contact_id: i64,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO identities (kind, value, contact_id, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+    )
+    .bind(kind)
+    .bind(value)
+    .bind(contact_id)
+    .bind(ms(now))
+    .execute(connection)
+    .await?;
     Ok(())
 }
 
 pub async fn user_id_of(connection: &mut AnyConnection, contact_id: i64) -> Result<Option<String>> {
-    let row = sqlx::query("SELECT value FROM identities WHERE contact_id = $1 AND kind = 'user_id' LIMIT 1").bind(contact_id).fetch_optional(connection).await?;
+    let row = sqlx::query("SELECT value FROM identities WHERE contact_id = $1 AND kind = 'user_id' LIMIT 1")
+        .bind(contact_id)
+        .fetch_optional(connection)
+        .await?;
     Ok(row.map(|r| r.get(0)))
 }
 
 pub async fn of_contact(connection: &mut AnyConnection, contact_id: i64) -> Result<Vec<(String, String)>> {
-    let rows = sqlx::query("SELECT kind, value FROM identities WHERE contact_id = $1 ORDER BY kind, value").bind(contact_id).fetch_all(connection).await?;
+    let rows = sqlx::query("SELECT kind, value FROM identities WHERE contact_id = $1 ORDER BY kind, value")
+        .bind(contact_id)
+        .fetch_all(connection)
+        .await?;
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
@@ -63,16 +81,28 @@ pub async fn merge(tx: &mut Tx<'_>, survivor: i64, merged: i64, reason: &str, no
         "DELETE FROM contacts WHERE id = $2",
     ];
     // A merged contact's stage only ever moves the survivor forward.
-    let stages = sqlx::query("SELECT id, stage FROM contacts WHERE id IN ($1, $2)").bind(survivor).bind(merged).fetch_all(&mut **tx).await?;
+    let stages = sqlx::query("SELECT id, stage FROM contacts WHERE id IN ($1, $2)")
+        .bind(survivor)
+        .bind(merged)
+        .fetch_all(&mut **tx)
+        .await?;
     let best = stages
         .iter()
         .filter_map(|r| r.get::<String, _>(1).parse::<crate::journey::values::Stage>().ok())
         .max();
     for statement in statements {
-        sqlx::query(statement).bind(survivor).bind(merged).execute(&mut **tx).await?;
+        sqlx::query(statement)
+            .bind(survivor)
+            .bind(merged)
+            .execute(&mut **tx)
+            .await?;
     }
     if let Some(stage) = best {
-        sqlx::query("UPDATE contacts SET stage = $1 WHERE id = $2").bind(stage.as_str()).bind(survivor).execute(&mut **tx).await?;
+        sqlx::query("UPDATE contacts SET stage = $1 WHERE id = $2")
+            .bind(stage.as_str())
+            .bind(survivor)
+            .execute(&mut **tx)
+            .await?;
     }
     sqlx::query("INSERT INTO contact_merges (survivor_id, merged_id, reason, at) VALUES ($1, $2, $3, $4)")
         .bind(survivor)
@@ -87,7 +117,11 @@ pub async fn merge(tx: &mut Tx<'_>, survivor: i64, merged: i64, reason: &str, no
 /// Erasure (GDPR/PIPL): the person's identifiers, profile and event details are deleted; the
 /// events and enrollments stay, on an anonymous contact, so reports keep their counts.
 pub async fn erase(tx: &mut Tx<'_>, contact_id: i64, now: DateTime<Utc>) -> Result<bool> {
-    let exists = sqlx::query("SELECT id FROM contacts WHERE id = $1").bind(contact_id).fetch_optional(&mut **tx).await?.is_some();
+    let exists = sqlx::query("SELECT id FROM contacts WHERE id = $1")
+        .bind(contact_id)
+        .fetch_optional(&mut **tx)
+        .await?
+        .is_some();
     if !exists {
         return Ok(false);
     }
@@ -103,7 +137,14 @@ pub async fn erase(tx: &mut Tx<'_>, contact_id: i64, now: DateTime<Utc>) -> Resu
     for statement in statements {
         sqlx::query(statement).bind(contact_id).execute(&mut **tx).await?;
     }
-    sqlx::query("DELETE FROM waiters WHERE contact_id = $1").bind(contact_id).execute(&mut **tx).await?;
-    sqlx::query("INSERT INTO contact_merges (survivor_id, merged_id, reason, at) VALUES ($1, $1, 'erased', $2)").bind(contact_id).bind(ms(now)).execute(&mut **tx).await?;
+    sqlx::query("DELETE FROM waiters WHERE contact_id = $1")
+        .bind(contact_id)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("INSERT INTO contact_merges (survivor_id, merged_id, reason, at) VALUES ($1, $1, 'erased', $2)")
+        .bind(contact_id)
+        .bind(ms(now))
+        .execute(&mut **tx)
+        .await?;
     Ok(true)
 }

@@ -159,3 +159,22 @@ pub fn from_ms(ms: i64) -> DateTime<Utc> {
 pub(crate) fn opt_ms(row: &AnyRow, column: &str) -> Option<DateTime<Utc>> {
     row.try_get::<Option<i64>, _>(column).ok().flatten().map(from_ms)
 }
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn an_embedded_store_has_one_connection() {
+        let dir = std::env::temp_dir().join(format!("nurture-pool-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.join("p.db").display());
+        let store = super::Store::connect(&url, 1).await.unwrap();
+        let first = store.pool.acquire().await.unwrap();
+        let second = tokio::time::timeout(std::time::Duration::from_millis(300), store.pool.acquire()).await;
+        assert!(
+            second.is_err(),
+            "a second connection was handed out: size {}",
+            store.pool.size()
+        );
+        drop(first);
+    }
+}

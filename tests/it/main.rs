@@ -1,5 +1,6 @@
 //! The one integration test binary: `mod`s per area, shared helpers in `support`.
 
+mod api;
 mod cli;
 mod durability;
 mod engine;
