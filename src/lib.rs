@@ -18,4 +18,5 @@ pub mod expr;
 pub mod journey;
 pub mod project;
 pub mod queue;
+pub mod scoring;
 pub mod store;

@@ -142,7 +142,7 @@ async fn view(state: &AppState, id: i64) -> Result<Option<Value>, ApiError> {
         "email": row.get::<Option<String>, _>("email"),
         "phone": row.get::<Option<String>, _>("phone"),
         "stage": row.get::<String, _>("stage"),
-        "score": {"total": row.get::<i64, _>("score")},
+        "score": score_summary(state, &mut connection, id).await?,
         "timezone": row.get::<Option<String>, _>("timezone"),
         "language": row.get::<Option<String>, _>("language"),
         "owner": row.get::<Option<String>, _>("owner"),
@@ -154,6 +154,68 @@ async fn view(state: &AppState, id: i64) -> Result<Option<Value>, ApiError> {
         "events": events,
         "enrollments": enrollments,
         "messages": messages,
+    })))
+}
+
+/// The score now and its points by rule, each decayed to now.
+async fn score_summary(state: &AppState, connection: &mut sqlx::AnyConnection, id: i64) -> Result<Value, ApiError> {
+    let now = state.engine.clock.now();
+    let total = state
+        .engine
+        .load_contact(connection, id, now)
+        .await?
+        .map(|c| c.score)
+        .unwrap_or(0);
+    let decay = state.engine.catalog().scoring.as_ref().and_then(|s| s.decay);
+    let mut by_rule = serde_json::Map::new();
+    for entry in crate::store::scores::of_contact(connection, id).await? {
+        let value = crate::scoring::decayed(entry.points, entry.at, decay, now);
+        let slot = by_rule.entry(entry.rule).or_insert(json!(0.0));
+        *slot = json!(slot.as_f64().unwrap_or(0.0) + value);
+    }
+    for value in by_rule.values_mut() {
+        *value = json!(value.as_f64().unwrap_or(0.0).round() as i64);
+    }
+    Ok(json!({"total": total, "by_rule": by_rule}))
+}
+
+/// `GET /v1/contacts/{id}/score`: every point explained: rule, event, time, value now.
+pub async fn score(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, ApiError> {
+    state.keys.require_admin(&headers)?;
+    let now = state.engine.clock.now();
+    let mut connection = state.engine.store.pool.acquire().await?;
+    let Some(contact) = state.engine.load_contact(&mut connection, id, now).await? else {
+        return Err(ApiError::not_found(format!("no contact {id}")));
+    };
+    let catalog = state.engine.catalog();
+    let scoring = catalog.scoring.as_ref();
+    let decay = scoring.and_then(|s| s.decay);
+    let entries: Vec<Value> = crate::store::scores::of_contact(&mut connection, id)
+        .await?
+        .into_iter()
+        .map(|entry| {
+            let now_worth = crate::scoring::decayed(entry.points, entry.at, decay, now);
+            json!({"rule": entry.rule, "event": entry.event, "points": entry.points, "at": entry.at.to_rfc3339(), "worth_now": (now_worth * 10.0).round() / 10.0})
+        })
+        .collect();
+    let decay_text = match decay {
+        Some(crate::journey::scoring::Decay::HalfLife(half_life)) => json!({"half_life": half_life.to_string()}),
+        Some(crate::journey::scoring::Decay::PointsPerInactiveWeek(points)) => {
+            json!({"points_per_inactive_week": points})
+        }
+        None => Value::Null,
+    };
+    Ok(Json(json!({
+        "contact": id,
+        "score": contact.score,
+        "stage": contact.stage,
+        "thresholds": scoring.map(|s| json!({"mql": s.mql, "sql": s.sql})),
+        "decay": decay_text,
+        "entries": entries,
     })))
 }
 

@@ -55,6 +55,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/projects/{key}/settings", get(ingest::settings))
         .route("/v1/contacts", get(contacts::search))
         .route("/v1/contacts/{id}", get(contacts::show).delete(contacts::erase))
+        .route("/v1/contacts/{id}/score", get(contacts::score))
         .route("/v1/enrollments/failed", get(contacts::failed))
         .route("/v1/enrollments/{id}/retry", post(contacts::retry))
         .route("/openapi.json", get(openapi::document))

@@ -38,6 +38,7 @@ pub async fn document() -> Json<Value> {
                 "get": {"summary": "The contact 360 view", "tags": ["contacts"], "security": admin, "parameters": [id_parameter()], "responses": {"200": {"description": "Traits, stage, score, tags, events, enrollments, messages, owner"}, "401": error_response("No or unknown token"), "404": error_response("No such contact")}},
                 "delete": {"summary": "Erase a contact (GDPR/PIPL)", "tags": ["contacts"], "security": admin, "parameters": [id_parameter()], "responses": {"204": {"description": "Erased"}, "404": error_response("No such contact")}}
             },
+            "/v1/contacts/{id}/score": {"get": {"summary": "Every point of a contact's lead score explained", "tags": ["contacts"], "security": admin, "parameters": [id_parameter()], "responses": {"200": {"description": "Rule, event, time and decayed value of each entry"}, "404": error_response("No such contact")}}},
             "/v1/enrollments/failed": {"get": {"summary": "Failed enrollments (the dead-letter list)", "tags": ["enrollments"], "security": admin, "responses": {"200": {"description": "Newest first"}}}},
             "/v1/enrollments/{id}/retry": {"post": {"summary": "Retry a failed enrollment", "tags": ["enrollments"], "security": admin, "parameters": [id_parameter()], "responses": {"200": {"description": "Queued again"}, "404": error_response("Not in the failed list")}}}
         },

@@ -2,6 +2,7 @@
 
 mod admin;
 mod graph;
+mod import;
 mod plan;
 mod serve;
 mod simulate;
@@ -43,6 +44,8 @@ enum Command {
     /// Failed enrollments: list and retry.
     #[command(subcommand)]
     Enrollments(admin::Enrollments),
+    /// Bulk-load contacts (.csv) or Segment messages (.jsonl), resumably.
+    Import(import::Args),
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -79,6 +82,7 @@ pub fn run() -> ExitCode {
         Command::Reload => admin::reload(),
         Command::Plan(args) => plan::run(args),
         Command::Enrollments(command) => admin::enrollments(command),
+        Command::Import(args) => import::run(args),
     };
     match result {
         Ok(code) => code,

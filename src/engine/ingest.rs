@@ -66,6 +66,7 @@ impl Engine {
             report.accepted += 1;
             if message.kind == Kind::Identify || !message.traits.is_empty() {
                 self.apply_traits(&mut tx, contact_id, message, now).await?;
+                self.score_traits(&mut tx, contact_id, now).await?;
             }
             let event = EventFacts {
                 name: message.name.clone(),
@@ -83,10 +84,12 @@ impl Engine {
                 .bind(event_id)
                 .execute(&mut *tx)
                 .await?;
+            self.score_event(&mut tx, contact_id, event_id, &event, now).await?;
             if matches!(message.kind, Kind::Track | Kind::Page | Kind::Screen) {
                 let (_, more) = self.react(&mut tx, contact_id, &event, now).await?;
                 jobs.extend(more);
             }
+            jobs.extend(self.qualify(&mut tx, contact_id, now).await?);
         }
         tx.commit().await?;
         self.enqueue_jobs(jobs).await?;

@@ -12,6 +12,7 @@ pub mod ingest;
 pub mod message;
 pub mod plan;
 pub mod runner;
+pub mod scoring;
 pub mod simulate;
 pub mod transition;
 

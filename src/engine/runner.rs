@@ -3,7 +3,7 @@
 //! enrollments: events, stages, schedules, and the reconciler that repairs lost jobs.
 
 use super::clock::Clock;
-use super::contact::Contact;
+use super::contact::{Contact, ContactChange};
 use super::message::template_data;
 use super::transition::{Effect, Enrollment, History, Input, Outcome, Position, Refused, World, advance, may_enter};
 use crate::channels::email::{Mailer, Outgoing};
@@ -252,7 +252,7 @@ impl Engine {
 
     pub async fn contact(&self, id: i64) -> Result<Option<Contact>> {
         let mut connection = self.store.pool.acquire().await?;
-        Ok(contacts::load(&mut connection, id).await?)
+        self.load_contact(&mut connection, id, self.clock.now()).await
     }
 
     /// A contact did something: store it, then let it reach goals, answer waits and start
@@ -278,7 +278,7 @@ impl Engine {
         now: DateTime<Utc>,
     ) -> Result<(Vec<i64>, Vec<(StepJob, DateTime<Utc>)>)> {
         let catalog = self.catalog();
-        let Some(contact) = contacts::load(tx, contact_id).await? else {
+        let Some(contact) = self.load_contact(tx, contact_id, now).await? else {
             return Err(Error::Invalid(format!("no contact {contact_id}")));
         };
         let mut jobs = Vec::new();
@@ -356,26 +356,44 @@ impl Engine {
     /// The contact reached a lifecycle stage: start the journeys that wait for it.
     pub async fn stage_reached(&self, contact_id: i64, stage: Stage) -> Result<Vec<i64>> {
         let now = self.clock.now();
-        let catalog = self.catalog();
         let mut tx = self.store.begin().await?;
+        let jobs = self.stage_reached_in(&mut tx, contact_id, stage, now).await?;
+        tx.commit().await?;
+        let started = jobs.iter().map(|(job, _)| job.enrollment).collect();
+        self.enqueue(jobs).await?;
+        Ok(started)
+    }
+
+    /// Moves the contact to `stage`, records a `Lead Qualified` event (which journeys may
+    /// trigger on or wait for) and starts the journeys triggered by the stage.
+    pub(crate) async fn stage_reached_in(
+        &self,
+        tx: &mut store::Tx<'_>,
+        contact_id: i64,
+        stage: Stage,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(StepJob, DateTime<Utc>)>> {
+        let catalog = self.catalog();
         sqlx::query("UPDATE contacts SET stage = $1 WHERE id = $2")
             .bind(stage.as_str())
             .bind(contact_id)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
-        let Some(contact) = contacts::load(&mut tx, contact_id).await? else {
+        let Some(contact) = self.load_contact(tx, contact_id, now).await? else {
             return Err(Error::Invalid(format!("no contact {contact_id}")));
         };
-        let trigger = EventFacts {
+        let mut properties = serde_json::Map::new();
+        properties.insert("stage".into(), serde_json::Value::from(stage.as_str()));
+        properties.insert("score".into(), serde_json::Value::from(contact.score));
+        let qualified = EventFacts {
             name: "Lead Qualified".into(),
-            properties: [("stage".to_string(), serde_json::Value::from(stage.as_str()))]
-                .into_iter()
-                .collect(),
+            properties,
             timestamp: Some(now),
         };
-        let mut jobs = Vec::new();
+        contacts::record_event(tx, contact_id, &qualified, now).await?;
+        let (_, mut jobs) = self.react(tx, contact_id, &qualified, now).await?;
         for journey in catalog.journeys.iter().filter(|j| j.trigger == Trigger::Stage(stage)) {
-            if let Some(enrollment) = self.try_enroll(&mut tx, journey, &contact, Some(&trigger), now).await? {
+            if let Some(enrollment) = self.try_enroll(tx, journey, &contact, Some(&qualified), now).await? {
                 jobs.push((
                     StepJob {
                         enrollment: enrollment.id.parse().unwrap_or_default(),
@@ -385,10 +403,7 @@ impl Engine {
                 ));
             }
         }
-        tx.commit().await?;
-        let started = jobs.iter().map(|(job, _)| job.enrollment).collect();
-        self.enqueue(jobs).await?;
-        Ok(started)
+        Ok(jobs)
     }
 
     /// Enrolls the contact if re-entry rules allow; the unique index settles races.
@@ -532,7 +547,7 @@ impl Engine {
     ) -> Result<Option<u64>> {
         let id: i64 = enrollment.id.parse().unwrap_or_default();
         let contact_id: i64 = enrollment.contact_id.parse().unwrap_or_default();
-        let Some(mut contact) = contacts::load(connection, contact_id).await? else {
+        let Some(mut contact) = self.load_contact(connection, contact_id, self.clock.now()).await? else {
             return Ok(None);
         };
         // 1. Effects recorded by an earlier move but not yet performed.
@@ -613,7 +628,14 @@ impl Engine {
         if !enrollments::save_move(&mut tx, journey, &enrollment, &moved, now).await? {
             return Ok(None);
         }
+        let scored = moved.changes.iter().any(|c| matches!(c, ContactChange::Score { .. }));
+        let qualified = if scored {
+            self.qualify(&mut tx, contact_id, now).await?
+        } else {
+            Vec::new()
+        };
         tx.commit().await?;
+        self.enqueue(qualified).await?;
         for change in &moved.changes {
             contact.apply(change);
         }
@@ -774,7 +796,7 @@ impl Engine {
             let mut tx = self.store.begin().await?;
             let mut jobs = Vec::new();
             for id in ids {
-                let Some(contact) = contacts::load(&mut tx, id).await? else {
+                let Some(contact) = self.load_contact(&mut tx, id, now).await? else {
                     continue;
                 };
                 let history = self.preload(&mut tx, journey, id, now).await?;

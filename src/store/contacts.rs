@@ -137,11 +137,8 @@ pub async fn apply(tx: &mut Tx<'_>, id: i64, changes: &[ContactChange], now: Dat
             }
             ContactChange::Set { name, value } => set_trait(tx, id, name, value, now).await?,
             ContactChange::Score { points } => {
-                sqlx::query("UPDATE contacts SET score = score + $1 WHERE id = $2")
-                    .bind(*points)
-                    .bind(id)
-                    .execute(&mut **tx)
-                    .await?;
+                // Journey steps' points are entries too, so they decay and are explained.
+                super::scores::add(tx, id, "journey-step", None, *points, now).await?;
             }
         }
     }

@@ -53,8 +53,9 @@ pub async fn of_contact(connection: &mut AnyConnection, contact_id: i64) -> Resu
 /// Moves everything of `merged` onto `survivor` and deletes `merged`, leaving an audit row.
 /// Where both are in the same journey, the survivor's enrollment continues and the other exits.
 pub async fn merge(tx: &mut Tx<'_>, survivor: i64, merged: i64, reason: &str, now: DateTime<Utc>) -> Result<()> {
-    let statements: [&'static str; 13] = [
+    let statements: [&'static str; 14] = [
         "UPDATE identities SET contact_id = $1 WHERE contact_id = $2",
+        "UPDATE score_entries SET contact_id = $1 WHERE contact_id = $2",
         // The survivor keeps its own value of a trait both have, unless the other's is newer.
         "INSERT INTO contact_traits (contact_id, name, value, updated_at) SELECT $1, name, value, updated_at FROM contact_traits WHERE contact_id = $2
          ON CONFLICT (contact_id, name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at WHERE excluded.updated_at > contact_traits.updated_at",

@@ -5,6 +5,7 @@ pub mod contacts;
 pub mod effects;
 pub mod enrollments;
 pub mod identities;
+pub mod scores;
 
 use chrono::{DateTime, TimeZone, Utc};
 use sqlx::any::{AnyPoolOptions, AnyRow};

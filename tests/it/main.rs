@@ -6,6 +6,7 @@ mod durability;
 mod engine;
 mod language;
 mod retries;
+mod scoring;
 mod simulate;
 mod support;
 mod versions;

@@ -1,0 +1,72 @@
+//! Score entries: every point a contact earned or lost, with the rule and event behind it.
+
+use super::{Result, Tx, from_ms, ms};
+use chrono::{DateTime, Utc};
+use sqlx::{AnyConnection, Row};
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Entry {
+    pub rule: String,
+    pub event: Option<String>,
+    pub points: i64,
+    pub at: DateTime<Utc>,
+}
+
+pub async fn add(
+    tx: &mut Tx<'_>,
+    contact_id: i64,
+    rule: &str,
+    event_id: Option<i64>,
+    points: i64,
+    at: DateTime<Utc>,
+) -> Result<()> {
+    sqlx::query("INSERT INTO score_entries (contact_id, rule, event_id, points, at) VALUES ($1, $2, $3, $4, $5)")
+        .bind(contact_id)
+        .bind(rule)
+        .bind(event_id)
+        .bind(points)
+        .bind(ms(at))
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("UPDATE contacts SET score = score + $1 WHERE id = $2")
+        .bind(points)
+        .bind(contact_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Points a rule gave a contact since `since` (in absolute value, for caps).
+pub async fn rule_points_since(
+    connection: &mut AnyConnection,
+    contact_id: i64,
+    rule: &str,
+    since: Option<DateTime<Utc>>,
+) -> Result<i64> {
+    let row = sqlx::query("SELECT CAST(COALESCE(SUM(points), 0) AS BIGINT) FROM score_entries WHERE contact_id = $1 AND rule = $2 AND at >= $3")
+        .bind(contact_id)
+        .bind(rule)
+        .bind(since.map(ms).unwrap_or(i64::MIN))
+        .fetch_one(connection)
+        .await?;
+    Ok(row.try_get::<i64, _>(0)?)
+}
+
+pub async fn of_contact(connection: &mut AnyConnection, contact_id: i64) -> Result<Vec<Entry>> {
+    let rows = sqlx::query(
+        "SELECT s.rule, e.name, s.points, s.at FROM score_entries s LEFT JOIN events e ON e.id = s.event_id WHERE s.contact_id = $1 ORDER BY s.at, s.id",
+    )
+    .bind(contact_id)
+    .fetch_all(connection)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Entry {
+                rule: r.try_get(0)?,
+                event: r.try_get(1)?,
+                points: r.try_get(2)?,
+                at: from_ms(r.try_get(3)?),
+            })
+        })
+        .collect()
+}
