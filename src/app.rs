@@ -124,7 +124,11 @@ pub async fn run_worker(
     use futures::FutureExt;
     let shutdown = shutdown.boxed().shared();
     // The embedded store has one connection: more concurrent jobs would only queue for it.
-    let concurrency = if engine.config.is_embedded() { engine.config.concurrency.clamp(1, 4) } else { engine.config.concurrency.max(1) };
+    let concurrency = if engine.config.is_embedded() {
+        engine.config.concurrency.clamp(1, 4)
+    } else {
+        engine.config.concurrency.max(1)
+    };
     loop {
         let wake = queue::wake_stream(engine.queue.hub.clone());
         let stop = shutdown.clone();

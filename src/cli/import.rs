@@ -191,8 +191,7 @@ async fn import(engine: &Engine, args: &Args, format: FileFormat) -> Result<Exit
     } else {
         let bar = ProgressBar::with_draw_target(Some(size), ProgressDrawTarget::stderr());
         bar.set_style(
-            ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {elapsed}<{eta} {msg}")?
-                .progress_chars("=> "),
+            ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {elapsed}<{eta} {msg}")?.progress_chars("=> "),
         );
         bar
     };
@@ -608,7 +607,11 @@ fn jsonl_item(text: &str) -> Result<Json, String> {
 /// becomes a JSON number, anything else stays a string. A row with no user id or anonymous id
 /// is given the anonymous id `email:ADDRESS` or `phone:+NUMBER`, so one person is one contact
 /// however often they are imported.
-fn csv_item(columns: &[Column], cells: &[String], phone_country_code: &str) -> Result<Json, (Option<&'static str>, String)> {
+fn csv_item(
+    columns: &[Column],
+    cells: &[String],
+    phone_country_code: &str,
+) -> Result<Json, (Option<&'static str>, String)> {
     if cells.len() != columns.len() {
         return Err((
             None,
@@ -639,8 +642,8 @@ fn csv_item(columns: &[Column], cells: &[String], phone_country_code: &str) -> R
                 message.insert("timestamp".into(), Json::from(cell));
             }
             Column::Email => {
-                let normalized =
-                    normalize_email(cell).ok_or_else(|| (Some("email"), format!("`{cell}` is not an email address")))?;
+                let normalized = normalize_email(cell)
+                    .ok_or_else(|| (Some("email"), format!("`{cell}` is not an email address")))?;
                 email = Some(normalized);
                 traits.insert("email".into(), Json::from(cell));
             }
@@ -787,7 +790,10 @@ mod tests {
             cells(&[r#""x, y","say ""hi""",5'10""#]).0,
             ["x, y", "say \"hi\"", "5'10\""]
         );
-        assert_eq!(cells(&["1,\"two", "lines\",3"]), (vec!["1".into(), "two\nlines".into(), "3".into()], 2));
+        assert_eq!(
+            cells(&["1,\"two", "lines\",3"]),
+            (vec!["1".into(), "two\nlines".into(), "3".into()], 2)
+        );
         assert_eq!(cells(&[""]).0, [""]);
     }
 
@@ -808,13 +814,7 @@ mod tests {
             .iter()
             .map(|h| Column::of(h))
             .collect();
-        let row = |cells: &[&str]| {
-            csv_item(
-                &columns,
-                &cells.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
-                "86",
-            )
-        };
+        let row = |cells: &[&str]| csv_item(&columns, &cells.iter().map(|c| c.to_string()).collect::<Vec<_>>(), "86");
         assert_eq!(
             row(&["u1", " Ada@Example.com", "", "Shanghai", "250", "02134"]).unwrap(),
             json!({"type": "identify", "userId": "u1", "traits": {"email": "Ada@Example.com", "region": "Shanghai", "employees": 250, "zip": "02134"}})

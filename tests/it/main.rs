@@ -4,6 +4,7 @@ mod api;
 mod cli;
 mod durability;
 mod engine;
+mod import;
 mod language;
 mod retries;
 mod scoring;
