@@ -323,11 +323,7 @@ impl Engine {
         }
         // Journeys this event starts.
         let mut started = Vec::new();
-        for journey in catalog
-            .journeys
-            .iter()
-            .filter(|j| matches!(&j.trigger, Trigger::Event(m) if m.event == event.name))
-        {
+        for journey in catalog.triggered_by(&event.name) {
             let Trigger::Event(matcher) = &journey.trigger else {
                 continue;
             };

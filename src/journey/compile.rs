@@ -27,9 +27,16 @@ pub struct Catalog {
     pub templates: Arc<Templates>,
     pub sales: Option<Arc<Sales>>,
     pub scoring: Option<Arc<Scoring>>,
+    /// Journeys started by each event name, so an event never scans every journey.
+    pub triggered_by: HashMap<String, Vec<Arc<Journey>>>,
 }
 
 impl Catalog {
+    /// The journeys an event of this name may start.
+    pub fn triggered_by(&self, event: &str) -> &[Arc<Journey>] {
+        self.triggered_by.get(event).map(Vec::as_slice).unwrap_or(&[])
+    }
+
     pub fn journey(&self, id: &str) -> Option<&Arc<Journey>> {
         self.journeys.iter().find(|j| j.id == id)
     }
@@ -87,11 +94,21 @@ pub fn compile(sources: &Sources) -> (Catalog, Vec<Diagnostic>) {
     }
     diagnostics.sort();
     diagnostics.dedup();
+    let mut triggered_by: HashMap<String, Vec<Arc<Journey>>> = HashMap::new();
+    for journey in &journeys {
+        if let super::model::Trigger::Event(matcher) = &journey.trigger {
+            triggered_by
+                .entry(matcher.event.clone())
+                .or_default()
+                .push(journey.clone());
+        }
+    }
     let catalog = Catalog {
         journeys,
         templates: Arc::new(templates),
         sales: sales.map(Arc::new),
         scoring: scoring.map(Arc::new),
+        triggered_by,
     };
     (catalog, diagnostics)
 }
