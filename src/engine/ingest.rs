@@ -62,34 +62,35 @@ impl Engine {
                 continue;
             }
             let contact_id = self.resolve(&mut tx, message, now).await?;
+            let mut scored = false;
             report.contacts.push(Some(contact_id));
             report.accepted += 1;
             if message.kind == Kind::Identify || !message.traits.is_empty() {
                 self.apply_traits(&mut tx, contact_id, message, now).await?;
-                self.score_traits(&mut tx, contact_id, now).await?;
+                scored |= self.score_traits(&mut tx, contact_id, now).await?;
             }
             let event = EventFacts {
                 name: message.name.clone(),
                 properties: message.properties.clone(),
                 timestamp: Some(message.timestamp),
             };
-            let event_id = contacts::record_event(&mut tx, contact_id, &event, message.timestamp).await?;
-            sqlx::query("UPDATE events SET kind = $1, message_id = $2, context = $3, original_timestamp = $4, sent_at = $5, received_at = $6 WHERE id = $7")
-                .bind(message.kind.as_str())
-                .bind(&message.message_id)
-                .bind(Json::Object(message.context.clone()).to_string())
-                .bind(message.original_timestamp.map(ms))
-                .bind(message.sent_at.map(ms))
-                .bind(ms(message.received_at))
-                .bind(event_id)
-                .execute(&mut *tx)
-                .await?;
-            self.score_event(&mut tx, contact_id, event_id, &event, now).await?;
+            let received = contacts::Received {
+                kind: Some(message.kind.as_str()),
+                message_id: Some(message.message_id.clone()),
+                context: Some(Json::Object(message.context.clone()).to_string()),
+                original_timestamp: message.original_timestamp,
+                sent_at: message.sent_at,
+                received_at: Some(message.received_at),
+            };
+            let event_id = contacts::record_received(&mut tx, contact_id, &event, message.timestamp, &received).await?;
+            scored |= self.score_event(&mut tx, contact_id, event_id, &event, now).await?;
             if matches!(message.kind, Kind::Track | Kind::Page | Kind::Screen) {
                 let (_, more) = self.react(&mut tx, contact_id, &event, now).await?;
                 jobs.extend(more);
             }
-            jobs.extend(self.qualify(&mut tx, contact_id, now).await?);
+            if scored {
+                jobs.extend(self.qualify(&mut tx, contact_id, now).await?);
+            }
         }
         tx.commit().await?;
         self.enqueue_jobs(jobs).await?;

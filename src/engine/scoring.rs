@@ -40,12 +40,13 @@ impl Engine {
         event_id: i64,
         event: &EventFacts,
         now: DateTime<Utc>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let catalog = self.catalog();
         let Some(scoring) = catalog.scoring.as_ref() else {
-            return Ok(());
+            return Ok(false);
         };
         let mut contact: Option<Contact> = None;
+        let mut scored = false;
         for rule in &scoring.rules {
             let RuleOn::Event { name, condition } = &rule.on else {
                 continue;
@@ -57,7 +58,7 @@ impl Engine {
                 if contact.is_none() {
                     contact = self.load_contact(tx, contact_id, now).await?;
                 }
-                let Some(contact) = &contact else { return Ok(()) };
+                let Some(contact) = &contact else { return Ok(false) };
                 let view = contact.facts_view();
                 let facts = contact.facts(&view, None, Some(event), now, &());
                 if condition.eval_bool(&facts) != Ok(true) {
@@ -75,19 +76,29 @@ impl Engine {
             }
             if points != 0 {
                 scores::add(tx, contact_id, &rule.id, Some(event_id), points, now).await?;
+                scored = true;
             }
         }
-        Ok(())
+        Ok(scored)
     }
 
     /// Profile rules: points while a trait condition holds, taken back when it stops holding.
-    pub(crate) async fn score_traits(&self, tx: &mut store::Tx<'_>, contact_id: i64, now: DateTime<Utc>) -> Result<()> {
+    pub(crate) async fn score_traits(
+        &self,
+        tx: &mut store::Tx<'_>,
+        contact_id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
         let catalog = self.catalog();
         let Some(scoring) = catalog.scoring.as_ref() else {
-            return Ok(());
+            return Ok(false);
         };
+        if !scoring.rules.iter().any(|r| matches!(r.on, RuleOn::Trait(_))) {
+            return Ok(false);
+        }
+        let mut scored = false;
         let Some(contact) = self.load_contact(tx, contact_id, now).await? else {
-            return Ok(());
+            return Ok(false);
         };
         let view = contact.facts_view();
         for rule in &scoring.rules {
@@ -99,11 +110,13 @@ impl Engine {
             let given = scores::rule_points_since(tx, contact_id, &rule.id, None).await?;
             if holds && given == 0 {
                 scores::add(tx, contact_id, &rule.id, None, rule.points, now).await?;
+                scored = true;
             } else if !holds && given != 0 {
                 scores::add(tx, contact_id, &rule.id, None, -given, now).await?;
+                scored = true;
             }
         }
-        Ok(())
+        Ok(scored)
     }
 
     /// Moves the contact to MQL or SQL when the score crossed a threshold; returns the jobs of

@@ -147,13 +147,42 @@ pub async fn apply(tx: &mut Tx<'_>, id: i64, changes: &[ContactChange], now: Dat
 
 /// Stores an event of a contact and marks the contact as seen.
 pub async fn record_event(tx: &mut Tx<'_>, id: i64, event: &EventFacts, at: DateTime<Utc>) -> Result<i64> {
+    record_received(tx, id, event, at, &Received::default()).await
+}
+
+/// How an event arrived through the API, kept beside it.
+#[derive(Clone, Debug, Default)]
+pub struct Received {
+    pub kind: Option<&'static str>,
+    pub message_id: Option<String>,
+    pub context: Option<String>,
+    pub original_timestamp: Option<DateTime<Utc>>,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub received_at: Option<DateTime<Utc>>,
+}
+
+/// Stores an event with how it arrived, and marks the contact as seen.
+pub async fn record_received(
+    tx: &mut Tx<'_>,
+    id: i64,
+    event: &EventFacts,
+    at: DateTime<Utc>,
+    received: &Received,
+) -> Result<i64> {
     let row = sqlx::query(
-        "INSERT INTO events (contact_id, name, properties, occurred_at) VALUES ($1, $2, $3, $4) RETURNING id",
+        "INSERT INTO events (contact_id, name, properties, occurred_at, kind, message_id, context, original_timestamp, sent_at, received_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
     )
     .bind(id)
     .bind(&event.name)
     .bind(Json::Object(event.properties.clone()).to_string())
     .bind(ms(at))
+    .bind(received.kind.unwrap_or("track"))
+    .bind(received.message_id.clone())
+    .bind(received.context.clone())
+    .bind(received.original_timestamp.map(ms))
+    .bind(received.sent_at.map(ms))
+    .bind(received.received_at.map(ms))
     .fetch_one(&mut **tx)
     .await?;
     sqlx::query("UPDATE contacts SET last_seen_at = $1 WHERE id = $2 AND (last_seen_at IS NULL OR last_seen_at < $1)")
