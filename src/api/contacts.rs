@@ -97,6 +97,19 @@ async fn view(state: &AppState, id: i64) -> Result<Option<Value>, ApiError> {
                 )
             })
             .collect();
+    let consent: serde_json::Map<String, Value> =
+        sqlx::query("SELECT channel, granted, updated_at FROM contact_consent WHERE contact_id = $1 ORDER BY channel")
+            .bind(id)
+            .fetch_all(&mut *connection)
+            .await?
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<String, _>(0),
+                    json!({"granted": r.get::<bool, _>(1), "updated_at": time(Some(r.get(2)))}),
+                )
+            })
+            .collect();
     let tags: Vec<String> = sqlx::query("SELECT tag FROM contact_tags WHERE contact_id = $1 ORDER BY tag")
         .bind(id)
         .fetch_all(&mut *connection)
@@ -151,6 +164,7 @@ async fn view(state: &AppState, id: i64) -> Result<Option<Value>, ApiError> {
         "identities": identities,
         "traits": traits,
         "tags": tags,
+        "consent": consent,
         "events": events,
         "enrollments": enrollments,
         "messages": messages,

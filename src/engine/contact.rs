@@ -21,6 +21,8 @@ pub struct Contact {
     pub created_at: Option<DateTime<Utc>>,
     /// The last time the contact did anything; `inactive_days` counts from here.
     pub last_seen_at: Option<DateTime<Utc>>,
+    /// What the contact said about marketing on each channel (`email`, `sms`); absent: not asked.
+    pub consent: std::collections::BTreeMap<String, bool>,
 }
 
 impl Default for Contact {
@@ -37,6 +39,7 @@ impl Default for Contact {
             language: None,
             created_at: None,
             last_seen_at: None,
+            consent: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -65,6 +68,11 @@ impl Contact {
             }
             ContactChange::Score { points } => self.score += points,
         }
+    }
+
+    /// Whether marketing on `channel` is allowed: yes unless the contact said no.
+    pub fn allows(&self, channel: &str) -> bool {
+        self.consent.get(channel).copied().unwrap_or(true)
     }
 
     /// The contact's language: the profile field, else a `language` or `locale` trait.

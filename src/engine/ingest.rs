@@ -206,6 +206,17 @@ impl Engine {
             });
         }
         contacts::apply(tx, contact_id, &changes, at).await?;
+        // Consent: `consent: {email: false, sms: true}`, or `unsubscribed: true` for email.
+        if let Some(Json::Object(consent)) = message.traits.get("consent") {
+            for (channel, granted) in consent {
+                if let Some(granted) = granted.as_bool() {
+                    contacts::set_consent(tx, contact_id, channel, granted, at).await?;
+                }
+            }
+        }
+        if let Some(unsubscribed) = message.traits.get("unsubscribed").and_then(Json::as_bool) {
+            contacts::set_consent(tx, contact_id, "email", !unsubscribed, at).await?;
+        }
         let text = |map: &Map<String, Json>, key: &str| map.get(key).and_then(Json::as_str).map(str::to_string);
         let email = text(&message.traits, "email").and_then(|e| normalize_email(&e));
         let phone = text(&message.traits, "phone").and_then(|p| normalize_phone(&p, &self.config.phone_country_code));

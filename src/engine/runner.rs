@@ -687,6 +687,10 @@ impl Engine {
                     .templates
                     .render_email(template, contact.language(), &data)
                     .map_err(render_error)?;
+                if email.class == journey::templates::MailClass::Marketing && !contact.allows("email") {
+                    // Suppressed, not failed: the contact said no, and the journey goes on.
+                    return Ok("suppressed: the contact opted out of marketing email".into());
+                }
                 let message_id = format!("<{}@nurture>", key.replace('/', "."));
                 self.mailer
                     .send(Outgoing {
@@ -699,6 +703,9 @@ impl Engine {
                     .await
             }
             Effect::SendSms { template } => {
+                if !contact.allows("sms") {
+                    return Ok("suppressed: the contact opted out of SMS".into());
+                }
                 let to = contact
                     .phone
                     .as_deref()

@@ -113,6 +113,13 @@ pub async fn load(connection: &mut AnyConnection, id: i64) -> Result<Option<Cont
             serde_json::from_str(&value).unwrap_or(Json::String(value)),
         );
     }
+    for row in sqlx::query("SELECT channel, granted FROM contact_consent WHERE contact_id = $1")
+        .bind(id)
+        .fetch_all(&mut *connection)
+        .await?
+    {
+        contact.consent.insert(row.try_get(0)?, row.try_get(1)?);
+    }
     for row in sqlx::query("SELECT tag FROM contact_tags WHERE contact_id = $1 ORDER BY added_at, tag")
         .bind(id)
         .fetch_all(&mut *connection)
@@ -211,4 +218,19 @@ pub async fn page_of_ids(connection: &mut AnyConnection, after: i64, limit: i64)
         .fetch_all(connection)
         .await?;
     rows.iter().map(|r| r.try_get(0).map_err(Into::into)).collect()
+}
+
+/// Records a contact's yes or no to marketing on a channel.
+pub async fn set_consent(tx: &mut Tx<'_>, id: i64, channel: &str, granted: bool, now: DateTime<Utc>) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO contact_consent (contact_id, channel, granted, updated_at) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (contact_id, channel) DO UPDATE SET granted = excluded.granted, updated_at = excluded.updated_at",
+    )
+    .bind(id)
+    .bind(channel)
+    .bind(granted)
+    .bind(ms(now))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }

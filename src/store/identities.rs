@@ -53,8 +53,11 @@ pub async fn of_contact(connection: &mut AnyConnection, contact_id: i64) -> Resu
 /// Moves everything of `merged` onto `survivor` and deletes `merged`, leaving an audit row.
 /// Where both are in the same journey, the survivor's enrollment continues and the other exits.
 pub async fn merge(tx: &mut Tx<'_>, survivor: i64, merged: i64, reason: &str, now: DateTime<Utc>) -> Result<()> {
-    let statements: [&'static str; 14] = [
+    let statements: [&'static str; 15] = [
         "UPDATE identities SET contact_id = $1 WHERE contact_id = $2",
+        // A no from either record stands.
+        "INSERT INTO contact_consent (contact_id, channel, granted, updated_at) SELECT $1, channel, granted, updated_at FROM contact_consent WHERE contact_id = $2
+         ON CONFLICT (contact_id, channel) DO UPDATE SET granted = contact_consent.granted AND excluded.granted",
         "UPDATE score_entries SET contact_id = $1 WHERE contact_id = $2",
         // The survivor keeps its own value of a trait both have, unless the other's is newer.
         "INSERT INTO contact_traits (contact_id, name, value, updated_at) SELECT $1, name, value, updated_at FROM contact_traits WHERE contact_id = $2
@@ -126,8 +129,9 @@ pub async fn erase(tx: &mut Tx<'_>, contact_id: i64, now: DateTime<Utc>) -> Resu
     if !exists {
         return Ok(false);
     }
-    let statements: [&'static str; 7] = [
+    let statements: [&'static str; 8] = [
         "DELETE FROM identities WHERE contact_id = $1",
+        "DELETE FROM contact_consent WHERE contact_id = $1",
         "DELETE FROM contact_traits WHERE contact_id = $1",
         "DELETE FROM contact_tags WHERE contact_id = $1",
         "UPDATE events SET properties = '{}', context = NULL, message_id = NULL WHERE contact_id = $1",

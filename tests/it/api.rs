@@ -314,3 +314,46 @@ async fn admin_endpoints_need_an_admin_token_and_erasure_leaves_nothing_that_nam
     assert!(!events.is_empty(), "anonymous event counts remain for reports");
     env.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contact_who_opted_out_gets_no_marketing_email_and_the_journey_goes_on() {
+    let mut config = test_config(Mode::Production, &root().join("tests/fixtures/engine/journeys")).await;
+    config.write_keys = vec![KEY.into()];
+    config.admin_tokens = vec![ADMIN.into()];
+    let env = TestEnv::start(config, Arc::new(SystemClock), true).await;
+    let base = spawn_api(&env).await;
+    let identify = json!({"userId": "no-mail", "traits": {"email": "no@example.com", "consent": {"email": false}}});
+    assert_eq!(post(&base, "/v1/identify", &identify).await.status, 200);
+    assert_eq!(
+        post(&base, "/v1/track", &json!({"userId": "no-mail", "event": "Signed Up"}))
+            .await
+            .status,
+        200
+    );
+    eventually("both welcome emails suppressed", Duration::from_secs(20), || async {
+        let rows = sqlx::query("SELECT result FROM effects WHERE status = 'done'")
+            .fetch_all(&env.engine.store.pool)
+            .await
+            .unwrap();
+        (rows.len() == 2
+            && rows.iter().all(|r| {
+                r.get::<Option<String>, _>(0)
+                    .unwrap_or_default()
+                    .starts_with("suppressed")
+            }))
+        .then_some(())
+    })
+    .await;
+    assert_eq!(crate::support::count_files(&env.config.outbox.join("mail")), 0);
+    let contact = get_admin(&base, "/v1/contacts?user_id=no-mail").await.json();
+    assert_eq!(contact["consent"]["email"]["granted"], false);
+    assert!(
+        contact["enrollments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["status"] == "completed"),
+        "the journey went on: {contact}"
+    );
+    env.stop().await;
+}
