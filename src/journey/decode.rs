@@ -264,6 +264,25 @@ fn describe(node: &Node) -> String {
     }
 }
 
+/// Parses a YAML file, reporting a syntax error as `J001`.
+pub fn parse_yaml(file: &str, text: &str, diagnostics: &mut Vec<Diagnostic>) -> Option<Node> {
+    match super::yaml::parse(text) {
+        Ok(root) => Some(root),
+        Err(error) => {
+            diagnostics.push(
+                Diagnostic::error(
+                    file,
+                    error.pos,
+                    "J001",
+                    format!("this is not valid YAML: {}", error.message),
+                )
+                .with_hint("check the indentation and that every `key:` has a space after the colon"),
+            );
+            None
+        }
+    }
+}
+
 /// Ids of journeys, steps, templates, teams and rules: lowercase letters, digits and dashes.
 pub fn is_slug(text: &str) -> bool {
     !text.is_empty()

@@ -4,7 +4,7 @@ use super::decode::{Fields, Reader, is_slug};
 use super::diagnostic::{Diagnostic, did_you_mean};
 use super::model::*;
 use super::values::{self, CRON_HINT, CronSchedule, Days, FrequencyCap, QuietHours, Stage, TIME_HINT, TimeOfDay};
-use super::yaml::{self, Node, Pos, Value};
+use super::yaml::{Node, Pos, Value};
 use crate::expr::{Place, Want};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
@@ -55,21 +55,7 @@ const STEP_KINDS: [&str; 13] = [
 const STEP_EXTRA_KEYS: [&str; 7] = ["id", "name", "description", "next", "on_timeout", "on_event", "else"];
 
 pub fn parse_journey(file: &str, text: &str, refs: &Refs<'_>, diagnostics: &mut Vec<Diagnostic>) -> Option<Journey> {
-    let root = match yaml::parse(text) {
-        Ok(root) => root,
-        Err(error) => {
-            diagnostics.push(
-                Diagnostic::error(
-                    file,
-                    error.pos,
-                    "J001",
-                    format!("this is not valid YAML: {}", error.message),
-                )
-                .with_hint("check the indentation and that every `key:` has a space after the colon"),
-            );
-            return None;
-        }
-    };
+    let root = super::decode::parse_yaml(file, text, diagnostics)?;
     let errors_before = diagnostics.iter().filter(|d| d.is_error()).count();
     let mut reader = Reader::new(file, text, diagnostics);
     let journey = JourneyParser {

@@ -13,7 +13,6 @@
 use super::decode::{Reader, is_slug};
 use super::diagnostic::Diagnostic;
 use super::values::Delay;
-use super::yaml;
 use crate::expr::{Expr, Place, Want};
 use std::collections::BTreeMap;
 
@@ -51,18 +50,7 @@ pub struct Rep {
 }
 
 pub fn parse_sales(file: &str, text: &str, diagnostics: &mut Vec<Diagnostic>) -> Option<Sales> {
-    let root = match yaml::parse(text) {
-        Ok(root) => root,
-        Err(error) => {
-            diagnostics.push(Diagnostic::error(
-                file,
-                error.pos,
-                "J001",
-                format!("this is not valid YAML: {}", error.message),
-            ));
-            return None;
-        }
-    };
+    let root = super::decode::parse_yaml(file, text, diagnostics)?;
     let before = diagnostics.len();
     let mut reader = Reader::new(file, text, diagnostics);
     let fields = reader.fields(&root, "sales.yaml", &["teams"])?;

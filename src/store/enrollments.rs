@@ -284,6 +284,13 @@ pub async fn record_conversion(
     Ok(())
 }
 
+/// `(enrollment id, seq)` pairs from rows selecting exactly those two columns.
+fn id_and_seq(rows: &[AnyRow]) -> Result<Vec<(i64, u64)>> {
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get::<i64, _>(1)? as u64)))
+        .collect()
+}
+
 /// Unfinished enrollments of a journey on versions other than `version`.
 pub async fn open_on_other_versions(
     connection: &mut AnyConnection,
@@ -317,9 +324,7 @@ pub async fn waiting_for(connection: &mut AnyConnection, contact_id: i64, event:
         .bind(event)
         .fetch_all(connection)
         .await?;
-    rows.iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get::<i64, _>(1)? as u64)))
-        .collect()
+    id_and_seq(&rows)
 }
 
 /// Unfinished enrollments whose step was due before `before`: the reconciler's work list.
@@ -329,9 +334,7 @@ pub async fn overdue(connection: &mut AnyConnection, before: DateTime<Utc>, limi
         .bind(limit)
         .fetch_all(connection)
         .await?;
-    rows.iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get::<i64, _>(1)? as u64)))
-        .collect()
+    id_and_seq(&rows)
 }
 
 /// Enrollments with effects still pending since before `before`, whatever their status.
@@ -348,9 +351,7 @@ pub async fn with_stale_effects(
     .bind(limit)
     .fetch_all(connection)
     .await?;
-    rows.iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get::<i64, _>(1)? as u64)))
-        .collect()
+    id_and_seq(&rows)
 }
 
 /// Postpones an enrollment's job after a transient failure.
