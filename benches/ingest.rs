@@ -24,7 +24,11 @@ fn setting(name: &str, default: usize) -> usize {
 fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static COUNT: AtomicUsize = AtomicUsize::new(0);
-    format!("{prefix}_{}_{}", std::process::id(), COUNT.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        COUNT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 async fn start(mode: Mode) -> String {
@@ -47,16 +51,31 @@ async fn start(mode: Mode) -> String {
         use sqlx::Executor;
         let admin = "postgres://postgres@127.0.0.1:5432/test";
         let database = unique("nurture_ingest");
-        let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(admin).await.expect("PostgreSQL");
-        pool.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}"))).await.unwrap();
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(admin)
+            .await
+            .expect("PostgreSQL");
+        pool.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+            .await
+            .unwrap();
         config.database_url = Some(format!("postgres://postgres@127.0.0.1:5432/{database}"));
         config.redis_url = Some("redis://127.0.0.1:6379".into());
     }
-    let engine = nurture::app::build(config, Arc::new(SystemClock)).await.expect("the engine starts");
+    let engine = nurture::app::build(config, Arc::new(SystemClock))
+        .await
+        .expect("the engine starts");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    let state = nurture::api::AppState { keys: Arc::new(nurture::api::keys_for(&engine)), engine };
-    tokio::spawn(nurture::api::serve(listener, nurture::api::router(state), std::future::pending()));
+    let state = nurture::api::AppState {
+        keys: Arc::new(nurture::api::keys_for(&engine)),
+        engine,
+    };
+    tokio::spawn(nurture::api::serve(
+        listener,
+        nurture::api::router(state),
+        std::future::pending(),
+    ));
     address.to_string()
 }
 
@@ -71,7 +90,11 @@ async fn post(address: &str, path: &str, body: &[u8]) -> u16 {
     stream.write_all(body).await.unwrap();
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await.unwrap();
-    String::from_utf8_lossy(&response).split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+    String::from_utf8_lossy(&response)
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -121,7 +144,13 @@ async fn main() {
     for mode in [Mode::Embedded, Mode::Production] {
         let address = start(mode).await;
         // Warm up: the contacts exist before measuring.
-        let warm: Vec<Vec<u8>> = (0..10).map(|b| json!({"batch": (0..100).map(|i| event(b * 100 + i)).collect::<Vec<_>>()}).to_string().into_bytes()).collect();
+        let warm: Vec<Vec<u8>> = (0..10)
+            .map(|b| {
+                json!({"batch": (0..100).map(|i| event(b * 100 + i)).collect::<Vec<_>>()})
+                    .to_string()
+                    .into_bytes()
+            })
+            .collect();
         drive(&address, "/v1/batch", warm, 2).await;
         let bodies: Vec<Vec<u8>> = (0..single).map(|i| event(i).to_string().into_bytes()).collect();
         let (latencies, wall) = drive(&address, "/v1/track", bodies, 8).await;
@@ -131,7 +160,13 @@ async fn main() {
             percentile(&latencies, 0.5).as_secs_f64() * 1000.0,
             percentile(&latencies, 0.99).as_secs_f64() * 1000.0
         ));
-        let bodies: Vec<Vec<u8>> = (0..batches).map(|b| json!({"batch": (0..100).map(|i| event(b * 100 + i)).collect::<Vec<_>>()}).to_string().into_bytes()).collect();
+        let bodies: Vec<Vec<u8>> = (0..batches)
+            .map(|b| {
+                json!({"batch": (0..100).map(|i| event(b * 100 + i)).collect::<Vec<_>>()})
+                    .to_string()
+                    .into_bytes()
+            })
+            .collect();
         let (latencies, wall) = drive(&address, "/v1/batch", bodies, 4).await;
         rows.push(format!(
             "| {mode:?} | `/v1/batch` of 100, 4 clients | {} | {:.0} | {:.1} ms | {:.1} ms |",

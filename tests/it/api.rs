@@ -86,7 +86,10 @@ async fn real_segment_library(mode: Mode) {
     );
     assert!(events.contains(&"Whitepaper Downloaded"), "{events:?}");
     assert_eq!(ada["traits"]["first_name"]["value"], "Ada");
-    assert_eq!(ada["score"]["total"], 15, "scoring.yaml gives a whitepaper download 15 points");
+    assert_eq!(
+        ada["score"]["total"], 15,
+        "scoring.yaml gives a whitepaper download 15 points"
+    );
     assert_eq!(ada["score"]["by_rule"]["whitepaper-download"], 15);
     eventually(
         "Ada enrolled in the whitepaper journey",
