@@ -5,7 +5,9 @@
 use super::clock::Clock;
 use super::contact::{Contact, ContactChange};
 use super::message::template_data;
-use super::transition::{Effect, Enrollment, History, Input, Outcome, Position, Refused, World, advance, may_enter};
+use super::transition::{
+    Advance, Effect, Enrollment, History, Input, Outcome, Position, Refused, World, advance, may_enter,
+};
 use crate::channels::email::{Mailer, Outgoing};
 use crate::channels::sms::SmsSender;
 use crate::channels::{self, assign};
@@ -603,20 +605,48 @@ impl Engine {
         // 2. The move itself.
         let now = self.clock.now();
         let history = self.preload(connection, journey, contact_id, now).await?;
-        let world = World {
-            contact: &contact,
-            now,
-            history: &history,
-        };
-        let moved = match advance(journey, &enrollment, enrollment.seq, Input::Due, &world) {
-            Ok(moved) => moved,
-            Err(Refused::NotYet(until)) => {
-                // The queue's clock ran ahead of ours. Re-pushing could spin until the clocks
-                // agree; the job scheduled for `until`, or else the reconciler, carries on.
-                tracing::debug!(%until, "Step job came early; dropped.");
-                return Ok(None);
+        // Instant steps that reach nothing outside (tags, scores, branches, splits) are moved
+        // together and saved in one transaction, each with its own history row and `seq`.
+        let mut current = enrollment.clone();
+        let mut moves: Vec<Advance> = Vec::new();
+        let mut working = contact.clone();
+        loop {
+            let world = World {
+                contact: &working,
+                now,
+                history: &history,
+            };
+            match advance(journey, &current, current.seq, Input::Due, &world) {
+                Ok(next) => {
+                    for change in &next.changes {
+                        working.apply(change);
+                    }
+                    let stop = !next.effects.is_empty()
+                        || !matches!(next.position, Position::Entering { .. })
+                        || moves.len() >= 15;
+                    current.position = next.position.clone();
+                    current.seq = next.seq;
+                    moves.push(next);
+                    if stop {
+                        break;
+                    }
+                }
+                Err(Refused::NotYet(until)) if moves.is_empty() => {
+                    // The queue's clock ran ahead of ours. Re-pushing could spin until the clocks
+                    // agree; the job scheduled for `until`, or else the reconciler, carries on.
+                    tracing::debug!(%until, "Step job came early; dropped.");
+                    return Ok(None);
+                }
+                Err(_) if moves.is_empty() => return Ok(None),
+                Err(_) => break,
             }
-            Err(_) => return Ok(None),
+        }
+        let moved = Advance {
+            position: current.position.clone(),
+            seq: current.seq,
+            changes: moves.iter().flat_map(|m| m.changes.iter().cloned()).collect(),
+            effects: moves.iter().flat_map(|m| m.effects.iter().cloned()).collect(),
+            records: moves.iter().flat_map(|m| m.records.iter().cloned()).collect(),
         };
         // The move's transaction runs on the job's connection: one connection per job.
         let mut tx = sqlx::Connection::begin(&mut *connection).await?;
