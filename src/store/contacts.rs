@@ -102,30 +102,31 @@ pub async fn load(connection: &mut AnyConnection, id: i64) -> Result<Option<Cont
         last_seen_at: opt_ms(&row, "last_seen_at"),
         ..Contact::default()
     };
-    for row in sqlx::query("SELECT name, value FROM contact_traits WHERE contact_id = $1")
-        .bind(id)
-        .fetch_all(&mut *connection)
-        .await?
-    {
-        let value: String = row.try_get(1)?;
-        contact.traits.insert(
-            row.try_get(0)?,
-            serde_json::from_str(&value).unwrap_or(Json::String(value)),
-        );
-    }
-    for row in sqlx::query("SELECT channel, granted FROM contact_consent WHERE contact_id = $1")
-        .bind(id)
-        .fetch_all(&mut *connection)
-        .await?
-    {
-        contact.consent.insert(row.try_get(0)?, row.try_get(1)?);
-    }
-    for row in sqlx::query("SELECT tag FROM contact_tags WHERE contact_id = $1 ORDER BY added_at, tag")
-        .bind(id)
-        .fetch_all(&mut *connection)
-        .await?
-    {
-        contact.tags.push(row.try_get(0)?);
+    // Traits, consent and tags in one round trip: loading a contact is on every step's path.
+    let rows = sqlx::query(
+        "SELECT 't' AS part, name, value, 0 AS added FROM contact_traits WHERE contact_id = $1
+         UNION ALL SELECT 'c', channel, CASE WHEN granted THEN 'true' ELSE 'false' END, 0 FROM contact_consent WHERE contact_id = $1
+         UNION ALL SELECT 'g', tag, '', added_at FROM contact_tags WHERE contact_id = $1
+         ORDER BY 1, 4, 2",
+    )
+    .bind(id)
+    .fetch_all(&mut *connection)
+    .await?;
+    for row in rows {
+        let part: String = row.try_get(0)?;
+        let name: String = row.try_get(1)?;
+        let value: String = row.try_get(2)?;
+        match part.as_str() {
+            "t" => {
+                contact
+                    .traits
+                    .insert(name, serde_json::from_str(&value).unwrap_or(Json::String(value)));
+            }
+            "c" => {
+                contact.consent.insert(name, value == "true");
+            }
+            _ => contact.tags.push(name),
+        }
     }
     Ok(Some(contact))
 }
