@@ -517,7 +517,7 @@ impl Engine {
             };
             let span = tracing::info_span!("step", journey = %journey.id, version = %journey.version, step = %step_id, enrollment = job.enrollment, contact = %enrollment.contact_id);
             let next = self
-                .run_move(&journey, enrollment, stored.attempts, &mut connection)
+                .run_move(&journey, enrollment, &mut connection)
                 .instrument(span)
                 .await?;
             match next {
@@ -540,7 +540,6 @@ impl Engine {
         &self,
         journey: &Journey,
         enrollment: Enrollment,
-        attempts: i32,
         connection: &mut sqlx::AnyConnection,
     ) -> Result<Option<u64>> {
         let id: i64 = enrollment.id.parse().unwrap_or_default();
@@ -598,7 +597,6 @@ impl Engine {
                 }
             }
         }
-        let _ = attempts;
         if enrollment.is_finished() {
             return Ok(None);
         }

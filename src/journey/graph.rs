@@ -3,13 +3,10 @@
 use super::model::{Journey, StepKind, Target};
 use std::fmt::Write;
 
-fn node_name(journey: &Journey, target: Target) -> String {
+fn node_name(target: Target) -> String {
     match target {
         Target::Step(index) => format!("s{index}"),
-        Target::End => {
-            let _ = journey;
-            "finish".into()
-        }
+        Target::End => "finish".into(),
     }
 }
 
@@ -45,7 +42,7 @@ pub fn mermaid(journey: &Journey) -> String {
         "    start([\"{}\"])",
         escape(&format!("{}: {}", journey.id, journey.trigger))
     );
-    let _ = writeln!(out, "    start --> {}", node_name(journey, journey.entry()));
+    let _ = writeln!(out, "    start --> {}", node_name(journey.entry()));
     for (index, step) in journey.steps.iter().enumerate() {
         let label = escape(&format!("{}<br/>{}", step.id, describe(&step.kind)));
         let shape = match step.kind {
@@ -59,11 +56,7 @@ pub fn mermaid(journey: &Journey) -> String {
     for (index, step) in journey.steps.iter().enumerate() {
         for transition in step.transitions() {
             let label = escape(&transition.label);
-            let _ = writeln!(
-                out,
-                "    s{index} -->|\"{label}\"| {}",
-                node_name(journey, transition.target)
-            );
+            let _ = writeln!(out, "    s{index} -->|\"{label}\"| {}", node_name(transition.target));
         }
     }
     out
@@ -88,13 +81,13 @@ pub fn dot(journey: &Journey) -> String {
         let label = escape(&format!("{}\\n{}", step.id, describe(&step.kind)));
         let _ = writeln!(out, "    s{index} [shape={shape}, label=\"{label}\"];");
     }
-    let _ = writeln!(out, "    start -> {};", node_name(journey, journey.entry()));
+    let _ = writeln!(out, "    start -> {};", node_name(journey.entry()));
     for (index, step) in journey.steps.iter().enumerate() {
         for transition in step.transitions() {
             let _ = writeln!(
                 out,
                 "    s{index} -> {} [label=\"{}\"];",
-                node_name(journey, transition.target),
+                node_name(transition.target),
                 escape(&transition.label)
             );
         }
