@@ -93,7 +93,7 @@ async fn real_segment_library(mode: Mode) {
     assert_eq!(ada["score"]["by_rule"]["whitepaper-download"], 15);
     eventually(
         "Ada enrolled in the whitepaper journey",
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         || async {
             let ada = get_admin(&base, "/v1/contacts?user_id=user-ada").await.json();
             ada["enrollments"]
@@ -335,7 +335,7 @@ async fn a_contact_who_opted_out_gets_no_marketing_email_and_the_journey_goes_on
             .status,
         200
     );
-    eventually("both welcome emails suppressed", Duration::from_secs(20), || async {
+    eventually("both welcome emails suppressed", Duration::from_secs(60), || async {
         let rows = sqlx::query("SELECT result FROM effects WHERE status = 'done'")
             .fetch_all(&env.engine.store.pool)
             .await

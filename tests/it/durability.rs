@@ -103,7 +103,7 @@ async fn a_worker_killed_mid_step_loses_nothing_and_sends_nothing_twice() {
     // The worker committed the email step and stopped before sending: kill it there.
     eventually(
         "the worker to pause before its effect",
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         || async { marker.exists().then_some(()) },
     )
     .await;
@@ -117,7 +117,7 @@ async fn a_worker_killed_mid_step_loses_nothing_and_sends_nothing_twice() {
     let mut survivor = spawn_worker(&config, &[]);
     eventually(
         "the enrollment to complete on the other worker",
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         || async {
             let done = count(&engine, "SELECT COUNT(*) FROM effects WHERE status = 'done'").await;
             (done == 2).then_some(())
@@ -157,7 +157,7 @@ async fn two_worker_processes_never_run_a_step_twice() {
         (count(&engine, "SELECT COUNT(*) FROM enrollments WHERE status = 'completed'").await == contacts).then_some(())
     })
     .await;
-    eventually("every email to be delivered", Duration::from_secs(30), || async {
+    eventually("every email to be delivered", Duration::from_secs(60), || async {
         (count(&engine, "SELECT COUNT(*) FROM effects WHERE status = 'done'").await == 2 * contacts).then_some(())
     })
     .await;
@@ -231,7 +231,7 @@ async fn a_flushed_redis_loses_no_waiting_contact() {
             .await
             .unwrap();
     }
-    eventually("everyone to be waiting", Duration::from_secs(20), || async {
+    eventually("everyone to be waiting", Duration::from_secs(60), || async {
         (count(&env.engine, "SELECT COUNT(*) FROM enrollments WHERE status = 'waiting'").await == contacts)
             .then_some(())
     })
@@ -239,7 +239,7 @@ async fn a_flushed_redis_loses_no_waiting_contact() {
     flush_namespace(&env.config.namespace).await;
     eventually(
         "every wait to finish after the flush",
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         || async {
             (count(
                 &env.engine,
@@ -280,7 +280,7 @@ async fn a_restarted_embedded_process_finishes_what_it_started() {
         )
         .await
         .unwrap();
-    eventually("the wait to start", Duration::from_secs(20), || async {
+    eventually("the wait to start", Duration::from_secs(60), || async {
         (count(&env.engine, "SELECT COUNT(*) FROM enrollments WHERE status = 'waiting'").await == 1).then_some(())
     })
     .await;
@@ -289,7 +289,7 @@ async fn a_restarted_embedded_process_finishes_what_it_started() {
     let env = TestEnv::start(config, Arc::new(SystemClock), true).await;
     eventually(
         "the wait to finish after the restart",
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         || async {
             (count(
                 &env.engine,

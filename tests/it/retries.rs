@@ -49,7 +49,7 @@ async fn a_temporary_smtp_failure_is_retried_until_the_mail_is_accepted() {
     let (env, contact) = run_welcome(&sink, Mode::Production).await;
     eventually(
         "both emails accepted by the SMTP server",
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         || async { (sink.count() == 2).then_some(()) },
     )
     .await;
@@ -77,7 +77,7 @@ async fn a_temporary_smtp_failure_is_retried_until_the_mail_is_accepted() {
 async fn a_permanent_smtp_refusal_moves_the_enrollment_to_the_failed_list() {
     let sink = SmtpSink::start(usize::MAX, 550).await;
     let (env, contact) = run_welcome(&sink, Mode::Embedded).await;
-    eventually("the enrollment to fail", Duration::from_secs(20), || async {
+    eventually("the enrollment to fail", Duration::from_secs(60), || async {
         (status(&env, contact).await == "failed").then_some(())
     })
     .await;

@@ -79,7 +79,7 @@ async fn points_add_up_to_mql_then_sql_and_start_the_handoff() {
         vec!["sql".to_string(), "mql".to_string()],
         "one Lead Qualified per stage, newest first"
     );
-    eventually("the SQL hand-off journey", Duration::from_secs(20), || async {
+    eventually("the SQL hand-off journey", Duration::from_secs(60), || async {
         let contact = contact_of().await;
         contact["enrollments"]
             .as_array()

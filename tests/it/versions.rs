@@ -55,7 +55,7 @@ async fn run(on_change: &str, expected_tag: &str) -> Vec<nurture::engine::plan::
         )
         .await
         .unwrap();
-    eventually("the contact to wait on version 1", Duration::from_secs(20), || async {
+    eventually("the contact to wait on version 1", Duration::from_secs(60), || async {
         let row = sqlx::query("SELECT status FROM enrollments WHERE contact_id = $1")
             .bind(contact)
             .fetch_optional(&env.engine.store.pool)
@@ -88,7 +88,7 @@ async fn run(on_change: &str, expected_tag: &str) -> Vec<nurture::engine::plan::
     env.engine.reconcile().await.unwrap();
     eventually(
         &format!("the contact to be tagged {expected_tag}"),
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         || async { (tags(&env, contact).await == vec![expected_tag.to_string()]).then_some(()) },
     )
     .await;
