@@ -1,6 +1,6 @@
 //! `nurture graph`: a journey's compiled state machine as Mermaid or DOT.
 
-use super::{ProjectArgs, compile_paths};
+use super::ProjectArgs;
 use crate::journey::graph;
 use anyhow::Result;
 use clap::ValueEnum;
@@ -25,15 +25,10 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let (catalog, diagnostics) = compile_paths(std::slice::from_ref(&args.file), &args.project)?;
-    let Some(journey) = catalog
-        .journeys
-        .first()
-        .filter(|_| !diagnostics.iter().any(|d| d.is_error()))
-    else {
-        super::print_diagnostics(&diagnostics);
+    let Some((_, journey)) = super::compile_one(&args.file, &args.project)? else {
         return Ok(ExitCode::from(1));
     };
+    let journey = &journey;
     match args.format {
         GraphFormat::Mermaid => super::out(&graph::mermaid(journey)),
         GraphFormat::Dot => super::out(&graph::dot(journey)),

@@ -100,6 +100,27 @@ pub fn out(text: &str) {
     let _ = stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush());
 }
 
+/// Compiles one journey file with the project's templates and files; prints its diagnostics
+/// and returns `None` if it has errors.
+pub fn compile_one(
+    file: &std::path::Path,
+    project: &ProjectArgs,
+) -> Result<Option<(Catalog, std::sync::Arc<journey::Journey>)>> {
+    let (catalog, diagnostics) = compile_paths(&[file.to_path_buf()], project)?;
+    match catalog
+        .journeys
+        .first()
+        .filter(|_| !diagnostics.iter().any(|d| d.is_error()))
+        .cloned()
+    {
+        Some(journey) => Ok(Some((catalog, journey))),
+        None => {
+            print_diagnostics(&diagnostics);
+            Ok(None)
+        }
+    }
+}
+
 /// Compiles the given journeys with the project's templates and files.
 pub fn compile_paths(paths: &[PathBuf], project: &ProjectArgs) -> Result<(Catalog, Vec<Diagnostic>)> {
     let sources = crate::project::load_sources(paths, &project.templates, &project.sales, &project.scoring)?;

@@ -1,6 +1,6 @@
 //! `nurture simulate`: run a journey for one contact on a virtual clock.
 
-use super::{Format, ProjectArgs, compile_paths};
+use super::{Format, ProjectArgs};
 use crate::engine::Contact;
 use crate::engine::simulate::{parse_events, render_text, simulate};
 use anyhow::{Context, Result};
@@ -28,15 +28,10 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let (catalog, diagnostics) = compile_paths(std::slice::from_ref(&args.file), &args.project)?;
-    let Some(journey) = catalog
-        .journeys
-        .first()
-        .filter(|_| !diagnostics.iter().any(|d| d.is_error()))
-    else {
-        super::print_diagnostics(&diagnostics);
+    let Some((catalog, journey)) = super::compile_one(&args.file, &args.project)? else {
         return Ok(ExitCode::from(1));
     };
+    let journey = &journey;
     let text =
         std::fs::read_to_string(&args.contact).with_context(|| format!("Failed to read {}", args.contact.display()))?;
     let mut contact: Contact =
