@@ -43,9 +43,13 @@ pub async fn connect(config: &Config) -> Result<(Store, Queue)> {
             store.migrate().await.context("Failed to migrate the database")?;
             // The queue has its own file: apalis keeps its own migration history.
             let queue_url = format!("sqlite://{}?mode=rwc", queue_path(&config.sqlite_path).display());
+            // WAL with `synchronous = NORMAL` on every connection: commits are durable against
+            // a process crash without an fsync each (the state file does the same).
             let options = queue_url
                 .parse::<sqlx::sqlite::SqliteConnectOptions>()?
-                .busy_timeout(Duration::from_secs(10));
+                .busy_timeout(Duration::from_secs(10))
+                .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                .synchronous(sqlx::sqlite::SqliteSynchronous::Normal);
             let pool = sqlx::sqlite::SqlitePoolOptions::new()
                 .max_connections(4)
                 .connect_with(options)
@@ -88,6 +92,8 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<Engine>>
     }
     let engine = Arc::new(Engine::new(store, queue, clock, config)?);
     engine.install(catalog, sources).await?;
+    // Waits this process parks come due here, whatever else it runs.
+    tokio::spawn(engine.queue.timers.clone().run(engine.queue.clone()));
     Ok(engine)
 }
 
@@ -107,8 +113,14 @@ pub async fn reload(engine: &Engine) -> Result<usize> {
     Ok(count)
 }
 
-async fn handle_step(job: StepJob, engine: Data<Arc<Engine>>) -> Result<(), BoxDynError> {
-    engine.run_job(job).await.map_err(|error| {
+async fn handle_step(
+    job: StepJob,
+    engine: Data<Arc<Engine>>,
+    task: TaskId,
+    worker: WorkerContext,
+) -> Result<(), BoxDynError> {
+    let task = Some((task.to_string(), worker.name().to_string()));
+    engine.run_task(job, task).await.map_err(|error| {
         warn!(%error, enrollment = job.enrollment, "Step job failed; the reconciler will retry it.");
         Box::new(error) as BoxDynError
     })
@@ -123,12 +135,10 @@ pub async fn run_worker(
 ) -> Result<()> {
     use futures::FutureExt;
     let shutdown = shutdown.boxed().shared();
-    // The embedded store has one connection: more concurrent jobs would only queue for it.
-    let concurrency = if engine.config.is_embedded() {
-        engine.config.concurrency.clamp(1, 4)
-    } else {
-        engine.config.concurrency.max(1)
-    };
+    // Jobs in flight wait for their batch (engine::steps), so many in flight make big batches.
+    let concurrency = engine.config.concurrency.max(1);
+    let loader = tokio::spawn(load_timers(engine.clone(), name.clone()));
+    let _stop_loader = AbortOnDrop(loader);
     loop {
         let wake = queue::wake_stream(engine.queue.hub.clone());
         let stop = shutdown.clone();
@@ -167,6 +177,49 @@ pub async fn run_worker(
                 }
             }
         }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Loads coming waits from the database into this process's timers: everything due soon (or
+/// overdue) once at start, then, while this process holds the `timers` lease, each next window.
+pub async fn load_timers(engine: Arc<Engine>, process: String) {
+    use crate::queue::timers::WINDOW_MS;
+    let every = Duration::from_millis((WINDOW_MS / 3) as u64);
+    let mut loaded_until = i64::MIN;
+    let mut first = true;
+    loop {
+        let now = engine.clock.now();
+        let lease_until = now + chrono::Duration::milliseconds(WINDOW_MS / 2);
+        let lead = first
+            || engine
+                .store
+                .take_lease("timers", &process, now, lease_until)
+                .await
+                .unwrap_or_else(|error| {
+                    warn!(%error, "Could not take the timers lease.");
+                    false
+                });
+        if lead {
+            match engine
+                .load_timer_window(loaded_until, now.timestamp_millis() + WINDOW_MS)
+                .await
+            {
+                Ok(until) => {
+                    loaded_until = until;
+                    first = false;
+                }
+                Err(error) => warn!(%error, "Could not load coming waits; trying again."),
+            }
+        }
+        tokio::time::sleep(every).await;
     }
 }
 

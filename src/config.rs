@@ -66,7 +66,7 @@ impl Default for Config {
             sales: PathBuf::from("sales.yaml"),
             scoring: PathBuf::from("scoring.yaml"),
             namespace: "nurture".into(),
-            concurrency: 32,
+            concurrency: 512,
             db_pool: 16,
             outbox: PathBuf::from("outbox"),
             smtp_url: None,

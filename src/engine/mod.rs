@@ -14,6 +14,7 @@ pub mod plan;
 pub mod runner;
 pub mod scoring;
 pub mod simulate;
+pub mod steps;
 pub mod transition;
 
 pub use clock::{Clock, SystemClock, VirtualClock};

@@ -3,11 +3,9 @@
 //! enrollments: events, stages, schedules, and the reconciler that repairs lost jobs.
 
 use super::clock::Clock;
-use super::contact::{Contact, ContactChange};
+use super::contact::Contact;
 use super::message::template_data;
-use super::transition::{
-    Advance, Effect, Enrollment, History, Input, Outcome, Position, Refused, World, advance, may_enter,
-};
+use super::transition::{Effect, Enrollment, History, Input, Outcome, Position, World, advance, may_enter};
 use crate::channels::email::{Mailer, Outgoing};
 use crate::channels::sms::SmsSender;
 use crate::channels::{self, assign};
@@ -21,7 +19,7 @@ use crate::store::{self, Store, contacts, effects, enrollments};
 use chrono::{DateTime, Duration, Utc};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
-use tracing::{Instrument, info, warn};
+use tracing::{info, warn};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -42,7 +40,7 @@ impl From<sqlx::Error> for Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Most moves one job makes before it hands the enrollment back to the queue.
-const MOVES_PER_JOB: usize = 64;
+pub(crate) const MOVES_PER_JOB: usize = 64;
 
 pub struct Engine {
     pub store: Store,
@@ -55,10 +53,12 @@ pub struct Engine {
     versions: Mutex<HashMap<(String, String), Arc<Journey>>>,
     mailer: Mailer,
     sms: SmsSender,
+    /// Step jobs on their way to a batch (see `steps.rs`); started on the first job.
+    pub(crate) steps: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<super::steps::Submitted>>,
 }
 
 /// Counts preloaded for one move: `count_events` windows and the frequency-cap window.
-struct Preloaded {
+pub(crate) struct Preloaded {
     counts: Vec<(String, DateTime<Utc>, i64)>,
     messages: (DateTime<Utc>, u32),
 }
@@ -85,6 +85,7 @@ impl Engine {
             .map_err(|e| Error::Invalid(e.to_string()))?;
         // Until a provider is configured, messages go to the outbox, in both modes.
         let sms = SmsSender::Outbox(config.outbox.join("sms"));
+        queue.timers.set_clock(clock.clone());
         Ok(Engine {
             store,
             queue,
@@ -95,6 +96,7 @@ impl Engine {
             versions: Mutex::new(HashMap::new()),
             mailer,
             sms,
+            steps: std::sync::OnceLock::new(),
         })
     }
 
@@ -205,7 +207,7 @@ impl Engine {
 
     /// The journey an enrollment runs on: the current version, or an older stored one.
     /// Never takes a second connection: callers already hold one.
-    async fn journey(
+    pub(crate) async fn journey(
         &self,
         connection: &mut sqlx::AnyConnection,
         id: &str,
@@ -434,7 +436,7 @@ impl Engine {
         Ok(enrollments::insert(tx, journey, contact_id, key.as_deref(), trigger, now).await?)
     }
 
-    async fn preload(
+    pub(crate) async fn preload(
         &self,
         connection: &mut sqlx::AnyConnection,
         journey: &Journey,
@@ -467,7 +469,7 @@ impl Engine {
         self.enqueue(jobs).await
     }
 
-    async fn enqueue(&self, jobs: Vec<(StepJob, DateTime<Utc>)>) -> Result<()> {
+    pub(crate) async fn enqueue(&self, jobs: Vec<(StepJob, DateTime<Utc>)>) -> Result<()> {
         let now = self.clock.now();
         let (ready, later): (Vec<_>, Vec<_>) = jobs.into_iter().partition(|(_, at)| *at <= now);
         self.queue
@@ -479,221 +481,10 @@ impl Engine {
         Ok(())
     }
 
-    /// Runs a step job: performs effects still pending, then moves the enrollment until it
-    /// waits or ends. A stale job does nothing.
-    pub async fn run_job(&self, job: StepJob) -> Result<()> {
-        let mut seq = job.seq;
-        for _ in 0..MOVES_PER_JOB {
-            let mut connection = self.store.pool.acquire().await?;
-            let Some(stored) = enrollments::load(&mut connection, job.enrollment).await? else {
-                return Ok(());
-            };
-            let enrollment = stored.enrollment;
-            if enrollment.seq != seq || stored.status == "failed" {
-                return Ok(());
-            }
-            let Some(journey) = self
-                .journey(&mut connection, &enrollment.journey_id, &enrollment.version)
-                .await?
-            else {
-                enrollments::fail(
-                    &mut connection,
-                    job.enrollment,
-                    seq,
-                    &format!(
-                        "journey {} version {} is not available",
-                        enrollment.journey_id, enrollment.version
-                    ),
-                    self.clock.now(),
-                )
-                .await?;
-                return Ok(());
-            };
-            let step_id = match &enrollment.position {
-                Position::Entering { step } | Position::Parked { step, .. } => {
-                    journey.steps.get(*step).map(|s| s.id.clone()).unwrap_or_default()
-                }
-                Position::Finished { .. } => String::new(),
-            };
-            let span = tracing::info_span!("step", journey = %journey.id, version = %journey.version, step = %step_id, enrollment = job.enrollment, contact = %enrollment.contact_id);
-            let next = self
-                .run_move(&journey, enrollment, &mut connection)
-                .instrument(span)
-                .await?;
-            match next {
-                Some(new_seq) => seq = new_seq,
-                None => return Ok(()),
-            }
-        }
-        // A long chain of instant steps: hand the rest to the queue so others get a turn.
-        self.queue
-            .push_now(vec![StepJob {
-                enrollment: job.enrollment,
-                seq,
-            }])
-            .await?;
-        Ok(())
-    }
-
-    /// One move. Returns the new `seq` if the enrollment should keep moving in this job.
-    async fn run_move(
+    /// Performs one effect. Messages need no connection; an assignment writes with the one given.
+    pub(crate) async fn perform(
         &self,
-        journey: &Journey,
-        enrollment: Enrollment,
-        connection: &mut sqlx::AnyConnection,
-    ) -> Result<Option<u64>> {
-        let id: i64 = enrollment.id.parse().unwrap_or_default();
-        let contact_id: i64 = enrollment.contact_id.parse().unwrap_or_default();
-        let Some(mut contact) = self.load_contact(connection, contact_id, self.clock.now()).await? else {
-            return Ok(None);
-        };
-        // 1. Effects recorded by an earlier move but not yet performed.
-        for pending in effects::pending(connection, id, self.clock.now()).await? {
-            let now = self.clock.now();
-            let lease = Duration::from_std(self.config.effect_lease).unwrap_or_else(|_| Duration::minutes(5));
-            if !effects::claim(connection, &pending.key, now, now + lease).await? {
-                // Another worker is performing it and will carry the enrollment on.
-                return Ok(None);
-            }
-            match self
-                .perform(connection, journey, &enrollment, &contact, &pending, now)
-                .await
-            {
-                Ok(result) => {
-                    effects::mark_done(connection, &pending.key, &result, self.clock.now()).await?;
-                    info!(effect = %pending.key, result, "Effect performed.");
-                }
-                Err(error) => {
-                    let attempts = pending.attempts + 1;
-                    let give_up = !error.is_transient() || attempts as u32 >= self.config.max_attempts;
-                    effects::mark_attempt(connection, &pending.key, &error.to_string(), give_up).await?;
-                    if give_up {
-                        warn!(effect = %pending.key, %error, attempts, "Effect failed; the enrollment moves to the failed list.");
-                        enrollments::fail(
-                            connection,
-                            id,
-                            enrollment.seq,
-                            &format!("{}: {error}", pending.step),
-                            now,
-                        )
-                        .await?;
-                    } else {
-                        let delay = backoff(self.config.retry_base, attempts, &pending.key);
-                        warn!(effect = %pending.key, %error, attempts, retry_in = ?delay, "Effect failed; will retry.");
-                        let until = now + delay;
-                        enrollments::postpone(connection, id, enrollment.seq, until, attempts, &error.to_string(), now)
-                            .await?;
-                        self.queue
-                            .push_at(
-                                StepJob {
-                                    enrollment: id,
-                                    seq: enrollment.seq,
-                                },
-                                until,
-                            )
-                            .await?;
-                    }
-                    return Ok(None);
-                }
-            }
-        }
-        if enrollment.is_finished() {
-            return Ok(None);
-        }
-        // 2. The move itself.
-        let now = self.clock.now();
-        let history = self.preload(connection, journey, contact_id, now).await?;
-        // Instant steps that reach nothing outside (tags, scores, branches, splits) are moved
-        // together and saved in one transaction, each with its own history row and `seq`.
-        let mut current = enrollment.clone();
-        let mut moves: Vec<Advance> = Vec::new();
-        let mut working = contact.clone();
-        loop {
-            let world = World {
-                contact: &working,
-                now,
-                history: &history,
-            };
-            match advance(journey, &current, current.seq, Input::Due, &world) {
-                Ok(next) => {
-                    for change in &next.changes {
-                        working.apply(change);
-                    }
-                    let stop = !next.effects.is_empty()
-                        || !matches!(next.position, Position::Entering { .. })
-                        || moves.len() >= 15;
-                    current.position = next.position.clone();
-                    current.seq = next.seq;
-                    moves.push(next);
-                    if stop {
-                        break;
-                    }
-                }
-                Err(Refused::NotYet(until)) if moves.is_empty() => {
-                    // The queue's clock ran ahead of ours. Re-pushing could spin until the clocks
-                    // agree; the job scheduled for `until`, or else the reconciler, carries on.
-                    tracing::debug!(%until, "Step job came early; dropped.");
-                    return Ok(None);
-                }
-                Err(_) if moves.is_empty() => return Ok(None),
-                Err(_) => break,
-            }
-        }
-        let moved = Advance {
-            position: current.position.clone(),
-            seq: current.seq,
-            changes: moves.iter().flat_map(|m| m.changes.iter().cloned()).collect(),
-            effects: moves.iter().flat_map(|m| m.effects.iter().cloned()).collect(),
-            records: moves.iter().flat_map(|m| m.records.iter().cloned()).collect(),
-        };
-        // The move's transaction runs on the job's connection: one connection per job.
-        let mut tx = sqlx::Connection::begin(&mut *connection).await?;
-        contacts::apply(&mut tx, contact_id, &moved.changes, now).await?;
-        if !enrollments::save_move(&mut tx, journey, &enrollment, &moved, now).await? {
-            return Ok(None);
-        }
-        let scored = moved.changes.iter().any(|c| matches!(c, ContactChange::Score { .. }));
-        let qualified = if scored {
-            self.qualify(&mut tx, contact_id, now).await?
-        } else {
-            Vec::new()
-        };
-        tx.commit().await?;
-        self.enqueue(qualified).await?;
-        for change in &moved.changes {
-            contact.apply(change);
-        }
-        for record in &moved.records {
-            info!(step = %record.step, outcome = %record.outcome, detail = %record.detail, "Step.");
-        }
-        if !moved.effects.is_empty() {
-            pause_for_tests();
-        }
-        match &moved.position {
-            Position::Entering { .. } => Ok(Some(moved.seq)),
-            Position::Parked { until, .. } => {
-                // Effects of this move (a message sent before a wait) go first.
-                if !moved.effects.is_empty() {
-                    return Ok(Some(moved.seq));
-                }
-                self.queue
-                    .push_at(
-                        StepJob {
-                            enrollment: id,
-                            seq: moved.seq,
-                        },
-                        *until,
-                    )
-                    .await?;
-                Ok(None)
-            }
-            Position::Finished { .. } => Ok((!moved.effects.is_empty()).then_some(moved.seq)),
-        }
-    }
-
-    async fn perform(
-        &self,
-        connection: &mut sqlx::AnyConnection,
+        connection: Option<&mut sqlx::AnyConnection>,
         journey: &Journey,
         enrollment: &Enrollment,
         contact: &Contact,
@@ -752,6 +543,8 @@ impl Engine {
                 let team = sales.teams.get(team).ok_or_else(|| {
                     channels::Error::Permanent(format!("sales team `{team}` is gone from sales.yaml"))
                 })?;
+                let connection = connection
+                    .ok_or_else(|| channels::Error::Transient("an assignment needs a database connection".into()))?;
                 assign::assign(
                     connection,
                     team,
@@ -900,7 +693,7 @@ fn unsubscribe_token(contact_id: &str) -> String {
 
 /// Test hook for the crash test: with `NURTURE_TEST_PAUSE_BEFORE_EFFECT=FILE`, a worker that
 /// has committed a move with effects creates FILE and stops there, to be killed.
-fn pause_for_tests() {
+pub(crate) fn pause_for_tests() {
     if let Ok(marker) = std::env::var("NURTURE_TEST_PAUSE_BEFORE_EFFECT") {
         let _ = std::fs::write(&marker, b"paused");
         std::thread::sleep(std::time::Duration::from_secs(3600));

@@ -32,6 +32,24 @@ impl Engine {
         Ok(Some(contact))
     }
 
+    /// `load_contact` for many contacts at once: what a batch of step jobs reads.
+    pub(crate) async fn load_contacts(
+        &self,
+        connection: &mut sqlx::AnyConnection,
+        ids: &[i64],
+        now: DateTime<Utc>,
+    ) -> Result<std::collections::HashMap<i64, Contact>> {
+        let mut contacts = contacts::load_many(connection, ids).await?;
+        if let Some(scoring) = self.catalog().scoring.as_ref().filter(|s| s.decay.is_some()) {
+            let points = scores::points_of_contacts(connection, ids).await?;
+            for (id, contact) in contacts.iter_mut() {
+                let entries = points.get(id).map(Vec::as_slice).unwrap_or_default();
+                contact.score = scoring::score(entries, scoring.decay, contact.last_seen_at, now);
+            }
+        }
+        Ok(contacts)
+    }
+
     /// Points for an event, by every event rule it matches, within the rules' caps.
     pub(crate) async fn score_event(
         &self,

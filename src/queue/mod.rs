@@ -1,21 +1,24 @@
 //! Step jobs on an apalis queue: Redis in production, SQLite in the embedded mode.
 //!
 //! A job is only `(enrollment, seq)`: the truth is in the database, so a lost, stale or
-//! duplicate job is harmless. Waits are jobs scheduled for their due time.
+//! duplicate job is harmless. Waits are not jobs: they live in the database (`due_at`) and in
+//! this process's `Timers` (see `timers.rs`), which push the job when it comes due, to the
+//! millisecond. A waiting enrollment costs no Redis memory.
 //!
 //! apalis workers fetch when woken. We wake them from a `WakeHub` instead of a polling timer:
-//! in-process pushes notify it directly, other processes' pushes arrive over Redis pub/sub, and
-//! scheduled jobs wake it at their due second (apalis schedules with one-second resolution).
+//! in-process pushes notify it directly, other processes' pushes arrive over Redis pub/sub.
+//! apalis does not delete a job it ran when results are not persisted, so `finished` does.
+
+pub mod timers;
 
 use apalis::prelude::*;
 use apalis_redis::RedisStorage;
 use apalis_sqlite::SqliteStorage;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use redis::aio::MultiplexedConnection;
+use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::sync::Notify;
 
 /// Run the enrollment's next move if it is still at `seq`.
@@ -35,40 +38,15 @@ pub enum Error {
     Redis(#[from] redis::RedisError),
 }
 
-/// Wakes this process's worker: now for new jobs, later for scheduled ones.
+/// Wakes this process's worker when jobs are pushed.
 #[derive(Default)]
 pub struct WakeHub {
     notify: Notify,
-    /// Due seconds of scheduled jobs this process knows about.
-    timers: Mutex<BTreeSet<i64>>,
 }
 
 impl WakeHub {
     pub fn jobs_available(&self) {
         self.notify.notify_one();
-    }
-
-    pub fn job_scheduled(&self, due_second: i64) {
-        let mut timers = self.timers.lock().unwrap_or_else(|e| e.into_inner());
-        let earliest = timers.first().copied();
-        timers.insert(due_second);
-        drop(timers);
-        if earliest.is_none_or(|e| due_second < e) {
-            self.notify.notify_one();
-        }
-    }
-
-    fn next_timer(&self) -> Option<i64> {
-        self.timers.lock().unwrap_or_else(|e| e.into_inner()).first().copied()
-    }
-
-    fn pop_due(&self, now_second: i64) -> bool {
-        let mut timers = self.timers.lock().unwrap_or_else(|e| e.into_inner());
-        let due: Vec<i64> = timers.range(..=now_second).copied().collect();
-        for second in &due {
-            timers.remove(second);
-        }
-        !due.is_empty()
     }
 }
 
@@ -81,17 +59,6 @@ pub fn wake_stream(hub: Arc<WakeHub>) -> WakeStream {
         // a moment later.
         let mut follow_up: Option<tokio::time::Instant> = None;
         loop {
-            let next = hub.next_timer();
-            let timer = async {
-                match next {
-                    Some(second) => {
-                        let wait = (second * 1000 - unix_ms()).max(0) as u64;
-                        // A few milliseconds past the second, so the queue sees it as due.
-                        tokio::time::sleep(std::time::Duration::from_millis(wait + 5)).await;
-                    }
-                    None => std::future::pending::<()>().await,
-                }
-            };
             let repeat = async {
                 match follow_up {
                     Some(at) => tokio::time::sleep_until(at).await,
@@ -100,10 +67,6 @@ pub fn wake_stream(hub: Arc<WakeHub>) -> WakeStream {
             };
             tokio::select! {
                 _ = hub.notify.notified() => {
-                    follow_up = Some(tokio::time::Instant::now() + std::time::Duration::from_millis(20));
-                }
-                _ = timer => {
-                    hub.pop_due(unix_ms() / 1000);
                     follow_up = Some(tokio::time::Instant::now() + std::time::Duration::from_millis(20));
                 }
                 _ = repeat => {
@@ -130,22 +93,12 @@ impl futures::Stream for WakeStream {
     }
 }
 
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-/// Scheduled jobs run at whole seconds: round up so a job never runs before its time.
-pub fn due_second(at: DateTime<Utc>) -> i64 {
-    let ms = at.timestamp_millis();
-    (ms + 999).div_euclid(1000)
-}
+/// Jobs one fetch takes: enough to fill a batch of moves (see `engine::steps`).
+const FETCH_BATCH: usize = 256;
 
 #[derive(Clone)]
 pub enum Backend {
-    Redis(RedisStorage<StepJob, MultiplexedConnection>),
+    Redis(RedisStorage<StepJob, ConnectionManager>),
     Sqlite(SqliteStorage<StepJob>),
 }
 
@@ -154,44 +107,36 @@ pub enum Backend {
 pub struct Queue {
     pub backend: Backend,
     pub hub: Arc<WakeHub>,
-    /// Redis only: a connection for our own wake-up messages, and their channel.
-    timers: Option<(MultiplexedConnection, String)>,
+    pub timers: Arc<timers::Timers>,
+    /// SQLite only: the queue file's pool, to delete jobs that ran.
+    sqlite: Option<sqlx::SqlitePool>,
+    /// Redis only: the channel that wakes other processes' workers.
+    wake_channel: Option<String>,
 }
 
 impl Queue {
-    /// The queue in Redis; `namespace` prefixes every key.
+    /// The queue in Redis; `namespace` prefixes every key. The connection reconnects by itself
+    /// after Redis restarts, and the wake-up listener subscribes again.
     pub async fn redis(url: &str, namespace: &str) -> Result<Queue, Error> {
         let client = redis::Client::open(url)?;
-        let connection = client.get_multiplexed_async_connection().await?;
+        let connection = ConnectionManager::new(client.clone()).await?;
         let config = apalis_redis::Config::default()
             .queue(format!("{namespace}:steps"))
-            .persist_results(false);
-        let storage = RedisStorage::new(connection.clone()).with_config(config.clone());
+            .batch_size(FETCH_BATCH)
+            // The database is the truth: no results, no per-job events, no per-job locks.
+            .persist_results(false)
+            .emit_events(false)
+            .lock_tasks(false);
+        let storage = RedisStorage::new(connection).with_config(config.clone());
         let hub = Arc::new(WakeHub::default());
-        let available = format!("tasks:{}:available", config.active_jobs_list());
-        let timers = format!("{namespace}:timers");
-        // Other processes' pushes and schedules wake us too.
-        let mut pubsub = client.get_async_pubsub().await?;
-        pubsub.subscribe(&available).await?;
-        pubsub.subscribe(&timers).await?;
-        let listener_hub = hub.clone();
-        let timers_channel = timers.clone();
-        tokio::spawn(async move {
-            let mut messages = pubsub.into_on_message();
-            while let Some(message) = messages.next().await {
-                if message.get_channel_name() == timers_channel {
-                    if let Ok(second) = message.get_payload::<i64>() {
-                        listener_hub.job_scheduled(second);
-                    }
-                } else {
-                    listener_hub.jobs_available();
-                }
-            }
-        });
+        let available = format!("{namespace}:wake");
+        tokio::spawn(listen(client, available.clone(), hub.clone()));
         Ok(Queue {
             backend: Backend::Redis(storage),
             hub,
-            timers: Some((connection, timers)),
+            timers: Arc::new(timers::Timers::default()),
+            sqlite: None,
+            wake_channel: Some(available),
         })
     }
 
@@ -202,26 +147,38 @@ impl Queue {
             .map_err(|e| Error::Queue(e.to_string()))?;
         let config = apalis_sqlite::Config::default()
             .queue("nurture:steps")
+            .batch_size(FETCH_BATCH)
             .persist_results(false);
         let storage = SqliteStorage::new(pool).with_config(config);
         Ok(Queue {
             backend: Backend::Sqlite(storage),
             hub: Arc::new(WakeHub::default()),
-            timers: None,
+            timers: Arc::new(timers::Timers::default()),
+            sqlite: Some(pool.clone()),
+            wake_channel: None,
         })
     }
 
-    /// Enqueues jobs to run now.
+    /// Enqueues jobs to run now, and wakes every worker (here and, through Redis, elsewhere).
     pub async fn push_now(&self, jobs: Vec<StepJob>) -> Result<(), Error> {
         if jobs.is_empty() {
             return Ok(());
         }
         match &self.backend {
-            Backend::Redis(storage) => storage
-                .clone()
-                .push_bulk(jobs)
-                .await
-                .map_err(|e| Error::Queue(e.to_string()))?,
+            Backend::Redis(storage) => {
+                storage
+                    .clone()
+                    .push_bulk(jobs)
+                    .await
+                    .map_err(|e| Error::Queue(e.to_string()))?;
+                if let Some(channel) = &self.wake_channel {
+                    let _: i64 = redis::cmd("PUBLISH")
+                        .arg(channel)
+                        .arg(1)
+                        .query_async(&mut storage.clone().get_connection().clone())
+                        .await?;
+                }
+            }
             Backend::Sqlite(storage) => storage
                 .clone()
                 .push_bulk(jobs)
@@ -232,30 +189,75 @@ impl Queue {
         Ok(())
     }
 
-    /// Enqueues a job to run at `at` (rounded up to the second).
+    /// Runs `job` at `at`: now if it is due, else when this process's timer fires; a wait too
+    /// far ahead to hold in memory is loaded from the database when it comes near.
     pub async fn push_at(&self, job: StepJob, at: DateTime<Utc>) -> Result<(), Error> {
-        let second = due_second(at);
-        let task = TaskBuilder::new(job).run_at_timestamp(second.max(0) as u64).build();
-        match &self.backend {
-            Backend::Redis(storage) => storage
-                .clone()
-                .push_task(task)
-                .await
-                .map_err(|e| Error::Queue(e.to_string()))?,
-            Backend::Sqlite(storage) => storage
-                .clone()
-                .push_task(task)
-                .await
-                .map_err(|e| Error::Queue(e.to_string()))?,
+        if at.timestamp_millis() <= self.timers.now_ms() {
+            return self.push_now(vec![job]).await;
         }
-        self.hub.job_scheduled(second);
-        if let Some((connection, channel)) = &self.timers {
-            let _: i64 = redis::cmd("PUBLISH")
-                .arg(channel)
-                .arg(second)
-                .query_async(&mut connection.clone())
-                .await?;
+        self.timers.hold(job, at.timestamp_millis());
+        Ok(())
+    }
+
+    /// Deletes what the queue keeps of jobs that ran (apalis keeps them when results are not
+    /// persisted): their data and metadata, and the worker's in-flight entry.
+    pub async fn finished(&self, worker: &str, task_ids: &[String]) -> Result<(), Error> {
+        if task_ids.is_empty() {
+            return Ok(());
+        }
+        match &self.backend {
+            Backend::Redis(storage) => {
+                let config = storage.get_config();
+                let mut pipe = redis::pipe();
+                pipe.cmd("HDEL").arg(config.job_data_hash()).arg(task_ids).ignore();
+                let meta = config.job_meta_hash();
+                pipe.cmd("DEL")
+                    .arg(task_ids.iter().map(|id| format!("{meta}:{id}")).collect::<Vec<_>>())
+                    .ignore();
+                pipe.cmd("SREM")
+                    .arg(format!("{}:{worker}", config.inflight_jobs_set()))
+                    .arg(task_ids)
+                    .ignore();
+                let mut connection = storage.clone().get_connection().clone();
+                let () = pipe.query_async(&mut connection).await?;
+            }
+            Backend::Sqlite(_) => {
+                if let Some(pool) = &self.sqlite {
+                    let sql = format!(
+                        "DELETE FROM Jobs WHERE id IN ({})",
+                        task_ids.iter().map(|_| "?").collect::<Vec<_>>().join(", ")
+                    );
+                    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+                    for id in task_ids {
+                        query = query.bind(id.clone());
+                    }
+                    query.execute(pool).await.map_err(|e| Error::Queue(e.to_string()))?;
+                }
+            }
         }
         Ok(())
+    }
+}
+
+/// Wakes this process when another pushes jobs, for as long as the process runs: after Redis
+/// restarts it subscribes again, and wakes the worker in case it missed something meanwhile.
+async fn listen(client: redis::Client, channel: String, hub: Arc<WakeHub>) {
+    loop {
+        match client.get_async_pubsub().await {
+            Ok(mut pubsub) => {
+                if let Err(error) = pubsub.subscribe(&channel).await {
+                    tracing::warn!(%error, "Could not subscribe to queue wake-ups; trying again.");
+                } else {
+                    hub.jobs_available();
+                    let mut messages = pubsub.into_on_message();
+                    while messages.next().await.is_some() {
+                        hub.jobs_available();
+                    }
+                    tracing::warn!("Lost the Redis wake-up subscription; subscribing again.");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "Redis is unreachable for wake-ups; trying again."),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 }

@@ -131,6 +131,128 @@ pub async fn load(connection: &mut AnyConnection, id: i64) -> Result<Option<Cont
     Ok(Some(contact))
 }
 
+/// Many contacts by id with their traits, consent and tags: two queries per few thousand.
+pub async fn load_many(connection: &mut AnyConnection, ids: &[i64]) -> Result<std::collections::HashMap<i64, Contact>> {
+    let mut contacts = std::collections::HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(super::MAX_PARAMS / 3) {
+        let list = super::placeholders(1, chunk.len());
+        let sql = format!(
+            "SELECT id, email, phone, stage, score, timezone, language, created_at, last_seen_at FROM contacts WHERE id IN ({list})"
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in chunk {
+            query = query.bind(*id);
+        }
+        for row in query.fetch_all(&mut *connection).await? {
+            let id: i64 = row.try_get("id")?;
+            contacts.insert(
+                id,
+                Contact {
+                    id: id.to_string(),
+                    email: row.try_get("email")?,
+                    phone: row.try_get("phone")?,
+                    score: row.try_get("score")?,
+                    stage: row.try_get::<String, _>("stage")?.parse().unwrap_or(Stage::Lead),
+                    timezone: row.try_get("timezone")?,
+                    language: row.try_get("language")?,
+                    created_at: opt_ms(&row, "created_at"),
+                    last_seen_at: opt_ms(&row, "last_seen_at"),
+                    ..Contact::default()
+                },
+            );
+        }
+        let n = chunk.len();
+        let sql = format!(
+            "SELECT contact_id, 't' AS part, name, value, 0 AS added FROM contact_traits WHERE contact_id IN ({})
+             UNION ALL SELECT contact_id, 'c', channel, CASE WHEN granted THEN 'true' ELSE 'false' END, 0 FROM contact_consent WHERE contact_id IN ({})
+             UNION ALL SELECT contact_id, 'g', tag, '', added_at FROM contact_tags WHERE contact_id IN ({})
+             ORDER BY 1, 2, 5, 3",
+            super::placeholders(1, n),
+            super::placeholders(n + 1, n),
+            super::placeholders(2 * n + 1, n)
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for _ in 0..3 {
+            for id in chunk {
+                query = query.bind(*id);
+            }
+        }
+        for row in query.fetch_all(&mut *connection).await? {
+            let id: i64 = row.try_get(0)?;
+            let Some(contact) = contacts.get_mut(&id) else { continue };
+            let part: String = row.try_get(1)?;
+            let name: String = row.try_get(2)?;
+            let value: String = row.try_get(3)?;
+            match part.as_str() {
+                "t" => {
+                    contact
+                        .traits
+                        .insert(name, serde_json::from_str(&value).unwrap_or(Json::String(value)));
+                }
+                "c" => {
+                    contact.consent.insert(name, value == "true");
+                }
+                _ => contact.tags.push(name),
+            }
+        }
+    }
+    Ok(contacts)
+}
+
+/// Applies many steps' changes in one transaction: tags and traits as multi-row statements.
+/// Changes are in order; for a trait set twice the last value wins, as it would one by one.
+pub async fn apply_many(tx: &mut Tx<'_>, changes: &[(i64, &ContactChange)], now: DateTime<Utc>) -> Result<()> {
+    if changes.iter().any(|(_, c)| matches!(c, ContactChange::Untag { .. })) {
+        // A removed tag may be added again later in the same list: keep the exact order.
+        for (id, change) in changes {
+            apply(tx, *id, std::slice::from_ref(*change), now).await?;
+        }
+        return Ok(());
+    }
+    let mut tags: Vec<(i64, &str)> = Vec::new();
+    let mut traits: Vec<(i64, &str, String)> = Vec::new();
+    for (id, change) in changes {
+        match change {
+            ContactChange::Tag { tag } => tags.push((*id, tag)),
+            ContactChange::Set { name, value } => {
+                traits.retain(|(c, n, _)| !(*c == *id && *n == name.as_str()));
+                traits.push((*id, name, value.to_string()));
+            }
+            // Points are entries with their own statements (rare on the hot path).
+            ContactChange::Untag { .. } | ContactChange::Score { .. } => {}
+        }
+    }
+    for chunk in tags.chunks(super::rows_per_statement(3)) {
+        let sql = format!(
+            "INSERT INTO contact_tags (contact_id, tag, added_at) VALUES {} ON CONFLICT DO NOTHING",
+            super::value_rows(1, chunk.len(), &[""; 3])
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (id, tag) in chunk {
+            query = query.bind(*id).bind(*tag).bind(ms(now));
+        }
+        query.execute(&mut **tx).await?;
+    }
+    for chunk in traits.chunks(super::rows_per_statement(4)) {
+        let sql = format!(
+            "INSERT INTO contact_traits (contact_id, name, value, updated_at) VALUES {}
+             ON CONFLICT (contact_id, name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+            super::value_rows(1, chunk.len(), &[""; 4])
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (id, name, value) in chunk {
+            query = query.bind(*id).bind(*name).bind(value.as_str()).bind(ms(now));
+        }
+        query.execute(&mut **tx).await?;
+    }
+    for (id, change) in changes {
+        if let ContactChange::Score { points } = change {
+            super::scores::add(tx, *id, "journey-step", None, *points, now).await?;
+        }
+    }
+    Ok(())
+}
+
 /// Applies a step's changes inside its transaction.
 pub async fn apply(tx: &mut Tx<'_>, id: i64, changes: &[ContactChange], now: DateTime<Utc>) -> Result<()> {
     for change in changes {

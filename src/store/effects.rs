@@ -38,6 +38,87 @@ pub async fn pending(connection: &mut AnyConnection, enrollment_id: i64, now: Da
         .collect()
 }
 
+/// `pending` for many enrollments at once, as `(enrollment id, effect)` in the order to perform.
+pub async fn pending_many(
+    connection: &mut AnyConnection,
+    enrollment_ids: &[i64],
+    now: DateTime<Utc>,
+) -> Result<Vec<(i64, Pending)>> {
+    let mut pending = Vec::new();
+    for chunk in enrollment_ids.chunks(super::MAX_PARAMS) {
+        let sql = format!(
+            "SELECT enrollment_id, effect_key, step, payload, attempts FROM effects
+             WHERE enrollment_id IN ({}) AND (status = 'pending' OR (status = 'sending' AND claimed_until < $1))
+             ORDER BY created_at, effect_key",
+            super::placeholders(2, chunk.len())
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(ms(now));
+        for id in chunk {
+            query = query.bind(*id);
+        }
+        for r in query.fetch_all(&mut *connection).await? {
+            let payload: String = r.try_get(3)?;
+            pending.push((
+                r.try_get(0)?,
+                Pending {
+                    key: r.try_get(1)?,
+                    step: r.try_get(2)?,
+                    effect: serde_json::from_str(&payload).map_err(|e| Error::Corrupt(e.to_string()))?,
+                    attempts: r.try_get(4)?,
+                },
+            ));
+        }
+    }
+    Ok(pending)
+}
+
+/// `claim` for many effects in one statement; returns the keys this worker now holds.
+pub async fn claim_many(
+    connection: &mut AnyConnection,
+    keys: &[&str],
+    now: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Result<std::collections::HashSet<String>> {
+    let mut claimed = std::collections::HashSet::with_capacity(keys.len());
+    for chunk in keys.chunks(super::MAX_PARAMS) {
+        let sql = format!(
+            "UPDATE effects SET status = 'sending', claimed_until = $1
+             WHERE effect_key IN ({}) AND (status = 'pending' OR (status = 'sending' AND claimed_until < $2))
+             RETURNING effect_key",
+            super::placeholders(3, chunk.len())
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(ms(until)).bind(ms(now));
+        for key in chunk {
+            query = query.bind(*key);
+        }
+        for row in query.fetch_all(&mut *connection).await? {
+            claimed.insert(row.try_get(0)?);
+        }
+    }
+    Ok(claimed)
+}
+
+/// `mark_done` for many effects in one statement: `(key, result)` pairs.
+pub async fn mark_done_many(
+    connection: &mut AnyConnection,
+    done: &[(String, String)],
+    now: DateTime<Utc>,
+) -> Result<()> {
+    for chunk in done.chunks(super::rows_per_statement(2)) {
+        let sql = format!(
+            "UPDATE effects SET status = 'done', result = v.column2, done_at = $1, attempts = attempts + 1
+             FROM (VALUES {}) AS v WHERE effects.effect_key = v.column1",
+            super::value_rows(2, chunk.len(), &["TEXT", "TEXT"])
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(ms(now));
+        for (key, result) in chunk {
+            query = query.bind(key).bind(result);
+        }
+        query.execute(&mut *connection).await?;
+    }
+    Ok(())
+}
+
 /// Takes the right to perform an effect until `until`; false if another worker holds it.
 pub async fn claim(
     connection: &mut AnyConnection,

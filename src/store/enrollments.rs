@@ -99,6 +99,47 @@ pub async fn load(connection: &mut AnyConnection, id: i64) -> Result<Option<Stor
     .transpose()
 }
 
+/// Many enrollments by id, in one query per few thousand: a batch of step jobs loads them together.
+pub async fn load_many(connection: &mut AnyConnection, ids: &[i64]) -> Result<Vec<Stored>> {
+    let mut stored = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(super::MAX_PARAMS) {
+        let sql = format!(
+            "{} WHERE id IN ({})",
+            select_enrollments!(""),
+            super::placeholders(1, chunk.len())
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in chunk {
+            query = query.bind(*id);
+        }
+        for row in query.fetch_all(&mut *connection).await? {
+            let (enrollment, attempts, last_error, status) = from_row_with_status(&row)?;
+            stored.push(Stored {
+                enrollment,
+                status,
+                attempts,
+                last_error,
+            });
+        }
+    }
+    Ok(stored)
+}
+
+/// Unfinished enrollments due in `(after, until]`, as `(id, seq, due_at ms)`: what the timer
+/// holds in memory. The partial index `enrollments_due` answers it.
+pub async fn due_between(connection: &mut AnyConnection, after: i64, until: i64) -> Result<Vec<(i64, u64, i64)>> {
+    let rows = sqlx::query(
+        "SELECT id, seq, due_at FROM enrollments WHERE status IN ('active', 'waiting') AND due_at > $1 AND due_at <= $2",
+    )
+    .bind(after)
+    .bind(until)
+    .fetch_all(connection)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get::<i64, _>(1)? as u64, r.try_get(2)?)))
+        .collect()
+}
+
 /// The contact's earlier enrollments in a journey, oldest first, for re-entry rules.
 pub async fn of_contact(connection: &mut AnyConnection, contact_id: i64, journey_id: &str) -> Result<Vec<Enrollment>> {
     let rows = sqlx::query(select_enrollments!(
@@ -170,8 +211,14 @@ pub async fn insert(
     }))
 }
 
-/// Writes one move: position, history, waiters, pending effects and conversions, all in the
-/// caller's transaction. Returns false if someone else moved the enrollment first.
+/// One move to save: the enrollment as it was loaded, and where `advance` took it.
+pub struct Move<'a> {
+    pub journey: &'a Journey,
+    pub before: &'a Enrollment,
+    pub advance: &'a Advance,
+}
+
+/// Writes one move; see `save_moves`. Returns false if someone else moved the enrollment first.
 pub async fn save_move(
     tx: &mut Tx<'_>,
     journey: &Journey,
@@ -179,87 +226,190 @@ pub async fn save_move(
     advance: &Advance,
     now: DateTime<Utc>,
 ) -> Result<bool> {
-    let id: i64 = enrollment
+    let saved = save_moves(
+        tx,
+        &[Move {
+            journey,
+            before: enrollment,
+            advance,
+        }],
+        now,
+    )
+    .await?;
+    Ok(saved.first().copied().unwrap_or(false))
+}
+
+fn enrollment_id(enrollment: &Enrollment) -> Result<i64> {
+    enrollment
         .id
         .parse()
-        .map_err(|_| Error::Corrupt(format!("enrollment id {}", enrollment.id)))?;
-    let contact_id: i64 = enrollment.contact_id.parse().unwrap_or_default();
-    let mut moved = enrollment.clone();
-    moved.position = advance.position.clone();
-    let status = status_name(moved.status());
-    let updated = sqlx::query(
-        "UPDATE enrollments SET position = $1, status = $2, step = $3, seq = $4, due_at = $5, attempts = 0, last_error = NULL, updated_at = $6
-         WHERE id = $7 AND seq = $8",
-    )
-    .bind(serde_json::to_string(&advance.position).unwrap_or_default())
-    .bind(status)
-    .bind(step_name(journey, &advance.position))
-    .bind(advance.seq as i64)
-    .bind(due_at(&advance.position, now).map(ms))
-    .bind(ms(now))
-    .bind(id)
-    .bind(enrollment.seq as i64)
-    .execute(&mut **tx)
-    .await?;
-    if updated.rows_affected() != 1 {
-        return Ok(false);
+        .map_err(|_| Error::Corrupt(format!("enrollment id {}", enrollment.id)))
+}
+
+fn contact_id(enrollment: &Enrollment) -> Result<i64> {
+    enrollment
+        .contact_id
+        .parse()
+        .map_err(|_| Error::Corrupt(format!("contact id {}", enrollment.contact_id)))
+}
+
+fn waits_for<'a>(journey: &'a Journey, position: &Position) -> Option<&'a str> {
+    match position {
+        Position::Parked {
+            step,
+            reason: Park::WaitFor,
+            ..
+        } => match journey.steps.get(*step).map(|s| &s.kind) {
+            Some(StepKind::WaitFor { event, .. }) => Some(event.event.as_str()),
+            _ => None,
+        },
+        _ => None,
     }
-    sqlx::query("DELETE FROM waiters WHERE enrollment_id = $1")
-        .bind(id)
-        .execute(&mut **tx)
-        .await?;
-    if let Position::Parked {
-        step,
-        reason: Park::WaitFor,
-        ..
-    } = &advance.position
-        && let Some(StepKind::WaitFor { event, .. }) = journey.steps.get(*step).map(|s| &s.kind)
-    {
-        sqlx::query("INSERT INTO waiters (enrollment_id, contact_id, event_name, seq) VALUES ($1, $2, $3, $4)")
-            .bind(id)
-            .bind(contact_id)
-            .bind(&event.event)
-            .bind(advance.seq as i64)
-            .execute(&mut **tx)
-            .await?;
+}
+
+/// Writes many moves in the caller's transaction with a handful of statements, whatever their
+/// number: one compare-and-set `UPDATE ... FROM (VALUES ...)` on `seq` for every enrollment, then
+/// the winners' waiters, history rows and pending effects as multi-row inserts. Returns, per
+/// move, whether it won; a loser (moved by someone else, or exited meanwhile) writes nothing.
+pub async fn save_moves(tx: &mut Tx<'_>, moves: &[Move<'_>], now: DateTime<Utc>) -> Result<Vec<bool>> {
+    use std::collections::HashSet;
+    let mut won: HashSet<i64> = HashSet::with_capacity(moves.len());
+    const COLUMNS: [&str; 7] = ["BIGINT", "TEXT", "TEXT", "TEXT", "BIGINT", "BIGINT", "BIGINT"];
+    for chunk in moves.chunks(super::rows_per_statement(COLUMNS.len() + 1)) {
+        let sql = format!(
+            "UPDATE enrollments SET position = v.column2, status = v.column3, step = v.column4, seq = v.column5, due_at = v.column6,
+                 attempts = 0, last_error = NULL, updated_at = $1
+             FROM (VALUES {}) AS v
+             WHERE enrollments.id = v.column1 AND enrollments.seq = v.column7 AND enrollments.status IN ('active', 'waiting')
+             RETURNING enrollments.id",
+            super::value_rows(2, chunk.len(), &COLUMNS)
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(ms(now));
+        for m in chunk {
+            let mut after = m.before.clone();
+            after.position = m.advance.position.clone();
+            query = query
+                .bind(enrollment_id(m.before)?)
+                .bind(serde_json::to_string(&m.advance.position).unwrap_or_default())
+                .bind(status_name(after.status()))
+                .bind(step_name(m.journey, &m.advance.position))
+                .bind(m.advance.seq as i64)
+                .bind(due_at(&m.advance.position, now).map(ms))
+                .bind(m.before.seq as i64);
+        }
+        for row in query.fetch_all(&mut **tx).await? {
+            won.insert(row.try_get(0)?);
+        }
     }
-    for record in &advance.records {
-        sqlx::query("INSERT INTO step_history (enrollment_id, journey_id, version, step, kind, seq, outcome, detail, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)")
-            .bind(id)
-            .bind(&journey.id)
-            .bind(&journey.version)
-            .bind(&record.step)
-            .bind(&record.kind)
-            .bind(record.seq as i64)
-            .bind(&record.outcome)
-            .bind(&record.detail)
-            .bind(ms(record.at))
-            .execute(&mut **tx)
-            .await?;
+    let mut winners = Vec::with_capacity(won.len());
+    let mut result = Vec::with_capacity(moves.len());
+    for m in moves {
+        let id = enrollment_id(m.before)?;
+        let is_winner = won.contains(&id);
+        result.push(is_winner);
+        if is_winner {
+            winners.push((id, contact_id(m.before)?, m));
+        }
     }
-    for keyed in &advance.effects {
-        let kind = match keyed.effect {
-            Effect::SendEmail { .. } => "email",
-            Effect::SendSms { .. } => "sms",
-            Effect::AssignToSales { .. } => "assignment",
-            Effect::Webhook { .. } => "webhook",
-        };
-        sqlx::query(
-            "INSERT INTO effects (effect_key, enrollment_id, contact_id, journey_id, step, kind, payload, status, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8) ON CONFLICT DO NOTHING",
-        )
-        .bind(keyed.key.to_string())
-        .bind(id)
-        .bind(contact_id)
-        .bind(&journey.id)
-        .bind(&keyed.key.step)
-        .bind(kind)
-        .bind(serde_json::to_string(&keyed.effect).unwrap_or_default())
-        .bind(ms(now))
-        .execute(&mut **tx)
-        .await?;
+    if winners.is_empty() {
+        return Ok(result);
     }
-    Ok(true)
+    // Waiters: removed only where the enrollment was waiting for an event, added where it now is.
+    let stale: Vec<i64> = winners
+        .iter()
+        .filter(|(_, _, m)| waits_for(m.journey, &m.before.position).is_some())
+        .map(|(id, _, _)| *id)
+        .collect();
+    for chunk in stale.chunks(super::MAX_PARAMS) {
+        let sql = format!(
+            "DELETE FROM waiters WHERE enrollment_id IN ({})",
+            super::placeholders(1, chunk.len())
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in chunk {
+            query = query.bind(*id);
+        }
+        query.execute(&mut **tx).await?;
+    }
+    let waiting: Vec<(i64, i64, &str, i64)> = winners
+        .iter()
+        .filter_map(|(id, contact, m)| {
+            waits_for(m.journey, &m.advance.position).map(|event| (*id, *contact, event, m.advance.seq as i64))
+        })
+        .collect();
+    for chunk in waiting.chunks(super::rows_per_statement(4)) {
+        let sql = format!(
+            "INSERT INTO waiters (enrollment_id, contact_id, event_name, seq) VALUES {}",
+            super::value_rows(1, chunk.len(), &[""; 4])
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (id, contact, event, seq) in chunk {
+            query = query.bind(*id).bind(*contact).bind(*event).bind(*seq);
+        }
+        query.execute(&mut **tx).await?;
+    }
+    // History: a row per step, each with its own `seq`.
+    let records: Vec<(i64, &Journey, &crate::engine::transition::StepRecord)> = winners
+        .iter()
+        .flat_map(|(id, _, m)| m.advance.records.iter().map(move |r| (*id, m.journey, r)))
+        .collect();
+    for chunk in records.chunks(super::rows_per_statement(9)) {
+        let sql = format!(
+            "INSERT INTO step_history (enrollment_id, journey_id, version, step, kind, seq, outcome, detail, at) VALUES {}",
+            super::value_rows(1, chunk.len(), &[""; 9])
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (id, journey, record) in chunk {
+            query = query
+                .bind(*id)
+                .bind(&journey.id)
+                .bind(&journey.version)
+                .bind(&record.step)
+                .bind(&record.kind)
+                .bind(record.seq as i64)
+                .bind(&record.outcome)
+                .bind(&record.detail)
+                .bind(ms(record.at));
+        }
+        query.execute(&mut **tx).await?;
+    }
+    // Effects, keyed `enrollment/step/seq`: a replayed move cannot record one twice.
+    let keyed: Vec<(i64, i64, &Journey, &crate::engine::transition::KeyedEffect)> = winners
+        .iter()
+        .flat_map(|(id, contact, m)| m.advance.effects.iter().map(move |e| (*id, *contact, m.journey, e)))
+        .collect();
+    for chunk in keyed.chunks(super::rows_per_statement(9)) {
+        let sql = format!(
+            "INSERT INTO effects (effect_key, enrollment_id, contact_id, journey_id, step, kind, payload, created_at, status)
+             VALUES {} ON CONFLICT DO NOTHING",
+            super::value_rows(1, chunk.len(), &[""; 9])
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (id, contact, journey, keyed) in chunk {
+            query = query
+                .bind(keyed.key.to_string())
+                .bind(*id)
+                .bind(*contact)
+                .bind(&journey.id)
+                .bind(&keyed.key.step)
+                .bind(effect_kind(&keyed.effect))
+                .bind(serde_json::to_string(&keyed.effect).unwrap_or_default())
+                .bind(ms(now))
+                .bind("pending");
+        }
+        query.execute(&mut **tx).await?;
+    }
+    Ok(result)
+}
+
+/// The `kind` column of an effect: what reports and frequency caps count.
+pub fn effect_kind(effect: &Effect) -> &'static str {
+    match effect {
+        Effect::SendEmail { .. } => "email",
+        Effect::SendSms { .. } => "sms",
+        Effect::AssignToSales { .. } => "assignment",
+        Effect::Webhook { .. } => "webhook",
+    }
 }
 
 pub async fn record_conversion(
@@ -345,7 +495,7 @@ pub async fn with_stale_effects(
 ) -> Result<Vec<(i64, u64)>> {
     let rows = sqlx::query(
         "SELECT DISTINCT e.id, e.seq FROM effects f JOIN enrollments e ON e.id = f.enrollment_id
-         WHERE (f.status = 'pending' OR (f.status = 'sending' AND f.claimed_until < $1)) AND f.created_at <= $1 AND e.status <> 'failed' AND (e.due_at IS NULL OR e.due_at <= $1) LIMIT $2",
+         WHERE (f.status = 'pending' OR (f.status = 'sending' AND f.claimed_until < $1)) AND f.created_at <= $1 AND e.status NOT IN ('failed', 'exited') AND (e.due_at IS NULL OR e.due_at <= $1) LIMIT $2",
     )
     .bind(ms(before))
     .bind(limit)

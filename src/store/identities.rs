@@ -129,8 +129,10 @@ pub async fn erase(tx: &mut Tx<'_>, contact_id: i64, now: DateTime<Utc>) -> Resu
     if !exists {
         return Ok(false);
     }
-    let statements: [&'static str; 8] = [
+    let statements: [&'static str; 9] = [
         "DELETE FROM identities WHERE contact_id = $1",
+        // Nothing more is sent or assigned to an erased person, and nothing is left to retry.
+        "UPDATE effects SET status = 'cancelled' WHERE contact_id = $1 AND status IN ('pending', 'sending')",
         "DELETE FROM contact_consent WHERE contact_id = $1",
         "DELETE FROM contact_traits WHERE contact_id = $1",
         "DELETE FROM contact_tags WHERE contact_id = $1",

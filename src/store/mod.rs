@@ -124,6 +124,23 @@ impl Store {
         Ok(result.rows_affected() == 1)
     }
 
+    /// Takes or renews the lease `name` for `holder` until `until`; false while another holder's
+    /// lease runs. Used so one process at a time loads the timer windows.
+    pub async fn take_lease(&self, name: &str, holder: &str, now: DateTime<Utc>, until: DateTime<Utc>) -> Result<bool> {
+        let result = sqlx::query(
+            "INSERT INTO leases (name, holder, until) VALUES ($1, $2, $3)
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until
+             WHERE leases.until < $4 OR leases.holder = excluded.holder",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(ms(until))
+        .bind(ms(now))
+        .execute(&self.pool)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
     pub async fn record_tick_enrolled(&self, journey_id: &str, tick: DateTime<Utc>, enrolled: i64) -> Result<()> {
         sqlx::query("UPDATE schedule_ticks SET enrolled = $1 WHERE journey_id = $2 AND tick = $3")
             .bind(enrolled)
@@ -147,6 +164,54 @@ pub async fn journey_source(
         .fetch_optional(connection)
         .await?;
     Ok(row.map(|r| (r.get::<String, _>(0), r.get::<String, _>(1))))
+}
+
+/// Most bind parameters one statement carries: under SQLite's 32,766 and PostgreSQL's 65,535.
+pub(crate) const MAX_PARAMS: usize = 30_000;
+
+/// `$first, $first+1, ...`: `count` placeholders for an `IN (...)` list.
+pub(crate) fn placeholders(first: usize, count: usize) -> String {
+    let mut text = String::with_capacity(count * 6);
+    for n in first..first + count {
+        if n > first {
+            text.push_str(", ");
+        }
+        text.push('$');
+        text.push_str(&n.to_string());
+    }
+    text
+}
+
+/// `(...), (...)`: `rows` tuples of `columns.len()` placeholders, numbered from `first`. A column
+/// named by a type is cast to it (`CAST($n AS BIGINT)`), which `UPDATE ... FROM (VALUES ...)`
+/// needs on PostgreSQL to type NULLs; an empty name leaves the placeholder bare.
+pub(crate) fn value_rows(first: usize, rows: usize, columns: &[&str]) -> String {
+    let mut text = String::with_capacity(rows * columns.len() * 8);
+    let mut n = first;
+    for row in 0..rows {
+        if row > 0 {
+            text.push_str(", ");
+        }
+        text.push('(');
+        for (i, cast) in columns.iter().enumerate() {
+            if i > 0 {
+                text.push_str(", ");
+            }
+            if cast.is_empty() {
+                text.push_str(&format!("${n}"));
+            } else {
+                text.push_str(&format!("CAST(${n} AS {cast})"));
+            }
+            n += 1;
+        }
+        text.push(')');
+    }
+    text
+}
+
+/// Rows per statement when each row binds `columns` parameters.
+pub(crate) fn rows_per_statement(columns: usize) -> usize {
+    (MAX_PARAMS / columns.max(1)).max(1)
 }
 
 pub fn ms(at: DateTime<Utc>) -> i64 {

@@ -70,3 +70,28 @@ pub async fn of_contact(connection: &mut AnyConnection, contact_id: i64) -> Resu
         })
         .collect()
 }
+
+/// Every entry's points and time for many contacts, for decayed scores: one query per few thousand.
+pub async fn points_of_contacts(
+    connection: &mut AnyConnection,
+    ids: &[i64],
+) -> Result<std::collections::HashMap<i64, Vec<(i64, DateTime<Utc>)>>> {
+    let mut points: std::collections::HashMap<i64, Vec<(i64, DateTime<Utc>)>> = std::collections::HashMap::new();
+    for chunk in ids.chunks(super::MAX_PARAMS) {
+        let sql = format!(
+            "SELECT contact_id, points, at FROM score_entries WHERE contact_id IN ({}) ORDER BY at, id",
+            super::placeholders(1, chunk.len())
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in chunk {
+            query = query.bind(*id);
+        }
+        for row in query.fetch_all(&mut *connection).await? {
+            points
+                .entry(row.try_get(0)?)
+                .or_default()
+                .push((row.try_get(1)?, from_ms(row.try_get(2)?)));
+        }
+    }
+    Ok(points)
+}

@@ -1,0 +1,573 @@
+//! Group commit for steps. Step jobs from the queue are gathered into batches; a batch loads its
+//! enrollments, contacts and pending effects with a few queries, moves every enrollment in
+//! memory with `transition::advance`, and saves all the moves in one transaction (compare-and-
+//! set on each `seq`, multi-row history and effects). Effects are performed after the commit,
+//! claimed and marked done many at a time. An enrollment keeps moving inside its batch, with no
+//! reload, until it waits or ends.
+//!
+//! While one batch runs, the next one gathers: under load, batches grow by themselves; when
+//! idle, a single job is a batch of one and runs at once.
+
+use super::contact::Contact;
+use super::runner::{Engine, Error, MOVES_PER_JOB, Result, pause_for_tests};
+use super::transition::{Advance, Enrollment, Input, Position, Refused, World, advance};
+use crate::channels;
+use crate::journey::model::Journey;
+use crate::queue::StepJob;
+use crate::store::{self, contacts, effects, enrollments};
+use chrono::{DateTime, Duration, Utc};
+use futures::StreamExt;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Weak};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tracing::{Instrument, debug, warn};
+
+/// Most jobs in one batch.
+const MAX_BATCH: usize = 512;
+/// Messages sent at once by one batch.
+const SENDS_AT_ONCE: usize = 64;
+
+/// A job handed to the batcher; `done` hears how its batch went.
+pub struct Submitted {
+    pub job: StepJob,
+    /// The queue's task id and worker, so the batch can delete the finished task.
+    pub task: Option<(String, String)>,
+    pub done: oneshot::Sender<Result<(), String>>,
+}
+
+/// An enrollment moving inside a batch.
+struct Live {
+    id: i64,
+    contact_id: i64,
+    enrollment: Enrollment,
+    status: String,
+    journey: Arc<Journey>,
+    /// Effects recorded and not yet performed: they go before the next move.
+    pending: Vec<effects::Pending>,
+}
+
+impl Live {
+    fn job(&self) -> StepJob {
+        StepJob {
+            enrollment: self.id,
+            seq: self.enrollment.seq,
+        }
+    }
+
+    fn may_move(&self) -> bool {
+        matches!(self.status.as_str(), "active" | "waiting") && !self.enrollment.is_finished()
+    }
+}
+
+impl Engine {
+    /// Runs a step job in the next batch: performs its pending effects, then moves the
+    /// enrollment until it waits or ends. A stale job does nothing.
+    pub async fn run_job(self: &Arc<Self>, job: StepJob) -> Result<()> {
+        self.run_task(job, None).await
+    }
+
+    /// `run_job` for a task taken from the queue: `task` is its id and the worker's name.
+    pub async fn run_task(self: &Arc<Self>, job: StepJob, task: Option<(String, String)>) -> Result<()> {
+        let (done, outcome) = oneshot::channel();
+        self.batcher()
+            .send(Submitted { job, task, done })
+            .map_err(|_| Error::Invalid("the step batcher has stopped".into()))?;
+        match outcome.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(Error::Invalid(error)),
+            Err(_) => Err(Error::Invalid("the step batch was abandoned".into())),
+        }
+    }
+
+    fn batcher(self: &Arc<Self>) -> &mpsc::UnboundedSender<Submitted> {
+        self.steps.get_or_init(|| {
+            let (sender, receiver) = mpsc::unbounded_channel();
+            // SQLite has one writer: batches take turns. PostgreSQL runs a few side by side.
+            let parallel = match self.store.kind {
+                store::Kind::Sqlite => 1,
+                store::Kind::Postgres => (self.config.db_pool as usize / 2).clamp(1, 4),
+            };
+            tokio::spawn(gather(Arc::downgrade(self), receiver, parallel));
+            sender
+        })
+    }
+
+    /// Holds the waits due in `(after, until]` (ms) in this process's timers, and pushes the
+    /// overdue ones now. Returns `until`.
+    pub async fn load_timer_window(&self, after: i64, until: i64) -> Result<i64> {
+        let mut connection = self.store.pool.acquire().await?;
+        let rows = enrollments::due_between(&mut connection, after, until).await?;
+        drop(connection);
+        let now = self.clock.now().timestamp_millis();
+        let (due, coming): (Vec<_>, Vec<_>) = rows.into_iter().partition(|(_, _, at)| *at <= now);
+        self.queue.timers.hold_loaded(
+            coming
+                .into_iter()
+                .map(|(enrollment, seq, at)| (StepJob { enrollment, seq }, at)),
+        );
+        self.queue
+            .push_now(
+                due.into_iter()
+                    .map(|(enrollment, seq, _)| StepJob { enrollment, seq })
+                    .collect(),
+            )
+            .await?;
+        Ok(until)
+    }
+
+    async fn run_batch(&self, batch: Vec<Submitted>) {
+        let jobs: Vec<StepJob> = batch.iter().map(|s| s.job).collect();
+        let span = tracing::debug_span!("steps", jobs = jobs.len());
+        let outcome = self.move_batch(&jobs).instrument(span).await;
+        if let Err(error) = &outcome {
+            warn!(%error, jobs = jobs.len(), "A step batch failed; the reconciler will retry its steps.");
+        }
+        let mut finished: HashMap<String, Vec<String>> = HashMap::new();
+        for submitted in &batch {
+            if let Some((task, worker)) = &submitted.task {
+                finished.entry(worker.clone()).or_default().push(task.clone());
+            }
+        }
+        for (worker, tasks) in finished {
+            if let Err(error) = self.queue.finished(&worker, &tasks).await {
+                debug!(%error, "Could not delete finished tasks from the queue.");
+            }
+        }
+        let outcome = outcome.map_err(|e| e.to_string());
+        for submitted in batch {
+            let _ = submitted.done.send(outcome.clone());
+        }
+    }
+
+    /// Moves a batch of enrollments, each as far as it goes now.
+    async fn move_batch(&self, jobs: &[StepJob]) -> Result<()> {
+        let mut connection = self.store.pool.acquire().await?;
+        let mut wanted: HashMap<i64, Vec<u64>> = HashMap::new();
+        for job in jobs {
+            wanted.entry(job.enrollment).or_default().push(job.seq);
+        }
+        let ids: Vec<i64> = wanted.keys().copied().collect();
+        let now = self.clock.now();
+        let mut lives = Vec::with_capacity(ids.len());
+        for stored in enrollments::load_many(&mut connection, &ids).await? {
+            let enrollment = stored.enrollment;
+            let id: i64 = enrollment
+                .id
+                .parse()
+                .map_err(|_| corrupt("enrollment id", &enrollment.id))?;
+            // A stale job, a failed enrollment, or one that exited (erased, merged) does nothing.
+            if !wanted.get(&id).is_some_and(|seqs| seqs.contains(&enrollment.seq))
+                || matches!(stored.status.as_str(), "failed" | "exited")
+            {
+                continue;
+            }
+            let Some(journey) = self
+                .journey(&mut connection, &enrollment.journey_id, &enrollment.version)
+                .await?
+            else {
+                let error = format!(
+                    "journey {} version {} is not available",
+                    enrollment.journey_id, enrollment.version
+                );
+                enrollments::fail(&mut connection, id, enrollment.seq, &error, now).await?;
+                continue;
+            };
+            lives.push(Live {
+                id,
+                contact_id: enrollment
+                    .contact_id
+                    .parse()
+                    .map_err(|_| corrupt("contact id", &enrollment.contact_id))?,
+                enrollment,
+                status: stored.status,
+                journey,
+                pending: Vec::new(),
+            });
+        }
+        if lives.is_empty() {
+            return Ok(());
+        }
+        let live_ids: Vec<i64> = lives.iter().map(|l| l.id).collect();
+        let mut pending: HashMap<i64, Vec<effects::Pending>> = HashMap::new();
+        for (id, effect) in effects::pending_many(&mut connection, &live_ids, now).await? {
+            pending.entry(id).or_default().push(effect);
+        }
+        for live in &mut lives {
+            live.pending = pending.remove(&live.id).unwrap_or_default();
+        }
+        let contact_ids: Vec<i64> = lives
+            .iter()
+            .map(|l| l.contact_id)
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let mut contacts = self.load_contacts(&mut connection, &contact_ids, now).await?;
+        lives.retain(|l| contacts.contains_key(&l.contact_id));
+
+        let mut later: Vec<(StepJob, DateTime<Utc>)> = Vec::new();
+        for _ in 0..MOVES_PER_JOB {
+            if lives.is_empty() {
+                break;
+            }
+            lives = self
+                .perform_pending(&mut connection, lives, &contacts, &mut later)
+                .await?;
+            lives = self
+                .move_once(&mut connection, lives, &mut contacts, &mut later)
+                .await?;
+        }
+        drop(connection);
+        // A long chain of instant steps: hand the rest to the queue so others get a turn.
+        self.queue.push_now(lives.iter().map(Live::job).collect()).await?;
+        for (job, at) in later {
+            self.queue.push_at(job, at).await?;
+        }
+        Ok(())
+    }
+
+    /// Performs the effects recorded before each enrollment's next move. Returns the
+    /// enrollments that may move on; the others wait for a retry, failed, or belong to another
+    /// worker that claimed their effects.
+    async fn perform_pending(
+        &self,
+        connection: &mut sqlx::AnyConnection,
+        lives: Vec<Live>,
+        contacts: &HashMap<i64, Contact>,
+        later: &mut Vec<(StepJob, DateTime<Utc>)>,
+    ) -> Result<Vec<Live>> {
+        let keys: Vec<&str> = lives
+            .iter()
+            .flat_map(|l| l.pending.iter().map(|p| p.key.as_str()))
+            .collect();
+        if keys.is_empty() {
+            return Ok(lives);
+        }
+        let now = self.clock.now();
+        let lease = Duration::from_std(self.config.effect_lease).unwrap_or_else(|_| Duration::minutes(5));
+        let claimed = effects::claim_many(connection, &keys, now, now + lease).await?;
+        let (ready, mut lives): (Vec<Live>, Vec<Live>) = lives.into_iter().partition(|l| l.pending.is_empty());
+        // Another worker holds an effect: it carries that enrollment on.
+        lives.retain(|l| l.pending.iter().all(|p| claimed.contains(&p.key)));
+
+        // Messages go out many at a time; assignments write through this batch's connection.
+        let mut results: Vec<Vec<(String, Result<String, channels::Error>)>> =
+            (0..lives.len()).map(|_| Vec::new()).collect();
+        let mut sends = Vec::new();
+        for (index, live) in lives.iter().enumerate() {
+            if let Some(contact) = contacts.get(&live.contact_id) {
+                sends.push(self.perform_messages(index, live, contact, now));
+            }
+        }
+        let mut sends = futures::stream::iter(sends).buffer_unordered(SENDS_AT_ONCE);
+        while let Some((index, outcome)) = sends.next().await {
+            results[index] = outcome;
+        }
+        drop(sends);
+        for (index, live) in lives.iter().enumerate() {
+            if results[index].iter().any(|(_, r)| r.is_err()) {
+                continue;
+            }
+            let Some(contact) = contacts.get(&live.contact_id) else {
+                continue;
+            };
+            for pending in live.pending.iter().filter(|p| is_assignment(p)) {
+                let result = self
+                    .perform(
+                        Some(&mut *connection),
+                        &live.journey,
+                        &live.enrollment,
+                        contact,
+                        pending,
+                        now,
+                    )
+                    .await;
+                let failed = result.is_err();
+                results[index].push((pending.key.clone(), result));
+                if failed {
+                    break;
+                }
+            }
+        }
+        let done_at = self.clock.now();
+        let mut done = Vec::new();
+        let mut moving = ready;
+        for (live, outcome) in lives.into_iter().zip(results) {
+            let mut failure = None;
+            for (key, result) in outcome {
+                match result {
+                    Ok(result) => {
+                        debug!(effect = %key, result, "Effect performed.");
+                        done.push((key, result));
+                    }
+                    Err(error) => failure = Some((key, error)),
+                }
+            }
+            match failure {
+                None => moving.push(Live {
+                    pending: Vec::new(),
+                    ..live
+                }),
+                Some((key, error)) => self.effect_failed(connection, &live, &key, error, later).await?,
+            }
+        }
+        effects::mark_done_many(connection, &done, done_at).await?;
+        Ok(moving)
+    }
+
+    /// One enrollment's message effects, in order, stopping at the first failure.
+    async fn perform_messages(
+        &self,
+        index: usize,
+        live: &Live,
+        contact: &Contact,
+        now: DateTime<Utc>,
+    ) -> (usize, Vec<(String, Result<String, channels::Error>)>) {
+        let mut results = Vec::new();
+        for pending in live.pending.iter().filter(|p| !is_assignment(p)) {
+            let result = self
+                .perform(None, &live.journey, &live.enrollment, contact, pending, now)
+                .await;
+            let failed = result.is_err();
+            results.push((pending.key.clone(), result));
+            if failed {
+                break;
+            }
+        }
+        (index, results)
+    }
+
+    /// A transient failure postpones the enrollment with backoff; a permanent one, or too many
+    /// attempts, moves it to the failed list.
+    async fn effect_failed(
+        &self,
+        connection: &mut sqlx::AnyConnection,
+        live: &Live,
+        key: &str,
+        error: channels::Error,
+        later: &mut Vec<(StepJob, DateTime<Utc>)>,
+    ) -> Result<()> {
+        let now = self.clock.now();
+        let pending = live.pending.iter().find(|p| p.key == key);
+        let attempts = pending.map(|p| p.attempts).unwrap_or(0) + 1;
+        let step = pending.map(|p| p.step.as_str()).unwrap_or_default();
+        let give_up = !error.is_transient() || attempts as u32 >= self.config.max_attempts;
+        effects::mark_attempt(connection, key, &error.to_string(), give_up).await?;
+        if give_up {
+            warn!(effect = %key, %error, attempts, "Effect failed; the enrollment moves to the failed list.");
+            enrollments::fail(
+                connection,
+                live.id,
+                live.enrollment.seq,
+                &format!("{step}: {error}"),
+                now,
+            )
+            .await?;
+        } else {
+            let delay = super::runner::backoff(self.config.retry_base, attempts, key);
+            warn!(effect = %key, %error, attempts, retry_in = ?delay, "Effect failed; will retry.");
+            let until = now + delay;
+            enrollments::postpone(
+                connection,
+                live.id,
+                live.enrollment.seq,
+                until,
+                attempts,
+                &error.to_string(),
+                now,
+            )
+            .await?;
+            later.push((live.job(), until));
+        }
+        Ok(())
+    }
+
+    /// One move of every enrollment that may move, saved in one transaction. Returns the
+    /// enrollments to carry on with in this batch.
+    async fn move_once(
+        &self,
+        connection: &mut sqlx::AnyConnection,
+        lives: Vec<Live>,
+        contacts: &mut HashMap<i64, Contact>,
+        later: &mut Vec<(StepJob, DateTime<Utc>)>,
+    ) -> Result<Vec<Live>> {
+        let now = self.clock.now();
+        let mut planned: Vec<(Live, Advance)> = Vec::with_capacity(lives.len());
+        for live in lives {
+            if !live.may_move() {
+                continue;
+            }
+            let Some(contact) = contacts.get(&live.contact_id) else {
+                continue;
+            };
+            match self.plan_moves(connection, &live, contact, now).await? {
+                Planned::Moved(moved) => planned.push((live, moved)),
+                Planned::NotYet(until) => later.push((live.job(), until)),
+                Planned::Nothing => {}
+            }
+        }
+        if planned.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = sqlx::Connection::begin(&mut *connection).await?;
+        let moves: Vec<enrollments::Move<'_>> = planned
+            .iter()
+            .map(|(live, moved)| enrollments::Move {
+                journey: &live.journey,
+                before: &live.enrollment,
+                advance: moved,
+            })
+            .collect();
+        let won = enrollments::save_moves(&mut tx, &moves, now).await?;
+        drop(moves);
+        let changes: Vec<(i64, &super::ContactChange)> = planned
+            .iter()
+            .zip(&won)
+            .filter(|(_, won)| **won)
+            .flat_map(|((live, moved), _)| moved.changes.iter().map(move |c| (live.contact_id, c)))
+            .collect();
+        contacts::apply_many(&mut tx, &changes, now).await?;
+        let scored: HashSet<i64> = changes
+            .iter()
+            .filter(|(_, c)| matches!(c, super::ContactChange::Score { .. }))
+            .map(|(id, _)| *id)
+            .collect();
+        drop(changes);
+        let mut qualified = Vec::new();
+        for contact_id in scored {
+            qualified.extend(self.qualify(&mut tx, contact_id, now).await?);
+        }
+        tx.commit().await?;
+        self.enqueue(qualified).await?;
+
+        let mut carry_on = Vec::new();
+        let mut any_effects = false;
+        for ((mut live, moved), won) in planned.into_iter().zip(won) {
+            if !won {
+                continue;
+            }
+            if let Some(contact) = contacts.get_mut(&live.contact_id) {
+                for change in &moved.changes {
+                    contact.apply(change);
+                }
+            }
+            for record in &moved.records {
+                debug!(enrollment = live.id, step = %record.step, outcome = %record.outcome, "Step.");
+            }
+            live.enrollment.position = moved.position.clone();
+            live.enrollment.seq = moved.seq;
+            live.status = enrollments::status_name(live.enrollment.status()).to_string();
+            any_effects |= !moved.effects.is_empty();
+            live.pending = moved
+                .effects
+                .iter()
+                .map(|keyed| effects::Pending {
+                    key: keyed.key.to_string(),
+                    step: keyed.key.step.clone(),
+                    effect: keyed.effect.clone(),
+                    attempts: 0,
+                })
+                .collect();
+            match &moved.position {
+                Position::Entering { .. } => carry_on.push(live),
+                // Effects of this move (a message sent before a wait) go first.
+                Position::Parked { .. } | Position::Finished { .. } if !live.pending.is_empty() => carry_on.push(live),
+                Position::Parked { until, .. } => later.push((live.job(), *until)),
+                Position::Finished { .. } => {}
+            }
+        }
+        if any_effects {
+            pause_for_tests();
+        }
+        Ok(carry_on)
+    }
+
+    /// The next moves of one enrollment, in memory: consecutive instant steps that reach
+    /// nothing outside (tags, scores, branches, splits) are chained, each with its own history
+    /// row and `seq`; a step with effects, a wait or the end stops the chain.
+    async fn plan_moves(
+        &self,
+        connection: &mut sqlx::AnyConnection,
+        live: &Live,
+        contact: &Contact,
+        now: DateTime<Utc>,
+    ) -> Result<Planned> {
+        let journey = &live.journey;
+        let history = self.preload(connection, journey, live.contact_id, now).await?;
+        let mut current = live.enrollment.clone();
+        let mut moves: Vec<Advance> = Vec::new();
+        let mut working: Option<Contact> = None;
+        loop {
+            let world = World {
+                contact: working.as_ref().unwrap_or(contact),
+                now,
+                history: &history,
+            };
+            match advance(journey, &current, current.seq, Input::Due, &world) {
+                Ok(next) => {
+                    if !next.changes.is_empty() {
+                        let changed = working.get_or_insert_with(|| contact.clone());
+                        for change in &next.changes {
+                            changed.apply(change);
+                        }
+                    }
+                    let stop = !next.effects.is_empty()
+                        || !matches!(next.position, Position::Entering { .. })
+                        || moves.len() >= 15;
+                    current.position = next.position.clone();
+                    current.seq = next.seq;
+                    moves.push(next);
+                    if stop {
+                        break;
+                    }
+                }
+                Err(Refused::NotYet(until)) if moves.is_empty() => return Ok(Planned::NotYet(until)),
+                Err(_) if moves.is_empty() => return Ok(Planned::Nothing),
+                Err(_) => break,
+            }
+        }
+        Ok(Planned::Moved(Advance {
+            position: current.position.clone(),
+            seq: current.seq,
+            changes: moves.iter().flat_map(|m| m.changes.iter().cloned()).collect(),
+            effects: moves.iter().flat_map(|m| m.effects.iter().cloned()).collect(),
+            records: moves.iter().flat_map(|m| m.records.iter().cloned()).collect(),
+        }))
+    }
+}
+
+enum Planned {
+    Moved(Advance),
+    /// Parked until then: the timer carries it on.
+    NotYet(DateTime<Utc>),
+    Nothing,
+}
+
+fn is_assignment(pending: &effects::Pending) -> bool {
+    matches!(pending.effect, super::transition::Effect::AssignToSales { .. })
+}
+
+fn corrupt(what: &str, value: &str) -> Error {
+    Error::Store(store::Error::Corrupt(format!("{what} {value}")))
+}
+
+/// Gathers submitted jobs into batches: takes what has arrived whenever a batch slot is free.
+async fn gather(engine: Weak<Engine>, mut receiver: mpsc::UnboundedReceiver<Submitted>, parallel: usize) {
+    let slots = Arc::new(Semaphore::new(parallel));
+    while let Some(first) = receiver.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match receiver.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let Some(engine) = engine.upgrade() else { return };
+        tokio::spawn(async move {
+            engine.run_batch(batch).await;
+            drop(slot);
+        });
+    }
+}

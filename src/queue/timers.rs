@@ -1,0 +1,164 @@
+//! Waits, fired to the millisecond. A parked enrollment's `due_at` is in the database; this
+//! process holds the ones coming due soon in memory and pushes each step job when its time
+//! comes. Nothing waits in Redis, so a waiting enrollment costs Redis nothing.
+//!
+//! Which process holds what:
+//! - a process holds the waits it parks itself, up to `HOLD_AHEAD` ahead;
+//! - at start, every process loads everything due within `WINDOW` (and everything overdue), so
+//!   a restart ends a wait on time rather than at the next reconciler pass;
+//! - after that, the process holding the `timers` lease loads each next `WINDOW` from the
+//!   database, well before it comes due (`engine::Engine::load_timers`).
+//!
+//! A wait may be held by two processes (its own and the lease holder); the second job finds
+//! the enrollment moved on (a stale `seq`) and does nothing.
+
+use super::StepJob;
+use crate::engine::{Clock, SystemClock};
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, RwLock};
+use tokio::sync::Notify;
+
+/// How far ahead the lease holder loads waits from the database.
+pub const WINDOW_MS: i64 = 30_000;
+/// How far ahead a process holds the waits it parks itself: beyond the lease holder's window,
+/// so every wait is held by somebody.
+pub const HOLD_AHEAD_MS: i64 = 2 * WINDOW_MS;
+
+pub struct Timers {
+    /// `(due ms, enrollment, seq)`, earliest first.
+    entries: Mutex<BTreeSet<(i64, i64, u64)>>,
+    changed: Notify,
+    clock: RwLock<Arc<dyn Clock>>,
+}
+
+impl Default for Timers {
+    fn default() -> Self {
+        Timers {
+            entries: Mutex::new(BTreeSet::new()),
+            changed: Notify::new(),
+            clock: RwLock::new(Arc::new(SystemClock)),
+        }
+    }
+}
+
+impl Timers {
+    /// Times are read from the engine's clock (a virtual one in tests).
+    pub fn set_clock(&self, clock: Arc<dyn Clock>) {
+        *self.clock.write().unwrap_or_else(|e| e.into_inner()) = clock;
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.clock
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .now()
+            .timestamp_millis()
+    }
+
+    /// Holds `job` until `due_ms`, unless it is too far ahead (the lease holder loads it then).
+    pub fn hold(&self, job: StepJob, due_ms: i64) {
+        if due_ms > self.now_ms() + HOLD_AHEAD_MS {
+            return;
+        }
+        self.hold_loaded(std::iter::once((job, due_ms)));
+    }
+
+    /// Holds jobs loaded from the database, whatever their distance.
+    pub fn hold_loaded(&self, jobs: impl IntoIterator<Item = (StepJob, i64)>) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let earliest = entries.first().map(|e| e.0);
+        let mut sooner = false;
+        for (job, due) in jobs {
+            sooner |= earliest.is_none_or(|first| due < first);
+            entries.insert((due, job.enrollment, job.seq));
+        }
+        drop(entries);
+        if sooner {
+            self.changed.notify_one();
+        }
+    }
+
+    /// How many waits this process holds.
+    pub fn len(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn take_due(&self, now: i64) -> Vec<StepJob> {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let later = entries.split_off(&(now + 1, i64::MIN, 0));
+        let due = std::mem::replace(&mut *entries, later);
+        due.into_iter()
+            .map(|(_, enrollment, seq)| StepJob { enrollment, seq })
+            .collect()
+    }
+
+    fn next_due(&self) -> Option<i64> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .first()
+            .map(|e| e.0)
+    }
+
+    /// Pushes each held job to the queue when it comes due, until the process ends.
+    pub async fn run(self: Arc<Self>, queue: super::Queue) {
+        loop {
+            let sleep = async {
+                match self.next_due() {
+                    Some(due) => {
+                        let wait = (due - self.now_ms()).max(0) as u64;
+                        tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = sleep => {}
+                // Something sooner was added: look again.
+                _ = self.changed.notified() => continue,
+            }
+            let due = self.take_due(self.now_ms());
+            if due.is_empty() {
+                continue;
+            }
+            if let Err(error) = queue.push_now(due.clone()).await {
+                // The queue is down (Redis restarting): try again shortly; nothing is lost,
+                // as the database keeps every `due_at`.
+                tracing::warn!(%error, jobs = due.len(), "Could not push due waits; retrying.");
+                let retry = self.now_ms() + 500;
+                self.hold_loaded(due.into_iter().map(|job| (job, retry)));
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn due_jobs_come_out_in_order_and_later_ones_stay() {
+        let timers = Timers::default();
+        let now = timers.now_ms();
+        timers.hold(StepJob { enrollment: 2, seq: 1 }, now - 5);
+        timers.hold(StepJob { enrollment: 1, seq: 3 }, now - 10);
+        timers.hold(StepJob { enrollment: 3, seq: 1 }, now + 10_000);
+        // Too far ahead: left to the lease holder's window.
+        timers.hold(StepJob { enrollment: 4, seq: 1 }, now + HOLD_AHEAD_MS + 1_000);
+        // The same wait held twice is one entry.
+        timers.hold(StepJob { enrollment: 2, seq: 1 }, now - 5);
+        assert_eq!(timers.len(), 3);
+        let due = timers.take_due(now);
+        assert_eq!(
+            due,
+            vec![StepJob { enrollment: 1, seq: 3 }, StepJob { enrollment: 2, seq: 1 }]
+        );
+        assert_eq!(timers.len(), 1);
+        assert_eq!(timers.next_due(), Some(now + 10_000));
+    }
+}
