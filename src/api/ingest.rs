@@ -39,7 +39,8 @@ pub async fn ingest(
         )));
     };
     // A key in the header is checked before the body is even read.
-    if headers.contains_key(axum::http::header::AUTHORIZATION) {
+    let header_auth = headers.contains_key(axum::http::header::AUTHORIZATION);
+    if header_auth {
         state.keys.ingest_key(&headers, None)?;
     }
     let received_at = state.engine.clock.now();
@@ -51,24 +52,26 @@ pub async fn ingest(
         Route::Batch => segment::MAX_BATCH_BYTES,
         Route::Single(_) => segment::MAX_MESSAGE_BYTES,
     };
-    let body = read_body(&body, gzip, limit).map_err(invalid)?;
-    let mut counter = 0u32;
-    let mut fresh_id = || {
-        counter += 1;
-        format!(
-            "nurture-{}-{}-{counter}",
-            received_at.timestamp_micros(),
-            std::process::id()
-        )
+    let body = match read_body(&body, gzip, limit) {
+        Ok(body) => body,
+        Err(error) => {
+            // Without a header the key could only be in this body: unauthenticated, the
+            // request learns nothing about its content.
+            if !header_auth {
+                state.keys.ingest_key(&headers, None)?;
+            }
+            return Err(invalid(error));
+        }
     };
-    let parsed = match route {
-        Route::Batch => segment::parse_batch(&body.json, received_at, &mut fresh_id),
-        Route::Single(kind) => segment::parse_single(&body.json, kind, received_at, &mut fresh_id),
-    };
-    // Authenticate before saying anything about the content.
+    // Authenticate (analytics.js: `writeKey` in the body) before building any message: a
+    // batch's shared `context` is copied into each of them.
     let body_key = body.json.get("writeKey").and_then(Value::as_str);
     let key = state.keys.ingest_key(&headers, body_key)?;
-    let parsed = parsed.map_err(invalid)?;
+    let parsed = match route {
+        Route::Batch => segment::parse_batch(&body.json, received_at, &mut message_id),
+        Route::Single(kind) => segment::parse_single(&body.json, kind, received_at, &mut message_id),
+    }
+    .map_err(invalid)?;
     if parsed.messages.is_empty() {
         let first = parsed.rejected.first().cloned().unwrap_or(Invalid {
             index: None,
@@ -96,6 +99,13 @@ pub async fn ingest(
     ))
 }
 
+/// A `messageId` for a message that came without one. Random (122 bits from the OS, UUID v4), so
+/// ids made in the same microsecond by two processes, even both pid 1 in two containers, or by
+/// concurrent requests, do not collide and dedupe a message away.
+fn message_id() -> String {
+    format!("nurture-{}", uuid::Uuid::new_v4())
+}
+
 /// What analytics.js asks for at load: where to send events.
 pub async fn settings(State(state): State<AppState>, Path(key): Path<String>) -> Result<Json<Value>, ApiError> {
     let mut headers = HeaderMap::new();
@@ -116,4 +126,19 @@ pub async fn settings(State(state): State<AppState>, Path(key): Path<String>) ->
         "integrations": {"Segment.io": {"apiKey": key, "apiHost": format!("{host}/v1"), "protocol": protocol}},
         "plan": {"track": {"__default": {"enabled": true}}, "identify": {"__default": {"enabled": true}}},
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn generated_message_ids_are_unique_random_uuids() {
+        let ids: std::collections::HashSet<String> = (0..10_000).map(|_| super::message_id()).collect();
+        assert_eq!(ids.len(), 10_000);
+        for id in ids.iter().take(100) {
+            let uuid = id.strip_prefix("nurture-").expect("prefixed");
+            let uuid = uuid::Uuid::parse_str(uuid).expect("a UUID");
+            assert_eq!(uuid.get_version_num(), 4, "{id}");
+            assert!(id.len() < 100, "Segment asks for ids under 100 characters");
+        }
+    }
 }

@@ -93,7 +93,12 @@ impl Engine {
             }
         }
         tx.commit().await?;
-        self.enqueue_jobs(jobs).await?;
+        // Committed means stored, and the answer must say so (a retry would be deduplicated).
+        // Jobs not enqueued are repaired by the reconciler, which re-enqueues overdue steps.
+        let count = jobs.len();
+        if let Err(error) = self.enqueue_jobs(jobs).await {
+            tracing::warn!(%error, jobs = count, "Messages stored, but their step jobs could not be enqueued; the reconciler will.");
+        }
         Ok(report)
     }
 
@@ -134,8 +139,67 @@ impl Engine {
         if let Some(phone) = phone_text.and_then(|p| normalize_phone(&p, &self.config.phone_country_code)) {
             ids.push(("phone", phone));
         }
+        // Links in one order in every transaction, so two of them never wait for each other.
+        let mut link_order: Vec<&(&str, String)> = ids.iter().collect();
+        link_order.sort();
+        link_order.dedup();
+        // Another request may commit the same new identifiers between our lookups and our links
+        // (analytics.js sends `page` and `track` at once). Finding one taken by a contact we did
+        // not see means our view is stale: drop the contact we just created, if any, and resolve
+        // again against what has committed (READ COMMITTED: every statement sees it).
+        for _ in 0..4 {
+            let (contact_id, created, found) = self.find_or_create(tx, message, &ids, now).await?;
+            let mut stale = false;
+            for (kind, value) in &link_order {
+                if identities::link(tx, kind, value, contact_id, now).await? {
+                    continue;
+                }
+                if let Some(owner) = identities::find(tx, kind, value).await?
+                    && owner != contact_id
+                    && !found.contains(&owner)
+                {
+                    stale = true;
+                    break;
+                }
+            }
+            if stale {
+                tracing::debug!(message_id = %message.message_id, "An identifier was taken by a concurrent request; resolving again.");
+                if created {
+                    identities::discard_new_contact(tx, contact_id).await?;
+                }
+                continue;
+            }
+            if let Some(user_id) = &message.user_id {
+                // Only the owner of the user id gets it as `external_id` (UNIQUE): a contact that
+                // lost the user id to another keeps none rather than failing the request.
+                sqlx::query(
+                    "UPDATE contacts SET external_id = $1 WHERE id = $2 AND external_id IS NULL
+                     AND EXISTS (SELECT 1 FROM identities WHERE kind = 'user_id' AND value = $1 AND contact_id = $2)",
+                )
+                .bind(user_id)
+                .bind(contact_id)
+                .execute(&mut **tx)
+                .await?;
+            }
+            return Ok(contact_id);
+        }
+        Err(super::runner::Error::Invalid(format!(
+            "the identifiers of message {} kept changing under concurrent requests",
+            message.message_id
+        )))
+    }
+
+    /// The contact of the message's identifiers as committed now: found, merged from several,
+    /// or created (without identifiers yet). Returns it, whether it is new, and what was found.
+    async fn find_or_create(
+        &self,
+        tx: &mut store::Tx<'_>,
+        message: &Message,
+        ids: &[(&str, String)],
+        now: DateTime<Utc>,
+    ) -> Result<(i64, bool, Vec<i64>)> {
         let mut found: Vec<i64> = Vec::new();
-        for (kind, value) in &ids {
+        for (kind, value) in ids {
             if let Some(contact) = identities::find(tx, kind, value).await?
                 && !found.contains(&contact)
             {
@@ -144,14 +208,14 @@ impl Engine {
         }
         let contact_id = match found.as_slice() {
             [] => {
+                // `external_id` is set once the user id is ours (see `resolve`).
                 let new = contacts::NewContact {
-                    external_id: message.user_id.clone(),
                     email: ids.iter().find(|(k, _)| *k == "email").map(|(_, v)| v.clone()),
                     phone: ids.iter().find(|(k, _)| *k == "phone").map(|(_, v)| v.clone()),
                     last_seen_at: Some(message.timestamp),
                     ..contacts::NewContact::default()
                 };
-                contacts::create(tx, &new, now).await?
+                return Ok((contacts::create(tx, &new, now).await?, true, found));
             }
             [only] => *only,
             several => {
@@ -176,17 +240,7 @@ impl Engine {
                 survivor
             }
         };
-        for (kind, value) in &ids {
-            identities::link(tx, kind, value, contact_id, now).await?;
-        }
-        if let Some(user_id) = &message.user_id {
-            sqlx::query("UPDATE contacts SET external_id = $1 WHERE id = $2 AND external_id IS NULL")
-                .bind(user_id)
-                .bind(contact_id)
-                .execute(&mut **tx)
-                .await?;
-        }
-        Ok(contact_id)
+        Ok((contact_id, false, found))
     }
 
     /// Identify traits update the profile; well-known ones fill its columns.

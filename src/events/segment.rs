@@ -184,27 +184,58 @@ pub fn parse_batch(
         ));
     }
     let shared_context = object.get("context").and_then(Json::as_object);
+    // The shared context is copied into every message, so the limits apply to each message with
+    // it merged in, measured before anything is copied: a small body must not become a large one.
+    let shared: Vec<(&String, usize)> = shared_context
+        .into_iter()
+        .flatten()
+        .map(|(key, value)| (key, json_len(key) + 1 + json_len(value) + 1))
+        .collect();
+    if 2 + shared.iter().map(|(_, size)| size).sum::<usize>() > MAX_MESSAGE_BYTES {
+        return Err(Invalid::new(
+            "context",
+            format!(
+                "the batch-level `context` is merged into every message, and a message is limited to {} KB",
+                MAX_MESSAGE_BYTES / 1024
+            ),
+        ));
+    }
+    let sizes: Vec<usize> = items.iter().map(|item| merged_len(item, &shared)).collect();
+    if sizes.iter().sum::<usize>() > MAX_BATCH_BYTES {
+        return Err(Invalid::new(
+            "batch",
+            format!(
+                "a batch is limited to {} KB, counting the batch-level `context` in every message",
+                MAX_BATCH_BYTES / 1024
+            ),
+        ));
+    }
     let batch_sent_at = object.get("sentAt").and_then(parse_time);
     let mut parsed = Parsed {
         write_key: string_field(object, "writeKey"),
         ..Parsed::default()
     };
-    for (index, item) in items.iter().enumerate() {
+    for (index, (item, size)) in items.iter().zip(sizes).enumerate() {
         let result = (|| {
             let Some(item) = item.as_object() else {
                 return Err(Invalid::new("", "a batch item must be a JSON object"));
             };
-            let size = serde_json::to_string(item).map(|s| s.len()).unwrap_or(0);
             if size > MAX_MESSAGE_BYTES {
                 return Err(Invalid::new(
                     "",
-                    format!("a message is limited to {} KB", MAX_MESSAGE_BYTES / 1024),
+                    format!(
+                        "a message is limited to {} KB, with the batch-level `context` merged in",
+                        MAX_MESSAGE_BYTES / 1024
+                    ),
                 ));
             }
             let mut item = item.clone();
             // Batch-level context is merged into each item; the item's own keys win.
             if let Some(shared) = shared_context {
-                let context = item.entry("context").or_insert_with(|| Json::Object(Map::new()));
+                let context = item.entry("context").or_insert(Json::Null);
+                if context.is_null() {
+                    *context = Json::Object(Map::new());
+                }
                 if let Json::Object(context) = context {
                     for (key, value) in shared {
                         context.entry(key.clone()).or_insert_with(|| value.clone());
@@ -227,6 +258,44 @@ pub fn parse_batch(
         }
     }
     Ok(parsed)
+}
+
+/// The length of `value` as compact JSON, counted without building the text.
+fn json_len(value: &(impl serde::Serialize + ?Sized)) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
+/// The size of a batch item once the shared context's entries it lacks are merged into it (an
+/// upper bound, within a few bytes).
+fn merged_len(item: &Json, shared: &[(&String, usize)]) -> usize {
+    let own = json_len(item);
+    if shared.is_empty() {
+        return own;
+    }
+    match item.get("context") {
+        Some(Json::Object(context)) => {
+            own + shared
+                .iter()
+                .filter(|(key, _)| !context.contains_key(*key))
+                .map(|(_, size)| size)
+                .sum::<usize>()
+        }
+        // Not an object: the item is refused (`context` must be an object), nothing is merged.
+        Some(context) if !context.is_null() => own,
+        _ => own + r#","context":{}"#.len() + shared.iter().map(|(_, size)| size).sum::<usize>(),
+    }
 }
 
 fn string_field(object: &Map<String, Json>, key: &str) -> Option<String> {
@@ -426,6 +495,24 @@ mod tests {
         assert_eq!(parsed.rejected[0].field, "batch[1].event");
         assert_eq!(parsed.messages[1].traits.get("email"), Some(&json!("x@example.com")));
         assert_eq!(parsed.messages[0].context["library"]["name"], "analytics-python");
+    }
+
+    #[test]
+    fn a_shared_context_counts_against_the_limits_before_it_is_copied() {
+        let item = json!({"type": "track", "anonymousId": "a", "event": "E"});
+        let huge = json!({"batch": vec![item.clone(); 2400], "context": {"pad": "x".repeat(40_000)}});
+        assert_eq!(parse_batch(&huge, now(), &mut ids()).unwrap_err().field, "context");
+        let wide = json!({"batch": vec![item.clone(); 60], "context": {"pad": "x".repeat(10_000)}});
+        assert_eq!(parse_batch(&wide, now(), &mut ids()).unwrap_err().field, "batch");
+        let big = json!({"type": "track", "anonymousId": "b", "event": "E", "context": null, "properties": {"pad": "y".repeat(25_000)}});
+        let mixed = json!({"batch": [item, big], "context": {"pad": "x".repeat(10_000)}});
+        let parsed = parse_batch(&mixed, now(), &mut ids()).unwrap();
+        assert_eq!(parsed.messages.len(), 1);
+        assert_eq!(parsed.rejected[0].field, "batch[1]");
+        assert_eq!(parsed.messages[0].context["pad"].as_str().map(str::len), Some(10_000));
+        // Measured as serde_json writes it.
+        let value = json!({"a": [1, "two", null], "b": {"c": true}});
+        assert_eq!(json_len(&value), value.to_string().len());
     }
 
     #[test]

@@ -14,15 +14,17 @@ pub async fn find(connection: &mut AnyConnection, kind: &str, value: &str) -> Re
     Ok(row.map(|r| r.get(0)))
 }
 
-/// Links an identifier to a contact unless it already belongs to someone.
+/// Links an identifier to a contact unless it already belongs to someone; returns whether it
+/// was linked now. On PostgreSQL a link racing an uncommitted one waits for that transaction,
+/// and then finds the identifier taken (`false`) or free.
 pub async fn link(
     connection: &mut AnyConnection,
     kind: &str,
     value: &str,
     contact_id: i64,
     now: DateTime<Utc>,
-) -> Result<()> {
-    sqlx::query(
+) -> Result<bool> {
+    let result = sqlx::query(
         "INSERT INTO identities (kind, value, contact_id, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
     )
     .bind(kind)
@@ -31,6 +33,16 @@ pub async fn link(
     .bind(ms(now))
     .execute(connection)
     .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+/// Deletes a contact this transaction created and that lost the race for its identifiers; it
+/// has nothing yet but those identifiers (deleted with it).
+pub async fn discard_new_contact(connection: &mut AnyConnection, contact_id: i64) -> Result<()> {
+    sqlx::query("DELETE FROM contacts WHERE id = $1")
+        .bind(contact_id)
+        .execute(connection)
+        .await?;
     Ok(())
 }
 

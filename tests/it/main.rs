@@ -5,6 +5,7 @@ mod cli;
 mod durability;
 mod engine;
 mod import;
+mod ingest_holes;
 mod language;
 mod retries;
 mod scoring;
