@@ -1,6 +1,7 @@
 //! The one integration test binary: `mod`s per area, shared helpers in `support`.
 
 mod api;
+mod assignment;
 mod cli;
 mod durability;
 mod engine;
