@@ -141,7 +141,7 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-async fn import(engine: &Engine, args: &Args, format: FileFormat) -> Result<ExitCode> {
+async fn import(engine: &std::sync::Arc<Engine>, args: &Args, format: FileFormat) -> Result<ExitCode> {
     let path = &args.file;
     let progress_path = with_suffix(path, ".import-progress");
     let rejected_path = with_suffix(path, ".rejected.jsonl");

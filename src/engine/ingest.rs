@@ -2,13 +2,16 @@
 //! events, and events move journeys. One transaction per request: when it commits the request
 //! is durably stored; a message id seen before from the same source is skipped.
 
-use super::runner::{Engine, Result};
+use super::reactions::Occurrence;
+use super::runner::{Engine, Error, Result};
 use crate::events::{Kind, Message};
 use crate::expr::EventFacts;
 use crate::queue::StepJob;
 use crate::store::{self, contacts, identities, ms};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value as Json};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct Ingested {
@@ -42,55 +45,209 @@ pub fn normalize_phone(text: &str, country_code: &str) -> Option<String> {
     (8..=15).contains(&number.len()).then(|| format!("+{number}"))
 }
 
+/// A request waiting for its group's commit.
+pub(crate) struct Pending {
+    source: String,
+    messages: Vec<Message>,
+    done: tokio::sync::oneshot::Sender<Result<Ingested, String>>,
+}
+
+/// Most messages one group commits.
+const MAX_GROUP_MESSAGES: usize = 2_000;
+
 impl Engine {
-    /// Stores and applies a request's messages in one transaction; returns what happened.
-    pub async fn ingest(&self, source: &str, messages: &[Message]) -> Result<Ingested> {
+    /// Stores and applies a request's messages; returns what happened. Concurrent requests
+    /// share one transaction (group commit): the answer comes after that commit.
+    pub async fn ingest(self: &Arc<Self>, source: &str, messages: &[Message]) -> Result<Ingested> {
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        let pending = Pending {
+            source: source.to_string(),
+            messages: messages.to_vec(),
+            done,
+        };
+        self.ingest_groups()
+            .send(pending)
+            .map_err(|_| Error::Invalid("the ingest group has stopped".into()))?;
+        match outcome.await {
+            Ok(Ok(report)) => Ok(report),
+            Ok(Err(error)) => Err(Error::Invalid(error)),
+            Err(_) => Err(Error::Invalid("the ingest group was abandoned".into())),
+        }
+    }
+
+    fn ingest_groups(self: &Arc<Self>) -> &tokio::sync::mpsc::UnboundedSender<Pending> {
+        self.ingest_groups.get_or_init(|| {
+            let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel::<Pending>();
+            let parallel = match self.store.kind {
+                store::Kind::Sqlite => 1,
+                store::Kind::Postgres => (self.config.db_pool as usize / 2).clamp(1, 4),
+            };
+            let engine = Arc::downgrade(self);
+            tokio::spawn(async move {
+                let slots = Arc::new(tokio::sync::Semaphore::new(parallel));
+                while let Some(first) = receiver.recv().await {
+                    let Ok(slot) = slots.clone().acquire_owned().await else {
+                        return;
+                    };
+                    let mut size = first.messages.len();
+                    let mut group = vec![first];
+                    while size < MAX_GROUP_MESSAGES {
+                        match receiver.try_recv() {
+                            Ok(next) => {
+                                size += next.messages.len();
+                                group.push(next);
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    let Some(engine) = engine.upgrade() else { return };
+                    tokio::spawn(async move {
+                        engine.commit_group(group).await;
+                        drop(slot);
+                    });
+                }
+            });
+            sender
+        })
+    }
+
+    /// Commits a group; if it fails as a whole, each request is tried on its own so that one
+    /// bad request cannot fail the others.
+    async fn commit_group(&self, group: Vec<Pending>) {
+        let requests: Vec<(&str, &[Message])> = group
+            .iter()
+            .map(|p| (p.source.as_str(), p.messages.as_slice()))
+            .collect();
+        let outcomes = match self.ingest_together(&requests).await {
+            Ok(reports) => reports.into_iter().map(Ok).collect(),
+            Err(error) if group.len() == 1 => vec![Err(error.to_string())],
+            Err(error) => {
+                tracing::debug!(%error, requests = group.len(), "A group commit failed; trying its requests one by one.");
+                let mut outcomes = Vec::with_capacity(requests.len());
+                for request in &requests {
+                    outcomes.push(
+                        self.ingest_together(std::slice::from_ref(request))
+                            .await
+                            .map(|mut reports| reports.remove(0))
+                            .map_err(|e| e.to_string()),
+                    );
+                }
+                outcomes
+            }
+        };
+        for (pending, outcome) in group.into_iter().zip(outcomes) {
+            let _ = pending.done.send(outcome);
+        }
+    }
+
+    /// Stores and applies several requests' messages in one transaction. Messages of contacts
+    /// already known by their user or anonymous id, carrying no traits (the steady stream of
+    /// track, page and screen calls), take the set-based path; the rest (new visitors,
+    /// identify, alias, merges) go one by one, first, in their order.
+    async fn ingest_together(&self, requests: &[(&str, &[Message])]) -> Result<Vec<Ingested>> {
         let now = self.clock.now();
         let mut tx = self.store.begin().await?;
-        let mut report = Ingested::default();
+        let keys: Vec<(&str, &str, i64)> = requests
+            .iter()
+            .flat_map(|(source, messages)| {
+                messages
+                    .iter()
+                    .map(move |m| (*source, m.message_id.as_str(), ms(m.received_at)))
+            })
+            .collect();
+        let mut fresh = store::received_fresh(&mut tx, &keys).await?;
+        // Which messages are new (the first copy of a message id in this group only).
+        let mut firsts: Vec<Vec<bool>> = Vec::with_capacity(requests.len());
+        for (source, messages) in requests {
+            firsts.push(
+                messages
+                    .iter()
+                    .map(|m| fresh.remove(&(source.to_string(), m.message_id.clone())))
+                    .collect(),
+            );
+        }
+        // Known contacts of the simple messages, in one query.
+        let simple = |m: &Message| {
+            matches!(m.kind, Kind::Track | Kind::Page | Kind::Screen) && m.traits.is_empty() && m.previous_id.is_none()
+        };
+        let lookups: Vec<(&str, &str)> = requests
+            .iter()
+            .flat_map(|(_, messages)| messages.iter())
+            .filter(|m| simple(m))
+            .flat_map(|m| {
+                m.user_id
+                    .as_deref()
+                    .map(|id| ("user_id", id))
+                    .into_iter()
+                    .chain(m.anonymous_id.as_deref().map(|id| ("anonymous_id", id)))
+            })
+            .collect();
+        let known = if lookups.is_empty() {
+            HashMap::new()
+        } else {
+            identities::find_many(&mut tx, &lookups).await?
+        };
+        let known_contact = |m: &Message| -> Option<i64> {
+            if !simple(m) {
+                return None;
+            }
+            let mut owners = m
+                .user_id
+                .iter()
+                .map(|id| ("user_id", id))
+                .chain(m.anonymous_id.iter().map(|id| ("anonymous_id", id)))
+                .map(|(kind, value)| known.get(&(kind.to_string(), value.clone())).copied());
+            let first = owners.next()??;
+            owners.all(|o| o == Some(first)).then_some(first)
+        };
+        let mut reports: Vec<Ingested> = requests
+            .iter()
+            .map(|(_, messages)| Ingested {
+                contacts: vec![None; messages.len()],
+                ..Ingested::default()
+            })
+            .collect();
         let mut jobs: Vec<(StepJob, DateTime<Utc>)> = Vec::new();
-        for message in messages {
-            let fresh = sqlx::query("INSERT INTO received_messages (source, message_id, received_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-                .bind(source)
-                .bind(&message.message_id)
-                .bind(ms(message.received_at))
-                .execute(&mut *tx)
-                .await?;
-            if fresh.rows_affected() == 0 {
-                report.duplicates += 1;
-                report.contacts.push(None);
+        let mut quick: Vec<(usize, usize, i64)> = Vec::new();
+        // Identifiers the one-by-one messages touch: a quick message sharing one waits for them.
+        let mut touched: HashSet<String> = HashSet::new();
+        for (r, (_, messages)) in requests.iter().enumerate() {
+            for (i, message) in messages.iter().enumerate() {
+                if !firsts[r][i] {
+                    reports[r].duplicates += 1;
+                    continue;
+                }
+                reports[r].accepted += 1;
+                match known_contact(message) {
+                    Some(contact) => quick.push((r, i, contact)),
+                    None => {
+                        touched.extend(message.user_id.iter().cloned());
+                        touched.extend(message.anonymous_id.iter().cloned());
+                        let contact = self.ingest_one(&mut tx, message, now, &mut jobs).await?;
+                        reports[r].contacts[i] = Some(contact);
+                    }
+                }
+            }
+        }
+        let mut occurrences = Vec::with_capacity(quick.len());
+        for (r, i, contact) in quick {
+            let message = &requests[r].1[i];
+            let shares = message
+                .user_id
+                .iter()
+                .chain(&message.anonymous_id)
+                .any(|id| touched.contains(id));
+            if shares {
+                // Resolved again after the one-by-one messages that may have merged it.
+                let contact = self.ingest_one(&mut tx, message, now, &mut jobs).await?;
+                reports[r].contacts[i] = Some(contact);
                 continue;
             }
-            let contact_id = self.resolve(&mut tx, message, now).await?;
-            let mut scored = false;
-            report.contacts.push(Some(contact_id));
-            report.accepted += 1;
-            if message.kind == Kind::Identify || !message.traits.is_empty() {
-                self.apply_traits(&mut tx, contact_id, message, now).await?;
-                scored |= self.score_traits(&mut tx, contact_id, now).await?;
-            }
-            let event = EventFacts {
-                name: message.name.clone(),
-                properties: message.properties.clone(),
-                timestamp: Some(message.timestamp),
-            };
-            let received = contacts::Received {
-                kind: Some(message.kind.as_str()),
-                message_id: Some(message.message_id.clone()),
-                context: Some(Json::Object(message.context.clone()).to_string()),
-                original_timestamp: message.original_timestamp,
-                sent_at: message.sent_at,
-                received_at: Some(message.received_at),
-            };
-            let event_id = contacts::record_received(&mut tx, contact_id, &event, message.timestamp, &received).await?;
-            scored |= self.score_event(&mut tx, contact_id, event_id, &event, now).await?;
-            if matches!(message.kind, Kind::Track | Kind::Page | Kind::Screen) {
-                let (_, more) = self.react(&mut tx, contact_id, &event, now).await?;
-                jobs.extend(more);
-            }
-            if scored {
-                jobs.extend(self.qualify(&mut tx, contact_id, now).await?);
-            }
+            reports[r].contacts[i] = Some(contact);
+            occurrences.push(occurrence(contact, message));
+        }
+        if !occurrences.is_empty() {
+            jobs.extend(self.record_and_react(&mut tx, &occurrences, now).await?);
         }
         tx.commit().await?;
         // Committed means stored, and the answer must say so (a retry would be deduplicated).
@@ -99,7 +256,32 @@ impl Engine {
         if let Err(error) = self.enqueue_jobs(jobs).await {
             tracing::warn!(%error, jobs = count, "Messages stored, but their step jobs could not be enqueued; the reconciler will.");
         }
-        Ok(report)
+        Ok(reports)
+    }
+
+    /// One message the long way: identity resolution (creating or merging contacts), traits,
+    /// then the event, its score and what it does to journeys.
+    async fn ingest_one(
+        &self,
+        tx: &mut store::Tx<'_>,
+        message: &Message,
+        now: DateTime<Utc>,
+        jobs: &mut Vec<(StepJob, DateTime<Utc>)>,
+    ) -> Result<i64> {
+        let contact_id = self.resolve(tx, message, now).await?;
+        let mut scored = false;
+        if message.kind == Kind::Identify || !message.traits.is_empty() {
+            self.apply_traits(tx, contact_id, message, now).await?;
+            scored |= self.score_traits(tx, contact_id, now).await?;
+        }
+        if scored {
+            jobs.extend(self.qualify(tx, contact_id, now).await?);
+        }
+        jobs.extend(
+            self.record_and_react(tx, &[occurrence(contact_id, message)], now)
+                .await?,
+        );
+        Ok(contact_id)
     }
 
     /// Finds the message's contact by any of its identifiers, creating it or merging contacts
@@ -287,6 +469,28 @@ impl Engine {
         .execute(&mut **tx)
         .await?;
         Ok(())
+    }
+}
+
+/// A stored message as an event of its contact.
+fn occurrence(contact_id: i64, message: &Message) -> Occurrence {
+    Occurrence {
+        contact_id,
+        event: EventFacts {
+            name: message.name.clone(),
+            properties: message.properties.clone(),
+            timestamp: Some(message.timestamp),
+        },
+        at: message.timestamp,
+        received: contacts::Received {
+            kind: Some(message.kind.as_str()),
+            message_id: Some(message.message_id.clone()),
+            context: Some(Json::Object(message.context.clone()).to_string()),
+            original_timestamp: message.original_timestamp,
+            sent_at: message.sent_at,
+            received_at: Some(message.received_at),
+        },
+        reacts: matches!(message.kind, Kind::Track | Kind::Page | Kind::Screen),
     }
 }
 

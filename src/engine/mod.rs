@@ -11,6 +11,7 @@ pub mod contact;
 pub mod ingest;
 pub mod message;
 pub mod plan;
+pub mod reactions;
 pub mod runner;
 pub mod scoring;
 pub mod simulate;

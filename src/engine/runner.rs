@@ -55,6 +55,8 @@ pub struct Engine {
     sms: SmsSender,
     /// Step jobs on their way to a batch (see `steps.rs`); started on the first job.
     pub(crate) steps: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<super::steps::Submitted>>,
+    /// Requests on their way to a group commit (see `ingest.rs`); started on the first one.
+    pub(crate) ingest_groups: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<super::ingest::Pending>>,
 }
 
 /// Counts preloaded for one move: `count_events` windows and the frequency-cap window.
@@ -97,6 +99,7 @@ impl Engine {
             mailer,
             sms,
             steps: std::sync::OnceLock::new(),
+            ingest_groups: std::sync::OnceLock::new(),
         })
     }
 

@@ -53,6 +53,8 @@ impl WakeHub {
 /// A stream that yields whenever the worker should fetch.
 pub fn wake_stream(hub: Arc<WakeHub>) -> WakeStream {
     let (sender, receiver) = tokio::sync::mpsc::channel(1);
+    // A (re)started worker looks once at once: jobs may have been pushed while it was down.
+    let _ = sender.try_send(());
     tokio::spawn(async move {
         // A wake-up that arrives while a fetch is already running is absorbed by that fetch,
         // which may have looked before the job was pushed: so every wake-up is repeated once,

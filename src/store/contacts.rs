@@ -323,6 +323,62 @@ pub async fn record_received(
     Ok(row.try_get(0)?)
 }
 
+/// `record_received` for many events: one multi-row insert, and each contact's `last_seen_at`
+/// moved to its latest event in one statement. Returns the event ids, in order.
+pub async fn record_many(tx: &mut Tx<'_>, events: &[(i64, &EventFacts, DateTime<Utc>, &Received)]) -> Result<Vec<i64>> {
+    let mut ids = Vec::with_capacity(events.len());
+    for chunk in events.chunks(super::rows_per_statement(10)) {
+        let sql = format!(
+            "INSERT INTO events (contact_id, name, properties, occurred_at, kind, message_id, context, original_timestamp, sent_at, received_at)
+             VALUES {} RETURNING id",
+            super::value_rows(1, chunk.len(), &[""; 10])
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (id, event, at, received) in chunk {
+            query = query
+                .bind(*id)
+                .bind(event.name.clone())
+                .bind(Json::Object(event.properties.clone()).to_string())
+                .bind(ms(*at))
+                .bind(received.kind.unwrap_or("track"))
+                .bind(received.message_id.clone())
+                .bind(received.context.clone())
+                .bind(received.original_timestamp.map(ms))
+                .bind(received.sent_at.map(ms))
+                .bind(received.received_at.map(ms));
+        }
+        // Rows come back in the order of VALUES for a plain multi-row insert; ids are
+        // generated in that order too, so sorting keeps them aligned either way.
+        let mut chunk_ids: Vec<i64> = query
+            .fetch_all(&mut **tx)
+            .await?
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<std::result::Result<_, _>>()?;
+        chunk_ids.sort_unstable();
+        ids.extend(chunk_ids);
+    }
+    let mut latest: std::collections::HashMap<i64, i64> = std::collections::HashMap::new();
+    for (id, _, at, _) in events {
+        let at = ms(*at);
+        latest.entry(*id).and_modify(|l| *l = (*l).max(at)).or_insert(at);
+    }
+    let latest: Vec<(i64, i64)> = latest.into_iter().collect();
+    for chunk in latest.chunks(super::rows_per_statement(2)) {
+        let sql = format!(
+            "UPDATE contacts SET last_seen_at = v.column2 FROM (VALUES {}) AS v
+             WHERE contacts.id = v.column1 AND (contacts.last_seen_at IS NULL OR contacts.last_seen_at < v.column2)",
+            super::value_rows(1, chunk.len(), &["BIGINT", "BIGINT"])
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (id, at) in chunk {
+            query = query.bind(*id).bind(*at);
+        }
+        query.execute(&mut **tx).await?;
+    }
+    Ok(ids)
+}
+
 pub async fn count_events(connection: &mut AnyConnection, id: i64, name: &str, since: DateTime<Utc>) -> Result<i64> {
     let row = sqlx::query("SELECT COUNT(*) FROM events WHERE contact_id = $1 AND name = $2 AND occurred_at >= $3")
         .bind(id)

@@ -163,6 +163,161 @@ pub async fn open_of_contact(connection: &mut AnyConnection, contact_id: i64) ->
     rows.iter().map(|row| from_row(row).map(|(e, _, _)| e)).collect()
 }
 
+/// Unfinished enrollments of many contacts: what an event may move.
+pub async fn open_of_contacts(connection: &mut AnyConnection, contact_ids: &[i64]) -> Result<Vec<Enrollment>> {
+    let mut open = Vec::new();
+    for chunk in contact_ids.chunks(super::MAX_PARAMS) {
+        let sql = format!(
+            "{} WHERE contact_id IN ({}) AND status IN ('active', 'waiting')",
+            select_enrollments!(""),
+            super::placeholders(1, chunk.len())
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in chunk {
+            query = query.bind(*id);
+        }
+        for row in query.fetch_all(&mut *connection).await? {
+            open.push(from_row(&row)?.0);
+        }
+    }
+    Ok(open)
+}
+
+/// Every enrollment of these contacts in these journeys, oldest first, for re-entry rules.
+pub async fn of_contacts_in(
+    connection: &mut AnyConnection,
+    contact_ids: &[i64],
+    journey_ids: &[&str],
+) -> Result<Vec<Enrollment>> {
+    let mut found = Vec::new();
+    if journey_ids.is_empty() {
+        return Ok(found);
+    }
+    for chunk in contact_ids.chunks(super::MAX_PARAMS / 2) {
+        let sql = format!(
+            "{} WHERE contact_id IN ({}) AND journey_id IN ({}) ORDER BY id",
+            select_enrollments!(""),
+            super::placeholders(1, chunk.len()),
+            super::placeholders(chunk.len() + 1, journey_ids.len())
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in chunk {
+            query = query.bind(*id);
+        }
+        for journey in journey_ids {
+            query = query.bind(*journey);
+        }
+        for row in query.fetch_all(&mut *connection).await? {
+            found.push(from_row(&row)?.0);
+        }
+    }
+    Ok(found)
+}
+
+/// Waiters of many contacts, as `(enrollment, seq, contact, event name)`.
+pub async fn waiters_of_contacts(
+    connection: &mut AnyConnection,
+    contact_ids: &[i64],
+) -> Result<Vec<(i64, u64, i64, String)>> {
+    let mut found = Vec::new();
+    for chunk in contact_ids.chunks(super::MAX_PARAMS) {
+        let sql = format!(
+            "SELECT enrollment_id, seq, contact_id, event_name FROM waiters WHERE contact_id IN ({})",
+            super::placeholders(1, chunk.len())
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in chunk {
+            query = query.bind(*id);
+        }
+        for row in query.fetch_all(&mut *connection).await? {
+            found.push((
+                row.try_get(0)?,
+                row.try_get::<i64, _>(1)? as u64,
+                row.try_get(2)?,
+                row.try_get(3)?,
+            ));
+        }
+    }
+    Ok(found)
+}
+
+/// A new enrollment to insert with `insert_many`.
+pub struct NewEnrollment<'a> {
+    pub journey: &'a Journey,
+    pub contact_id: i64,
+    pub key: Option<String>,
+    pub trigger: Option<&'a EventFacts>,
+}
+
+/// `insert` for many enrollments in one statement. Returns, per row, the new enrollment, or
+/// `None` where the unique index said the contact already has an unfinished one.
+pub async fn insert_many(
+    tx: &mut Tx<'_>,
+    rows: &[NewEnrollment<'_>],
+    now: DateTime<Utc>,
+) -> Result<Vec<Option<Enrollment>>> {
+    let mut created: std::collections::HashMap<(i64, String, String), i64> = std::collections::HashMap::new();
+    let positions: Vec<Position> = rows
+        .iter()
+        .map(|r| match r.journey.entry() {
+            crate::journey::model::Target::Step(step) => Position::Entering { step },
+            crate::journey::model::Target::End => Position::Finished {
+                outcome: Outcome::Completed,
+            },
+        })
+        .collect();
+    let indexed: Vec<(usize, &NewEnrollment<'_>)> = rows.iter().enumerate().collect();
+    for chunk in indexed.chunks(super::rows_per_statement(12)) {
+        let sql = format!(
+            "INSERT INTO enrollments (contact_id, journey_id, version, enrollment_key, status, position, step, seq, due_at, trigger_event, entered_at, updated_at)
+             VALUES {} ON CONFLICT DO NOTHING RETURNING id, contact_id, journey_id, enrollment_key",
+            super::value_rows(1, chunk.len(), &[""; 12])
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (index, row) in chunk {
+            let position = &positions[*index];
+            query = query
+                .bind(row.contact_id)
+                .bind(row.journey.id.clone())
+                .bind(row.journey.version.clone())
+                .bind(row.key.clone().unwrap_or_default())
+                .bind("active")
+                .bind(serde_json::to_string(position).unwrap_or_default())
+                .bind(step_name(row.journey, position))
+                .bind(0i64)
+                .bind(ms(now))
+                .bind(row.trigger.map(|t| serde_json::to_string(t).unwrap_or_default()))
+                .bind(ms(now))
+                .bind(ms(now));
+        }
+        for row in query.fetch_all(&mut **tx).await? {
+            created.insert((row.try_get(1)?, row.try_get(2)?, row.try_get(3)?), row.try_get(0)?);
+        }
+    }
+    Ok(rows
+        .iter()
+        .zip(positions)
+        .map(|(row, position)| {
+            let key = (
+                row.contact_id,
+                row.journey.id.clone(),
+                row.key.clone().unwrap_or_default(),
+            );
+            created.remove(&key).map(|id| Enrollment {
+                id: id.to_string(),
+                contact_id: row.contact_id.to_string(),
+                journey_id: row.journey.id.clone(),
+                version: row.journey.version.clone(),
+                trigger: row.trigger.cloned(),
+                key: row.key.clone(),
+                position,
+                seq: 0,
+                entered_at: now,
+            })
+        })
+        .collect())
+}
+
 /// Starts an enrollment at the journey's first step; `None` when the contact already has an
 /// unfinished one with the same key (the unique index decides, so racing triggers cannot both win).
 pub async fn insert(

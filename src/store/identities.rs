@@ -14,6 +14,32 @@ pub async fn find(connection: &mut AnyConnection, kind: &str, value: &str) -> Re
     Ok(row.map(|r| r.get(0)))
 }
 
+/// The owners of many identifiers at once, as `(kind, value) -> contact`: one query.
+pub async fn find_many(
+    connection: &mut AnyConnection,
+    ids: &[(&str, &str)],
+) -> Result<std::collections::HashMap<(String, String), i64>> {
+    let mut found = std::collections::HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(super::MAX_PARAMS / 2) {
+        // `(kind = $1 AND value = $2) OR ...` keeps to the primary key's index in both databases.
+        let mut sql = String::from("SELECT kind, value, contact_id FROM identities WHERE ");
+        for i in 0..chunk.len() {
+            if i > 0 {
+                sql.push_str(" OR ");
+            }
+            sql.push_str(&format!("(kind = ${} AND value = ${})", 2 * i + 1, 2 * i + 2));
+        }
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (kind, value) in chunk {
+            query = query.bind(*kind).bind(*value);
+        }
+        for row in query.fetch_all(&mut *connection).await? {
+            found.insert((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?);
+        }
+    }
+    Ok(found)
+}
+
 /// Links an identifier to a contact unless it already belongs to someone; returns whether it
 /// was linked now. On PostgreSQL a link racing an uncommitted one waits for that transaction,
 /// and then finds the identifier taken (`false`) or free.

@@ -214,6 +214,29 @@ pub(crate) fn rows_per_statement(columns: usize) -> usize {
     (MAX_PARAMS / columns.max(1)).max(1)
 }
 
+/// Records `(source, messageId, received at)` of many messages; returns the pairs seen for the
+/// first time (a replay, or a second copy in the same list, is not returned).
+pub async fn received_fresh(
+    tx: &mut Tx<'_>,
+    messages: &[(&str, &str, i64)],
+) -> Result<std::collections::HashSet<(String, String)>> {
+    let mut fresh = std::collections::HashSet::with_capacity(messages.len());
+    for chunk in messages.chunks(rows_per_statement(3)) {
+        let sql = format!(
+            "INSERT INTO received_messages (source, message_id, received_at) VALUES {} ON CONFLICT DO NOTHING RETURNING source, message_id",
+            value_rows(1, chunk.len(), &[""; 3])
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (source, id, at) in chunk {
+            query = query.bind(*source).bind(*id).bind(*at);
+        }
+        for row in query.fetch_all(&mut **tx).await? {
+            fresh.insert((row.try_get(0)?, row.try_get(1)?));
+        }
+    }
+    Ok(fresh)
+}
+
 pub fn ms(at: DateTime<Utc>) -> i64 {
     at.timestamp_millis()
 }

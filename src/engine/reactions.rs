@@ -1,0 +1,265 @@
+//! Many events at once, inside one transaction: stored with one insert, then each moves the
+//! journeys of its contact (goals, answered waits) and starts the journeys it triggers, with a
+//! handful of set-based statements for the whole list. `react` does the same for one event.
+
+use super::contact::Contact;
+use super::runner::{Engine, Result};
+use super::transition::{Enrollment, Input, Outcome, Position, World, advance, may_enter};
+use crate::expr::EventFacts;
+use crate::journey::model::{Journey, Trigger};
+use crate::queue::StepJob;
+use crate::store::{self, contacts, enrollments};
+use chrono::{DateTime, Utc};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// An event of a known contact, to store and react to.
+pub(crate) struct Occurrence {
+    pub contact_id: i64,
+    pub event: EventFacts,
+    pub at: DateTime<Utc>,
+    pub received: contacts::Received,
+    /// Track, page and screen calls move journeys; identify and group calls are only stored.
+    pub reacts: bool,
+}
+
+impl Engine {
+    /// Stores the events, scores them, and lets them move and start journeys. Returns the
+    /// jobs to enqueue after the commit.
+    pub(crate) async fn record_and_react(
+        &self,
+        tx: &mut store::Tx<'_>,
+        occurrences: &[Occurrence],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(StepJob, DateTime<Utc>)>> {
+        let mut jobs = Vec::new();
+        // Rounds in which each contact has at most one event, so that a contact's second event
+        // sees what its first one did (in memory, one round's moves are saved together).
+        let mut rounds: Vec<Vec<&Occurrence>> = Vec::new();
+        let mut seen: HashMap<i64, usize> = HashMap::new();
+        for occurrence in occurrences {
+            let round = seen.entry(occurrence.contact_id).or_insert(0);
+            if rounds.len() <= *round {
+                rounds.push(Vec::new());
+            }
+            rounds[*round].push(occurrence);
+            *round += 1;
+        }
+        let mut scored: HashSet<i64> = HashSet::new();
+        for round in rounds {
+            let rows: Vec<(i64, &EventFacts, DateTime<Utc>, &contacts::Received)> = round
+                .iter()
+                .map(|o| (o.contact_id, &o.event, o.at, &o.received))
+                .collect();
+            let event_ids = contacts::record_many(tx, &rows).await?;
+            for (occurrence, event_id) in round.iter().zip(&event_ids) {
+                if self
+                    .score_event(tx, occurrence.contact_id, *event_id, &occurrence.event, now)
+                    .await?
+                {
+                    scored.insert(occurrence.contact_id);
+                }
+            }
+            let reacting: Vec<&Occurrence> = round.into_iter().filter(|o| o.reacts).collect();
+            if !reacting.is_empty() {
+                jobs.extend(self.react_many(tx, &reacting, now).await?);
+            }
+        }
+        for contact_id in scored {
+            jobs.extend(self.qualify(tx, contact_id, now).await?);
+        }
+        Ok(jobs)
+    }
+
+    /// What events do to journeys, each of a different contact: goals, answered waits, new
+    /// enrollments.
+    async fn react_many(
+        &self,
+        tx: &mut store::Tx<'_>,
+        occurrences: &[&Occurrence],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(StepJob, DateTime<Utc>)>> {
+        let catalog = self.catalog();
+        let contact_ids: Vec<i64> = occurrences.iter().map(|o| o.contact_id).collect();
+        let contacts = self.load_contacts(tx, &contact_ids, now).await?;
+        let mut jobs = Vec::new();
+
+        // 1. Goals and waits of open enrollments.
+        let open = enrollments::open_of_contacts(tx, &contact_ids).await?;
+        let waiters: HashSet<(i64, u64, String)> = if open.is_empty() {
+            HashSet::new()
+        } else {
+            enrollments::waiters_of_contacts(tx, &contact_ids)
+                .await?
+                .into_iter()
+                .map(|(enrollment, seq, _, event)| (enrollment, seq, event))
+                .collect()
+        };
+        let events: HashMap<i64, &EventFacts> = occurrences.iter().map(|o| (o.contact_id, &o.event)).collect();
+        let mut moving: Vec<(Enrollment, Arc<Journey>, super::transition::Advance, &EventFacts)> = Vec::new();
+        for enrollment in open {
+            let Ok(contact_id) = enrollment.contact_id.parse::<i64>() else {
+                continue;
+            };
+            let (Some(event), Some(contact)) = (events.get(&contact_id), contacts.get(&contact_id)) else {
+                continue;
+            };
+            let Ok(id) = enrollment.id.parse::<i64>() else { continue };
+            let awaited = waiters.contains(&(id, enrollment.seq, event.name.clone()));
+            let Some(journey) = self.journey(tx, &enrollment.journey_id, &enrollment.version).await? else {
+                continue;
+            };
+            let goal = journey.goal.as_ref().is_some_and(|g| g.event == event.name);
+            if !awaited && !goal {
+                continue;
+            }
+            let history = self.preload(tx, &journey, contact_id, now).await?;
+            let world = World {
+                contact,
+                now,
+                history: &history,
+            };
+            if let Ok(moved) = advance(&journey, &enrollment, enrollment.seq, Input::Event(event), &world) {
+                moving.push((enrollment, journey, moved, event));
+            }
+        }
+        if !moving.is_empty() {
+            let moves: Vec<enrollments::Move<'_>> = moving
+                .iter()
+                .map(|(enrollment, journey, moved, _)| enrollments::Move {
+                    journey,
+                    before: enrollment,
+                    advance: moved,
+                })
+                .collect();
+            let won = enrollments::save_moves(tx, &moves, now).await?;
+            drop(moves);
+            let mut changes = Vec::new();
+            for ((enrollment, _, moved, event), won) in moving.iter().zip(won) {
+                if !won {
+                    continue;
+                }
+                let contact_id: i64 = enrollment.contact_id.parse().unwrap_or_default();
+                changes.extend(moved.changes.iter().map(|c| (contact_id, c)));
+                if moved.position
+                    == (Position::Finished {
+                        outcome: Outcome::Converted,
+                    })
+                {
+                    enrollments::record_conversion(tx, enrollment, event, now).await?;
+                }
+                if let Ok(id) = enrollment.id.parse::<i64>()
+                    && let Some(at) = enrollments::due_at(&moved.position, now)
+                {
+                    jobs.push((
+                        StepJob {
+                            enrollment: id,
+                            seq: moved.seq,
+                        },
+                        at,
+                    ));
+                }
+            }
+            contacts::apply_many(tx, &changes, now).await?;
+        }
+
+        // 2. Journeys the events start.
+        let mut candidates: Vec<(i64, &Arc<Journey>, &EventFacts, Option<String>)> = Vec::new();
+        for occurrence in occurrences {
+            let Some(contact) = contacts.get(&occurrence.contact_id) else {
+                continue;
+            };
+            for journey in catalog.triggered_by(&occurrence.event.name) {
+                let Trigger::Event(matcher) = &journey.trigger else {
+                    continue;
+                };
+                if let Some(condition) = &matcher.condition {
+                    let view = contact.facts_view();
+                    let history = self.preload(tx, journey, occurrence.contact_id, now).await?;
+                    let facts = contact.facts(&view, Some(&occurrence.event), Some(&occurrence.event), now, &history);
+                    if condition.eval_bool(&facts) != Ok(true) {
+                        continue;
+                    }
+                }
+                let Some(key) = enrollment_key(journey, contact, &occurrence.event, now) else {
+                    continue;
+                };
+                candidates.push((occurrence.contact_id, journey, &occurrence.event, key));
+            }
+        }
+        if candidates.is_empty() {
+            return Ok(jobs);
+        }
+        let journey_ids: Vec<&str> = candidates
+            .iter()
+            .map(|(_, j, _, _)| j.id.as_str())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let candidate_contacts: Vec<i64> = candidates
+            .iter()
+            .map(|(c, _, _, _)| *c)
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let mut earlier: HashMap<(String, String), Vec<Enrollment>> = HashMap::new();
+        for enrollment in enrollments::of_contacts_in(tx, &candidate_contacts, &journey_ids).await? {
+            earlier
+                .entry((enrollment.contact_id.clone(), enrollment.journey_id.clone()))
+                .or_default()
+                .push(enrollment);
+        }
+        let mut rows = Vec::new();
+        for (contact_id, journey, event, key) in &candidates {
+            let list = earlier.entry((contact_id.to_string(), journey.id.clone())).or_default();
+            if let Err(reason) = may_enter(journey, list, key.as_deref(), now) {
+                tracing::debug!(journey = %journey.id, contact = contact_id, reason, "Not enrolled.");
+                continue;
+            }
+            // Counted at once, so a second event of the same list sees this enrollment.
+            list.push(Enrollment {
+                id: String::new(),
+                contact_id: contact_id.to_string(),
+                journey_id: journey.id.clone(),
+                version: journey.version.clone(),
+                trigger: None,
+                key: key.clone(),
+                position: Position::Entering { step: 0 },
+                seq: 0,
+                entered_at: now,
+            });
+            rows.push(enrollments::NewEnrollment {
+                journey,
+                contact_id: *contact_id,
+                key: key.clone(),
+                trigger: Some(*event),
+            });
+        }
+        for enrollment in enrollments::insert_many(tx, &rows, now).await?.into_iter().flatten() {
+            if let Ok(id) = enrollment.id.parse::<i64>() {
+                jobs.push((StepJob { enrollment: id, seq: 0 }, now));
+            }
+        }
+        Ok(jobs)
+    }
+}
+
+/// The journey's enrollment key for this contact and event: `Some(None)` when the journey has
+/// none, `None` when its expression gives nothing (the contact is not enrolled).
+pub(crate) fn enrollment_key(
+    journey: &Journey,
+    contact: &Contact,
+    trigger: &EventFacts,
+    now: DateTime<Utc>,
+) -> Option<Option<String>> {
+    let Some(expr) = &journey.enrollment_key else {
+        return Some(None);
+    };
+    let view = contact.facts_view();
+    let facts = contact.facts(&view, Some(trigger), None, now, &());
+    match expr.eval(&facts) {
+        Ok(serde_json::Value::String(s)) => Some(Some(s)),
+        Ok(serde_json::Value::Null) | Err(_) => None,
+        Ok(other) => Some(Some(other.to_string())),
+    }
+}
