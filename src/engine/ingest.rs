@@ -45,11 +45,28 @@ pub fn normalize_phone(text: &str, country_code: &str) -> Option<String> {
     (8..=15).contains(&number.len()).then(|| format!("+{number}"))
 }
 
-/// A request waiting for its group's commit.
-pub(crate) struct Pending {
-    source: String,
-    messages: Vec<Message>,
-    done: tokio::sync::oneshot::Sender<Result<Ingested, String>>,
+/// A request waiting for its group's commit: an API request's messages, or one event of a
+/// known contact (`Engine::track`), which answers with the enrollments it started.
+pub(crate) enum Pending {
+    Messages {
+        source: String,
+        messages: Vec<Message>,
+        done: tokio::sync::oneshot::Sender<Result<Ingested, String>>,
+    },
+    Event {
+        contact_id: i64,
+        event: EventFacts,
+        done: tokio::sync::oneshot::Sender<Result<Vec<i64>, String>>,
+    },
+}
+
+impl Pending {
+    fn size(&self) -> usize {
+        match self {
+            Pending::Messages { messages, .. } => messages.len(),
+            Pending::Event { .. } => 1,
+        }
+    }
 }
 
 /// Most messages one group commits.
@@ -60,7 +77,7 @@ impl Engine {
     /// share one transaction (group commit): the answer comes after that commit.
     pub async fn ingest(self: &Arc<Self>, source: &str, messages: &[Message]) -> Result<Ingested> {
         let (done, outcome) = tokio::sync::oneshot::channel();
-        let pending = Pending {
+        let pending = Pending::Messages {
             source: source.to_string(),
             messages: messages.to_vec(),
             done,
@@ -70,6 +87,23 @@ impl Engine {
             .map_err(|_| Error::Invalid("the ingest group has stopped".into()))?;
         match outcome.await {
             Ok(Ok(report)) => Ok(report),
+            Ok(Err(error)) => Err(Error::Invalid(error)),
+            Err(_) => Err(Error::Invalid("the ingest group was abandoned".into())),
+        }
+    }
+
+    /// `track` through the group commit.
+    pub(crate) async fn track_in_group(self: &Arc<Self>, contact_id: i64, event: EventFacts) -> Result<Vec<i64>> {
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        self.ingest_groups()
+            .send(Pending::Event {
+                contact_id,
+                event,
+                done,
+            })
+            .map_err(|_| Error::Invalid("the ingest group has stopped".into()))?;
+        match outcome.await {
+            Ok(Ok(started)) => Ok(started),
             Ok(Err(error)) => Err(Error::Invalid(error)),
             Err(_) => Err(Error::Invalid("the ingest group was abandoned".into())),
         }
@@ -89,12 +123,12 @@ impl Engine {
                     let Ok(slot) = slots.clone().acquire_owned().await else {
                         return;
                     };
-                    let mut size = first.messages.len();
+                    let mut size = first.size();
                     let mut group = vec![first];
                     while size < MAX_GROUP_MESSAGES {
                         match receiver.try_recv() {
                             Ok(next) => {
-                                size += next.messages.len();
+                                size += next.size();
                                 group.push(next);
                             }
                             Err(_) => break,
@@ -114,29 +148,56 @@ impl Engine {
     /// Commits a group; if it fails as a whole, each request is tried on its own so that one
     /// bad request cannot fail the others.
     async fn commit_group(&self, group: Vec<Pending>) {
-        let requests: Vec<(&str, &[Message])> = group
-            .iter()
-            .map(|p| (p.source.as_str(), p.messages.as_slice()))
-            .collect();
-        let outcomes = match self.ingest_together(&requests).await {
-            Ok(reports) => reports.into_iter().map(Ok).collect(),
-            Err(error) if group.len() == 1 => vec![Err(error.to_string())],
+        let mut requests: Vec<(&str, &[Message])> = Vec::new();
+        let mut events: Vec<(i64, &EventFacts)> = Vec::new();
+        for pending in &group {
+            match pending {
+                Pending::Messages { source, messages, .. } => requests.push((source.as_str(), messages.as_slice())),
+                Pending::Event { contact_id, event, .. } => events.push((*contact_id, event)),
+            }
+        }
+        type Outcomes = (Vec<Result<Ingested, String>>, Vec<Result<Vec<i64>, String>>);
+        let outcomes: Outcomes = match self.ingest_together(&requests, &events).await {
+            Ok((reports, started)) => (
+                reports.into_iter().map(Ok).collect(),
+                started.into_iter().map(Ok).collect(),
+            ),
+            Err(error) if group.len() == 1 => (
+                requests.iter().map(|_| Err(error.to_string())).collect(),
+                events.iter().map(|_| Err(error.to_string())).collect(),
+            ),
             Err(error) => {
                 tracing::debug!(%error, requests = group.len(), "A group commit failed; trying its requests one by one.");
-                let mut outcomes = Vec::with_capacity(requests.len());
+                let mut outcomes: Outcomes = (Vec::new(), Vec::new());
                 for request in &requests {
-                    outcomes.push(
-                        self.ingest_together(std::slice::from_ref(request))
+                    outcomes.0.push(
+                        self.ingest_together(std::slice::from_ref(request), &[])
                             .await
-                            .map(|mut reports| reports.remove(0))
+                            .map(|(mut reports, _)| reports.remove(0))
+                            .map_err(|e| e.to_string()),
+                    );
+                }
+                for event in &events {
+                    outcomes.1.push(
+                        self.ingest_together(&[], std::slice::from_ref(event))
+                            .await
+                            .map(|(_, mut started)| started.remove(0))
                             .map_err(|e| e.to_string()),
                     );
                 }
                 outcomes
             }
         };
-        for (pending, outcome) in group.into_iter().zip(outcomes) {
-            let _ = pending.done.send(outcome);
+        let (mut reports, mut started) = (outcomes.0.into_iter(), outcomes.1.into_iter());
+        for pending in group {
+            match pending {
+                Pending::Messages { done, .. } => {
+                    let _ = done.send(reports.next().unwrap_or_else(|| Err("no outcome".into())));
+                }
+                Pending::Event { done, .. } => {
+                    let _ = done.send(started.next().unwrap_or_else(|| Err("no outcome".into())));
+                }
+            }
         }
     }
 
@@ -144,7 +205,11 @@ impl Engine {
     /// already known by their user or anonymous id, carrying no traits (the steady stream of
     /// track, page and screen calls), take the set-based path; the rest (new visitors,
     /// identify, alias, merges) go one by one, first, in their order.
-    async fn ingest_together(&self, requests: &[(&str, &[Message])]) -> Result<Vec<Ingested>> {
+    async fn ingest_together(
+        &self,
+        requests: &[(&str, &[Message])],
+        events: &[(i64, &EventFacts)],
+    ) -> Result<(Vec<Ingested>, Vec<Vec<i64>>)> {
         let now = self.clock.now();
         let mut tx = self.store.begin().await?;
         let keys: Vec<(&str, &str, i64)> = requests
@@ -246,8 +311,22 @@ impl Engine {
             reports[r].contacts[i] = Some(contact);
             occurrences.push(occurrence(contact, message));
         }
+        // Events of known contacts from `track` join the set-based path, after the messages.
+        let first_event = occurrences.len();
+        for (contact_id, event) in events {
+            occurrences.push(Occurrence {
+                contact_id: *contact_id,
+                event: (*event).clone(),
+                at: event.timestamp.unwrap_or(now),
+                received: contacts::Received::default(),
+                reacts: true,
+            });
+        }
+        let mut started = Vec::new();
         if !occurrences.is_empty() {
-            jobs.extend(self.record_and_react(&mut tx, &occurrences, now).await?);
+            let reaction = self.record_and_react(&mut tx, &occurrences, now).await?;
+            jobs.extend(reaction.jobs);
+            started = reaction.started.into_iter().skip(first_event).collect();
         }
         tx.commit().await?;
         // Committed means stored, and the answer must say so (a retry would be deduplicated).
@@ -256,7 +335,7 @@ impl Engine {
         if let Err(error) = self.enqueue_jobs(jobs).await {
             tracing::warn!(%error, jobs = count, "Messages stored, but their step jobs could not be enqueued; the reconciler will.");
         }
-        Ok(reports)
+        Ok((reports, started))
     }
 
     /// One message the long way: identity resolution (creating or merging contacts), traits,
@@ -279,7 +358,8 @@ impl Engine {
         }
         jobs.extend(
             self.record_and_react(tx, &[occurrence(contact_id, message)], now)
-                .await?,
+                .await?
+                .jobs,
         );
         Ok(contact_id)
     }

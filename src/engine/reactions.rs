@@ -13,6 +13,12 @@ use chrono::{DateTime, Utc};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+/// What events did: jobs to enqueue after the commit, and per event the enrollments it started.
+pub(crate) struct Reaction {
+    pub jobs: Vec<(StepJob, DateTime<Utc>)>,
+    pub started: Vec<Vec<i64>>,
+}
+
 /// An event of a known contact, to store and react to.
 pub(crate) struct Occurrence {
     pub contact_id: i64,
@@ -25,34 +31,37 @@ pub(crate) struct Occurrence {
 
 impl Engine {
     /// Stores the events, scores them, and lets them move and start journeys. Returns the
-    /// jobs to enqueue after the commit.
+    /// jobs to enqueue after the commit, and the enrollments each occurrence started.
     pub(crate) async fn record_and_react(
         &self,
         tx: &mut store::Tx<'_>,
         occurrences: &[Occurrence],
         now: DateTime<Utc>,
-    ) -> Result<Vec<(StepJob, DateTime<Utc>)>> {
-        let mut jobs = Vec::new();
+    ) -> Result<Reaction> {
+        let mut reaction = Reaction {
+            jobs: Vec::new(),
+            started: vec![Vec::new(); occurrences.len()],
+        };
         // Rounds in which each contact has at most one event, so that a contact's second event
         // sees what its first one did (in memory, one round's moves are saved together).
-        let mut rounds: Vec<Vec<&Occurrence>> = Vec::new();
+        let mut rounds: Vec<Vec<(usize, &Occurrence)>> = Vec::new();
         let mut seen: HashMap<i64, usize> = HashMap::new();
-        for occurrence in occurrences {
+        for (index, occurrence) in occurrences.iter().enumerate() {
             let round = seen.entry(occurrence.contact_id).or_insert(0);
             if rounds.len() <= *round {
                 rounds.push(Vec::new());
             }
-            rounds[*round].push(occurrence);
+            rounds[*round].push((index, occurrence));
             *round += 1;
         }
         let mut scored: HashSet<i64> = HashSet::new();
         for round in rounds {
             let rows: Vec<(i64, &EventFacts, DateTime<Utc>, &contacts::Received)> = round
                 .iter()
-                .map(|o| (o.contact_id, &o.event, o.at, &o.received))
+                .map(|(_, o)| (o.contact_id, &o.event, o.at, &o.received))
                 .collect();
             let event_ids = contacts::record_many(tx, &rows).await?;
-            for (occurrence, event_id) in round.iter().zip(&event_ids) {
+            for ((_, occurrence), event_id) in round.iter().zip(&event_ids) {
                 if self
                     .score_event(tx, occurrence.contact_id, *event_id, &occurrence.event, now)
                     .await?
@@ -60,15 +69,15 @@ impl Engine {
                     scored.insert(occurrence.contact_id);
                 }
             }
-            let reacting: Vec<&Occurrence> = round.into_iter().filter(|o| o.reacts).collect();
+            let reacting: Vec<(usize, &Occurrence)> = round.into_iter().filter(|(_, o)| o.reacts).collect();
             if !reacting.is_empty() {
-                jobs.extend(self.react_many(tx, &reacting, now).await?);
+                self.react_many(tx, &reacting, now, &mut reaction).await?;
             }
         }
         for contact_id in scored {
-            jobs.extend(self.qualify(tx, contact_id, now).await?);
+            reaction.jobs.extend(self.qualify(tx, contact_id, now).await?);
         }
-        Ok(jobs)
+        Ok(reaction)
     }
 
     /// What events do to journeys, each of a different contact: goals, answered waits, new
@@ -76,13 +85,14 @@ impl Engine {
     async fn react_many(
         &self,
         tx: &mut store::Tx<'_>,
-        occurrences: &[&Occurrence],
+        occurrences: &[(usize, &Occurrence)],
         now: DateTime<Utc>,
-    ) -> Result<Vec<(StepJob, DateTime<Utc>)>> {
+        reaction: &mut Reaction,
+    ) -> Result<()> {
         let catalog = self.catalog();
-        let contact_ids: Vec<i64> = occurrences.iter().map(|o| o.contact_id).collect();
+        let contact_ids: Vec<i64> = occurrences.iter().map(|(_, o)| o.contact_id).collect();
         let contacts = self.load_contacts(tx, &contact_ids, now).await?;
-        let mut jobs = Vec::new();
+        let jobs = &mut reaction.jobs;
 
         // 1. Goals and waits of open enrollments.
         let open = enrollments::open_of_contacts(tx, &contact_ids).await?;
@@ -95,7 +105,7 @@ impl Engine {
                 .map(|(enrollment, seq, _, event)| (enrollment, seq, event))
                 .collect()
         };
-        let events: HashMap<i64, &EventFacts> = occurrences.iter().map(|o| (o.contact_id, &o.event)).collect();
+        let events: HashMap<i64, &EventFacts> = occurrences.iter().map(|(_, o)| (o.contact_id, &o.event)).collect();
         let mut moving: Vec<(Enrollment, Arc<Journey>, super::transition::Advance, &EventFacts)> = Vec::new();
         for enrollment in open {
             let Ok(contact_id) = enrollment.contact_id.parse::<i64>() else {
@@ -164,8 +174,8 @@ impl Engine {
         }
 
         // 2. Journeys the events start.
-        let mut candidates: Vec<(i64, &Arc<Journey>, &EventFacts, Option<String>)> = Vec::new();
-        for occurrence in occurrences {
+        let mut candidates: Vec<(usize, i64, &Arc<Journey>, &EventFacts, Option<String>)> = Vec::new();
+        for (index, occurrence) in occurrences {
             let Some(contact) = contacts.get(&occurrence.contact_id) else {
                 continue;
             };
@@ -184,21 +194,21 @@ impl Engine {
                 let Some(key) = enrollment_key(journey, contact, &occurrence.event, now) else {
                     continue;
                 };
-                candidates.push((occurrence.contact_id, journey, &occurrence.event, key));
+                candidates.push((*index, occurrence.contact_id, journey, &occurrence.event, key));
             }
         }
         if candidates.is_empty() {
-            return Ok(jobs);
+            return Ok(());
         }
         let journey_ids: Vec<&str> = candidates
             .iter()
-            .map(|(_, j, _, _)| j.id.as_str())
+            .map(|(_, _, j, _, _)| j.id.as_str())
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
         let candidate_contacts: Vec<i64> = candidates
             .iter()
-            .map(|(c, _, _, _)| *c)
+            .map(|(_, c, _, _, _)| *c)
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
@@ -210,7 +220,8 @@ impl Engine {
                 .push(enrollment);
         }
         let mut rows = Vec::new();
-        for (contact_id, journey, event, key) in &candidates {
+        let mut starters = Vec::new();
+        for (index, contact_id, journey, event, key) in &candidates {
             let list = earlier.entry((contact_id.to_string(), journey.id.clone())).or_default();
             if let Err(reason) = may_enter(journey, list, key.as_deref(), now) {
                 tracing::debug!(journey = %journey.id, contact = contact_id, reason, "Not enrolled.");
@@ -228,6 +239,7 @@ impl Engine {
                 seq: 0,
                 entered_at: now,
             });
+            starters.push(*index);
             rows.push(enrollments::NewEnrollment {
                 journey,
                 contact_id: *contact_id,
@@ -235,12 +247,14 @@ impl Engine {
                 trigger: Some(*event),
             });
         }
-        for enrollment in enrollments::insert_many(tx, &rows, now).await?.into_iter().flatten() {
-            if let Ok(id) = enrollment.id.parse::<i64>() {
+        let inserted = enrollments::insert_many(tx, &rows, now).await?;
+        for (index, enrollment) in starters.into_iter().zip(inserted) {
+            if let Some(id) = enrollment.and_then(|e| e.id.parse::<i64>().ok()) {
                 jobs.push((StepJob { enrollment: id, seq: 0 }, now));
+                reaction.started[index].push(id);
             }
         }
-        Ok(jobs)
+        Ok(())
     }
 }
 

@@ -264,15 +264,9 @@ impl Engine {
 
     /// A contact did something: store it, then let it reach goals, answer waits and start
     /// journeys. Jobs are enqueued after the transaction commits. Returns new enrollment ids.
-    pub async fn track(&self, contact_id: i64, event: EventFacts) -> Result<Vec<i64>> {
-        let now = self.clock.now();
-        let at = event.timestamp.unwrap_or(now);
-        let mut tx = self.store.begin().await?;
-        contacts::record_event(&mut tx, contact_id, &event, at).await?;
-        let (started, jobs) = self.react(&mut tx, contact_id, &event, now).await?;
-        tx.commit().await?;
-        self.enqueue(jobs).await?;
-        Ok(started)
+    pub async fn track(self: &Arc<Self>, contact_id: i64, event: EventFacts) -> Result<Vec<i64>> {
+        // Through the ingest group: concurrent calls share a transaction and set-based statements.
+        self.track_in_group(contact_id, event).await
     }
 
     /// What an event does to journeys, inside the caller's transaction: goals, answered waits,
