@@ -174,7 +174,9 @@ impl Engine {
         }
 
         // 2. Journeys the events start.
-        let mut candidates: Vec<(usize, i64, &Arc<Journey>, &EventFacts, Option<String>)> = Vec::new();
+        // (occurrence, contact, journey, trigger event, enrollment key)
+        type Candidate<'a> = (usize, i64, &'a Arc<Journey>, &'a EventFacts, Option<String>);
+        let mut candidates: Vec<Candidate<'_>> = Vec::new();
         for (index, occurrence) in occurrences {
             let Some(contact) = contacts.get(&occurrence.contact_id) else {
                 continue;
