@@ -7,6 +7,7 @@ mod engine;
 mod import;
 mod ingest_holes;
 mod language;
+mod restarts;
 mod retries;
 mod scoring;
 mod simulate;
