@@ -351,7 +351,15 @@ impl Engine {
         let attempts = pending.map(|p| p.attempts).unwrap_or(0) + 1;
         let step = pending.map(|p| p.step.as_str()).unwrap_or_default();
         let give_up = !error.is_transient() || attempts as u32 >= self.config.max_attempts;
-        effects::mark_attempt(connection, key, &error.to_string(), give_up).await?;
+        if effects::mark_attempt(connection, key, &error.to_string(), give_up)
+            .await?
+            .is_none()
+        {
+            // Cancelled while it was being tried (the contact was erased): nothing to retry,
+            // and the enrollment is not failed for it.
+            debug!(effect = %key, %error, "Effect failed after it was cancelled.");
+            return Ok(());
+        }
         if give_up {
             warn!(effect = %key, %error, attempts, "Effect failed; the enrollment moves to the failed list.");
             enrollments::fail(

@@ -121,7 +121,13 @@ impl Queue {
     /// after Redis restarts, and the wake-up listener subscribes again.
     pub async fn redis(url: &str, namespace: &str) -> Result<Queue, Error> {
         let client = redis::Client::open(url)?;
-        let connection = ConnectionManager::new(client.clone()).await?;
+        // redis-rs's default backoff (6 retries from 100 ms, doubling, with jitter) holds every
+        // command ~10 s while Redis is down (so each events API request took that long to
+        // answer) and noticed Redis was back up to ~3 s late. Capped at 500 ms, a push fails
+        // within a few seconds (the caller logs it, the reconciler repairs) and the connection
+        // is back within a second of Redis.
+        let manager = redis::aio::ConnectionManagerConfig::new().set_max_delay(std::time::Duration::from_millis(500));
+        let connection = ConnectionManager::new_with_config(client.clone(), manager).await?;
         let config = apalis_redis::Config::default()
             .queue(format!("{namespace}:steps"))
             .batch_size(FETCH_BATCH)

@@ -150,15 +150,18 @@ pub async fn mark_done(connection: &mut AnyConnection, key: &str, result: &str, 
     Ok(())
 }
 
-pub async fn mark_attempt(connection: &mut AnyConnection, key: &str, error: &str, failed: bool) -> Result<i32> {
+/// Records a failed attempt of a claimed effect: `pending` again for a retry, or `failed`.
+/// Returns the attempts so far, or `None` if the effect is no longer claimed: an erasure
+/// cancelled it while it was being performed, and a retry must not bring it back to life.
+pub async fn mark_attempt(connection: &mut AnyConnection, key: &str, error: &str, failed: bool) -> Result<Option<i32>> {
     let status = if failed { "failed" } else { "pending" };
-    let row = sqlx::query("UPDATE effects SET attempts = attempts + 1, last_error = $1, status = $2, claimed_until = NULL WHERE effect_key = $3 RETURNING attempts")
+    let row = sqlx::query("UPDATE effects SET attempts = attempts + 1, last_error = $1, status = $2, claimed_until = NULL WHERE effect_key = $3 AND status = 'sending' RETURNING attempts")
         .bind(error)
         .bind(status)
         .bind(key)
-        .fetch_one(connection)
+        .fetch_optional(connection)
         .await?;
-    Ok(row.try_get(0)?)
+    row.map(|r| r.try_get(0)).transpose().map_err(Into::into)
 }
 
 /// Messages (email and SMS) delivered to a contact since `since`, for frequency caps.

@@ -659,7 +659,8 @@ pub async fn with_stale_effects(
     id_and_seq(&rows)
 }
 
-/// Postpones an enrollment's job after a transient failure.
+/// Postpones an enrollment's job after a transient failure. An exited enrollment (erased or
+/// merged away while its effect was being tried) stays as it is, here and in `fail`.
 pub async fn postpone(
     connection: &mut AnyConnection,
     id: i64,
@@ -669,7 +670,7 @@ pub async fn postpone(
     error: &str,
     now: DateTime<Utc>,
 ) -> Result<()> {
-    sqlx::query("UPDATE enrollments SET due_at = $1, attempts = $2, last_error = $3, updated_at = $4 WHERE id = $5 AND seq = $6")
+    sqlx::query("UPDATE enrollments SET due_at = $1, attempts = $2, last_error = $3, updated_at = $4 WHERE id = $5 AND seq = $6 AND status <> 'exited'")
         .bind(ms(until))
         .bind(attempts)
         .bind(error)
@@ -683,7 +684,7 @@ pub async fn postpone(
 
 /// Moves an enrollment to the dead-letter list. Its position stays, so a retry resumes there.
 pub async fn fail(connection: &mut AnyConnection, id: i64, seq: u64, error: &str, now: DateTime<Utc>) -> Result<()> {
-    sqlx::query("UPDATE enrollments SET status = 'failed', due_at = NULL, last_error = $1, updated_at = $2 WHERE id = $3 AND seq = $4")
+    sqlx::query("UPDATE enrollments SET status = 'failed', due_at = NULL, last_error = $1, updated_at = $2 WHERE id = $3 AND seq = $4 AND status <> 'exited'")
         .bind(error)
         .bind(ms(now))
         .bind(id)

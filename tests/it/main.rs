@@ -8,6 +8,7 @@ mod engine;
 mod import;
 mod ingest_holes;
 mod language;
+mod restarts;
 mod retries;
 mod scoring;
 mod simulate;
