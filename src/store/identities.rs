@@ -91,7 +91,7 @@ pub async fn of_contact(connection: &mut AnyConnection, contact_id: i64) -> Resu
 /// Moves everything of `merged` onto `survivor` and deletes `merged`, leaving an audit row.
 /// Where both are in the same journey, the survivor's enrollment continues and the other exits.
 pub async fn merge(tx: &mut Tx<'_>, survivor: i64, merged: i64, reason: &str, now: DateTime<Utc>) -> Result<()> {
-    let statements: [&'static str; 15] = [
+    let statements: [&'static str; 16] = [
         "UPDATE identities SET contact_id = $1 WHERE contact_id = $2",
         // A no from either record stands.
         "INSERT INTO contact_consent (contact_id, channel, granted, updated_at) SELECT $1, channel, granted, updated_at FROM contact_consent WHERE contact_id = $2
@@ -105,6 +105,9 @@ pub async fn merge(tx: &mut Tx<'_>, survivor: i64, merged: i64, reason: &str, no
         "UPDATE enrollments SET status = 'exited', due_at = NULL WHERE contact_id = $2 AND status IN ('active', 'waiting', 'failed')
          AND EXISTS (SELECT 1 FROM enrollments s WHERE s.contact_id = $1 AND s.journey_id = enrollments.journey_id
                      AND s.enrollment_key = enrollments.enrollment_key AND s.status IN ('active', 'waiting', 'failed'))",
+        // What the exited enrollments had still to send or assign is not owed any more.
+        "UPDATE effects SET status = 'cancelled' WHERE status IN ('pending', 'sending')
+         AND enrollment_id IN (SELECT id FROM enrollments WHERE contact_id = $2 AND status = 'exited')",
         "UPDATE enrollments SET contact_id = $1 WHERE contact_id = $2",
         "UPDATE waiters SET contact_id = $1 WHERE contact_id = $2",
         "UPDATE effects SET contact_id = $1 WHERE contact_id = $2",

@@ -335,7 +335,7 @@ async fn count(engine: &Engine, sql: &'static str) -> i64 {
 
 /// New contacts, each sent `Trial Started` by `client` (which has no worker); returns how many
 /// of the events' jobs could not be enqueued (committed all the same).
-async fn trials(client: &Engine, prefix: &str, how_many: usize) -> usize {
+async fn trials(client: &Arc<Engine>, prefix: &str, how_many: usize) -> usize {
     let mut unqueued = 0;
     for i in 0..how_many {
         let contact = client
