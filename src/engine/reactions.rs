@@ -149,7 +149,7 @@ impl Engine {
                 if !won {
                     continue;
                 }
-                let contact_id: i64 = enrollment.contact_id.parse().unwrap_or_default();
+                let contact_id = enrollments::contact_id(enrollment)?;
                 changes.extend(moved.changes.iter().map(|c| (contact_id, c)));
                 if moved.position
                     == (Position::Finished {

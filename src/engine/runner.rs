@@ -192,7 +192,7 @@ impl Engine {
                 effects: vec![],
                 records: vec![record],
             };
-            let id: i64 = enrollment.id.parse().unwrap_or_default();
+            let id: i64 = enrollments::enrollment_id(&enrollment)?;
             let mut tx = sqlx::Connection::begin(&mut *connection).await?;
             if enrollments::save_move(&mut tx, journey, &enrollment, &moved, now).await? {
                 enrollments::set_version(&mut tx, id, &journey.version).await?;
@@ -337,10 +337,10 @@ impl Engine {
                 }
             }
             if let Some(enrollment) = self.try_enroll(&mut *tx, journey, &contact, Some(event), now).await? {
-                started.push(enrollment.id.parse().unwrap_or_default());
+                started.push(enrollments::enrollment_id(&enrollment)?);
                 jobs.push((
                     StepJob {
-                        enrollment: enrollment.id.parse().unwrap_or_default(),
+                        enrollment: enrollments::enrollment_id(&enrollment)?,
                         seq: 0,
                     },
                     now,
@@ -393,7 +393,7 @@ impl Engine {
             if let Some(enrollment) = self.try_enroll(tx, journey, &contact, Some(&qualified), now).await? {
                 jobs.push((
                     StepJob {
-                        enrollment: enrollment.id.parse().unwrap_or_default(),
+                        enrollment: enrollments::enrollment_id(&enrollment)?,
                         seq: 0,
                     },
                     now,
@@ -412,7 +412,10 @@ impl Engine {
         trigger: Option<&EventFacts>,
         now: DateTime<Utc>,
     ) -> Result<Option<Enrollment>> {
-        let contact_id: i64 = contact.id.parse().unwrap_or_default();
+        let contact_id: i64 = contact
+            .id
+            .parse()
+            .map_err(|_| store::Error::Corrupt(format!("contact id {}", contact.id)))?;
         let key = match &journey.enrollment_key {
             Some(expr) => {
                 let view = contact.facts_view();
@@ -546,7 +549,7 @@ impl Engine {
                     connection,
                     team,
                     contact,
-                    enrollment.id.parse().unwrap_or_default(),
+                    enrollments::enrollment_id(enrollment).map_err(|e| channels::Error::Permanent(e.to_string()))?,
                     now,
                 )
                 .await
@@ -629,7 +632,7 @@ impl Engine {
                 if let Some(enrollment) = self.try_enroll(&mut tx, journey, &contact, None, now).await? {
                     jobs.push((
                         StepJob {
-                            enrollment: enrollment.id.parse().unwrap_or_default(),
+                            enrollment: enrollments::enrollment_id(&enrollment)?,
                             seq: 0,
                         },
                         now,

@@ -394,14 +394,14 @@ pub async fn save_move(
     Ok(saved.first().copied().unwrap_or(false))
 }
 
-fn enrollment_id(enrollment: &Enrollment) -> Result<i64> {
+pub fn enrollment_id(enrollment: &Enrollment) -> Result<i64> {
     enrollment
         .id
         .parse()
         .map_err(|_| Error::Corrupt(format!("enrollment id {}", enrollment.id)))
 }
 
-fn contact_id(enrollment: &Enrollment) -> Result<i64> {
+pub fn contact_id(enrollment: &Enrollment) -> Result<i64> {
     enrollment
         .contact_id
         .parse()
@@ -577,8 +577,8 @@ pub async fn record_conversion(
     sqlx::query(
         "INSERT INTO conversions (enrollment_id, contact_id, journey_id, version, event_name, revenue, at) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
     )
-    .bind(enrollment.id.parse::<i64>().unwrap_or_default())
-    .bind(enrollment.contact_id.parse::<i64>().unwrap_or_default())
+    .bind(enrollment_id(enrollment)?)
+    .bind(contact_id(enrollment)?)
     .bind(&enrollment.journey_id)
     .bind(&enrollment.version)
     .bind(&event.name)
