@@ -193,7 +193,7 @@ impl Engine {
                         continue;
                     }
                 }
-                let Some(key) = enrollment_key(journey, contact, &occurrence.event, now) else {
+                let Some(key) = enrollment_key(journey, contact, Some(&occurrence.event), now) else {
                     continue;
                 };
                 candidates.push((*index, occurrence.contact_id, journey, &occurrence.event, key));
@@ -265,14 +265,14 @@ impl Engine {
 pub(crate) fn enrollment_key(
     journey: &Journey,
     contact: &Contact,
-    trigger: &EventFacts,
+    trigger: Option<&EventFacts>,
     now: DateTime<Utc>,
 ) -> Option<Option<String>> {
     let Some(expr) = &journey.enrollment_key else {
         return Some(None);
     };
     let view = contact.facts_view();
-    let facts = contact.facts(&view, Some(trigger), None, now, &());
+    let facts = contact.facts(&view, trigger, None, now, &());
     match expr.eval(&facts) {
         Ok(serde_json::Value::String(s)) => Some(Some(s)),
         Ok(serde_json::Value::Null) | Err(_) => None,

@@ -416,17 +416,8 @@ impl Engine {
             .id
             .parse()
             .map_err(|_| store::Error::Corrupt(format!("contact id {}", contact.id)))?;
-        let key = match &journey.enrollment_key {
-            Some(expr) => {
-                let view = contact.facts_view();
-                let facts = contact.facts(&view, trigger, None, now, &());
-                match expr.eval(&facts) {
-                    Ok(serde_json::Value::String(s)) => Some(s),
-                    Ok(serde_json::Value::Null) | Err(_) => return Ok(None),
-                    Ok(other) => Some(other.to_string()),
-                }
-            }
-            None => None,
+        let Some(key) = super::reactions::enrollment_key(journey, contact, trigger, now) else {
+            return Ok(None);
         };
         let earlier = enrollments::of_contact(tx, contact_id, &journey.id).await?;
         if let Err(reason) = may_enter(journey, &earlier, key.as_deref(), now) {
