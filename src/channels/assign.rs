@@ -76,6 +76,132 @@ pub async fn assign(
     Ok(rep.id.clone())
 }
 
+/// `assign` for many leads of one team in one transaction: the team's cursor row is locked
+/// first (as `assign` does), so the counters read next cannot change under us; reps are chosen
+/// in memory in turn order, then counters, assignments and owners are written with one
+/// statement each. Returns each lead's rep, or why it got none (every rep at capacity).
+pub async fn assign_many(
+    connection: &mut AnyConnection,
+    team: &Team,
+    leads: &[(&Contact, i64)],
+    now: DateTime<Utc>,
+) -> Result<Vec<Result<String, Error>>, Error> {
+    let db = |e: sqlx::Error| Error::Transient(format!("database: {e}"));
+    let mut tx = sqlx::Connection::begin(&mut *connection).await.map_err(db)?;
+    let row = sqlx::query(
+        "INSERT INTO team_cursors (team, next) VALUES ($1, 0)
+         ON CONFLICT (team) DO UPDATE SET next = team_cursors.next RETURNING next",
+    )
+    .bind(&team.id)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(db)?;
+    let first_turn: i64 = row.try_get(0).map_err(db)?;
+    // An enrollment retried after a crash keeps the rep it already got.
+    let mut existing: HashMap<i64, String> = HashMap::new();
+    let ids: Vec<i64> = leads.iter().map(|(_, enrollment)| *enrollment).collect();
+    for chunk in ids.chunks(crate::store::MAX_PARAMS) {
+        let sql = format!(
+            "SELECT enrollment_id, rep FROM assignments WHERE team = $1 AND status = 'assigned' AND enrollment_id IN ({}) ORDER BY id DESC",
+            crate::store::placeholders(2, chunk.len())
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(team.id.clone());
+        for id in chunk {
+            query = query.bind(*id);
+        }
+        for row in query.fetch_all(&mut *tx).await.map_err(db)? {
+            existing.insert(row.try_get(0).map_err(db)?, row.try_get(1).map_err(db)?);
+        }
+    }
+    let mut open = open_leads(&mut tx, team).await.map_err(db)?;
+    let mut taken = vec![0i64; team.reps.len()];
+    let mut outcomes = Vec::with_capacity(leads.len());
+    let mut rows: Vec<(i64, i64, &str)> = Vec::new();
+    let mut turn = first_turn;
+    for (contact, enrollment) in leads {
+        if let Some(rep) = existing.get(enrollment) {
+            outcomes.push(Ok(rep.clone()));
+            continue;
+        }
+        let Ok(contact_id) = contact.id.parse::<i64>() else {
+            outcomes.push(Err(Error::Permanent(format!("bad contact id {}", contact.id))));
+            continue;
+        };
+        match choose(team, contact, &open, turn, now) {
+            Some(rep) => {
+                turn += 1;
+                if let Some(index) = team.reps.iter().position(|r| r.id == rep.id) {
+                    open[index] += 1;
+                    taken[index] += 1;
+                }
+                existing.insert(*enrollment, rep.id.clone());
+                rows.push((contact_id, *enrollment, rep.id.as_str()));
+                outcomes.push(Ok(rep.id.clone()));
+            }
+            None => outcomes.push(Err(Error::Transient(format!(
+                "every rep of team `{}` is at capacity",
+                team.id
+            )))),
+        }
+    }
+    if rows.is_empty() {
+        tx.rollback().await.map_err(db)?;
+        return Ok(outcomes);
+    }
+    sqlx::query("UPDATE team_cursors SET next = $1 WHERE team = $2")
+        .bind(turn)
+        .bind(&team.id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+    for (index, rep) in team.reps.iter().enumerate().filter(|(i, _)| taken[*i] > 0) {
+        // Still guarded: a writer that did not take the cursor lock first cannot overfill a rep.
+        let guard = rep.capacity.map_or(i64::MAX, |c| i64::from(c) - taken[index]);
+        let updated = sqlx::query(
+            "UPDATE rep_load SET open_leads = open_leads + $1 WHERE team = $2 AND rep = $3 AND open_leads <= $4",
+        )
+        .bind(taken[index])
+        .bind(&team.id)
+        .bind(&rep.id)
+        .bind(guard)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        if updated.rows_affected() != 1 {
+            tx.rollback().await.map_err(db)?;
+            return Err(Error::Transient(format!("rep `{}` filled up meanwhile", rep.id)));
+        }
+    }
+    for chunk in rows.chunks(crate::store::rows_per_statement(6)) {
+        let sql = format!(
+            "INSERT INTO assignments (contact_id, enrollment_id, team, rep, assigned_at, status) VALUES {}",
+            crate::store::value_rows(1, chunk.len(), &[""; 6])
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (contact_id, enrollment, rep) in chunk {
+            query = query
+                .bind(*contact_id)
+                .bind(*enrollment)
+                .bind(team.id.clone())
+                .bind(rep.to_string())
+                .bind(ms(now))
+                .bind("assigned");
+        }
+        query.execute(&mut *tx).await.map_err(db)?;
+        let sql = format!(
+            "UPDATE contacts SET owner = v.column2 FROM (VALUES {}) AS v WHERE contacts.id = v.column1",
+            crate::store::value_rows(1, chunk.len(), &["BIGINT", "TEXT"])
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (contact_id, _, rep) in chunk {
+            query = query.bind(*contact_id).bind(rep.to_string());
+        }
+        query.execute(&mut *tx).await.map_err(db)?;
+    }
+    tx.commit().await.map_err(db)?;
+    Ok(outcomes)
+}
+
 /// The strategy itself, pure: `open[i]` is rep i's open leads, `turn` the number of leads the
 /// team was given before this one (round robin starts at rep `turn % reps`).
 pub fn choose<'a>(team: &'a Team, contact: &Contact, open: &[i64], turn: i64, now: DateTime<Utc>) -> Option<&'a Rep> {

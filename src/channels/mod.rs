@@ -6,7 +6,7 @@ pub mod assign;
 pub mod email;
 pub mod sms;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum Error {
     /// Worth retrying later: a timeout, SMTP 4xx, HTTP 5xx, a database hiccup.
     #[error("{0}")]

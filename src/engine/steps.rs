@@ -263,29 +263,55 @@ impl Engine {
             results[index] = outcome;
         }
         drop(sends);
+        // Assignments of one team go together: one transaction per team for the whole batch.
+        let mut by_team: HashMap<&str, Vec<(usize, &effects::Pending)>> = HashMap::new();
         for (index, live) in lives.iter().enumerate() {
             if results[index].iter().any(|(_, r)| r.is_err()) {
                 continue;
             }
-            let Some(contact) = contacts.get(&live.contact_id) else {
-                continue;
-            };
-            for pending in live.pending.iter().filter(|p| is_assignment(p)) {
-                let result = self
-                    .perform(
-                        Some(&mut *connection),
-                        &live.journey,
-                        &live.enrollment,
-                        contact,
-                        pending,
-                        now,
-                    )
-                    .await;
-                let failed = result.is_err();
-                results[index].push((pending.key.clone(), result));
-                if failed {
-                    break;
+            for pending in &live.pending {
+                if let super::transition::Effect::AssignToSales { team } = &pending.effect {
+                    by_team.entry(team.as_str()).or_default().push((index, pending));
                 }
+            }
+        }
+        let catalog = self.catalog();
+        for (team_id, wanted) in by_team {
+            let team = catalog.sales.as_ref().and_then(|sales| sales.teams.get(team_id));
+            let outcomes: Vec<Result<String, channels::Error>> = match team {
+                None => wanted
+                    .iter()
+                    .map(|_| {
+                        Err(channels::Error::Permanent(format!(
+                            "sales team `{team_id}` is gone from sales.yaml"
+                        )))
+                    })
+                    .collect(),
+                Some(team) => {
+                    let leads: Vec<(&Contact, i64)> = wanted
+                        .iter()
+                        .filter_map(|(index, _)| {
+                            contacts
+                                .get(&lives[*index].contact_id)
+                                .map(|contact| (contact, lives[*index].id))
+                        })
+                        .collect();
+                    let outcome = if leads.len() == wanted.len() {
+                        channels::assign::assign_many(connection, team, &leads, now).await
+                    } else {
+                        Err(channels::Error::Transient("a lead's contact is not loaded".into()))
+                    };
+                    match outcome {
+                        Ok(outcomes) => outcomes
+                            .into_iter()
+                            .map(|o| o.map(|rep| format!("assigned to {rep}")))
+                            .collect(),
+                        Err(error) => wanted.iter().map(|_| Err(error.clone())).collect(),
+                    }
+                }
+            };
+            for ((index, pending), outcome) in wanted.into_iter().zip(outcomes) {
+                results[index].push((pending.key.clone(), outcome));
             }
         }
         let done_at = self.clock.now();

@@ -4,7 +4,7 @@
 
 use crate::support::{Mode, fresh_database, root, scratch_dir};
 use chrono::{DateTime, Duration, Utc};
-use nurture::channels::assign::assign;
+use nurture::channels::assign::{assign, assign_many};
 use nurture::engine::Contact;
 use nurture::journey::sales::{Rep, Strategy, Team};
 use nurture::store::{Kind, Store, contacts};
@@ -258,4 +258,71 @@ async fn counters_are_backfilled_from_existing_assignments_in_sqlite() {
 #[tokio::test]
 async fn counters_are_backfilled_from_existing_assignments_in_postgres() {
     counters_are_backfilled_from_existing_assignments(Mode::Production).await;
+}
+
+/// A batch of step jobs assigns its leads together: the same round robin, counters and
+/// retry rule as one by one, and batches from concurrent workers stay within capacity.
+async fn a_batch_of_leads_goes_round_robin_within_capacity(mode: Mode) {
+    const WORKERS: usize = 4;
+    let store = migrated(mode, WORKERS as u32).await;
+    let team = team(Strategy::RoundRobin, &["ann", "bo", "cy"], Some(10));
+    let leads = new_contacts(&store, 7).await;
+    let mut connection = store.pool.acquire().await.unwrap();
+    let batch: Vec<(&Contact, i64)> = leads.iter().zip(1..).collect();
+    let reps: Vec<String> = assign_many(&mut connection, &team, &batch, t0())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(reps, ["ann", "bo", "cy", "ann", "bo", "cy", "ann"]);
+    // The same enrollments again (a retried batch) keep their reps and take no turn.
+    let again: Vec<String> = assign_many(&mut connection, &team, &batch[..2], t0())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(again, ["ann", "bo"]);
+    let (counters, rows) = loads(&store).await;
+    assert_eq!(counters, pairs(&[("ann", 3), ("bo", 2), ("cy", 2)]));
+    assert_eq!(counters, rows);
+    assert_eq!(cursor(&store).await, 7);
+    drop(connection);
+    // Concurrent batches: 4 workers x 20 leads for 30 slots.
+    let more = new_contacts(&store, WORKERS * 20).await;
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(WORKERS));
+    let mut workers = Vec::new();
+    for (worker, chunk) in more.chunks(20).enumerate() {
+        let (store, team, chunk, start) = (store.clone(), team.clone(), chunk.to_vec(), start.clone());
+        workers.push(tokio::spawn(async move {
+            let mut connection = store.pool.acquire().await.unwrap();
+            start.wait().await;
+            let batch: Vec<(&Contact, i64)> = chunk.iter().zip((100 + worker as i64 * 100)..).collect();
+            assign_many(&mut connection, &team, &batch, t0()).await.unwrap()
+        }));
+    }
+    let mut assigned = 0;
+    for worker in workers {
+        for outcome in worker.await.unwrap() {
+            match outcome {
+                Ok(_) => assigned += 1,
+                Err(error) => assert_eq!(error.to_string(), "every rep of team `inbound` is at capacity"),
+            }
+        }
+    }
+    assert_eq!(assigned, 30 - 7);
+    let (counters, rows) = loads(&store).await;
+    assert_eq!(rows, pairs(&[("ann", 10), ("bo", 10), ("cy", 10)]));
+    assert_eq!(counters, rows);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_of_leads_goes_round_robin_within_capacity_in_sqlite() {
+    a_batch_of_leads_goes_round_robin_within_capacity(Mode::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_of_leads_goes_round_robin_within_capacity_in_postgres() {
+    a_batch_of_leads_goes_round_robin_within_capacity(Mode::Production).await;
 }
