@@ -9,7 +9,7 @@
 //! Each phase gets a fresh environment (SQLite files or PostgreSQL database and Redis
 //! namespace), a worker in this process, and the real clock. Environment variables:
 //! `NURTURE_BENCH_MODES` (`embedded,production`), `NURTURE_BENCH_TIMER_CONTACTS` (10000),
-//! `NURTURE_BENCH_STEPS_CONTACTS` (5000), `NURTURE_BENCH_CONCURRENCY` (worker, 48),
+//! `NURTURE_BENCH_STEPS_CONTACTS` (5000), `NURTURE_BENCH_CONCURRENCY` (worker, the default 512),
 //! `NURTURE_BENCH_LOG` (set: the engine's logs on stderr, filtered by `RUST_LOG`), and the
 //! test suite's `NURTURE_TEST_DATABASE_URL` and `NURTURE_TEST_REDIS_URL`.
 
@@ -517,7 +517,10 @@ async fn main() {
         .collect();
     let timer_contacts = env_usize("NURTURE_BENCH_TIMER_CONTACTS", 10_000);
     let steps_contacts = env_usize("NURTURE_BENCH_STEPS_CONTACTS", 5_000);
-    let concurrency = env_usize("NURTURE_BENCH_CONCURRENCY", 48);
+    let concurrency = env_usize(
+        "NURTURE_BENCH_CONCURRENCY",
+        nurture::config::Config::default().concurrency,
+    );
     let mut timers = Vec::new();
     let mut steps = Vec::new();
     for mode in modes {

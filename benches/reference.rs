@@ -23,7 +23,7 @@
 //!   (`bench-reference-hold`), `NURTURE_BENCH_WAITING` (10,000; the figure is
 //!   1,000,000).
 //!
-//! Also `NURTURE_BENCH_CONCURRENCY` (worker, 48), `NURTURE_BENCH_DEADLINE_SECONDS` (900),
+//! Also `NURTURE_BENCH_CONCURRENCY` (worker, the default 512), `NURTURE_BENCH_DEADLINE_SECONDS` (900),
 //! `NURTURE_BENCH_LOG`, and the test suite's `NURTURE_TEST_DATABASE_URL` and
 //! `NURTURE_TEST_REDIS_URL`. Prints markdown rows to paste into BENCHMARKS.md.
 
@@ -406,8 +406,11 @@ async fn create_contacts(engine: &Arc<Engine>, count: usize) -> Vec<i64> {
     ids.into_iter().map(|(_, id)| id).collect()
 }
 
-/// Sends every contact the event, `CLIENTS` at a time. Returns the failures.
+/// Sends every contact the event, as fast as possible: `NURTURE_BENCH_EVENT_CALLERS` (512)
+/// `track` calls at a time, which the engine's group commit turns into large groups, like the
+/// peer's bulk `addBulk`. Returns the failures.
 async fn send_events(engine: &Arc<Engine>, contacts: &[i64], name: &'static str) -> usize {
+    let callers = env_usize("NURTURE_BENCH_EVENT_CALLERS", 512);
     let started = Instant::now();
     let failures: usize = stream::iter(contacts.iter().copied().enumerate())
         .map(|(i, contact)| {
@@ -426,7 +429,7 @@ async fn send_events(engine: &Arc<Engine>, contacts: &[i64], name: &'static str)
                 }
             }
         })
-        .buffer_unordered(CLIENTS)
+        .buffer_unordered(callers)
         .collect::<Vec<usize>>()
         .await
         .into_iter()
@@ -1266,7 +1269,10 @@ async fn main() {
             if mode == Some(Mode::Embedded) { 10_000 } else { 20_000 },
         )
     };
-    let concurrency = env_usize("NURTURE_BENCH_CONCURRENCY", 48);
+    let concurrency = env_usize(
+        "NURTURE_BENCH_CONCURRENCY",
+        nurture::config::Config::default().concurrency,
+    );
     let deadline = Duration::from_secs(env_usize("NURTURE_BENCH_DEADLINE_SECONDS", 900) as u64);
     let seconds = env_usize("NURTURE_BENCH_LATENCY_SECONDS", 10) as f64;
     let rates: Vec<String> = std::env::var("NURTURE_BENCH_RATES")

@@ -157,7 +157,10 @@ impl Engine {
             }
         }
         type Outcomes = (Vec<Result<Ingested, String>>, Vec<Result<Vec<i64>, String>>);
-        let outcomes: Outcomes = match self.ingest_together(&requests, &events).await {
+        let started = std::time::Instant::now();
+        let together = self.ingest_together(&requests, &events).await;
+        tracing::debug!(requests = requests.len(), events = events.len(), elapsed = ?started.elapsed(), "Ingest group committed.");
+        let outcomes: Outcomes = match together {
             Ok((reports, started)) => (
                 reports.into_iter().map(Ok).collect(),
                 started.into_iter().map(Ok).collect(),

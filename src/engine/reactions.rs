@@ -94,17 +94,29 @@ impl Engine {
         let contacts = self.load_contacts(tx, &contact_ids, now).await?;
         let jobs = &mut reaction.jobs;
 
-        // 1. Goals and waits of open enrollments.
-        let open = enrollments::open_of_contacts(tx, &contact_ids).await?;
-        let waiters: HashSet<(i64, u64, String)> = if open.is_empty() {
-            HashSet::new()
-        } else {
-            enrollments::waiters_of_contacts(tx, &contact_ids)
-                .await?
-                .into_iter()
-                .map(|(enrollment, seq, _, event)| (enrollment, seq, event))
-                .collect()
-        };
+        // 1. Goals and waits of open enrollments: only those waiting for one of these events,
+        // or in a journey whose goal one of them is, are read.
+        let mut names: HashSet<String> = HashSet::new();
+        for (_, occurrence) in occurrences {
+            names.insert(occurrence.event.name.clone());
+        }
+        let mut waiters: HashSet<(i64, u64, String)> = HashSet::new();
+        for (enrollment, seq, _, event) in enrollments::waiters_of_contacts(tx, &contact_ids).await? {
+            if names.contains(&event) {
+                waiters.insert((enrollment, seq, event));
+            }
+        }
+        let waiting_ids: Vec<i64> = waiters.iter().map(|(id, _, _)| *id).collect();
+        let mut goal_journeys: Vec<String> = Vec::new();
+        for journey in &catalog.journeys {
+            if let Some(goal) = &journey.goal
+                && names.contains(&goal.event)
+            {
+                goal_journeys.push(journey.id.clone());
+            }
+        }
+        let goal_ids: Vec<&str> = goal_journeys.iter().map(String::as_str).collect();
+        let open = enrollments::open_of_contacts(tx, &contact_ids, &waiting_ids, &goal_ids).await?;
         let events: HashMap<i64, &EventFacts> = occurrences.iter().map(|(_, o)| (o.contact_id, &o.event)).collect();
         let mut moving: Vec<(Enrollment, Arc<Journey>, super::transition::Advance, &EventFacts)> = Vec::new();
         for enrollment in open {
@@ -214,8 +226,14 @@ impl Engine {
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
+        let keys: Vec<&str> = candidates
+            .iter()
+            .map(|(_, _, _, _, key)| key.as_deref().unwrap_or(""))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
         let mut earlier: HashMap<(String, String), Vec<Enrollment>> = HashMap::new();
-        for enrollment in enrollments::of_contacts_in(tx, &candidate_contacts, &journey_ids).await? {
+        for enrollment in enrollments::of_contacts_in(tx, &candidate_contacts, &journey_ids, &keys).await? {
             earlier
                 .entry((enrollment.contact_id.clone(), enrollment.journey_id.clone()))
                 .or_default()

@@ -118,7 +118,9 @@ impl Engine {
     async fn run_batch(&self, batch: Vec<Submitted>) {
         let jobs: Vec<StepJob> = batch.iter().map(|s| s.job).collect();
         let span = tracing::debug_span!("steps", jobs = jobs.len());
+        let started = std::time::Instant::now();
         let outcome = self.move_batch(&jobs).instrument(span).await;
+        debug!(jobs = jobs.len(), elapsed = ?started.elapsed(), "Step batch done.");
         if let Err(error) = &outcome {
             warn!(%error, jobs = jobs.len(), "A step batch failed; the reconciler will retry its steps.");
         }
@@ -141,6 +143,7 @@ impl Engine {
 
     /// Moves a batch of enrollments, each as far as it goes now.
     async fn move_batch(&self, jobs: &[StepJob]) -> Result<()> {
+        let clock = std::time::Instant::now();
         let mut connection = self.store.pool.acquire().await?;
         let mut wanted: HashMap<i64, Vec<u64>> = HashMap::new();
         for job in jobs {
@@ -204,18 +207,26 @@ impl Engine {
         let mut contacts = self.load_contacts(&mut connection, &contact_ids, now).await?;
         lives.retain(|l| contacts.contains_key(&l.contact_id));
 
+        let loaded = clock.elapsed();
         let mut later: Vec<(StepJob, DateTime<Utc>)> = Vec::new();
+        let (mut performing, mut moving) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
         for _ in 0..MOVES_PER_JOB {
             if lives.is_empty() {
                 break;
             }
+            let started = std::time::Instant::now();
             lives = self
                 .perform_pending(&mut connection, lives, &contacts, &mut later)
                 .await?;
+            performing += started.elapsed();
+            let started = std::time::Instant::now();
             lives = self
                 .move_once(&mut connection, lives, &mut contacts, &mut later)
                 .await?;
+            moving += started.elapsed();
         }
+        // Where a batch's time goes, for profiling (`RUST_LOG=nurture::engine::steps=debug`).
+        debug!(?loaded, ?performing, ?moving, "Step batch phases.");
         drop(connection);
         // A long chain of instant steps: hand the rest to the queue so others get a turn.
         self.queue.push_now(lives.iter().map(Live::job).collect()).await?;
@@ -425,6 +436,7 @@ impl Engine {
         later: &mut Vec<(StepJob, DateTime<Utc>)>,
     ) -> Result<Vec<Live>> {
         let now = self.clock.now();
+        let now_clock = std::time::Instant::now();
         let mut planned: Vec<(Live, Advance)> = Vec::with_capacity(lives.len());
         for live in lives {
             if !live.may_move() {
@@ -442,6 +454,7 @@ impl Engine {
         if planned.is_empty() {
             return Ok(Vec::new());
         }
+        let planning = now_clock.elapsed();
         let mut tx = sqlx::Connection::begin(&mut *connection).await?;
         let moves: Vec<enrollments::Move<'_>> = planned
             .iter()
@@ -470,7 +483,9 @@ impl Engine {
         for contact_id in scored {
             qualified.extend(self.qualify(&mut tx, contact_id, now).await?);
         }
+        let saving = now_clock.elapsed();
         tx.commit().await?;
+        debug!(moves = planned.len(), ?planning, ?saving, committed = ?now_clock.elapsed(), "Step batch round.");
         self.enqueue(qualified).await?;
 
         let mut carry_on = Vec::new();

@@ -163,18 +163,44 @@ pub async fn open_of_contact(connection: &mut AnyConnection, contact_id: i64) ->
     rows.iter().map(|row| from_row(row).map(|(e, _, _)| e)).collect()
 }
 
-/// Unfinished enrollments of many contacts: what an event may move.
-pub async fn open_of_contacts(connection: &mut AnyConnection, contact_ids: &[i64]) -> Result<Vec<Enrollment>> {
+/// Unfinished enrollments of many contacts that an event may move: those in `ids` (waiting
+/// for it) or in one of `journeys` (whose goal it is). Others are not read at all.
+pub async fn open_of_contacts(
+    connection: &mut AnyConnection,
+    contact_ids: &[i64],
+    ids: &[i64],
+    journeys: &[&str],
+) -> Result<Vec<Enrollment>> {
     let mut open = Vec::new();
-    for chunk in contact_ids.chunks(super::MAX_PARAMS) {
+    if ids.is_empty() && journeys.is_empty() {
+        return Ok(open);
+    }
+    for chunk in contact_ids.chunks(super::MAX_PARAMS / 2) {
+        let mut wanted = Vec::new();
+        if !ids.is_empty() {
+            wanted.push(format!("id IN ({})", super::placeholders(chunk.len() + 1, ids.len())));
+        }
+        if !journeys.is_empty() {
+            wanted.push(format!(
+                "journey_id IN ({})",
+                super::placeholders(chunk.len() + ids.len() + 1, journeys.len())
+            ));
+        }
         let sql = format!(
-            "{} WHERE contact_id IN ({}) AND status IN ('active', 'waiting')",
+            "{} WHERE contact_id IN ({}) AND status IN ('active', 'waiting') AND ({})",
             select_enrollments!(""),
-            super::placeholders(1, chunk.len())
+            super::placeholders(1, chunk.len()),
+            wanted.join(" OR ")
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for id in chunk {
             query = query.bind(*id);
+        }
+        for id in ids {
+            query = query.bind(*id);
+        }
+        for journey in journeys {
+            query = query.bind(*journey);
         }
         for row in query.fetch_all(&mut *connection).await? {
             open.push(from_row(&row)?.0);
@@ -183,22 +209,32 @@ pub async fn open_of_contacts(connection: &mut AnyConnection, contact_ids: &[i64
     Ok(open)
 }
 
-/// Every enrollment of these contacts in these journeys, oldest first, for re-entry rules.
+/// Earlier enrollments of these contacts in these journeys with one of these keys (`""` for
+/// none), oldest first, for re-entry rules. The trigger event is not read.
 pub async fn of_contacts_in(
     connection: &mut AnyConnection,
     contact_ids: &[i64],
     journey_ids: &[&str],
+    keys: &[&str],
 ) -> Result<Vec<Enrollment>> {
     let mut found = Vec::new();
-    if journey_ids.is_empty() {
+    if journey_ids.is_empty() || keys.is_empty() {
         return Ok(found);
     }
-    for chunk in contact_ids.chunks(super::MAX_PARAMS / 2) {
+    let mut pairs = Vec::new();
+    for chunk in contact_ids.chunks(super::MAX_PARAMS / 3) {
+        for keys_chunk in keys.chunks(super::MAX_PARAMS / 3) {
+            pairs.push((chunk, keys_chunk));
+        }
+    }
+    for (chunk, keys_chunk) in pairs {
+        let first_key = chunk.len() + journey_ids.len() + 1;
         let sql = format!(
-            "{} WHERE contact_id IN ({}) AND journey_id IN ({}) ORDER BY id",
-            select_enrollments!(""),
+            "SELECT id, contact_id, journey_id, version, enrollment_key, position, seq, NULL AS trigger_event, entered_at, attempts, last_error, status
+             FROM enrollments WHERE contact_id IN ({}) AND journey_id IN ({}) AND enrollment_key IN ({}) ORDER BY id",
             super::placeholders(1, chunk.len()),
-            super::placeholders(chunk.len() + 1, journey_ids.len())
+            super::placeholders(chunk.len() + 1, journey_ids.len()),
+            super::placeholders(first_key, keys_chunk.len())
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for id in chunk {
@@ -206,6 +242,9 @@ pub async fn of_contacts_in(
         }
         for journey in journey_ids {
             query = query.bind(*journey);
+        }
+        for key in keys_chunk {
+            query = query.bind(*key);
         }
         for row in query.fetch_all(&mut *connection).await? {
             found.push(from_row(&row)?.0);
