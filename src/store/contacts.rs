@@ -134,13 +134,13 @@ pub async fn load(connection: &mut AnyConnection, id: i64) -> Result<Option<Cont
 /// Many contacts by id with their traits, consent and tags: two queries per few thousand.
 pub async fn load_many(connection: &mut AnyConnection, ids: &[i64]) -> Result<std::collections::HashMap<i64, Contact>> {
     let mut contacts = std::collections::HashMap::with_capacity(ids.len());
-    for chunk in ids.chunks(super::MAX_PARAMS / 3) {
-        let list = super::placeholders(1, chunk.len());
+    for chunk in ids.chunks(super::IN_CHUNK) {
+        let list = super::placeholders(1, super::padded_len(chunk.len()));
         let sql = format!(
             "SELECT id, email, phone, stage, score, timezone, language, created_at, last_seen_at FROM contacts WHERE id IN ({list})"
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for id in chunk {
+        for id in super::padded(chunk) {
             query = query.bind(*id);
         }
         for row in query.fetch_all(&mut *connection).await? {
@@ -161,7 +161,7 @@ pub async fn load_many(connection: &mut AnyConnection, ids: &[i64]) -> Result<st
                 },
             );
         }
-        let n = chunk.len();
+        let n = super::padded_len(chunk.len());
         let sql = format!(
             "SELECT contact_id, 't' AS part, name, value, 0 AS added FROM contact_traits WHERE contact_id IN ({})
              UNION ALL SELECT contact_id, 'c', channel, CASE WHEN granted THEN 'true' ELSE 'false' END, 0 FROM contact_consent WHERE contact_id IN ({})
@@ -173,7 +173,7 @@ pub async fn load_many(connection: &mut AnyConnection, ids: &[i64]) -> Result<st
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for _ in 0..3 {
-            for id in chunk {
+            for id in super::padded(chunk) {
                 query = query.bind(*id);
             }
         }

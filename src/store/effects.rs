@@ -45,15 +45,15 @@ pub async fn pending_many(
     now: DateTime<Utc>,
 ) -> Result<Vec<(i64, Pending)>> {
     let mut pending = Vec::new();
-    for chunk in enrollment_ids.chunks(super::MAX_PARAMS) {
+    for chunk in enrollment_ids.chunks(super::IN_CHUNK) {
         let sql = format!(
             "SELECT enrollment_id, effect_key, step, payload, attempts FROM effects
              WHERE enrollment_id IN ({}) AND (status = 'pending' OR (status = 'sending' AND claimed_until < $1))
              ORDER BY created_at, effect_key",
-            super::placeholders(2, chunk.len())
+            super::placeholders(2, super::padded_len(chunk.len()))
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(ms(now));
-        for id in chunk {
+        for id in super::padded(chunk) {
             query = query.bind(*id);
         }
         for r in query.fetch_all(&mut *connection).await? {
@@ -80,15 +80,15 @@ pub async fn claim_many(
     until: DateTime<Utc>,
 ) -> Result<std::collections::HashSet<String>> {
     let mut claimed = std::collections::HashSet::with_capacity(keys.len());
-    for chunk in keys.chunks(super::MAX_PARAMS) {
+    for chunk in keys.chunks(super::IN_CHUNK) {
         let sql = format!(
             "UPDATE effects SET status = 'sending', claimed_until = $1
              WHERE effect_key IN ({}) AND (status = 'pending' OR (status = 'sending' AND claimed_until < $2))
              RETURNING effect_key",
-            super::placeholders(3, chunk.len())
+            super::placeholders(3, super::padded_len(chunk.len()))
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(ms(until)).bind(ms(now));
-        for key in chunk {
+        for key in super::padded(chunk) {
             query = query.bind(*key);
         }
         for row in query.fetch_all(&mut *connection).await? {

@@ -102,14 +102,14 @@ pub async fn load(connection: &mut AnyConnection, id: i64) -> Result<Option<Stor
 /// Many enrollments by id, in one query per few thousand: a batch of step jobs loads them together.
 pub async fn load_many(connection: &mut AnyConnection, ids: &[i64]) -> Result<Vec<Stored>> {
     let mut stored = Vec::with_capacity(ids.len());
-    for chunk in ids.chunks(super::MAX_PARAMS) {
+    for chunk in ids.chunks(super::IN_CHUNK) {
         let sql = format!(
             "{} WHERE id IN ({})",
             select_enrollments!(""),
-            super::placeholders(1, chunk.len())
+            super::placeholders(1, super::padded_len(chunk.len()))
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for id in chunk {
+        for id in super::padded(chunk) {
             query = query.bind(*id);
         }
         for row in query.fetch_all(&mut *connection).await? {
@@ -259,13 +259,13 @@ pub async fn waiters_of_contacts(
     contact_ids: &[i64],
 ) -> Result<Vec<(i64, u64, i64, String)>> {
     let mut found = Vec::new();
-    for chunk in contact_ids.chunks(super::MAX_PARAMS) {
+    for chunk in contact_ids.chunks(super::IN_CHUNK) {
         let sql = format!(
             "SELECT enrollment_id, seq, contact_id, event_name FROM waiters WHERE contact_id IN ({})",
-            super::placeholders(1, chunk.len())
+            super::placeholders(1, super::padded_len(chunk.len()))
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for id in chunk {
+        for id in super::padded(chunk) {
             query = query.bind(*id);
         }
         for row in query.fetch_all(&mut *connection).await? {

@@ -77,13 +77,13 @@ pub async fn points_of_contacts(
     ids: &[i64],
 ) -> Result<std::collections::HashMap<i64, Vec<(i64, DateTime<Utc>)>>> {
     let mut points: std::collections::HashMap<i64, Vec<(i64, DateTime<Utc>)>> = std::collections::HashMap::new();
-    for chunk in ids.chunks(super::MAX_PARAMS) {
+    for chunk in ids.chunks(super::IN_CHUNK) {
         let sql = format!(
             "SELECT contact_id, points, at FROM score_entries WHERE contact_id IN ({}) ORDER BY at, id",
-            super::placeholders(1, chunk.len())
+            super::placeholders(1, super::padded_len(chunk.len()))
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for id in chunk {
+        for id in super::padded(chunk) {
             query = query.bind(*id);
         }
         for row in query.fetch_all(&mut *connection).await? {
