@@ -364,14 +364,14 @@ pub async fn record_many(tx: &mut Tx<'_>, events: &[(i64, &EventFacts, DateTime<
         latest.entry(*id).and_modify(|l| *l = (*l).max(at)).or_insert(at);
     }
     let latest: Vec<(i64, i64)> = latest.into_iter().collect();
-    for chunk in latest.chunks(super::rows_per_statement(2)) {
+    for chunk in latest.chunks(super::padded_rows_per_statement(2)) {
         let sql = format!(
             "UPDATE contacts SET last_seen_at = v.column2 FROM (VALUES {}) AS v
              WHERE contacts.id = v.column1 AND (contacts.last_seen_at IS NULL OR contacts.last_seen_at < v.column2)",
-            super::value_rows(1, chunk.len(), &["BIGINT", "BIGINT"])
+            super::value_rows(1, super::padded_len(chunk.len()), &["BIGINT", "BIGINT"])
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (id, at) in chunk {
+        for (id, at) in super::padded(chunk) {
             query = query.bind(*id).bind(*at);
         }
         query.execute(&mut **tx).await?;

@@ -104,14 +104,14 @@ pub async fn mark_done_many(
     done: &[(String, String)],
     now: DateTime<Utc>,
 ) -> Result<()> {
-    for chunk in done.chunks(super::rows_per_statement(2)) {
+    for chunk in done.chunks(super::padded_rows_per_statement(2)) {
         let sql = format!(
             "UPDATE effects SET status = 'done', result = v.column2, done_at = $1, attempts = attempts + 1
              FROM (VALUES {}) AS v WHERE effects.effect_key = v.column1",
-            super::value_rows(2, chunk.len(), &["TEXT", "TEXT"])
+            super::value_rows(2, super::padded_len(chunk.len()), &["TEXT", "TEXT"])
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(ms(now));
-        for (key, result) in chunk {
+        for (key, result) in super::padded(chunk) {
             query = query.bind(key).bind(result);
         }
         query.execute(&mut *connection).await?;

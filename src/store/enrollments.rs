@@ -469,17 +469,17 @@ pub async fn save_moves(tx: &mut Tx<'_>, moves: &[Move<'_>], now: DateTime<Utc>)
     use std::collections::HashSet;
     let mut won: HashSet<i64> = HashSet::with_capacity(moves.len());
     const COLUMNS: [&str; 7] = ["BIGINT", "TEXT", "TEXT", "TEXT", "BIGINT", "BIGINT", "BIGINT"];
-    for chunk in moves.chunks(super::rows_per_statement(COLUMNS.len() + 1)) {
+    for chunk in moves.chunks(super::padded_rows_per_statement(COLUMNS.len() + 1)) {
         let sql = format!(
             "UPDATE enrollments SET position = v.column2, status = v.column3, step = v.column4, seq = v.column5, due_at = v.column6,
                  attempts = 0, last_error = NULL, updated_at = $1
              FROM (VALUES {}) AS v
              WHERE enrollments.id = v.column1 AND enrollments.seq = v.column7 AND enrollments.status IN ('active', 'waiting')
              RETURNING enrollments.id",
-            super::value_rows(2, chunk.len(), &COLUMNS)
+            super::value_rows(2, super::padded_len(chunk.len()), &COLUMNS)
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(ms(now));
-        for m in chunk {
+        for m in super::padded(chunk) {
             let mut after = m.before.clone();
             after.position = m.advance.position.clone();
             query = query
@@ -531,13 +531,13 @@ pub async fn save_moves(tx: &mut Tx<'_>, moves: &[Move<'_>], now: DateTime<Utc>)
             waits_for(m.journey, &m.advance.position).map(|event| (*id, *contact, event, m.advance.seq as i64))
         })
         .collect();
-    for chunk in waiting.chunks(super::rows_per_statement(4)) {
+    for chunk in waiting.chunks(super::padded_rows_per_statement(4)) {
         let sql = format!(
-            "INSERT INTO waiters (enrollment_id, contact_id, event_name, seq) VALUES {}",
-            super::value_rows(1, chunk.len(), &[""; 4])
+            "INSERT INTO waiters (enrollment_id, contact_id, event_name, seq) VALUES {} ON CONFLICT DO NOTHING",
+            super::value_rows(1, super::padded_len(chunk.len()), &[""; 4])
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (id, contact, event, seq) in chunk {
+        for (id, contact, event, seq) in super::padded(chunk) {
             query = query.bind(*id).bind(*contact).bind(*event).bind(*seq);
         }
         query.execute(&mut **tx).await?;
@@ -572,14 +572,14 @@ pub async fn save_moves(tx: &mut Tx<'_>, moves: &[Move<'_>], now: DateTime<Utc>)
         .iter()
         .flat_map(|(id, contact, m)| m.advance.effects.iter().map(move |e| (*id, *contact, m.journey, e)))
         .collect();
-    for chunk in keyed.chunks(super::rows_per_statement(9)) {
+    for chunk in keyed.chunks(super::padded_rows_per_statement(9)) {
         let sql = format!(
             "INSERT INTO effects (effect_key, enrollment_id, contact_id, journey_id, step, kind, payload, created_at, status)
              VALUES {} ON CONFLICT DO NOTHING",
-            super::value_rows(1, chunk.len(), &[""; 9])
+            super::value_rows(1, super::padded_len(chunk.len()), &[""; 9])
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (id, contact, journey, keyed) in chunk {
+        for (id, contact, journey, keyed) in super::padded(chunk) {
             query = query
                 .bind(keyed.key.to_string())
                 .bind(*id)

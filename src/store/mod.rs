@@ -233,6 +233,19 @@ pub(crate) fn value_rows(first: usize, rows: usize, columns: &[&str]) -> String 
     text
 }
 
+/// Rows per statement, a power of two, for statements whose rows are padded like `IN` lists
+/// (`padded`: the last row repeated). Only for statements where a repeated row changes
+/// nothing: `UPDATE ... FROM (VALUES ...)` (a target row is updated once) and
+/// `INSERT ... ON CONFLICT DO NOTHING` (the copy conflicts with the original).
+pub(crate) fn padded_rows_per_statement(columns: usize) -> usize {
+    let rows = rows_per_statement(columns);
+    if rows.is_power_of_two() {
+        rows
+    } else {
+        rows.next_power_of_two() / 2
+    }
+}
+
 /// Rows per statement when each row binds `columns` parameters.
 pub(crate) fn rows_per_statement(columns: usize) -> usize {
     (MAX_PARAMS / columns.max(1)).max(1)
@@ -245,13 +258,13 @@ pub async fn received_fresh(
     messages: &[(&str, &str, i64)],
 ) -> Result<std::collections::HashSet<(String, String)>> {
     let mut fresh = std::collections::HashSet::with_capacity(messages.len());
-    for chunk in messages.chunks(rows_per_statement(3)) {
+    for chunk in messages.chunks(padded_rows_per_statement(3)) {
         let sql = format!(
             "INSERT INTO received_messages (source, message_id, received_at) VALUES {} ON CONFLICT DO NOTHING RETURNING source, message_id",
-            value_rows(1, chunk.len(), &[""; 3])
+            value_rows(1, padded_len(chunk.len()), &[""; 3])
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (source, id, at) in chunk {
+        for (source, id, at) in padded(chunk) {
             query = query.bind(*source).bind(*id).bind(*at);
         }
         for row in query.fetch_all(&mut **tx).await? {
