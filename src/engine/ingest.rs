@@ -214,6 +214,7 @@ impl Engine {
         events: &[(i64, &EventFacts)],
     ) -> Result<(Vec<Ingested>, Vec<Vec<i64>>)> {
         let now = self.clock.now();
+        let now_clock = std::time::Instant::now();
         let mut tx = self.store.begin().await?;
         let keys: Vec<(&str, &str, i64)> = requests
             .iter()
@@ -332,6 +333,7 @@ impl Engine {
             started = reaction.started.into_iter().skip(first_event).collect();
         }
         tx.commit().await?;
+        tracing::debug!(jobs = jobs.len(), elapsed = ?now_clock.elapsed(), "Ingest group stored.");
         // Committed means stored, and the answer must say so (a retry would be deduplicated).
         // Jobs not enqueued are repaired by the reconciler, which re-enqueues overdue steps.
         let count = jobs.len();

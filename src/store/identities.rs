@@ -14,27 +14,31 @@ pub async fn find(connection: &mut AnyConnection, kind: &str, value: &str) -> Re
     Ok(row.map(|r| r.get(0)))
 }
 
-/// The owners of many identifiers at once, as `(kind, value) -> contact`: one query.
+/// The owners of many identifiers at once, as `(kind, value) -> contact`: one query per kind
+/// (`kind = $1 AND value IN (...)`, one index scan of the primary key; an `OR` of pairs made
+/// PostgreSQL plan a branch per pair).
 pub async fn find_many(
     connection: &mut AnyConnection,
     ids: &[(&str, &str)],
 ) -> Result<std::collections::HashMap<(String, String), i64>> {
+    let mut by_kind: std::collections::BTreeMap<&str, Vec<&str>> = std::collections::BTreeMap::new();
+    for (kind, value) in ids {
+        by_kind.entry(*kind).or_default().push(*value);
+    }
     let mut found = std::collections::HashMap::with_capacity(ids.len());
-    for chunk in ids.chunks(super::MAX_PARAMS / 2) {
-        // `(kind = $1 AND value = $2) OR ...` keeps to the primary key's index in both databases.
-        let mut sql = String::from("SELECT kind, value, contact_id FROM identities WHERE ");
-        for i in 0..chunk.len() {
-            if i > 0 {
-                sql.push_str(" OR ");
+    for (kind, values) in by_kind {
+        for chunk in values.chunks(super::IN_CHUNK) {
+            let sql = format!(
+                "SELECT kind, value, contact_id FROM identities WHERE kind = $1 AND value IN ({})",
+                super::placeholders(2, super::padded_len(chunk.len()))
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(kind);
+            for value in super::padded(chunk) {
+                query = query.bind(*value);
             }
-            sql.push_str(&format!("(kind = ${} AND value = ${})", 2 * i + 1, 2 * i + 2));
-        }
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for (kind, value) in chunk {
-            query = query.bind(*kind).bind(*value);
-        }
-        for row in query.fetch_all(&mut *connection).await? {
-            found.insert((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?);
+            for row in query.fetch_all(&mut *connection).await? {
+                found.insert((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?);
+            }
         }
     }
     Ok(found)
