@@ -80,6 +80,21 @@ impl Engine {
         Ok(reaction)
     }
 
+    /// What one already stored event does to journeys; returns the jobs to enqueue.
+    pub(crate) async fn react_one(
+        &self,
+        tx: &mut store::Tx<'_>,
+        occurrence: &Occurrence,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(StepJob, DateTime<Utc>)>> {
+        let mut reaction = Reaction {
+            jobs: Vec::new(),
+            started: vec![Vec::new()],
+        };
+        self.react_many(tx, &[(0, occurrence)], now, &mut reaction).await?;
+        Ok(reaction.jobs)
+    }
+
     /// What events do to journeys, each of a different contact: goals, answered waits, new
     /// enrollments.
     async fn react_many(
@@ -170,17 +185,7 @@ impl Engine {
                 {
                     enrollments::record_conversion(tx, enrollment, event, now).await?;
                 }
-                if let Ok(id) = enrollment.id.parse::<i64>()
-                    && let Some(at) = enrollments::due_at(&moved.position, now)
-                {
-                    jobs.push((
-                        StepJob {
-                            enrollment: id,
-                            seq: moved.seq,
-                        },
-                        at,
-                    ));
-                }
+                jobs.extend(super::runner::job_for(enrollment, &moved.position, moved.seq, now));
             }
             contacts::apply_many(tx, &changes, now).await?;
         }

@@ -5,7 +5,7 @@
 use super::clock::Clock;
 use super::contact::Contact;
 use super::message::template_data;
-use super::transition::{Effect, Enrollment, History, Input, Outcome, Position, World, advance, may_enter};
+use super::transition::{Effect, Enrollment, History, Outcome, Position, may_enter};
 use crate::channels::email::{Mailer, Outgoing};
 use crate::channels::sms::SmsSender;
 use crate::channels::{self, assign};
@@ -269,87 +269,6 @@ impl Engine {
         self.track_in_group(contact_id, event).await
     }
 
-    /// What an event does to journeys, inside the caller's transaction: goals, answered waits,
-    /// new enrollments. Returns the new enrollment ids and the jobs to enqueue after commit.
-    pub(crate) async fn react(
-        &self,
-        tx: &mut store::Tx<'_>,
-        contact_id: i64,
-        event: &EventFacts,
-        now: DateTime<Utc>,
-    ) -> Result<(Vec<i64>, Vec<(StepJob, DateTime<Utc>)>)> {
-        let catalog = self.catalog();
-        let Some(contact) = self.load_contact(tx, contact_id, now).await? else {
-            return Err(Error::Invalid(format!("no contact {contact_id}")));
-        };
-        let mut jobs = Vec::new();
-        // Goals and waits of the contact's open enrollments.
-        let waiting: Vec<(i64, u64)> = enrollments::waiting_for(&mut *tx, contact_id, &event.name).await?;
-        for enrollment in enrollments::open_of_contact(&mut *tx, contact_id).await? {
-            let Some(journey) = self
-                .journey(&mut *tx, &enrollment.journey_id, &enrollment.version)
-                .await?
-            else {
-                continue;
-            };
-            let awaited = waiting
-                .iter()
-                .any(|(id, seq)| enrollment.id == id.to_string() && *seq == enrollment.seq);
-            let goal = journey.goal.as_ref().is_some_and(|g| g.event == event.name);
-            if !awaited && !goal {
-                continue;
-            }
-            let history = self.preload(&mut *tx, &journey, contact_id, now).await?;
-            let world = World {
-                contact: &contact,
-                now,
-                history: &history,
-            };
-            let Ok(moved) = advance(&journey, &enrollment, enrollment.seq, Input::Event(event), &world) else {
-                continue;
-            };
-            contacts::apply(&mut *tx, contact_id, &moved.changes, now).await?;
-            if enrollments::save_move(&mut *tx, &journey, &enrollment, &moved, now).await? {
-                if moved.position
-                    == (Position::Finished {
-                        outcome: Outcome::Converted,
-                    })
-                {
-                    enrollments::record_conversion(&mut *tx, &enrollment, event, now).await?;
-                }
-                if let Some(job) = job_for(&enrollment, &moved.position, moved.seq, now) {
-                    jobs.push(job);
-                }
-            }
-        }
-        // Journeys this event starts.
-        let mut started = Vec::new();
-        for journey in catalog.triggered_by(&event.name) {
-            let Trigger::Event(matcher) = &journey.trigger else {
-                continue;
-            };
-            if let Some(condition) = &matcher.condition {
-                let view = contact.facts_view();
-                let history = self.preload(&mut *tx, journey, contact_id, now).await?;
-                let facts = contact.facts(&view, Some(event), Some(event), now, &history);
-                if condition.eval_bool(&facts) != Ok(true) {
-                    continue;
-                }
-            }
-            if let Some(enrollment) = self.try_enroll(&mut *tx, journey, &contact, Some(event), now).await? {
-                started.push(enrollments::enrollment_id(&enrollment)?);
-                jobs.push((
-                    StepJob {
-                        enrollment: enrollments::enrollment_id(&enrollment)?,
-                        seq: 0,
-                    },
-                    now,
-                ));
-            }
-        }
-        Ok((started, jobs))
-    }
-
     /// The contact reached a lifecycle stage: start the journeys that wait for it.
     pub async fn stage_reached(&self, contact_id: i64, stage: Stage) -> Result<Vec<i64>> {
         let now = self.clock.now();
@@ -388,7 +307,14 @@ impl Engine {
             timestamp: Some(now),
         };
         contacts::record_event(tx, contact_id, &qualified, now).await?;
-        let (_, mut jobs) = self.react(tx, contact_id, &qualified, now).await?;
+        let occurrence = super::reactions::Occurrence {
+            contact_id,
+            event: qualified.clone(),
+            at: now,
+            received: contacts::Received::default(),
+            reacts: true,
+        };
+        let mut jobs = self.react_one(tx, &occurrence, now).await?;
         for journey in catalog.journeys.iter().filter(|j| j.trigger == Trigger::Stage(stage)) {
             if let Some(enrollment) = self.try_enroll(tx, journey, &contact, Some(&qualified), now).await? {
                 jobs.push((
@@ -653,7 +579,7 @@ fn same_wait(old: &crate::journey::model::StepKind, new: &crate::journey::model:
 }
 
 /// The job that continues an enrollment after a move made outside a job.
-fn job_for(
+pub(crate) fn job_for(
     enrollment: &Enrollment,
     position: &Position,
     seq: u64,

@@ -18,18 +18,7 @@ impl Engine {
         id: i64,
         now: DateTime<Utc>,
     ) -> Result<Option<Contact>> {
-        let Some(mut contact) = contacts::load(connection, id).await? else {
-            return Ok(None);
-        };
-        if let Some(scoring) = self.catalog().scoring.as_ref().filter(|s| s.decay.is_some()) {
-            let entries: Vec<(i64, DateTime<Utc>)> = scores::of_contact(connection, id)
-                .await?
-                .into_iter()
-                .map(|e| (e.points, e.at))
-                .collect();
-            contact.score = scoring::score(&entries, scoring.decay, contact.last_seen_at, now);
-        }
-        Ok(Some(contact))
+        Ok(self.load_contacts(connection, &[id], now).await?.remove(&id))
     }
 
     /// `load_contact` for many contacts at once: what a batch of step jobs reads.

@@ -80,57 +80,6 @@ async fn add_tag(connection: &mut AnyConnection, id: i64, tag: &str, now: DateTi
     Ok(())
 }
 
-pub async fn load(connection: &mut AnyConnection, id: i64) -> Result<Option<Contact>> {
-    let Some(row) = sqlx::query(
-        "SELECT id, email, phone, stage, score, timezone, language, created_at, last_seen_at FROM contacts WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_optional(&mut *connection)
-    .await?
-    else {
-        return Ok(None);
-    };
-    let mut contact = Contact {
-        id: id.to_string(),
-        email: row.try_get("email")?,
-        phone: row.try_get("phone")?,
-        score: row.try_get("score")?,
-        stage: row.try_get::<String, _>("stage")?.parse().unwrap_or(Stage::Lead),
-        timezone: row.try_get("timezone")?,
-        language: row.try_get("language")?,
-        created_at: opt_ms(&row, "created_at"),
-        last_seen_at: opt_ms(&row, "last_seen_at"),
-        ..Contact::default()
-    };
-    // Traits, consent and tags in one round trip: loading a contact is on every step's path.
-    let rows = sqlx::query(
-        "SELECT 't' AS part, name, value, 0 AS added FROM contact_traits WHERE contact_id = $1
-         UNION ALL SELECT 'c', channel, CASE WHEN granted THEN 'true' ELSE 'false' END, 0 FROM contact_consent WHERE contact_id = $1
-         UNION ALL SELECT 'g', tag, '', added_at FROM contact_tags WHERE contact_id = $1
-         ORDER BY 1, 4, 2",
-    )
-    .bind(id)
-    .fetch_all(&mut *connection)
-    .await?;
-    for row in rows {
-        let part: String = row.try_get(0)?;
-        let name: String = row.try_get(1)?;
-        let value: String = row.try_get(2)?;
-        match part.as_str() {
-            "t" => {
-                contact
-                    .traits
-                    .insert(name, serde_json::from_str(&value).unwrap_or(Json::String(value)));
-            }
-            "c" => {
-                contact.consent.insert(name, value == "true");
-            }
-            _ => contact.tags.push(name),
-        }
-    }
-    Ok(Some(contact))
-}
-
 /// Many contacts by id with their traits, consent and tags: two queries per few thousand.
 pub async fn load_many(connection: &mut AnyConnection, ids: &[i64]) -> Result<std::collections::HashMap<i64, Contact>> {
     let mut contacts = std::collections::HashMap::with_capacity(ids.len());

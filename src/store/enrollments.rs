@@ -152,17 +152,6 @@ pub async fn of_contact(connection: &mut AnyConnection, contact_id: i64, journey
     rows.iter().map(|row| from_row(row).map(|(e, _, _)| e)).collect()
 }
 
-/// Unfinished enrollments of a contact, for goals on event arrival.
-pub async fn open_of_contact(connection: &mut AnyConnection, contact_id: i64) -> Result<Vec<Enrollment>> {
-    let rows = sqlx::query(select_enrollments!(
-        "WHERE contact_id = $1 AND status IN ('active', 'waiting')"
-    ))
-    .bind(contact_id)
-    .fetch_all(connection)
-    .await?;
-    rows.iter().map(|row| from_row(row).map(|(e, _, _)| e)).collect()
-}
-
 /// Unfinished enrollments of many contacts that an event may move: those in `ids` (waiting
 /// for it) or in one of `journeys` (whose goal it is). Others are not read at all.
 pub async fn open_of_contacts(
@@ -659,16 +648,6 @@ pub async fn set_version(tx: &mut Tx<'_>, id: i64, version: &str) -> Result<()> 
         .execute(&mut **tx)
         .await?;
     Ok(())
-}
-
-/// Enrollments waiting for this event of this contact, with the `seq` they wait at.
-pub async fn waiting_for(connection: &mut AnyConnection, contact_id: i64, event: &str) -> Result<Vec<(i64, u64)>> {
-    let rows = sqlx::query("SELECT enrollment_id, seq FROM waiters WHERE contact_id = $1 AND event_name = $2")
-        .bind(contact_id)
-        .bind(event)
-        .fetch_all(connection)
-        .await?;
-    id_and_seq(&rows)
 }
 
 /// Unfinished enrollments whose step was due before `before`: the reconciler's work list.
