@@ -1,14 +1,14 @@
 //! Nothing a contact is owed is lost: a worker killed mid-step, two workers on one queue, and a
 //! flushed Redis.
 
-use crate::support::{Mode, TestEnv, count_files, eventually, root, test_config};
+use crate::support::{KilledOnDrop as WorkerProcess, Mode, TestEnv, count_files, eventually, root, test_config};
 use nurture::config::Config;
 use nurture::engine::SystemClock;
 use nurture::expr::EventFacts;
 use nurture::store::contacts::NewContact;
 use sqlx::Row;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,22 +21,6 @@ fn signed_up() -> EventFacts {
     EventFacts {
         name: "Signed Up".into(),
         ..EventFacts::default()
-    }
-}
-
-/// A worker process, killed when dropped so a failing test leaves none behind.
-struct WorkerProcess(Child);
-
-impl WorkerProcess {
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for WorkerProcess {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 

@@ -2,7 +2,9 @@
 //! started again; a restarted Redis (not flushed) loses no enrollment; and a job left for an
 //! erased or merged-away enrollment does nothing.
 
-use crate::support::{Mode, Response, TestEnv, eventually, http, root, scratch_dir, spawn_api, test_config, unique};
+use crate::support::{
+    KilledOnDrop, Mode, Response, TestEnv, eventually, http, root, scratch_dir, spawn_api, test_config, unique,
+};
 use nurture::config::Config;
 use nurture::engine::runner::Engine;
 use nurture::engine::{Clock, SystemClock};
@@ -124,58 +126,42 @@ async fn parked(store: &Store, contact: i64) -> (i64, i64) {
 }
 
 /// `nurture serve` as a child process on the test's state, queue and port; SIGKILLed on drop.
-struct Serve(Child);
-
-impl Serve {
-    fn start(config: &Config, port: u16) -> Serve {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_nurture"));
-        command
-            .arg("serve")
-            .arg("--journeys")
-            .arg(&config.journeys)
-            .arg("--templates")
-            .arg(&config.templates)
-            .current_dir(config.outbox.parent().unwrap())
-            .env("NURTURE_LISTEN", format!("127.0.0.1:{port}"))
-            .env("NURTURE_WRITE_KEYS", KEY)
-            .env("NURTURE_ADMIN_TOKENS", ADMIN)
-            .env("NURTURE_OUTBOX", &config.outbox)
-            .env("NURTURE_SQLITE_PATH", &config.sqlite_path)
-            // Late enough that a wait repaired by the reconciler, not ended by a timer, shows.
-            .env("NURTURE_RECONCILE_EVERY", "5s")
-            .env("NURTURE_RECONCILE_GRACE", "2s")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(if std::env::var_os("TEST_LOG").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            });
-        match (&config.database_url, &config.redis_url) {
-            (Some(database), Some(redis)) => {
-                command
-                    .env("DATABASE_URL", database)
-                    .env("REDIS_URL", redis)
-                    .env("NURTURE_NAMESPACE", &config.namespace);
-            }
-            _ => {
-                command.env_remove("DATABASE_URL").env_remove("REDIS_URL");
-            }
+fn start_serve(config: &Config, port: u16) -> KilledOnDrop {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_nurture"));
+    command
+        .arg("serve")
+        .arg("--journeys")
+        .arg(&config.journeys)
+        .arg("--templates")
+        .arg(&config.templates)
+        .current_dir(config.outbox.parent().unwrap())
+        .env("NURTURE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("NURTURE_WRITE_KEYS", KEY)
+        .env("NURTURE_ADMIN_TOKENS", ADMIN)
+        .env("NURTURE_OUTBOX", &config.outbox)
+        .env("NURTURE_SQLITE_PATH", &config.sqlite_path)
+        // Late enough that a wait repaired by the reconciler, not ended by a timer, shows.
+        .env("NURTURE_RECONCILE_EVERY", "5s")
+        .env("NURTURE_RECONCILE_GRACE", "2s")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(if std::env::var_os("TEST_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        });
+    match (&config.database_url, &config.redis_url) {
+        (Some(database), Some(redis)) => {
+            command
+                .env("DATABASE_URL", database)
+                .env("REDIS_URL", redis)
+                .env("NURTURE_NAMESPACE", &config.namespace);
         }
-        Serve(command.spawn().expect("start nurture serve"))
+        _ => {
+            command.env_remove("DATABASE_URL").env_remove("REDIS_URL");
+        }
     }
-
-    /// SIGKILL: no shutdown, no flush, nothing finished.
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        self.kill();
-    }
+    KilledOnDrop(command.spawn().expect("start nurture serve"))
 }
 
 async fn ready(base: &str) {
@@ -194,7 +180,7 @@ async fn sigkill_during_a_wait(mode: Mode) -> i64 {
     let config = test_config(mode, &fixtures()).await;
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let mut first = Serve::start(&config, port);
+    let mut first = start_serve(&config, port);
     ready(&base).await;
     let user = unique("sleeper");
     let response = send(&base, "track", json!({"userId": user, "event": "Trial Started"})).await;
@@ -216,7 +202,7 @@ async fn sigkill_during_a_wait(mode: Mode) -> i64 {
     assert_eq!(ran_at(&store, enrollment, "tag-done").await, None);
     assert_eq!(status(&store, enrollment).await, "waiting");
 
-    let _second = Serve::start(&config, port);
+    let _second = start_serve(&config, port);
     let ran = eventually("the step after the wait", Duration::from_secs(60), || {
         ran_at(&store, enrollment, "tag-done")
     })

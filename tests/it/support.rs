@@ -376,3 +376,20 @@ fn dechunk(mut raw: &[u8]) -> Vec<u8> {
         raw = &raw[end + 2 + size + 2..];
     }
 }
+
+/// A child process SIGKILLed when dropped, so a failing test leaves none behind.
+pub struct KilledOnDrop(pub std::process::Child);
+
+impl KilledOnDrop {
+    /// SIGKILL: no shutdown, no flush, nothing finished.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
