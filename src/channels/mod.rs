@@ -1,9 +1,10 @@
-//! Delivery of effects: email (lettre: SMTP, or `.eml` files in the outbox), SMS (the outbox
+//! Delivery of effects: email (lettre: SMTP, or appended to the outbox's mbox), SMS (the outbox
 //! until a provider is configured) and assignment to sales reps. Each call either succeeds, or
 //! says whether a retry could help.
 
 pub mod assign;
 pub mod email;
+pub mod outbox;
 pub mod sms;
 
 #[derive(Clone, Debug, thiserror::Error)]

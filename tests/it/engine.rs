@@ -1,6 +1,6 @@
 //! The durable engine through the real queue: SQLite (embedded) and PostgreSQL + Redis.
 
-use crate::support::{Mode, TestEnv, count_files, eventually, root, test_config, virtual_clock};
+use crate::support::{Mode, TestEnv, count_messages, eventually, root, test_config, virtual_clock};
 use nurture::engine::VirtualClock;
 use nurture::expr::EventFacts;
 use nurture::store::contacts::NewContact;
@@ -121,7 +121,7 @@ async fn whitepaper_story(mode: Mode) {
         .await;
     }
     eventually("two intro emails in the outbox", WAIT, || async {
-        (count_files(&env.config.outbox.join("mail")) == 2).then_some(())
+        (count_messages(&env.config.outbox.join("mail")) == 2).then_some(())
     })
     .await;
 
@@ -147,7 +147,7 @@ async fn whitepaper_story(mode: Mode) {
     advance_clock(&env, &clock, chrono::Duration::days(3)).await;
     at(&env, bo, "whitepaper-nurture", "completed", None).await;
     eventually("Bo's reminder SMS", WAIT, || async {
-        (count_files(&env.config.outbox.join("sms")) == 1).then_some(())
+        (count_messages(&env.config.outbox.join("sms")) == 1).then_some(())
     })
     .await;
     let history = scalar(&env, "SELECT COUNT(*) FROM step_history h JOIN enrollments e ON e.id = h.enrollment_id WHERE e.contact_id = $1 AND h.outcome = 'timed_out'", bo).await;
@@ -222,7 +222,7 @@ async fn abandoned_cart_coupons_only_the_cart_not_ordered() {
         .unwrap();
     advance_clock(&env, &clock, chrono::Duration::hours(1)).await;
     eventually("the coupon for cart c2", WAIT, || async {
-        (count_files(&env.config.outbox.join("mail")) == 1).then_some(())
+        (count_messages(&env.config.outbox.join("mail")) == 1).then_some(())
     })
     .await;
     let want = vec![
@@ -300,7 +300,7 @@ async fn regional_invitation_fires_once_per_tick_for_its_audience() {
         "Beijing is not in the audience"
     );
     eventually("the SMS invitation", WAIT, || async {
-        (count_files(&env.config.outbox.join("sms")) == 1).then_some(())
+        (count_messages(&env.config.outbox.join("sms")) == 1).then_some(())
     })
     .await;
     env.engine
