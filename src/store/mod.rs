@@ -2,6 +2,7 @@
 //! sqlx's `Any` driver, portable SQL, times as milliseconds. One file per aggregate.
 
 pub mod contacts;
+pub mod email;
 pub mod effects;
 pub mod enrollments;
 pub mod identities;

@@ -1,0 +1,2 @@
+//! Send throughput to a local SMTP sink (written below).
+fn main() {}
