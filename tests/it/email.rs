@@ -2,7 +2,7 @@
 //! port: the message as sent (MIME, headers, content, `Message-ID`), the unsubscribe round trip,
 //! the tracking round trip through the whitepaper journey, and bounces that suppress.
 
-use crate::support::{Mode, SmtpSink, TestEnv, eventually, http, root, test_config, virtual_clock};
+use crate::support::{Mode, SmtpSink, TestEnv, eventually, http, root, serve_api_on, test_config, virtual_clock};
 use nurture::engine::VirtualClock;
 use nurture::expr::EventFacts;
 use nurture::store::contacts::NewContact;
@@ -145,15 +145,7 @@ async fn start(mode: Mode, journeys: &Path, sink: &SmtpSink) -> (TestEnv, Virtua
     config.bounce_tokens = vec![BOUNCE_TOKEN.into()];
     let clock = virtual_clock("2026-01-05T10:00:00+08:00");
     let env = TestEnv::start(config, Arc::new(clock.clone()), false).await;
-    let state = nurture::api::AppState {
-        engine: env.engine.clone(),
-        keys: Arc::new(nurture::api::keys_for(&env.engine)),
-    };
-    tokio::spawn(nurture::api::serve(
-        listener,
-        nurture::api::router(state),
-        std::future::pending(),
-    ));
+    assert_eq!(serve_api_on(&env, listener), base);
     (env, clock, base)
 }
 
