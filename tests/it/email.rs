@@ -496,6 +496,10 @@ async fn a_hard_bounce_suppresses_the_address_until_an_admin_lifts_it(mode: Mode
     assert!(!html.contains("/o/"), "the template asks for clicks only");
     let history = http(&base, "GET", "/v1/suppressions?email=cy@example.com", &[("authorization", &admin)], b"").await.json();
     assert!(history["suppressions"][0]["lifted_at"].is_string(), "the record stays: {history}");
+    let openapi = http(&base, "GET", "/openapi.json", &[], b"").await.json();
+    for path in ["/u/{token}", "/c/{token}", "/o/{token}.gif", "/v1/email/bounces", "/v1/email/bounces/postmark", "/v1/suppressions", "/v1/suppressions/{channel}/{address}"] {
+        assert!(openapi["paths"][path].is_object(), "{path} is in /openapi.json");
+    }
     env.stop().await;
 }
 
