@@ -78,7 +78,11 @@ fn env_usize(name: &str, default: usize) -> usize {
 
 fn unique(prefix: &str) -> String {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
-    format!("{prefix}_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 async fn mailer(messages: usize, senders: usize) {
@@ -93,7 +97,10 @@ async fn mailer(messages: usize, senders: usize) {
         preheader: None,
         class: MailClass::Marketing,
         tracking: None,
-        html: format!("<html><body>{}</body></html>", "<p>Automation pays back on the line. · 自动化</p>".repeat(40)),
+        html: format!(
+            "<html><body>{}</body></html>",
+            "<p>Automation pays back on the line. · 自动化</p>".repeat(40)
+        ),
         text: "Automation pays back on the line.\n".repeat(40),
     };
     let started = Instant::now();
@@ -155,12 +162,17 @@ async fn engine(production: bool, messages: usize) {
         pool.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
             .await
             .expect("create the bench database");
-        let base = admin.rsplit_once('/').map(|(base, _)| base.to_string()).expect("a database URL");
+        let base = admin
+            .rsplit_once('/')
+            .map(|(base, _)| base.to_string())
+            .expect("a database URL");
         config.database_url = Some(format!("{base}/{database}"));
         config.redis_url =
             Some(std::env::var("NURTURE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()));
     }
-    let engine = nurture::app::build(config, Arc::new(SystemClock)).await.expect("the engine starts");
+    let engine = nurture::app::build(config, Arc::new(SystemClock))
+        .await
+        .expect("the engine starts");
     let worker = tokio::spawn(nurture::app::run_worker(
         engine.clone(),
         unique("bench-send"),
@@ -188,13 +200,21 @@ async fn engine(production: bool, messages: usize) {
         })
         .await;
     while received.load(Ordering::Relaxed) < messages {
-        assert!(started.elapsed() < DEADLINE, "only {} of {messages} messages arrived", received.load(Ordering::Relaxed));
+        assert!(
+            started.elapsed() < DEADLINE,
+            "only {} of {messages} messages arrived",
+            received.load(Ordering::Relaxed)
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let elapsed = started.elapsed();
     println!(
         "  engine, {}: {messages} messages in {:.2} s = {:.0} messages/s (events to SMTP)",
-        if production { "production (PostgreSQL + Redis)" } else { "embedded (SQLite)" },
+        if production {
+            "production (PostgreSQL + Redis)"
+        } else {
+            "embedded (SQLite)"
+        },
         elapsed.as_secs_f64(),
         messages as f64 / elapsed.as_secs_f64()
     );

@@ -102,7 +102,11 @@ pub async fn build(mut config: Config, clock: Arc<dyn Clock>) -> Result<Arc<Engi
 
 /// The link-signing secret generated on first start and kept in the database, for when
 /// `NURTURE_SECRET` is not set: every process that shares the database signs alike.
-async fn kept_secret(store: &Store, config: &Config, now: chrono::DateTime<chrono::Utc>) -> Result<crate::config::Secret> {
+async fn kept_secret(
+    store: &Store,
+    config: &Config,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<crate::config::Secret> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness for a secret: {e}"))?;
     let generated: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
@@ -111,7 +115,9 @@ async fn kept_secret(store: &Store, config: &Config, now: chrono::DateTime<chron
         .await
         .context("Failed to read the link-signing secret")?;
     if !config.is_embedded() {
-        warn!("NURTURE_SECRET is not set: links in email are signed with a key kept in the database; set NURTURE_SECRET to keep it elsewhere.");
+        warn!(
+            "NURTURE_SECRET is not set: links in email are signed with a key kept in the database; set NURTURE_SECRET to keep it elsewhere."
+        );
     }
     Ok(crate::config::Secret(secret))
 }

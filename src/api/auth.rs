@@ -51,7 +51,11 @@ impl Keys {
     pub fn require_bounce_token(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         let presented: Vec<String> = bearer(headers)
             .into_iter()
-            .chain(basic_credentials(headers).into_iter().flat_map(|(user, password)| [user, password]))
+            .chain(
+                basic_credentials(headers)
+                    .into_iter()
+                    .flat_map(|(user, password)| [user, password]),
+            )
             .filter(|t| !t.is_empty())
             .collect();
         if presented.is_empty() {
@@ -61,7 +65,10 @@ impl Keys {
         }
         let known = presented.iter().any(|token| {
             let presented = digest(token);
-            let bounce = self.bounce.iter().fold(false, |found, key| found | same(key, &presented));
+            let bounce = self
+                .bounce
+                .iter()
+                .fold(false, |found, key| found | same(key, &presented));
             bounce | matches!(self.scope_of(token), Some(Scope::Admin))
         });
         if known {

@@ -120,7 +120,13 @@ pub async fn click(
         let dedupe = format!("click/{}/{}", click.sent.message, click.index);
         if let Err(error) = state
             .engine
-            .email_event(click.sent.contact, "Email Link Clicked", properties, &dedupe, context(&headers))
+            .email_event(
+                click.sent.contact,
+                "Email Link Clicked",
+                properties,
+                &dedupe,
+                context(&headers),
+            )
             .await
         {
             // The reader still gets where they were going.
@@ -129,7 +135,10 @@ pub async fn click(
     }
     Ok((
         StatusCode::FOUND,
-        [(header::LOCATION, click.url.as_str()), (header::CACHE_CONTROL, "no-store")],
+        [
+            (header::LOCATION, click.url.as_str()),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
     )
         .into_response())
 }
@@ -149,7 +158,13 @@ pub async fn open(
         let dedupe = format!("open/{}", sent.message);
         if let Err(error) = state
             .engine
-            .email_event(sent.contact, "Email Opened", sent.properties(), &dedupe, context(&headers))
+            .email_event(
+                sent.contact,
+                "Email Opened",
+                sent.properties(),
+                &dedupe,
+                context(&headers),
+            )
             .await
         {
             tracing::warn!(%error, "An open could not be recorded.");
@@ -175,11 +190,7 @@ fn feedback_error(error: feedback::Invalid) -> ApiError {
 }
 
 /// `POST /v1/email/bounces`: bounce and complaint reports in our generic shape.
-pub async fn bounces(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+pub async fn bounces(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Json<Value>, ApiError> {
     state.keys.require_bounce_token(&headers)?;
     let reports = feedback::generic(&json_body(&body)?).map_err(feedback_error)?;
     let outcome = state.engine.email_feedback("generic", &reports).await?;

@@ -110,7 +110,8 @@ pub fn generic(body: &Json) -> Result<Vec<Feedback>, Invalid> {
             let object = item
                 .as_object()
                 .ok_or_else(|| invalid(field("").trim_end_matches('.'), "each report is a JSON object"))?;
-            let email = text(object, "email").ok_or_else(|| invalid(field("email"), "the bounced address is required"))?;
+            let email =
+                text(object, "email").ok_or_else(|| invalid(field("email"), "the bounced address is required"))?;
             let kind = match text(object, "type").as_deref() {
                 Some("hard_bounce" | "bounce") => Kind::HardBounce,
                 Some("complaint" | "spam_complaint") => Kind::Complaint,
@@ -121,7 +122,12 @@ pub fn generic(body: &Json) -> Result<Vec<Feedback>, Invalid> {
                         format!("`{other}` is not a report type: write hard_bounce, soft_bounce or complaint"),
                     ));
                 }
-                None => return Err(invalid(field("type"), "required: hard_bounce, soft_bounce or complaint")),
+                None => {
+                    return Err(invalid(
+                        field("type"),
+                        "required: hard_bounce, soft_bounce or complaint",
+                    ));
+                }
             };
             Ok(Feedback {
                 email,
@@ -195,19 +201,37 @@ mod tests {
         assert!(complaint.kind.suppresses() && complaint.kind == Kind::Complaint);
         let soft = postmark(&json!({"RecordType": "Bounce", "Type": "SoftBounce", "Email": "a@example.com"})).unwrap();
         assert!(!soft.kind.suppresses());
-        assert_eq!(postmark(&json!({"RecordType": "Delivery", "Email": "a@example.com"})).unwrap_err().field, "RecordType");
-        assert_eq!(postmark(&json!({"RecordType": "Bounce", "Type": "HardBounce"})).unwrap_err().field, "Email");
+        assert_eq!(
+            postmark(&json!({"RecordType": "Delivery", "Email": "a@example.com"}))
+                .unwrap_err()
+                .field,
+            "RecordType"
+        );
+        assert_eq!(
+            postmark(&json!({"RecordType": "Bounce", "Type": "HardBounce"}))
+                .unwrap_err()
+                .field,
+            "Email"
+        );
     }
 
     #[test]
     fn the_generic_shape_names_the_bad_field() {
         let one = generic(&json!({"email": "a@example.com", "type": "complaint"})).unwrap();
         assert_eq!(one[0].kind, Kind::Complaint);
-        let error = generic(&json!([{"email": "a@example.com", "type": "hard_bounce"}, {"type": "hard_bounce"}])).unwrap_err();
+        let error =
+            generic(&json!([{"email": "a@example.com", "type": "hard_bounce"}, {"type": "hard_bounce"}])).unwrap_err();
         assert_eq!(error.field, "[1].email");
-        assert_eq!(generic(&json!({"email": "a@example.com", "type": "gone"})).unwrap_err().field, "type");
         assert_eq!(
-            generic(&json!({"email": "a@example.com", "type": "hard_bounce", "timestamp": "yesterday"})).unwrap_err().field,
+            generic(&json!({"email": "a@example.com", "type": "gone"}))
+                .unwrap_err()
+                .field,
+            "type"
+        );
+        assert_eq!(
+            generic(&json!({"email": "a@example.com", "type": "hard_bounce", "timestamp": "yesterday"}))
+                .unwrap_err()
+                .field,
             "timestamp"
         );
     }

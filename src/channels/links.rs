@@ -210,7 +210,10 @@ fn rewrite_anchors(html: &str, mut rewrite: impl FnMut(&str, Option<&str>) -> Op
         let tag = &rest[start..start + length];
         out.push_str(&rest[..start]);
         match attribute_span(tag, "href") {
-            Some((from, to)) => match rewrite(&tag[from..to], attribute_span(tag, "data-link").map(|(a, b)| &tag[a..b])) {
+            Some((from, to)) => match rewrite(
+                &tag[from..to],
+                attribute_span(tag, "data-link").map(|(a, b)| &tag[a..b]),
+            ) {
                 Some(new) => {
                     out.push_str(&tag[..from]);
                     out.push_str(&new);
@@ -402,16 +405,28 @@ mod tests {
             .collect();
         assert_eq!(tokens.len(), 2, "{}", mail.html);
         let first = signer.read_click(tokens[0]).unwrap();
-        assert_eq!((first.link.as_str(), first.url.as_str(), first.index), ("", "https://example.com/w?a=1&b=2", 0));
+        assert_eq!(
+            (first.link.as_str(), first.url.as_str(), first.index),
+            ("", "https://example.com/w?a=1&b=2", 0)
+        );
         let second = signer.read_click(tokens[1]).unwrap();
-        assert_eq!((second.link.as_str(), second.url.as_str(), second.index), ("pricing", "https://example.com/pricing", 1));
+        assert_eq!(
+            (second.link.as_str(), second.url.as_str(), second.index),
+            ("pricing", "https://example.com/pricing", 1)
+        );
         assert_eq!(second.sent, sent());
         assert!(mail.html.contains("mailto:x@example.com") && mail.html.contains("href=\"https://n.example/u/1-2.x\""));
         assert!(mail.html.contains("data-link=\"pricing\""));
         let pixel = mail.html.find("/o/").unwrap();
-        assert!(pixel < mail.html.find("</body>").unwrap(), "the pixel is inside the body");
+        assert!(
+            pixel < mail.html.find("</body>").unwrap(),
+            "the pixel is inside the body"
+        );
         assert_eq!(mail.text.matches("https://n.example/c/").count(), 2, "{}", mail.text);
-        assert!(mail.text.contains("https://example.com/pricing-2"), "a longer address is not rewritten");
+        assert!(
+            mail.text.contains("https://example.com/pricing-2"),
+            "a longer address is not rewritten"
+        );
         assert!(mail.text.contains("Unsubscribe: https://n.example/u/1-2.x"));
         assert!(mail.text.contains(".\nOther"), "the full stop stays");
     }
@@ -424,7 +439,11 @@ mod tests {
         track(&mut after, Tracking::Off, "https://n.example", &signer, &sent(), "");
         assert_eq!(after, before);
         track(&mut after, Tracking::Opens, "https://n.example", &signer, &sent(), "");
-        assert!(after.html.starts_with("<a href=\"https://example.com\">x</a><img src=\"https://n.example/o/"));
+        assert!(
+            after
+                .html
+                .starts_with("<a href=\"https://example.com\">x</a><img src=\"https://n.example/o/")
+        );
         let token = after.html.split("/o/").nth(1).unwrap().split(".gif").next().unwrap();
         assert_eq!(signer.read_open(token), Some(sent()));
     }

@@ -59,7 +59,6 @@ impl Engine {
 
     /// Renders and sends one email effect. A suppressed address (any mail) or an opted-out
     /// contact (marketing mail) is not sent to: the effect is done, with the reason.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn send_email(
         &self,
         journey: &Journey,
@@ -170,7 +169,9 @@ impl Engine {
             let mut properties = Map::new();
             properties.insert("channel".into(), "email".into());
             properties.insert("enrollment".into(), enrollment.into());
-            let journey = enrollments::load(&mut tx, enrollment).await?.map(|s| s.enrollment.journey_id);
+            let journey = enrollments::load(&mut tx, enrollment)
+                .await?
+                .map(|s| s.enrollment.journey_id);
             properties.insert("journey".into(), journey.map(Json::from).unwrap_or(Json::Null));
             let occurrence = occurrence(contact_id, "Unsubscribed", properties, None, Map::new(), now);
             jobs = self.record_and_react(&mut tx, &[occurrence], now).await?.jobs;
@@ -195,7 +196,9 @@ impl Engine {
         now: DateTime<Utc>,
     ) -> Result<bool> {
         let step = match &enrollment.position {
-            Position::Entering { step } | Position::Parked { step, .. } => journey.steps.get(*step).map(|s| s.id.clone()),
+            Position::Entering { step } | Position::Parked { step, .. } => {
+                journey.steps.get(*step).map(|s| s.id.clone())
+            }
             Position::Finished { .. } => None,
         };
         let record = StepRecord {
@@ -234,7 +237,10 @@ impl Engine {
         let Some(contact_id) = email::surviving_contact(&mut tx, contact).await? else {
             return Ok(false);
         };
-        if store::received_fresh(&mut tx, &[(SOURCE, dedupe, ms(now))]).await?.is_empty() {
+        if store::received_fresh(&mut tx, &[(SOURCE, dedupe, ms(now))])
+            .await?
+            .is_empty()
+        {
             return Ok(false);
         }
         let occurrence = occurrence(contact_id, name, properties, Some(dedupe), context, now);
@@ -259,12 +265,24 @@ impl Engine {
                 Some(id) => format!("{source}/{id}"),
                 None => format!("{source}/{}/{address}/{}", report.kind.as_str(), ms(at)),
             };
-            if store::received_fresh(&mut tx, &[(SOURCE, &dedupe, ms(now))]).await?.is_empty() {
+            if store::received_fresh(&mut tx, &[(SOURCE, &dedupe, ms(now))])
+                .await?
+                .is_empty()
+            {
                 outcome.duplicates += 1;
                 continue;
             }
             if report.kind.suppresses()
-                && email::suppress(&mut tx, "email", &address, report.kind.as_str(), &report.detail, source, now).await?
+                && email::suppress(
+                    &mut tx,
+                    "email",
+                    &address,
+                    report.kind.as_str(),
+                    &report.detail,
+                    source,
+                    now,
+                )
+                .await?
             {
                 outcome.suppressed += 1;
             }
@@ -344,7 +362,10 @@ mod tests {
     fn transactional_mail_is_never_tracked_and_the_template_overrides_the_journey() {
         use MailClass::*;
         use Tracking::*;
-        assert_eq!(tracking_of(Transactional, Some(ClicksAndOpens), Some(ClicksAndOpens)), Off);
+        assert_eq!(
+            tracking_of(Transactional, Some(ClicksAndOpens), Some(ClicksAndOpens)),
+            Off
+        );
         assert_eq!(tracking_of(Marketing, None, None), Off);
         assert_eq!(tracking_of(Marketing, None, Some(Clicks)), Clicks);
         assert_eq!(tracking_of(Marketing, Some(Off), Some(Clicks)), Off);

@@ -92,7 +92,11 @@ impl Engine {
         let sms = SmsSender::Outbox(config.outbox.join("sms"));
         let links = match &config.secret {
             Some(secret) if !secret.0.is_empty() => Signer::new(secret.0.as_bytes()),
-            _ => return Err(Error::Invalid("there is no secret to sign links with (NURTURE_SECRET)".into())),
+            _ => {
+                return Err(Error::Invalid(
+                    "there is no secret to sign links with (NURTURE_SECRET)".into(),
+                ));
+            }
         };
         queue.timers.set_clock(clock.clone());
         Ok(Engine {

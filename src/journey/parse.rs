@@ -321,7 +321,14 @@ impl JourneyParser<'_, '_> {
         let fields = self.reader.fields(
             node,
             "settings",
-            &["timezone", "quiet_hours", "frequency_cap", "cost", "currency", "tracking"],
+            &[
+                "timezone",
+                "quiet_hours",
+                "frequency_cap",
+                "cost",
+                "currency",
+                "tracking",
+            ],
         )?;
         let mut settings = default_settings();
         let mut ok = true;
@@ -356,9 +363,7 @@ impl JourneyParser<'_, '_> {
             settings.frequency_cap = cap;
         }
         if let Some(node) = fields.get("tracking") {
-            let tracking = self
-                .reader
-                .parsed(node, "tracking", "J024", values::TRACKING_HINT);
+            let tracking = self.reader.parsed(node, "tracking", "J024", values::TRACKING_HINT);
             ok &= tracking.is_some();
             settings.tracking = tracking;
         }

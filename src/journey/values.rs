@@ -367,7 +367,9 @@ impl FromStr for Tracking {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let words: Vec<String> = text.split_whitespace().map(str::to_ascii_lowercase).collect();
         match words.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-            ["true" | "on" | "yes"] | ["clicks", "and", "opens"] | ["opens", "and", "clicks"] => Ok(Tracking::ClicksAndOpens),
+            ["true" | "on" | "yes"] | ["clicks", "and", "opens"] | ["opens", "and", "clicks"] => {
+                Ok(Tracking::ClicksAndOpens)
+            }
             ["false" | "off" | "no"] => Ok(Tracking::Off),
             ["clicks"] => Ok(Tracking::Clicks),
             ["opens"] => Ok(Tracking::Opens),

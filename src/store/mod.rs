@@ -2,8 +2,8 @@
 //! sqlx's `Any` driver, portable SQL, times as milliseconds. One file per aggregate.
 
 pub mod contacts;
-pub mod email;
 pub mod effects;
+pub mod email;
 pub mod enrollments;
 pub mod identities;
 pub mod scores;

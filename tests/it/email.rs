@@ -224,7 +224,13 @@ fn named_link(html: &str, name: &str) -> String {
         .rfind("<a")
         .unwrap();
     let tag = &html[tag_start..];
-    tag.split("href=\"").nth(1).unwrap().split('"').next().unwrap().to_string()
+    tag.split("href=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 fn path_of(url: &str, base: &str) -> String {
@@ -265,13 +271,23 @@ async fn the_sent_message_is_what_the_template_says(mode: Mode) {
         .unwrap()
         .get(0);
     // One Message-ID per effect key, on the sender's domain.
-    assert_eq!(mail.header("Message-ID"), format!("<{}@example.com>", key.replace('/', ".")));
-    assert!(mail.header("From").contains("<hello@example.com>"), "{}", mail.header("From"));
+    assert_eq!(
+        mail.header("Message-ID"),
+        format!("<{}@example.com>", key.replace('/', "."))
+    );
+    assert!(
+        mail.header("From").contains("<hello@example.com>"),
+        "{}",
+        mail.header("From")
+    );
     assert_eq!(mail.header("To"), "ada@example.com");
     assert_eq!(mail.header("Reply-To"), "sales@example.com");
     assert_eq!(mail.header("Subject"), "Your automation whitepaper, Ada");
     assert_eq!(mail.header("List-Unsubscribe-Post"), "List-Unsubscribe=One-Click");
-    assert_eq!(mail.header("List-Id"), "Whitepaper nurture <whitepaper-nurture.example.com>");
+    assert_eq!(
+        mail.header("List-Id"),
+        "Whitepaper nurture <whitepaper-nurture.example.com>"
+    );
     assert!(mail.header("Content-Type").starts_with("multipart/alternative"));
     assert_eq!(mail.parts.len(), 2, "a text and an HTML part");
     // The unsubscribe link is ours, signed for this contact and enrollment.
@@ -282,10 +298,16 @@ async fn the_sent_message_is_what_the_template_says(mode: Mode) {
     let text = mail.part("text/plain");
     assert!(text.starts_with("Hi Ada,"), "{text}");
     assert!(text.contains(&format!("Unsubscribe: {unsubscribe}")), "{text}");
-    assert!(text.contains(&format!("See pricing and pilot packages: {base}/c/")), "tracked in text too: {text}");
+    assert!(
+        text.contains(&format!("See pricing and pilot packages: {base}/c/")),
+        "tracked in text too: {text}"
+    );
     let html = mail.part("text/html");
     assert!(html.contains("<p>Hi Ada,</p>"), "{html}");
-    assert!(html.contains(&format!("href=\"{unsubscribe}\"")), "the unsubscribe link is not tracked");
+    assert!(
+        html.contains(&format!("href=\"{unsubscribe}\"")),
+        "the unsubscribe link is not tracked"
+    );
     assert!(named_link(html, "pricing").starts_with(&format!("{base}/c/")));
     assert!(!html.contains("href=\"https://example.com/pricing\""));
     assert!(html.contains(&format!("<img src=\"{base}/o/")), "the open pixel");
@@ -316,16 +338,23 @@ async fn a_pricing_click_takes_the_whitepaper_journey_to_sales(mode: Mode) {
     // The click is an event like any other: the wait_for answers and Ada goes to sales.
     reaches(&env, ada, "whitepaper-nurture", "completed").await;
     eventually("Ada assigned to the inbound team", WAIT, || async {
-        (count(&env, "SELECT COUNT(*) FROM assignments WHERE contact_id = $1 AND team = 'inbound'", ada).await == 1)
+        (count(
+            &env,
+            "SELECT COUNT(*) FROM assignments WHERE contact_id = $1 AND team = 'inbound'",
+            ada,
+        )
+        .await
+            == 1)
             .then_some(())
     })
     .await;
-    let properties: String = sqlx::query("SELECT properties FROM events WHERE contact_id = $1 AND name = 'Email Link Clicked'")
-        .bind(ada)
-        .fetch_one(&env.engine.store.pool)
-        .await
-        .unwrap()
-        .get(0);
+    let properties: String =
+        sqlx::query("SELECT properties FROM events WHERE contact_id = $1 AND name = 'Email Link Clicked'")
+            .bind(ada)
+            .fetch_one(&env.engine.store.pool)
+            .await
+            .unwrap()
+            .get(0);
     let properties: serde_json::Value = serde_json::from_str(&properties).unwrap();
     assert_eq!(properties["link"], "pricing");
     assert_eq!(properties["url"], "https://example.com/pricing");
@@ -339,11 +368,21 @@ async fn a_pricing_click_takes_the_whitepaper_journey_to_sales(mode: Mode) {
     assert_eq!(opened.header("content-type"), Some("image/gif"));
     assert_eq!(opened.body.len(), 43);
     assert_eq!(
-        count(&env, "SELECT COUNT(*) FROM events WHERE contact_id = $1 AND name = 'Email Link Clicked'", ada).await,
+        count(
+            &env,
+            "SELECT COUNT(*) FROM events WHERE contact_id = $1 AND name = 'Email Link Clicked'",
+            ada
+        )
+        .await,
         1
     );
     assert_eq!(
-        count(&env, "SELECT COUNT(*) FROM events WHERE contact_id = $1 AND name = 'Email Opened'", ada).await,
+        count(
+            &env,
+            "SELECT COUNT(*) FROM events WHERE contact_id = $1 AND name = 'Email Opened'",
+            ada
+        )
+        .await,
         1
     );
     env.stop().await;
@@ -388,10 +427,23 @@ async fn unsubscribing_stops_marketing_mail_and_keeps_receipts(mode: Mode) {
     }
     reaches(&env, bo, "newsletter", "exited").await;
     assert_eq!(
-        count(&env, "SELECT COUNT(*) FROM contact_consent WHERE contact_id = $1 AND channel = 'email' AND NOT granted", bo).await,
+        count(
+            &env,
+            "SELECT COUNT(*) FROM contact_consent WHERE contact_id = $1 AND channel = 'email' AND NOT granted",
+            bo
+        )
+        .await,
         1
     );
-    assert_eq!(count(&env, "SELECT COUNT(*) FROM events WHERE contact_id = $1 AND name = 'Unsubscribed'", bo).await, 1);
+    assert_eq!(
+        count(
+            &env,
+            "SELECT COUNT(*) FROM events WHERE contact_id = $1 AND name = 'Unsubscribed'",
+            bo
+        )
+        .await,
+        1
+    );
     assert_eq!(
         count(&env, "SELECT COUNT(*) FROM step_history h JOIN enrollments e ON e.id = h.enrollment_id WHERE e.contact_id = $1 AND h.kind = 'unsubscribe'", bo).await,
         1
@@ -410,7 +462,12 @@ async fn unsubscribing_stops_marketing_mail_and_keeps_receipts(mode: Mode) {
     let receipt = &all[1];
     assert_eq!(receipt.header("Subject"), "Your receipt");
     assert!(!receipt.has_header("List-Unsubscribe"));
-    assert!(receipt.part("text/html").contains("href=\"https://acme.example/orders\""), "not tracked");
+    assert!(
+        receipt
+            .part("text/html")
+            .contains("href=\"https://acme.example/orders\""),
+        "not tracked"
+    );
     assert!(!receipt.part("text/html").contains("/o/"));
     assert_eq!(status(&env, bo, "newsletter").await.as_deref(), Some("exited"));
     env.stop().await;
@@ -449,55 +506,148 @@ async fn a_hard_bounce_suppresses_the_address_until_an_admin_lifts_it(mode: Mode
     .to_string();
     let json_type = ("content-type", "application/json");
     // A write key is public: it cannot report bounces.
-    let refused = http(&base, "POST", "/v1/email/bounces/postmark", &[json_type, ("authorization", &basic(WRITE_KEY, ""))], postmark.as_bytes()).await;
+    let refused = http(
+        &base,
+        "POST",
+        "/v1/email/bounces/postmark",
+        &[json_type, ("authorization", &basic(WRITE_KEY, ""))],
+        postmark.as_bytes(),
+    )
+    .await;
     assert_eq!(refused.status, 401);
     let token = basic("postmark", BOUNCE_TOKEN);
     let auth = ("authorization", token.as_str());
-    let first = http(&base, "POST", "/v1/email/bounces/postmark", &[json_type, auth], postmark.as_bytes()).await;
+    let first = http(
+        &base,
+        "POST",
+        "/v1/email/bounces/postmark",
+        &[json_type, auth],
+        postmark.as_bytes(),
+    )
+    .await;
     assert_eq!(first.status, 200, "{}", String::from_utf8_lossy(&first.body));
-    assert_eq!(first.json()["report"], json!({"suppressed": 1, "events": 1, "duplicates": 0}));
-    let replay = http(&base, "POST", "/v1/email/bounces/postmark", &[json_type, auth], postmark.as_bytes()).await;
-    assert_eq!(replay.json()["report"], json!({"suppressed": 0, "events": 0, "duplicates": 1}));
-    let bad = http(&base, "POST", "/v1/email/bounces", &[json_type, auth], br#"[{"email": "x@example.com"}]"#).await;
+    assert_eq!(
+        first.json()["report"],
+        json!({"suppressed": 1, "events": 1, "duplicates": 0})
+    );
+    let replay = http(
+        &base,
+        "POST",
+        "/v1/email/bounces/postmark",
+        &[json_type, auth],
+        postmark.as_bytes(),
+    )
+    .await;
+    assert_eq!(
+        replay.json()["report"],
+        json!({"suppressed": 0, "events": 0, "duplicates": 1})
+    );
+    let bad = http(
+        &base,
+        "POST",
+        "/v1/email/bounces",
+        &[json_type, auth],
+        br#"[{"email": "x@example.com"}]"#,
+    )
+    .await;
     assert_eq!(bad.status, 400);
     assert_eq!(bad.json()["error"]["field"], "[0].type");
     let complaint = json!({"email": "dee@example.com", "type": "complaint", "id": "c-1"}).to_string();
-    let generic = http(&base, "POST", "/v1/email/bounces", &[json_type, auth], complaint.as_bytes()).await;
+    let generic = http(
+        &base,
+        "POST",
+        "/v1/email/bounces",
+        &[json_type, auth],
+        complaint.as_bytes(),
+    )
+    .await;
     assert_eq!(generic.json()["report"]["suppressed"], 1);
 
     // The 360 view shows it, with the bounce as an event.
     let admin = format!("Bearer {ADMIN}");
-    let view = http(&base, "GET", &format!("/v1/contacts/{cy}"), &[("authorization", &admin)], b"").await.json();
+    let view = http(
+        &base,
+        "GET",
+        &format!("/v1/contacts/{cy}"),
+        &[("authorization", &admin)],
+        b"",
+    )
+    .await
+    .json();
     let suppressions = view["suppressions"].as_array().unwrap();
     assert_eq!(suppressions.len(), 1, "{view}");
     assert_eq!(suppressions[0]["reason"], "hard_bounce");
     assert_eq!(suppressions[0]["address"], "cy@example.com");
     assert!(suppressions[0]["detail"].as_str().unwrap().contains("550 5.1.1"));
-    assert!(view["events"].as_array().unwrap().iter().any(|e| e["event"] == "Email Bounced"));
+    assert!(
+        view["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["event"] == "Email Bounced")
+    );
 
     // Nothing goes to a suppressed address: not marketing, not even a receipt.
     env.engine.track(cy, event("Order Completed", json!({}))).await.unwrap();
     let receipt = effect_done(&env, cy, "receipts").await;
-    assert!(receipt.starts_with("suppressed: cy@example.com is suppressed (hard_bounce)"), "{receipt}");
+    assert!(
+        receipt.starts_with("suppressed: cy@example.com is suppressed (hard_bounce)"),
+        "{receipt}"
+    );
     assert_eq!(sink.count(), 0);
 
     // An admin lifts it; then mail flows again, tracked as the template says (clicks only).
-    let listed = http(&base, "GET", "/v1/suppressions", &[("authorization", &admin)], b"").await.json();
+    let listed = http(&base, "GET", "/v1/suppressions", &[("authorization", &admin)], b"")
+        .await
+        .json();
     assert_eq!(listed["suppressions"].as_array().unwrap().len(), 2);
-    let lift = http(&base, "DELETE", "/v1/suppressions/email/cy@example.com", &[("authorization", &admin)], b"").await;
+    let lift = http(
+        &base,
+        "DELETE",
+        "/v1/suppressions/email/cy@example.com",
+        &[("authorization", &admin)],
+        b"",
+    )
+    .await;
     assert_eq!(lift.status, 200, "{}", String::from_utf8_lossy(&lift.body));
     assert!(lift.json()["lifted"]["lifted_at"].is_string());
-    let again = http(&base, "DELETE", "/v1/suppressions/email/cy@example.com", &[("authorization", &admin)], b"").await;
+    let again = http(
+        &base,
+        "DELETE",
+        "/v1/suppressions/email/cy@example.com",
+        &[("authorization", &admin)],
+        b"",
+    )
+    .await;
     assert_eq!(again.status, 404);
     env.engine.track(cy, event("Promo Eligible", json!({}))).await.unwrap();
     let offer = mails(&sink, 1).await.remove(0);
     let html = offer.part("text/html");
     assert!(named_link(html, "offer").starts_with(&format!("{base}/c/")));
     assert!(!html.contains("/o/"), "the template asks for clicks only");
-    let history = http(&base, "GET", "/v1/suppressions?email=cy@example.com", &[("authorization", &admin)], b"").await.json();
-    assert!(history["suppressions"][0]["lifted_at"].is_string(), "the record stays: {history}");
+    let history = http(
+        &base,
+        "GET",
+        "/v1/suppressions?email=cy@example.com",
+        &[("authorization", &admin)],
+        b"",
+    )
+    .await
+    .json();
+    assert!(
+        history["suppressions"][0]["lifted_at"].is_string(),
+        "the record stays: {history}"
+    );
     let openapi = http(&base, "GET", "/openapi.json", &[], b"").await.json();
-    for path in ["/u/{token}", "/c/{token}", "/o/{token}.gif", "/v1/email/bounces", "/v1/email/bounces/postmark", "/v1/suppressions", "/v1/suppressions/{channel}/{address}"] {
+    for path in [
+        "/u/{token}",
+        "/c/{token}",
+        "/o/{token}.gif",
+        "/v1/email/bounces",
+        "/v1/email/bounces/postmark",
+        "/v1/suppressions",
+        "/v1/suppressions/{channel}/{address}",
+    ] {
         assert!(openapi["paths"][path].is_object(), "{path} is in /openapi.json");
     }
     env.stop().await;
@@ -522,10 +672,16 @@ async fn the_link_secret_is_kept_and_links_survive_a_restart(mode: Mode) {
     let again = nurture::app::build(config.clone(), Arc::new(nurture::engine::SystemClock))
         .await
         .unwrap();
-    assert_eq!(again.links.read_unsubscribe(&token), Some((7, 9)), "the same secret after a restart");
+    assert_eq!(
+        again.links.read_unsubscribe(&token),
+        Some((7, 9)),
+        "the same secret after a restart"
+    );
     let mut other = config;
     other.secret = Some(nurture::config::Secret("another secret".into()));
-    let other = nurture::app::build(other, Arc::new(nurture::engine::SystemClock)).await.unwrap();
+    let other = nurture::app::build(other, Arc::new(nurture::engine::SystemClock))
+        .await
+        .unwrap();
     assert_eq!(other.links.read_unsubscribe(&token), None, "NURTURE_SECRET decides");
 }
 
