@@ -80,8 +80,11 @@ pub fn compile_project(config: &Config) -> Result<(journey::Catalog, journey::So
 }
 
 /// Builds the engine and loads the journeys.
-pub async fn build(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<Engine>> {
+pub async fn build(mut config: Config, clock: Arc<dyn Clock>) -> Result<Arc<Engine>> {
     let (store, queue) = connect(&config).await?;
+    if config.secret.is_none() {
+        config.secret = Some(kept_secret(&store, &config, clock.now()).await?);
+    }
     let (catalog, sources, diagnostics) = compile_project(&config)?;
     if diagnostics.iter().any(Diagnostic::is_error) {
         let text: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
@@ -95,6 +98,28 @@ pub async fn build(config: Config, clock: Arc<dyn Clock>) -> Result<Arc<Engine>>
     // Waits this process parks come due here, whatever else it runs.
     tokio::spawn(engine.queue.timers.clone().run(engine.queue.clone()));
     Ok(engine)
+}
+
+/// The link-signing secret generated on first start and kept in the database, for when
+/// `NURTURE_SECRET` is not set: every process that shares the database signs alike.
+async fn kept_secret(
+    store: &Store,
+    config: &Config,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<crate::config::Secret> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness for a secret: {e}"))?;
+    let generated: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut connection = store.pool.acquire().await?;
+    let secret = crate::store::email::server_secret(&mut connection, "links", &generated, now)
+        .await
+        .context("Failed to read the link-signing secret")?;
+    if !config.is_embedded() {
+        warn!(
+            "NURTURE_SECRET is not set: links in email are signed with a key kept in the database; set NURTURE_SECRET to keep it elsewhere."
+        );
+    }
+    Ok(crate::config::Secret(secret))
 }
 
 pub async fn build_default(config: Config) -> Result<Arc<Engine>> {

@@ -38,6 +38,12 @@ pub struct Config {
     pub admin_tokens: Vec<String>,
     /// Public base URL, for links in messages and analytics.js settings; default `http://LISTEN`.
     pub public_url: Option<String>,
+    /// Signs unsubscribe, click and open links (`NURTURE_SECRET`). Unset: one is generated
+    /// once and kept in the database, so every process and restart signs alike.
+    pub secret: Option<Secret>,
+    /// Tokens email providers present to report bounces and complaints
+    /// (`NURTURE_BOUNCE_TOKENS`, comma-separated); admin tokens work too.
+    pub bounce_tokens: Vec<String>,
     /// How often the reconciler looks for due steps that have no job.
     #[serde(with = "humantime_secs")]
     pub reconcile_every: Duration,
@@ -72,6 +78,8 @@ impl Default for Config {
             smtp_url: None,
             mail_from: "nurture <nurture@localhost>".into(),
             public_url: None,
+            secret: None,
+            bounce_tokens: Vec::new(),
             phone_country_code: "86".into(),
             write_keys: Vec::new(),
             admin_tokens: Vec::new(),
@@ -81,6 +89,17 @@ impl Default for Config {
             max_attempts: 8,
             retry_base: Duration::from_secs(10),
         }
+    }
+}
+
+/// A secret that never shows in logs or `Debug` output.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
     }
 }
 
@@ -163,6 +182,9 @@ impl Config {
         if let Some(url) = set(get("NURTURE_PUBLIC_URL")) {
             self.public_url = Some(url);
         }
+        if let Some(secret) = set(get("NURTURE_SECRET")) {
+            self.secret = Some(Secret(secret));
+        }
         for (name, field) in [
             ("NURTURE_RECONCILE_EVERY", &mut self.reconcile_every),
             ("NURTURE_RECONCILE_GRACE", &mut self.reconcile_grace),
@@ -192,6 +214,9 @@ impl Config {
         }
         if let Some(tokens) = set(get("NURTURE_ADMIN_TOKENS")) {
             self.admin_tokens = list(tokens);
+        }
+        if let Some(tokens) = set(get("NURTURE_BOUNCE_TOKENS")) {
+            self.bounce_tokens = list(tokens);
         }
         if let Some(code) = set(get("NURTURE_PHONE_COUNTRY_CODE")) {
             self.phone_country_code = code.trim_start_matches('+').to_string();

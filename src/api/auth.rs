@@ -1,6 +1,9 @@
-//! Write keys (ingest only) and admin tokens (everything), kept as SHA-256 digests and compared
-//! in constant time. Write keys arrive as Segment sends them: the HTTP Basic user name, or
-//! `writeKey` in the body. Admin tokens arrive as `Authorization: Bearer TOKEN`.
+//! Write keys (ingest only), bounce tokens (email providers' bounce and complaint reports
+//! only) and admin tokens (everything), kept as SHA-256 digests and compared in constant time.
+//! Write keys arrive as Segment sends them: the HTTP Basic user name, or `writeKey` in the body.
+//! Admin tokens arrive as `Authorization: Bearer TOKEN`. A write key is public (it sits in every
+//! web page with analytics.js), so it cannot report bounces: that would let anyone suppress
+//! anyone's address.
 
 use super::error::ApiError;
 use axum::http::{HeaderMap, StatusCode};
@@ -16,6 +19,7 @@ pub enum Scope {
 pub struct Keys {
     write: Vec<[u8; 32]>,
     admin: Vec<[u8; 32]>,
+    bounce: Vec<[u8; 32]>,
 }
 
 fn digest(secret: &str) -> [u8; 32] {
@@ -32,6 +36,47 @@ impl Keys {
         Keys {
             write: write_keys.iter().map(|k| digest(k)).collect(),
             admin: admin_tokens.iter().map(|k| digest(k)).collect(),
+            bounce: Vec::new(),
+        }
+    }
+
+    /// Also accepts these tokens, for bounce and complaint reports only.
+    pub fn with_bounce_tokens(mut self, tokens: &[String]) -> Keys {
+        self.bounce = tokens.iter().map(|k| digest(k)).collect();
+        self
+    }
+
+    /// A bounce or complaint report: a bounce token or an admin token, as `Bearer TOKEN` or
+    /// in HTTP Basic (user name or password: providers' webhook settings ask for both).
+    pub fn require_bounce_token(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let presented: Vec<String> = bearer(headers)
+            .into_iter()
+            .chain(
+                basic_credentials(headers)
+                    .into_iter()
+                    .flat_map(|(user, password)| [user, password]),
+            )
+            .filter(|t| !t.is_empty())
+            .collect();
+        if presented.is_empty() {
+            return Err(ApiError::unauthorized(
+                "a bounce token is required: `Authorization: Bearer TOKEN`, or TOKEN as the HTTP Basic user name or password",
+            ));
+        }
+        let known = presented.iter().any(|token| {
+            let presented = digest(token);
+            let bounce = self
+                .bounce
+                .iter()
+                .fold(false, |found, key| found | same(key, &presented));
+            bounce | matches!(self.scope_of(token), Some(Scope::Admin))
+        });
+        if known {
+            Ok(())
+        } else {
+            Err(ApiError::unauthorized(
+                "unknown bounce token (write keys cannot report bounces: they are public)",
+            ))
         }
     }
 
@@ -106,13 +151,19 @@ fn authorization(headers: &HeaderMap) -> Option<&str> {
 }
 
 fn basic_user(headers: &HeaderMap) -> Option<String> {
+    let (user, _) = basic_credentials(headers)?;
+    (!user.is_empty()).then_some(user)
+}
+
+/// `(user, password)` of HTTP Basic auth.
+fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     let encoded = authorization(headers)?
         .strip_prefix("Basic ")
         .or_else(|| authorization(headers)?.strip_prefix("basic "))?;
     let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
     let text = String::from_utf8(decoded).ok()?;
-    let user = text.split(':').next().unwrap_or_default().to_string();
-    (!user.is_empty()).then_some(user)
+    let (user, password) = text.split_once(':').unwrap_or((&text, ""));
+    Some((user.to_string(), password.to_string()))
 }
 
 fn bearer(headers: &HeaderMap) -> Option<String> {
@@ -138,5 +189,20 @@ mod tests {
             "header and body must agree"
         );
         assert_eq!(keys.require_admin(&headers).unwrap_err().status, StatusCode::FORBIDDEN);
+    }
+
+    #[test]
+    fn bounce_reports_need_a_bounce_or_admin_token_never_a_write_key() {
+        let keys = Keys::new(&["wk".into()], &["admin".into()]).with_bounce_tokens(&["pm".into()]);
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("authorization", value.parse().unwrap());
+            keys.require_bounce_token(&headers)
+        };
+        assert!(with("Basic dXNlcjpwbQ==").is_ok(), "user:pm, the token as the password");
+        assert!(with("Basic cG06").is_ok(), "pm: as the user name");
+        assert!(with("Bearer admin").is_ok());
+        assert!(with("Basic d2s6").is_err(), "a write key is public");
+        assert!(keys.require_bounce_token(&HeaderMap::new()).is_err());
     }
 }

@@ -149,6 +149,13 @@ async fn view(state: &AppState, id: i64) -> Result<Option<Value>, ApiError> {
         .iter()
         .map(|r| json!({"channel": r.get::<String, _>(0), "journey": r.get::<String, _>(1), "step": r.get::<String, _>(2), "status": r.get::<String, _>(3), "created_at": time(Some(r.get(4))), "sent_at": time(r.get(5))}))
         .collect();
+    let email: Option<String> = row.get("email");
+    let phone: Option<String> = row.get("phone");
+    let addresses: Vec<(&str, &str)> = [("email", email.as_deref()), ("sms", phone.as_deref())]
+        .into_iter()
+        .filter_map(|(channel, address)| address.map(|a| (channel, a)))
+        .collect();
+    let suppressions = crate::store::email::of_addresses(&mut connection, &addresses).await?;
     Ok(Some(json!({
         "id": row.get::<i64, _>("id"),
         "user_id": row.get::<Option<String>, _>("external_id"),
@@ -165,6 +172,7 @@ async fn view(state: &AppState, id: i64) -> Result<Option<Value>, ApiError> {
         "traits": traits,
         "tags": tags,
         "consent": consent,
+        "suppressions": suppressions,
         "events": events,
         "enrollments": enrollments,
         "messages": messages,

@@ -1,8 +1,10 @@
 //! The HTTP API (axum): Segment-compatible ingestion at the host root, the contact 360 view,
-//! erasure, the failed-enrollment list, and `/openapi.json`.
+//! erasure, the failed-enrollment list, email's links (unsubscribe, clicks, opens), bounce and
+//! complaint reports, suppressions, and `/openapi.json`.
 
 mod auth;
 mod contacts;
+mod email;
 mod error;
 mod ingest;
 mod openapi;
@@ -14,7 +16,7 @@ use crate::engine::runner::Engine;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Method, header};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use std::future::Future;
 use std::sync::Arc;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -36,7 +38,7 @@ pub fn keys_for(engine: &Engine) -> Keys {
     if config.write_keys.is_empty() {
         tracing::warn!("No NURTURE_WRITE_KEYS configured: the events API will refuse every request.");
     }
-    Keys::new(&config.write_keys, &config.admin_tokens)
+    Keys::new(&config.write_keys, &config.admin_tokens).with_bounce_tokens(&config.bounce_tokens)
 }
 
 pub fn router(state: AppState) -> Router {
@@ -58,6 +60,13 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/contacts/{id}/score", get(contacts::score))
         .route("/v1/enrollments/failed", get(contacts::failed))
         .route("/v1/enrollments/{id}/retry", post(contacts::retry))
+        .route("/u/{token}", get(email::unsubscribe_page).post(email::unsubscribe))
+        .route("/c/{token}", get(email::click))
+        .route("/o/{file}", get(email::open))
+        .route("/v1/email/bounces", post(email::bounces))
+        .route("/v1/email/bounces/postmark", post(email::postmark_bounce))
+        .route("/v1/suppressions", get(email::suppressions))
+        .route("/v1/suppressions/{channel}/{address}", delete(email::lift))
         .route("/openapi.json", get(openapi::document))
         .route("/health", get(|| async { "ok" }))
         // Bodies are measured again after gunzip; this only bounds what we read off the wire.

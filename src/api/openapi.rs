@@ -14,7 +14,7 @@ pub async fn document() -> Json<Value> {
         }})
     };
     let admin = json!([{"adminToken": []}]);
-    Json(json!({
+    let mut document = json!({
         "openapi": "3.1.0",
         "info": {"title": "nurture", "version": env!("CARGO_PKG_VERSION"), "description": "Events in (Segment tracking spec), contacts out."},
         "paths": {
@@ -45,7 +45,9 @@ pub async fn document() -> Json<Value> {
         "components": {
             "securitySchemes": {
                 "writeKey": {"type": "http", "scheme": "basic", "description": "The write key as the user name, empty password; or `writeKey` in the body."},
-                "adminToken": {"type": "http", "scheme": "bearer"}
+                "adminToken": {"type": "http", "scheme": "bearer"},
+                "bounceToken": {"type": "http", "scheme": "bearer", "description": "A bounce token (NURTURE_BOUNCE_TOKENS) or an admin token. Never a write key: write keys are public."},
+                "bounceTokenBasic": {"type": "http", "scheme": "basic", "description": "A bounce token as the user name or the password, for providers that only do HTTP Basic."}
             },
             "schemas": {
                 "Message": {"type": "object", "properties": {
@@ -55,10 +57,54 @@ pub async fn document() -> Json<Value> {
                     "messageId": {"type": "string"}, "timestamp": {"type": "string", "format": "date-time"}, "sentAt": {"type": "string", "format": "date-time"},
                     "previousId": {"type": "string"}, "groupId": {"type": "string"}, "name": {"type": "string"}, "writeKey": {"type": "string"}
                 }},
+                "BounceReport": {"type": "object", "required": ["email", "type"], "properties": {
+                    "email": {"type": "string"}, "type": {"type": "string", "enum": ["hard_bounce", "soft_bounce", "complaint"]},
+                    "reason": {"type": "string"}, "id": {"type": "string", "description": "The provider's id of the report: a retry with the same id is a no-op"},
+                    "timestamp": {"type": "string", "format": "date-time"}
+                }},
                 "Error": {"type": "object", "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"}, "details": {"type": "object"}}}}}
             }
         }
-    }))
+    });
+    if let Some(paths) = document["paths"].as_object_mut() {
+        paths.extend(email_paths(&admin));
+    }
+    Json(document)
+}
+
+/// Unsubscribe, tracking, bounce reports and suppressions (apart: `json!` nests only so deep).
+fn email_paths(admin: &Value) -> serde_json::Map<String, Value> {
+    let bounce = json!([{"bounceToken": []}, {"bounceTokenBasic": []}]);
+    let token = json!({"name": "token", "in": "path", "required": true, "description": "Signed by the server; a changed token is refused", "schema": {"type": "string"}});
+    let feedback = json!({
+        "200": {"description": "`{\"success\": true, \"report\": {\"suppressed\", \"events\", \"duplicates\"}}`"},
+        "400": error_response("Not JSON, or a report without `email` or `type`; `field` names it (`[1].email` in an array)"),
+        "401": error_response("No or unknown bounce token")
+    });
+    let paths = json!({
+        "/u/{token}": {
+            "get": {"summary": "Unsubscribe page (changes nothing)", "tags": ["email"], "description": "The link in marketing email and its `List-Unsubscribe` header. A GET only shows a page with a button: link scanners follow links.", "parameters": [token], "responses": {"200": {"description": "A page with the unsubscribe button", "content": {"text/html": {}}}, "404": {"description": "Not a valid link", "content": {"text/html": {}}}}},
+            "post": {"summary": "Unsubscribe from marketing email (RFC 8058 one-click)", "tags": ["email"], "description": "Body `List-Unsubscribe=One-Click` (form-encoded or multipart). Opts the contact out of marketing email, exits their marketing journeys and records `Unsubscribed`. Idempotent. Authenticated by the link's signature only.", "parameters": [token],
+                "requestBody": {"required": true, "content": {"application/x-www-form-urlencoded": {"schema": {"type": "object", "required": ["List-Unsubscribe"], "properties": {"List-Unsubscribe": {"const": "One-Click"}}}}}},
+                "responses": {"200": {"description": "Unsubscribed (never a redirect)", "content": {"text/html": {}}}, "400": error_response("No `List-Unsubscribe=One-Click`"), "404": error_response("Not a valid link")}}
+        },
+        "/c/{token}": {"get": {"summary": "Tracked link: records `Email Link Clicked`, then redirects", "tags": ["email"], "description": "The destination is signed inside the token, so this is never an open redirect. The first click of each link of a message becomes an event; `HEAD` redirects without recording.", "parameters": [token], "responses": {"302": {"description": "To the link's address"}, "404": error_response("Not a valid link")}}},
+        "/o/{token}.gif": {"get": {"summary": "Open pixel: records `Email Opened` (once per message)", "tags": ["email"], "parameters": [token], "responses": {"200": {"description": "A 1x1 transparent GIF", "content": {"image/gif": {}}}, "404": error_response("Not a valid link")}}},
+        "/v1/email/bounces": {"post": {"summary": "Report bounces and complaints (generic shape)", "tags": ["email"], "security": bounce,
+            "description": "One report or an array. A hard bounce or a complaint suppresses the address for every journey; each report becomes `Email Bounced` or `Email Marked as Spam` on the contacts with that address. A report with an `id` seen before does nothing.",
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"oneOf": [{"$ref": "#/components/schemas/BounceReport"}, {"type": "array", "items": {"$ref": "#/components/schemas/BounceReport"}}]}}}},
+            "responses": feedback}},
+        "/v1/email/bounces/postmark": {"post": {"summary": "Postmark's Bounce and Spam Complaint webhooks", "tags": ["email"], "security": bounce,
+            "description": "Point Postmark's Bounce and Spam Complaint webhooks here, with HTTP Basic auth holding a bounce token (as user name or password). `HardBounce`, `BadEmailAddress`, `ManuallyDeactivated` and `SpamComplaint` suppress; other types are recorded only.",
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["RecordType", "Email"], "properties": {"RecordType": {"type": "string"}, "Type": {"type": "string"}, "Email": {"type": "string"}, "ID": {"type": "integer"}, "Description": {"type": "string"}, "Details": {"type": "string"}, "BouncedAt": {"type": "string", "format": "date-time"}}}}}},
+            "responses": feedback}},
+        "/v1/suppressions": {"get": {"summary": "Suppressed addresses", "tags": ["email"], "security": admin, "parameters": [{"name": "email", "in": "query", "description": "One address's record, lifted suppressions included", "schema": {"type": "string"}}], "responses": {"200": {"description": "`{\"suppressions\": [...]}`"}, "400": error_response("Not an email address")}}},
+        "/v1/suppressions/{channel}/{address}": {"delete": {"summary": "Lift a suppression", "tags": ["email"], "security": admin, "parameters": [{"name": "channel", "in": "path", "required": true, "schema": {"type": "string", "enum": ["email", "sms"]}}, {"name": "address", "in": "path", "required": true, "schema": {"type": "string"}}], "responses": {"200": {"description": "Lifted: the address may be mailed again; the record stays"}, "400": error_response("Unknown channel or bad address"), "404": error_response("Not suppressed")}}}
+    });
+    match paths {
+        Value::Object(paths) => paths,
+        _ => serde_json::Map::new(),
+    }
 }
 
 fn responses() -> Value {

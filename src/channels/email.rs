@@ -24,6 +24,25 @@ pub struct Outgoing<'a> {
     pub unsubscribe_url: &'a str,
     /// When it is sent, by the engine's clock (names the outbox's file of the day).
     pub at: chrono::DateTime<chrono::Utc>,
+    /// The journey's name and id: marketing mail gets a `List-Id` (RFC 2919) per journey, which
+    /// mailbox providers use to group and filter it.
+    pub list_id: Option<(&'a str, &'a str)>,
+}
+
+/// `<enrollment.step.seq@domain>`: one `Message-ID` per effect key, so a message sent twice
+/// (the one window in ARCHITECTURE.md) is recognisably the same message. The domain is the
+/// sender's, as receivers expect.
+pub fn message_id(key: &str, from: &str) -> String {
+    format!("<{}@{}>", key.replace('/', "."), domain_of(from))
+}
+
+/// The domain of `Name <user@domain>` or `user@domain`.
+fn domain_of(address: &str) -> String {
+    let domain = address
+        .rsplit_once('@')
+        .map(|(_, rest)| rest.trim_end().trim_end_matches('>').trim())
+        .filter(|d| !d.is_empty() && d.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-'));
+    domain.unwrap_or("nurture.invalid").to_ascii_lowercase()
 }
 
 impl Mailer {
@@ -96,6 +115,12 @@ fn build(outgoing: &Outgoing<'_>) -> Result<Message, Error> {
                 HeaderName::new_from_ascii_str("List-Unsubscribe-Post"),
                 "List-Unsubscribe=One-Click".into(),
             ));
+        if let Some((name, id)) = outgoing.list_id {
+            builder = builder.raw_header(HeaderValue::new(
+                HeaderName::new_from_ascii_str("List-Id"),
+                format!("{name} <{id}.{}>", domain_of(outgoing.from)),
+            ));
+        }
     }
     builder
         .multipart(MultiPart::alternative_plain_html(

@@ -4,6 +4,8 @@
 
 pub mod assign;
 pub mod email;
+pub mod feedback;
+pub mod links;
 pub mod outbox;
 pub mod sms;
 

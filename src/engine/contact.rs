@@ -23,6 +23,9 @@ pub struct Contact {
     pub last_seen_at: Option<DateTime<Utc>>,
     /// What the contact said about marketing on each channel (`email`, `sms`); absent: not asked.
     pub consent: std::collections::BTreeMap<String, bool>,
+    /// Channels whose address is suppressed (`email` after a hard bounce or a complaint), with
+    /// the reason. Nothing is sent there, marketing or not.
+    pub suppressed: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for Contact {
@@ -40,6 +43,7 @@ impl Default for Contact {
             created_at: None,
             last_seen_at: None,
             consent: std::collections::BTreeMap::new(),
+            suppressed: std::collections::BTreeMap::new(),
         }
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod clock;
 pub mod contact;
+pub mod email;
 pub mod ingest;
 pub mod message;
 pub mod plan;

@@ -6,7 +6,8 @@ use super::clock::Clock;
 use super::contact::Contact;
 use super::message::template_data;
 use super::transition::{Effect, Enrollment, History, Outcome, Position, may_enter};
-use crate::channels::email::{Mailer, Outgoing};
+use crate::channels::email::Mailer;
+use crate::channels::links::Signer;
 use crate::channels::sms::SmsSender;
 use crate::channels::{self, assign};
 use crate::config::Config;
@@ -51,8 +52,10 @@ pub struct Engine {
     sources: RwLock<Arc<Sources>>,
     /// Older journey versions that running enrollments still use, compiled on demand.
     versions: Mutex<HashMap<(String, String), Arc<Journey>>>,
-    mailer: Mailer,
+    pub(crate) mailer: Mailer,
     sms: SmsSender,
+    /// Signs and checks the unsubscribe, click and open links of email.
+    pub links: Signer,
     /// Step jobs on their way to a batch (see `steps.rs`); started on the first job.
     pub(crate) steps: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<super::steps::Submitted>>,
     /// Requests on their way to a group commit (see `ingest.rs`); started on the first one.
@@ -87,6 +90,14 @@ impl Engine {
             .map_err(|e| Error::Invalid(e.to_string()))?;
         // Until a provider is configured, messages go to the outbox, in both modes.
         let sms = SmsSender::Outbox(config.outbox.join("sms"));
+        let links = match &config.secret {
+            Some(secret) if !secret.0.is_empty() => Signer::new(secret.0.as_bytes()),
+            _ => {
+                return Err(Error::Invalid(
+                    "there is no secret to sign links with (NURTURE_SECRET)".into(),
+                ));
+            }
+        };
         queue.timers.set_clock(clock.clone());
         Ok(Engine {
             store,
@@ -98,6 +109,7 @@ impl Engine {
             versions: Mutex::new(HashMap::new()),
             mailer,
             sms,
+            links,
             steps: std::sync::OnceLock::new(),
             ingest_groups: std::sync::OnceLock::new(),
         })
@@ -410,33 +422,12 @@ impl Engine {
     ) -> Result<String, channels::Error> {
         let (key, effect) = (pending.key.as_str(), &pending.effect);
         let catalog = self.catalog();
-        let unsubscribe_url = format!("{}/u/{}", self.config.public_url(), unsubscribe_token(&contact.id));
+        let unsubscribe_url = self.unsubscribe_url(contact, enrollment)?;
         let data = template_data(journey, enrollment, contact, &unsubscribe_url, now);
         let render_error = |e: journey::templates::RenderError| channels::Error::Permanent(e.to_string());
         match effect {
             Effect::SendEmail { template } => {
-                let to = contact
-                    .email
-                    .as_deref()
-                    .ok_or_else(|| channels::Error::Permanent("the contact has no email address".into()))?;
-                let email = catalog
-                    .templates
-                    .render_email(template, contact.language(), &data)
-                    .map_err(render_error)?;
-                if email.class == journey::templates::MailClass::Marketing && !contact.allows("email") {
-                    // Suppressed, not failed: the contact said no, and the journey goes on.
-                    return Ok("suppressed: the contact opted out of marketing email".into());
-                }
-                let message_id = format!("<{}@nurture>", key.replace('/', "."));
-                self.mailer
-                    .send(Outgoing {
-                        to,
-                        from: &self.config.mail_from,
-                        email: &email,
-                        message_id,
-                        unsubscribe_url: &unsubscribe_url,
-                        at: now,
-                    })
+                self.send_email(journey, contact, key, template, &data, &unsubscribe_url, now)
                     .await
             }
             Effect::SendSms { template } => {
@@ -599,14 +590,6 @@ pub fn backoff(base: std::time::Duration, attempt: i32, key: &str) -> Duration {
     let factor = 2f64.powi((attempt - 1).clamp(0, 16));
     let millis = (base.as_millis() as f64 * factor * jitter).min(6.0 * 3600.0 * 1000.0);
     Duration::milliseconds(millis as i64)
-}
-
-/// An opaque, stable token for a contact's unsubscribe link.
-fn unsubscribe_token(contact_id: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(format!("unsubscribe/{contact_id}").as_bytes());
-    let hash: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
-    format!("{contact_id}-{hash}")
 }
 
 /// Test hook for the crash test: with `NURTURE_TEST_PAUSE_BEFORE_EFFECT=FILE`, a worker that

@@ -61,6 +61,8 @@ pub struct Settings {
     /// Fixed cost of running this journey, in `currency`, for ROI.
     pub cost: Option<f64>,
     pub currency: String,
+    /// Opens and clicks tracked in this journey's marketing email, unless a template says otherwise.
+    pub tracking: Option<super::values::Tracking>,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -321,7 +321,14 @@ impl JourneyParser<'_, '_> {
         let fields = self.reader.fields(
             node,
             "settings",
-            &["timezone", "quiet_hours", "frequency_cap", "cost", "currency"],
+            &[
+                "timezone",
+                "quiet_hours",
+                "frequency_cap",
+                "cost",
+                "currency",
+                "tracking",
+            ],
         )?;
         let mut settings = default_settings();
         let mut ok = true;
@@ -354,6 +361,11 @@ impl JourneyParser<'_, '_> {
                     .parsed(node, "frequency_cap", "J024", "write it like `3 per 7d`");
             ok &= cap.is_some();
             settings.frequency_cap = cap;
+        }
+        if let Some(node) = fields.get("tracking") {
+            let tracking = self.reader.parsed(node, "tracking", "J024", values::TRACKING_HINT);
+            ok &= tracking.is_some();
+            settings.tracking = tracking;
         }
         if let Some(node) = fields.get("cost") {
             settings.cost = self.reader.number(node, "cost");
@@ -1007,5 +1019,6 @@ fn default_settings() -> Settings {
         frequency_cap: None,
         cost: None,
         currency: "USD".into(),
+        tracking: None,
     }
 }

@@ -7,6 +7,7 @@
 
 use super::decode::{Reader, is_slug};
 use super::diagnostic::{Diagnostic, did_you_mean};
+use super::values::Tracking;
 use super::yaml::{self, Pos};
 use handlebars::template::{Parameter, Template, TemplateElement};
 use handlebars::{Handlebars, Path};
@@ -55,6 +56,8 @@ pub struct EmailVariant {
     pub reply_to: Option<String>,
     pub preheader: Option<String>,
     pub class: MailClass,
+    /// Opens and clicks tracked when this template is sent; `None`: as the journey says.
+    pub tracking: Option<Tracking>,
     pub html: String,
     pub text: Option<String>,
 }
@@ -84,6 +87,9 @@ pub struct RenderedEmail {
     pub reply_to: Option<String>,
     pub preheader: Option<String>,
     pub class: MailClass,
+    /// What the template says about tracking; the journey decides when it says nothing.
+    #[serde(skip)]
+    pub tracking: Option<Tracking>,
     pub html: String,
     pub text: String,
 }
@@ -331,6 +337,7 @@ impl Templates {
             reply_to: variant.reply_to.clone(),
             preheader,
             class: variant.class,
+            tracking: variant.tracking,
             html,
             text,
         })
@@ -481,7 +488,7 @@ fn email_variant(file: &SourceFile, diagnostics: &mut Vec<Diagnostic>) -> Option
     let fields = reader.fields(
         &root,
         "the front matter",
-        &["subject", "from", "reply_to", "preheader", "class"],
+        &["subject", "from", "reply_to", "preheader", "class", "tracking"],
     );
     let mut variant = None;
     if let Some(fields) = fields {
@@ -503,6 +510,20 @@ fn email_variant(file: &SourceFile, diagnostics: &mut Vec<Diagnostic>) -> Option
                 None
             }
         };
+        let tracking: Option<Tracking> = fields
+            .get("tracking")
+            .and_then(|node| reader.parsed(node, "tracking", "J046", super::values::TRACKING_HINT));
+        if class == Some(MailClass::Transactional)
+            && let Some(tracking) = tracking.filter(|t| *t != Tracking::Off)
+        {
+            let pos = fields.get("tracking").map(|n| n.pos).unwrap_or_default();
+            reader.sink.error_hint(
+                pos,
+                "J046",
+                format!("transactional mail is never tracked, but this template asks for `tracking: {tracking}`"),
+                "remove `tracking`, or make the template `class: marketing` if it is promotional",
+            );
+        }
         for (key, value) in [("subject", &subject), ("preheader", &preheader)] {
             if let Some(value) = value
                 && let Err(error) = Template::compile(value)
@@ -523,6 +544,7 @@ fn email_variant(file: &SourceFile, diagnostics: &mut Vec<Diagnostic>) -> Option
                 reply_to,
                 preheader,
                 class,
+                tracking,
                 html: body.to_string(),
                 text: None,
             });

@@ -338,6 +338,57 @@ pub fn parse_timezone(text: &str) -> Result<Tz, String> {
         .map_err(|_| format!("`{text}` is not an IANA time zone"))
 }
 
+/// Which opens and clicks of an email are tracked: `clicks and opens` (or `true`), `clicks`,
+/// `opens`, or `off` (or `false`). Transactional mail is never tracked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Tracking {
+    #[default]
+    Off,
+    Clicks,
+    Opens,
+    ClicksAndOpens,
+}
+
+pub const TRACKING_HINT: &str = "write `clicks and opens` (or `true`), `clicks`, `opens` or `off` (or `false`)";
+
+impl Tracking {
+    pub fn clicks(self) -> bool {
+        matches!(self, Tracking::Clicks | Tracking::ClicksAndOpens)
+    }
+
+    pub fn opens(self) -> bool {
+        matches!(self, Tracking::Opens | Tracking::ClicksAndOpens)
+    }
+}
+
+impl FromStr for Tracking {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let words: Vec<String> = text.split_whitespace().map(str::to_ascii_lowercase).collect();
+        match words.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+            ["true" | "on" | "yes"] | ["clicks", "and", "opens"] | ["opens", "and", "clicks"] => {
+                Ok(Tracking::ClicksAndOpens)
+            }
+            ["false" | "off" | "no"] => Ok(Tracking::Off),
+            ["clicks"] => Ok(Tracking::Clicks),
+            ["opens"] => Ok(Tracking::Opens),
+            _ => Err(format!("`{text}` is not a kind of tracking")),
+        }
+    }
+}
+
+impl fmt::Display for Tracking {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Tracking::Off => "off",
+            Tracking::Clicks => "clicks",
+            Tracking::Opens => "opens",
+            Tracking::ClicksAndOpens => "clicks and opens",
+        })
+    }
+}
+
 /// A contact's lifecycle stage, in the order a lead moves through them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

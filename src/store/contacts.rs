@@ -86,7 +86,10 @@ pub async fn load_many(connection: &mut AnyConnection, ids: &[i64]) -> Result<st
     for chunk in ids.chunks(super::IN_CHUNK) {
         let list = super::placeholders(1, super::padded_len(chunk.len()));
         let sql = format!(
-            "SELECT id, email, phone, stage, score, timezone, language, created_at, last_seen_at FROM contacts WHERE id IN ({list})"
+            "SELECT id, email, phone, stage, score, timezone, language, created_at, last_seen_at,
+                (SELECT reason FROM suppressions s WHERE s.channel = 'email' AND s.address = contacts.email AND s.lifted_at IS NULL) AS email_suppressed,
+                (SELECT reason FROM suppressions s WHERE s.channel = 'sms' AND s.address = contacts.phone AND s.lifted_at IS NULL) AS sms_suppressed
+             FROM contacts WHERE id IN ({list})"
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
         for id in super::padded(chunk) {
@@ -94,6 +97,14 @@ pub async fn load_many(connection: &mut AnyConnection, ids: &[i64]) -> Result<st
         }
         for row in query.fetch_all(&mut *connection).await? {
             let id: i64 = row.try_get("id")?;
+            // Suppressed addresses (hard bounces, complaints) come with the contact: a batch
+            // needs no query of its own to honour them.
+            let mut suppressed = std::collections::BTreeMap::new();
+            for channel in ["email", "sms"] {
+                if let Some(reason) = row.try_get::<Option<String>, _>(format!("{channel}_suppressed").as_str())? {
+                    suppressed.insert(channel.to_string(), reason);
+                }
+            }
             contacts.insert(
                 id,
                 Contact {
@@ -106,6 +117,7 @@ pub async fn load_many(connection: &mut AnyConnection, ids: &[i64]) -> Result<st
                     language: row.try_get("language")?,
                     created_at: opt_ms(&row, "created_at"),
                     last_seen_at: opt_ms(&row, "last_seen_at"),
+                    suppressed,
                     ..Contact::default()
                 },
             );

@@ -3,6 +3,7 @@
 
 pub mod contacts;
 pub mod effects;
+pub mod email;
 pub mod enrollments;
 pub mod identities;
 mod nodelay;

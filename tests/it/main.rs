@@ -4,6 +4,7 @@ mod api;
 mod assignment;
 mod cli;
 mod durability;
+mod email;
 mod engine;
 mod import;
 mod ingest_holes;

@@ -289,6 +289,12 @@ impl SmtpSink {
 /// Starts the HTTP API of `env` on a random loopback port; returns `http://127.0.0.1:PORT`.
 pub async fn spawn_api(env: &TestEnv) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve_api_on(env, listener)
+}
+
+/// Serves the HTTP API of `env` on a listener bound earlier (so the config could name its
+/// address, as `public_url` does); returns `http://ADDRESS`.
+pub fn serve_api_on(env: &TestEnv, listener: tokio::net::TcpListener) -> String {
     let address = listener.local_addr().unwrap();
     let state = nurture::api::AppState {
         engine: env.engine.clone(),
