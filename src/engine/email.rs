@@ -70,7 +70,6 @@ impl Engine {
         template: &str,
         data: &Json,
         unsubscribe_url: &str,
-        now: chrono::DateTime<chrono::Utc>,
     ) -> std::result::Result<String, channels::Error> {
         let to = contact
             .email
@@ -115,7 +114,7 @@ impl Engine {
                 message_id: message_id(key, &from),
                 unsubscribe_url,
                 list_id: Some((&journey.name, &journey.id)),
-                at: now,
+                at: self.clock.now(),
             })
             .await
     }
@@ -359,6 +358,12 @@ fn occurrence(
     }
 }
 
+/// A stored id read back; a link signed for id 0 would be a link to nobody.
+fn id_of(id: &str) -> std::result::Result<i64, channels::Error> {
+    id.parse()
+        .map_err(|_| channels::Error::Permanent(format!("corrupt id `{id}` in the store")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -376,10 +381,4 @@ mod tests {
         assert_eq!(tracking_of(Marketing, Some(Off), Some(Clicks)), Off);
         assert_eq!(tracking_of(Marketing, Some(Opens), None), Opens);
     }
-}
-
-/// A stored id read back; a link signed for id 0 would be a link to nobody.
-fn id_of(id: &str) -> std::result::Result<i64, channels::Error> {
-    id.parse()
-        .map_err(|_| channels::Error::Permanent(format!("corrupt id `{id}` in the store")))
 }

@@ -427,7 +427,7 @@ impl Engine {
         let render_error = |e: journey::templates::RenderError| channels::Error::Permanent(e.to_string());
         match effect {
             Effect::SendEmail { template } => {
-                self.send_email(journey, contact, key, template, &data, &unsubscribe_url, now)
+                self.send_email(journey, contact, key, template, &data, &unsubscribe_url)
                     .await
             }
             Effect::SendSms { template } => {
