@@ -103,10 +103,11 @@ async fn mailer(messages: usize, senders: usize) {
         ),
         text: "Automation pays back on the line.\n".repeat(40),
     };
+    let sent_at = chrono::DateTime::from_timestamp(1_796_000_000, 0).expect("a valid time");
     let started = Instant::now();
     stream::iter(0..messages)
         .for_each_concurrent(senders, |n| {
-            let (mailer, email) = (&mailer, &email);
+            let (mailer, email, sent_at) = (&mailer, &email, sent_at);
             async move {
                 let message_id = format!("<bench.{n}@example.com>");
                 mailer
@@ -117,6 +118,7 @@ async fn mailer(messages: usize, senders: usize) {
                         message_id,
                         unsubscribe_url: "https://n.example/u/1-1.x",
                         list_id: Some(("Bench", "bench")),
+                        at: sent_at,
                     })
                     .await
                     .expect("the sink accepts");
