@@ -149,6 +149,11 @@ async fn view(state: &AppState, id: i64) -> Result<Option<Value>, ApiError> {
         .iter()
         .map(|r| json!({"channel": r.get::<String, _>(0), "journey": r.get::<String, _>(1), "step": r.get::<String, _>(2), "status": r.get::<String, _>(3), "created_at": time(Some(r.get(4))), "sent_at": time(r.get(5))}))
         .collect();
+    let suppressed: Vec<Value> = crate::store::guardrails::suppressed_of_contact(&mut connection, id, 50)
+        .await?
+        .into_iter()
+        .map(|s| json!({"journey": s.journey, "step": s.step, "kind": s.kind, "reason": s.reason, "at": s.at.to_rfc3339()}))
+        .collect();
     Ok(Some(json!({
         "id": row.get::<i64, _>("id"),
         "user_id": row.get::<Option<String>, _>("external_id"),
@@ -168,6 +173,7 @@ async fn view(state: &AppState, id: i64) -> Result<Option<Value>, ApiError> {
         "events": events,
         "enrollments": enrollments,
         "messages": messages,
+        "suppressed": suppressed,
     })))
 }
 

@@ -9,6 +9,7 @@
 pub mod clock;
 pub mod contact;
 pub mod ingest;
+pub mod kinds;
 pub mod message;
 pub mod plan;
 pub mod reactions;

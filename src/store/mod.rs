@@ -4,6 +4,7 @@
 pub mod contacts;
 pub mod effects;
 pub mod enrollments;
+pub mod guardrails;
 pub mod identities;
 pub mod scores;
 
