@@ -98,7 +98,8 @@ async fn view(state: &AppState, id: i64) -> Result<Option<Value>, ApiError> {
             })
             .collect();
     let consent: serde_json::Map<String, Value> =
-        sqlx::query("SELECT channel, granted, updated_at FROM contact_consent WHERE contact_id = $1 ORDER BY channel")
+        // As text: the Any driver cannot read a SQLite BOOLEAN.
+        sqlx::query("SELECT channel, CASE WHEN granted THEN 'true' ELSE 'false' END, updated_at FROM contact_consent WHERE contact_id = $1 ORDER BY channel")
             .bind(id)
             .fetch_all(&mut *connection)
             .await?
@@ -106,7 +107,7 @@ async fn view(state: &AppState, id: i64) -> Result<Option<Value>, ApiError> {
             .map(|r| {
                 (
                     r.get::<String, _>(0),
-                    json!({"granted": r.get::<bool, _>(1), "updated_at": time(Some(r.get(2)))}),
+                    json!({"granted": r.get::<String, _>(1) == "true", "updated_at": time(Some(r.get(2)))}),
                 )
             })
             .collect();

@@ -5,6 +5,7 @@ mod assignment;
 mod cli;
 mod durability;
 mod engine;
+mod guardrails;
 mod import;
 mod ingest_holes;
 mod language;
