@@ -1,6 +1,8 @@
 //! The enrollment state machine and what runs it.
 //!
-//! - `transition`: PURE. One move of an enrollment, returning changes and keyed effects.
+//! - `transition`: PURE. One move of an enrollment, returning changes and keyed effects; who
+//!   enters (enrollment key, start position, re-entry).
+//! - `kinds`: PURE. One module per step kind, called by `transition`.
 //! - `contact`: the contact's facts and the changes steps make to them.
 //! - `clock`: `Clock`, with a system and a virtual implementation.
 //! - `message`: PURE. The data templates render with.

@@ -449,7 +449,8 @@ impl Engine {
                     .render_email(template, contact.language(), &data)
                     .map_err(render_error)?;
                 if email.class == journey::templates::MailClass::Marketing && !contact.allows("email") {
-                    // Suppressed, not failed: the contact said no, and the journey goes on.
+                    // `advance` checked consent when it recorded this effect; the contact opted
+                    // out since. Suppressed, not failed, and not counted toward caps.
                     return Ok("suppressed: the contact opted out of marketing email".into());
                 }
                 let message_id = format!("<{}@nurture>", key.replace('/', "."));
