@@ -75,7 +75,7 @@ pub fn compile_project(config: &Config) -> Result<(journey::Catalog, journey::So
         Vec::new()
     };
     let sources = crate::project::load_sources(&paths, &config.templates, &config.sales, &config.scoring)?;
-    let (catalog, diagnostics) = journey::compile(&sources);
+    let (catalog, diagnostics) = journey::compile_with(&sources, &config.guardrails);
     Ok((catalog, sources, diagnostics))
 }
 

@@ -1,6 +1,7 @@
 //! Configuration: defaults give the embedded mode; `nurture.toml` and then the environment
 //! (`DATABASE_URL`, `REDIS_URL`, `NURTURE_*`) override them.
 
+use crate::journey::values::Guardrails;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -58,6 +59,9 @@ pub struct Config {
     /// First retry delay; doubled on every attempt, with jitter.
     #[serde(with = "humantime_secs")]
     pub retry_base: Duration,
+    /// `[guardrails]`: quiet hours and a frequency cap for every journey.
+    #[serde(deserialize_with = "guardrails::deserialize")]
+    pub guardrails: Guardrails,
 }
 
 impl Default for Config {
@@ -88,6 +92,7 @@ impl Default for Config {
             effect_lease: Duration::from_secs(300),
             max_attempts: 8,
             retry_base: Duration::from_secs(10),
+            guardrails: Guardrails::default(),
         }
     }
 }
@@ -126,14 +131,72 @@ mod humantime_secs {
     }
 }
 
+/// `[guardrails]` is written like a journey's `settings`: `quiet_hours = "21:00-08:00"`,
+/// `frequency_cap = "3 per 7d"`.
+mod guardrails {
+    use crate::journey::values::{FrequencyCap, Guardrails, QuietHours};
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Written {
+        #[serde(default, deserialize_with = "quiet_hours")]
+        quiet_hours: Option<QuietHours>,
+        #[serde(default, deserialize_with = "frequency_cap")]
+        frequency_cap: Option<FrequencyCap>,
+    }
+
+    /// Each value is read on its own, so a mistake is reported at the value itself.
+    fn quiet_hours<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<QuietHours>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse()
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("{e}; write a range like \"21:00-08:00\"")))
+    }
+
+    fn frequency_cap<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<FrequencyCap>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse()
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("{e}; write it like \"3 per 7d\"")))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Guardrails, D::Error> {
+        let written = Written::deserialize(deserializer)?;
+        Ok(Guardrails {
+            quiet_hours: written.quiet_hours,
+            frequency_cap: written.frequency_cap,
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot read {path}: {source}")]
     Read { path: String, source: std::io::Error },
-    #[error("{path} is not valid: {message}")]
+    #[error("{path}: {message}")]
     Invalid { path: String, message: String },
     #[error("environment variable {name}: {message}")]
     Env { name: String, message: String },
+}
+
+/// `nurture.toml`'s text; a mistake is reported as `FILE:LINE:COLUMN: message`.
+pub fn parse_file(path: &str, text: &str) -> Result<Config, Error> {
+    toml::from_str(text).map_err(|e| {
+        let place = e
+            .span()
+            .map(|span| {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.rsplit('\n').next().unwrap_or_default().chars().count() + 1;
+                format!("{path}:{line}:{column}")
+            })
+            .unwrap_or_else(|| path.to_string());
+        Error::Invalid {
+            path: place,
+            message: e.message().to_string(),
+        }
+    })
 }
 
 impl Config {
@@ -145,10 +208,7 @@ impl Config {
                 path: path.display().to_string(),
                 source,
             })?;
-            toml::from_str(&text).map_err(|e| Error::Invalid {
-                path: path.display().to_string(),
-                message: e.to_string(),
-            })?
+            parse_file(&path.display().to_string(), &text)?
         } else {
             Config::default()
         };
@@ -246,5 +306,39 @@ impl Config {
 
     pub fn is_embedded(&self) -> bool {
         self.database_url.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guardrails_are_read_from_nurture_toml() {
+        let config = parse_file(
+            "nurture.toml",
+            "[guardrails]\nquiet_hours = \"21:00-08:00\"\nfrequency_cap = \"3 per 7d\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.guardrails.frequency_cap.map(|c| c.to_string()).as_deref(),
+            Some("3 per 1w")
+        );
+        assert_eq!(
+            config.guardrails.quiet_hours.map(|q| q.to_string()).as_deref(),
+            Some("21:00-08:00")
+        );
+    }
+
+    #[test]
+    fn a_bad_guardrail_names_its_place_and_what_to_write() {
+        let error = parse_file(
+            "nurture.toml",
+            "listen = \"127.0.0.1:1\"\n[guardrails]\nfrequency_cap = \"3 in 7d\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.starts_with("nurture.toml:3:"), "{error}");
+        assert!(error.contains("write it like \"3 per 7d\""), "{error}");
     }
 }

@@ -98,7 +98,8 @@ async fn view(state: &AppState, id: i64) -> Result<Option<Value>, ApiError> {
             })
             .collect();
     let consent: serde_json::Map<String, Value> =
-        sqlx::query("SELECT channel, granted, updated_at FROM contact_consent WHERE contact_id = $1 ORDER BY channel")
+        // As text: the Any driver cannot read a SQLite BOOLEAN.
+        sqlx::query("SELECT channel, CASE WHEN granted THEN 'true' ELSE 'false' END, updated_at FROM contact_consent WHERE contact_id = $1 ORDER BY channel")
             .bind(id)
             .fetch_all(&mut *connection)
             .await?
@@ -106,7 +107,7 @@ async fn view(state: &AppState, id: i64) -> Result<Option<Value>, ApiError> {
             .map(|r| {
                 (
                     r.get::<String, _>(0),
-                    json!({"granted": r.get::<bool, _>(1), "updated_at": time(Some(r.get(2)))}),
+                    json!({"granted": r.get::<String, _>(1) == "true", "updated_at": time(Some(r.get(2)))}),
                 )
             })
             .collect();
@@ -156,6 +157,11 @@ async fn view(state: &AppState, id: i64) -> Result<Option<Value>, ApiError> {
         .filter_map(|(channel, address)| address.map(|a| (channel, a)))
         .collect();
     let suppressions = crate::store::email::of_addresses(&mut connection, &addresses).await?;
+    let suppressed: Vec<Value> = crate::store::guardrails::suppressed_of_contact(&mut connection, id, 50)
+        .await?
+        .into_iter()
+        .map(|s| json!({"journey": s.journey, "step": s.step, "kind": s.kind, "reason": s.reason, "at": s.at.to_rfc3339()}))
+        .collect();
     Ok(Some(json!({
         "id": row.get::<i64, _>("id"),
         "user_id": row.get::<Option<String>, _>("external_id"),
@@ -176,6 +182,7 @@ async fn view(state: &AppState, id: i64) -> Result<Option<Value>, ApiError> {
         "events": events,
         "enrollments": enrollments,
         "messages": messages,
+        "suppressed": suppressed,
     })))
 }
 

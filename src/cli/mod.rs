@@ -121,10 +121,12 @@ pub fn compile_one(
     }
 }
 
-/// Compiles the given journeys with the project's templates and files.
+/// Compiles the given journeys with the project's templates and files, under the guardrails
+/// of `nurture.toml` in the working directory (what `serve` would run them with).
 pub fn compile_paths(paths: &[PathBuf], project: &ProjectArgs) -> Result<(Catalog, Vec<Diagnostic>)> {
+    let config = crate::config::Config::load(std::path::Path::new("."))?;
     let sources = crate::project::load_sources(paths, &project.templates, &project.sales, &project.scoring)?;
-    Ok(journey::compile(&sources))
+    Ok(journey::compile_with(&sources, &config.guardrails))
 }
 
 /// Logs go to standard error; `RUST_LOG` chooses what (default: info).

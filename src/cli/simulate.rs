@@ -59,7 +59,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
         None => Vec::new(),
     };
-    let report = simulate(journey, &catalog.templates, contact, events, start);
+    let report = simulate(journey, &catalog, contact, events, start);
     match args.format {
         Format::Json => super::out(&format!("{}\n", serde_json::to_string_pretty(&report)?)),
         Format::Text => super::out(&render_text(&report, zone)),

@@ -1,6 +1,8 @@
 //! The enrollment state machine and what runs it.
 //!
-//! - `transition`: PURE. One move of an enrollment, returning changes and keyed effects.
+//! - `transition`: PURE. One move of an enrollment, returning changes and keyed effects; who
+//!   enters (enrollment key, start position, re-entry).
+//! - `kinds`: PURE. One module per step kind, called by `transition`.
 //! - `contact`: the contact's facts and the changes steps make to them.
 //! - `clock`: `Clock`, with a system and a virtual implementation.
 //! - `message`: PURE. The data templates render with.
@@ -10,6 +12,7 @@ pub mod clock;
 pub mod contact;
 pub mod email;
 pub mod ingest;
+pub mod kinds;
 pub mod message;
 pub mod plan;
 pub mod reactions;

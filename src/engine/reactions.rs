@@ -2,9 +2,8 @@
 //! journeys of its contact (goals, answered waits) and starts the journeys it triggers, with a
 //! handful of set-based statements for the whole list. `react` does the same for one event.
 
-use super::contact::Contact;
 use super::runner::{Engine, Result};
-use super::transition::{Enrollment, Input, Outcome, Position, World, advance, may_enter};
+use super::transition::{Enrollment, Input, Outcome, Position, World, advance, enrollment_key, may_enter};
 use crate::expr::EventFacts;
 use crate::journey::model::{Journey, Trigger};
 use crate::queue::StepJob;
@@ -155,6 +154,7 @@ impl Engine {
                 contact,
                 now,
                 history: &history,
+                catalog: &catalog,
             };
             if let Ok(moved) = advance(&journey, &enrollment, enrollment.seq, Input::Event(event), &world) {
                 moving.push((enrollment, journey, moved, event));
@@ -280,25 +280,5 @@ impl Engine {
             }
         }
         Ok(())
-    }
-}
-
-/// The journey's enrollment key for this contact and event: `Some(None)` when the journey has
-/// none, `None` when its expression gives nothing (the contact is not enrolled).
-pub(crate) fn enrollment_key(
-    journey: &Journey,
-    contact: &Contact,
-    trigger: Option<&EventFacts>,
-    now: DateTime<Utc>,
-) -> Option<Option<String>> {
-    let Some(expr) = &journey.enrollment_key else {
-        return Some(None);
-    };
-    let view = contact.facts_view();
-    let facts = contact.facts(&view, trigger, None, now, &());
-    match expr.eval(&facts) {
-        Ok(serde_json::Value::String(s)) => Some(Some(s)),
-        Ok(serde_json::Value::Null) | Err(_) => None,
-        Ok(other) => Some(Some(other.to_string())),
     }
 }

@@ -5,7 +5,7 @@
 use super::clock::Clock;
 use super::contact::Contact;
 use super::message::template_data;
-use super::transition::{Effect, Enrollment, History, Outcome, Position, may_enter};
+use super::transition::{Effect, Enrollment, History, Outcome, Position, enrollment_key, may_enter};
 use crate::channels::email::Mailer;
 use crate::channels::links::Signer;
 use crate::channels::sms::SmsSender;
@@ -62,10 +62,13 @@ pub struct Engine {
     pub(crate) ingest_groups: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<super::ingest::Pending>>,
 }
 
-/// Counts preloaded for one move: `count_events` windows and the frequency-cap window.
+/// Counts preloaded for one move: `count_events` windows, and when the recent messages to the
+/// contact were recorded (for frequency caps). The step batch loads those times for all its
+/// contacts at once (`Engine::message_times`); events only answer waits and goals and never
+/// send, so the event path loads none.
 pub(crate) struct Preloaded {
     counts: Vec<(String, DateTime<Utc>, i64)>,
-    messages: (DateTime<Utc>, u32),
+    pub(crate) messages: Vec<DateTime<Utc>>,
 }
 
 impl EventCounter for Preloaded {
@@ -80,7 +83,7 @@ impl EventCounter for Preloaded {
 
 impl History for Preloaded {
     fn messages_since(&self, since: DateTime<Utc>) -> u32 {
-        if since >= self.messages.0 { self.messages.1 } else { 0 }
+        self.messages.iter().filter(|at| **at >= since).count() as u32
     }
 }
 
@@ -179,7 +182,9 @@ impl Engine {
                     outcome: Outcome::Completed,
                 },
                 Some(index) => match parked {
-                    Some((until, reason)) if same_wait(&old.steps[old_step].kind, &journey.steps[index].kind) => {
+                    Some((until, reason))
+                        if super::kinds::hold_alike(&old.steps[old_step].kind, &journey.steps[index].kind) =>
+                    {
                         Position::Parked {
                             step: index,
                             until,
@@ -354,7 +359,7 @@ impl Engine {
             .id
             .parse()
             .map_err(|_| store::Error::Corrupt(format!("contact id {}", contact.id)))?;
-        let Some(key) = super::reactions::enrollment_key(journey, contact, trigger, now) else {
+        let Some(key) = enrollment_key(journey, contact, trigger, now) else {
             return Ok(None);
         };
         let earlier = enrollments::of_contact(tx, contact_id, &journey.id).await?;
@@ -381,17 +386,37 @@ impl Engine {
                 contacts::count_events(connection, contact_id, &name, since).await?,
             ));
         }
-        let messages = match &journey.settings.frequency_cap {
-            Some(cap) => {
-                let since = now - cap.window.as_duration();
-                (
-                    since,
-                    effects::messages_since(connection, contact_id, since).await? as u32,
-                )
+        Ok(Preloaded {
+            counts,
+            messages: Vec::new(),
+        })
+    }
+
+    /// When the recent messages to these contacts were recorded, per contact, as far back as
+    /// the longest frequency cap that applies to `journeys` (theirs or the workspace's): one
+    /// query for a whole step batch, none when no cap applies.
+    pub(crate) async fn message_times<'a>(
+        &self,
+        connection: &mut sqlx::AnyConnection,
+        journeys: impl Iterator<Item = &'a Journey>,
+        contact_ids: &[i64],
+        now: DateTime<Utc>,
+    ) -> Result<HashMap<i64, Vec<DateTime<Utc>>>> {
+        let catalog = self.catalog();
+        let longest = journeys
+            .filter_map(|j| j.settings.frequency_cap)
+            .chain(catalog.guardrails.frequency_cap)
+            .map(|cap| cap.window)
+            .max();
+        let mut times: HashMap<i64, Vec<DateTime<Utc>>> = HashMap::new();
+        if let Some(window) = longest {
+            for (contact, at) in
+                store::guardrails::message_times(connection, contact_ids, now - window.as_duration()).await?
+            {
+                times.entry(contact).or_default().push(at);
             }
-            None => (now, 0),
-        };
-        Ok(Preloaded { counts, messages })
+        }
+        Ok(times)
     }
 
     pub(crate) async fn enqueue_jobs(&self, jobs: Vec<(StepJob, DateTime<Utc>)>) -> Result<()> {
@@ -557,16 +582,6 @@ impl Engine {
             .await?;
         info!(journey = %journey.id, %tick, enrolled, "Schedule fired.");
         Ok(Some(enrolled))
-    }
-}
-
-/// Whether two steps hold a contact the same way, so a migrated wait keeps its deadline.
-fn same_wait(old: &crate::journey::model::StepKind, new: &crate::journey::model::StepKind) -> bool {
-    use crate::journey::model::StepKind::*;
-    match (old, new) {
-        (Wait(_) | WaitUntil { .. }, Wait(_) | WaitUntil { .. }) => true,
-        (WaitFor { event: a, .. }, WaitFor { event: b, .. }) => a.event == b.event,
-        _ => false,
     }
 }
 

@@ -4,8 +4,12 @@
 
 use super::contact::Contact;
 use super::message::template_data;
-use super::transition::{Effect, Enrollment, History, Input, Outcome, Position, Refused, StepRecord, World, advance};
+use super::transition::{
+    Effect, Enrollment, History, Input, Outcome, Position, Refused, StepRecord, World, advance, enrollment_key,
+    start_position,
+};
 use crate::expr::{EventCounter, EventFacts};
+use crate::journey::Catalog;
 use crate::journey::model::{Journey, Trigger};
 use crate::journey::templates::Templates;
 use crate::journey::values::Delay;
@@ -151,6 +155,7 @@ pub fn format_offset(duration: Duration) -> String {
 
 struct Run<'a> {
     journey: &'a Journey,
+    catalog: &'a Catalog,
     templates: &'a Templates,
     contact: Contact,
     start: DateTime<Utc>,
@@ -311,16 +316,19 @@ pub fn render_json(templates: &Templates, value: &Json, data: &Json) -> Json {
     }
 }
 
+/// Runs `journey` for `contact` under the project's rules (`catalog`: templates and the
+/// workspace's guardrails), calling the same `advance` as production.
 pub fn simulate(
     journey: &Journey,
-    templates: &Templates,
+    catalog: &Catalog,
     contact: Contact,
     events: Vec<TimedEvent>,
     start: DateTime<Utc>,
 ) -> Report {
     let mut run = Run {
         journey,
-        templates,
+        catalog,
+        templates: &catalog.templates,
         contact,
         start,
         history: SimHistory::default(),
@@ -451,15 +459,21 @@ pub fn simulate(
             (tick, None)
         }
     };
-    let key = journey.enrollment_key.as_ref().and_then(|expr| {
-        let view = run.contact.facts_view();
-        let facts = run
-            .contact
-            .facts(&view, trigger.as_ref(), None, entered_at, &run.history);
-        expr.eval(&facts)
-            .ok()
-            .map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))
-    });
+    // The same rule as production: a key that evaluates to nothing enrolls no one.
+    let Some(key) = enrollment_key(journey, &run.contact, trigger.as_ref(), entered_at) else {
+        run.push(
+            entered_at,
+            None,
+            "enrolled",
+            "not_enrolled",
+            format!(
+                "enrollment_key `{}` gives no value",
+                journey.enrollment_key.as_ref().map(|k| k.source()).unwrap_or_default()
+            ),
+            None,
+        );
+        return report(run, "not_enrolled");
+    };
     if let Trigger::Event(_) | Trigger::Stage(_) = journey.trigger {
         let detail = match (&journey.trigger, &key) {
             (Trigger::Stage(stage), _) => format!("stage became {stage}"),
@@ -481,12 +495,7 @@ pub fn simulate(
         version: journey.version.clone(),
         trigger,
         key,
-        position: match journey.entry() {
-            crate::journey::model::Target::Step(step) => Position::Entering { step },
-            crate::journey::model::Target::End => Position::Finished {
-                outcome: Outcome::Completed,
-            },
-        },
+        position: start_position(journey),
         seq: 0,
         entered_at,
     };
@@ -529,6 +538,7 @@ pub fn simulate(
             contact: &world_contact,
             now,
             history: &run.history,
+            catalog: run.catalog,
         };
         let input = match &input_event {
             Some(event) => Input::Event(event),
@@ -545,17 +555,18 @@ pub fn simulate(
         for change in &moved.changes {
             run.contact.apply(change);
         }
-        let mut effects = moved.effects.iter().peekable();
         for record in &moved.records {
             let StepRecord {
                 step,
                 kind,
                 outcome,
                 detail,
+                seq,
                 ..
             } = record;
-            let performs = outcome == "sent" || outcome == "assigned" || outcome == "called";
-            if performs && let Some(effect) = effects.next() {
+            // A step's effect carries the step and move it was recorded in.
+            let effect = moved.effects.iter().find(|e| e.key.step == *step && e.key.seq == *seq);
+            if let Some(effect) = effect {
                 let (detail, message) = run.preview(&enrollment, &effect.effect, now);
                 if matches!(effect.effect, Effect::SendEmail { .. } | Effect::SendSms { .. }) {
                     run.history.messages.push(now);

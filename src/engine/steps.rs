@@ -206,6 +206,8 @@ impl Engine {
             .collect();
         let mut contacts = self.load_contacts(&mut connection, &contact_ids, now).await?;
         lives.retain(|l| contacts.contains_key(&l.contact_id));
+        let journeys = lives.iter().map(|l| l.journey.as_ref());
+        let mut sent = self.message_times(&mut connection, journeys, &contact_ids, now).await?;
 
         let loaded = clock.elapsed();
         let mut later: Vec<(StepJob, DateTime<Utc>)> = Vec::new();
@@ -221,7 +223,7 @@ impl Engine {
             performing += started.elapsed();
             let started = std::time::Instant::now();
             lives = self
-                .move_once(&mut connection, lives, &mut contacts, &mut later)
+                .move_once(&mut connection, lives, &mut contacts, &mut sent, &mut later)
                 .await?;
             moving += started.elapsed();
         }
@@ -433,6 +435,7 @@ impl Engine {
         connection: &mut sqlx::AnyConnection,
         lives: Vec<Live>,
         contacts: &mut HashMap<i64, Contact>,
+        sent: &mut HashMap<i64, Vec<DateTime<Utc>>>,
         later: &mut Vec<(StepJob, DateTime<Utc>)>,
     ) -> Result<Vec<Live>> {
         let now = self.clock.now();
@@ -445,8 +448,13 @@ impl Engine {
             let Some(contact) = contacts.get(&live.contact_id) else {
                 continue;
             };
-            match self.plan_moves(connection, &live, contact, now).await? {
-                Planned::Moved(moved) => planned.push((live, moved)),
+            let messages = sent.entry(live.contact_id).or_default();
+            match self.plan_moves(connection, &live, contact, messages, now).await? {
+                Planned::Moved(moved) => {
+                    // Counted at once, so the contact's next enrollment in this batch sees it.
+                    messages.extend(moved.effects.iter().filter(|e| e.effect.is_message()).map(|_| now));
+                    planned.push((live, moved))
+                }
                 Planned::NotYet(until) => later.push((live.job(), until)),
                 Planned::Nothing => {}
             }
@@ -538,10 +546,13 @@ impl Engine {
         connection: &mut sqlx::AnyConnection,
         live: &Live,
         contact: &Contact,
+        sent: &[DateTime<Utc>],
         now: DateTime<Utc>,
     ) -> Result<Planned> {
         let journey = &live.journey;
-        let history = self.preload(connection, journey, live.contact_id, now).await?;
+        let catalog = self.catalog();
+        let mut history = self.preload(connection, journey, live.contact_id, now).await?;
+        history.messages = sent.to_vec();
         let mut current = live.enrollment.clone();
         let mut moves: Vec<Advance> = Vec::new();
         let mut working: Option<Contact> = None;
@@ -550,6 +561,7 @@ impl Engine {
                 contact: working.as_ref().unwrap_or(contact),
                 now,
                 history: &history,
+                catalog: &catalog,
             };
             match advance(journey, &current, current.seq, Input::Due, &world) {
                 Ok(next) => {

@@ -4,8 +4,9 @@
 
 use super::contact::{Contact, ContactChange};
 use crate::expr::{EventCounter, EventFacts};
-use crate::journey::model::{EventMatch, Journey, StepIndex, StepKind, Target, Webhook};
-use crate::journey::values::{next_time_of_day, parse_timezone};
+use crate::journey::Catalog;
+use crate::journey::model::{EventMatch, Journey, ReEntry, StepIndex, StepKind, Target};
+use crate::journey::values::parse_timezone;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
@@ -118,7 +119,11 @@ pub trait History: EventCounter {
 pub struct World<'a> {
     pub contact: &'a Contact,
     pub now: DateTime<Utc>,
+    /// Counts of the contact's events and of the messages recently sent to them.
     pub history: &'a dyn History,
+    /// The project: the workspace's guardrails and the templates (whose class says whether
+    /// consent applies).
+    pub catalog: &'a Catalog,
 }
 
 /// A side effect, recorded under its key before it is performed so a retry never repeats it.
@@ -159,6 +164,13 @@ pub enum Effect {
         headers: std::collections::BTreeMap<String, String>,
         body: Option<serde_json::Value>,
     },
+}
+
+impl Effect {
+    /// An email or an SMS: what frequency caps count.
+    pub fn is_message(&self) -> bool {
+        matches!(self, Effect::SendEmail { .. } | Effect::SendSms { .. })
+    }
 }
 
 /// One line of an enrollment's history, for funnels and for the simulator's story.
@@ -231,7 +243,7 @@ pub fn advance(
             if world.now < *until {
                 return Err(Refused::NotYet(*until));
             }
-            mover.wake(*step, *reason)
+            super::kinds::wake(&mut mover, *step, *reason)
         }
     };
     Ok(Advance {
@@ -243,17 +255,18 @@ pub fn advance(
     })
 }
 
-struct Mover<'a> {
-    journey: &'a Journey,
-    enrollment: &'a Enrollment,
-    world: &'a World<'a>,
-    changes: Vec<ContactChange>,
+/// One move in the making: what the step kinds (see `kinds`) read and add to.
+pub(super) struct Mover<'a> {
+    pub(super) journey: &'a Journey,
+    pub(super) enrollment: &'a Enrollment,
+    pub(super) world: &'a World<'a>,
+    pub(super) changes: Vec<ContactChange>,
     effects: Vec<KeyedEffect>,
     records: Vec<StepRecord>,
 }
 
 impl Mover<'_> {
-    fn record(&mut self, step: StepIndex, outcome: &str, detail: impl Into<String>) {
+    pub(super) fn record(&mut self, step: StepIndex, outcome: &str, detail: impl Into<String>) {
         let kind = self.journey.steps[step].kind.keyword();
         self.records.push(StepRecord {
             step: self.journey.steps[step].id.clone(),
@@ -265,13 +278,23 @@ impl Mover<'_> {
         });
     }
 
-    fn go(&self, target: Target) -> Position {
+    pub(super) fn go(&self, target: Target) -> Position {
         match target {
             Target::Step(step) => Position::Entering { step },
             Target::End => Position::Finished {
                 outcome: Outcome::Completed,
             },
         }
+    }
+
+    pub(super) fn facts_now<'f>(&'f self, view: &'f crate::expr::ContactFacts) -> crate::expr::Facts<'f> {
+        self.world.contact.facts(
+            view,
+            self.enrollment.trigger.as_ref(),
+            None,
+            self.world.now,
+            self.world.history,
+        )
     }
 
     fn matches(&self, matcher: &EventMatch, event: &EventFacts) -> Result<bool, String> {
@@ -334,47 +357,10 @@ impl Mover<'_> {
         }
     }
 
-    fn wake(&mut self, step: StepIndex, reason: Park) -> Position {
-        let current = &self.journey.steps[step];
-        match (reason, &current.kind) {
-            (
-                Park::WaitFor,
-                StepKind::WaitFor {
-                    event,
-                    on_timeout,
-                    timeout,
-                },
-            ) => {
-                let detail = format!(
-                    "no \"{}\" within {timeout}; next: {}",
-                    event.event,
-                    self.journey.target_name(*on_timeout)
-                );
-                self.record(step, "timed_out", detail);
-                self.go(*on_timeout)
-            }
-            (Park::QuietHours, _) => self.run(step, true),
-            _ => {
-                self.record(
-                    step,
-                    "waited",
-                    format!("next: {}", self.journey.target_name(current.next)),
-                );
-                self.go(current.next)
-            }
-        }
-    }
-
     fn enter(&mut self, step: StepIndex) -> Position {
         if let Some(exit_when) = &self.journey.exit_when {
             let view = self.world.contact.facts_view();
-            let facts = self.world.contact.facts(
-                &view,
-                self.enrollment.trigger.as_ref(),
-                None,
-                self.world.now,
-                self.world.history,
-            );
+            let facts = self.facts_now(&view);
             if exit_when.eval_bool(&facts) == Ok(true) {
                 let detail = format!(
                     "exit_when `{}` is true ({})",
@@ -387,10 +373,10 @@ impl Mover<'_> {
                 };
             }
         }
-        self.run(step, false)
+        super::kinds::run(self, step, false)
     }
 
-    fn effect(&mut self, step: StepIndex, effect: Effect) {
+    pub(super) fn effect(&mut self, step: StepIndex, effect: Effect) {
         let key = EffectKey {
             enrollment: self.enrollment.id.clone(),
             step: self.journey.steps[step].id.clone(),
@@ -398,226 +384,42 @@ impl Mover<'_> {
         };
         self.effects.push(KeyedEffect { key, effect });
     }
-
-    /// Runs a step; `released` is true when quiet hours already held this message.
-    fn run(&mut self, step: StepIndex, released: bool) -> Position {
-        let journey = self.journey;
-        let current = &journey.steps[step];
-        let now = self.world.now;
-        let contact = self.world.contact;
-        let zone = zone_for(journey, contact);
-        let next = current.next;
-        match &current.kind {
-            StepKind::Wait(delay) => {
-                let until = now + delay.as_duration();
-                self.record(step, "waiting", format!("wait {delay}"));
-                Position::Parked {
-                    step,
-                    until,
-                    reason: Park::Wait,
-                }
-            }
-            StepKind::WaitUntil { time, days } => {
-                let until = next_time_of_day(now, zone, *time, *days);
-                self.record(
-                    step,
-                    "waiting",
-                    format!(
-                        "until {} {zone}",
-                        until.with_timezone(&zone).format("%a %Y-%m-%d %H:%M")
-                    ),
-                );
-                Position::Parked {
-                    step,
-                    until,
-                    reason: Park::Wait,
-                }
-            }
-            StepKind::WaitFor { event, timeout, .. } => {
-                let until = now + timeout.as_duration();
-                self.record(step, "waiting", format!("for \"{}\" up to {timeout}", event.event));
-                Position::Parked {
-                    step,
-                    until,
-                    reason: Park::WaitFor,
-                }
-            }
-            StepKind::Branch { arms, otherwise } => {
-                let view = contact.facts_view();
-                let facts = contact.facts(&view, self.enrollment.trigger.as_ref(), None, now, self.world.history);
-                let mut reasons = Vec::new();
-                let mut chosen = *otherwise;
-                let mut matched = false;
-                for arm in arms {
-                    let result = arm.when.eval_bool(&facts);
-                    let explained = arm.when.explain(&facts);
-                    let verdict = match &result {
-                        Ok(b) => b.to_string(),
-                        Err(error) => format!("error ({error}), so false"),
-                    };
-                    reasons.push(format!(
-                        "`{}` is {verdict}{}",
-                        arm.when.source(),
-                        if explained.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" ({explained})")
-                        }
-                    ));
-                    if result == Ok(true) {
-                        chosen = arm.goto;
-                        matched = true;
-                        break;
-                    }
-                }
-                if !matched {
-                    reasons.push("else".into());
-                }
-                self.record(
-                    step,
-                    "branched",
-                    format!("{} -> {}", reasons.join("; "), journey.target_name(chosen)),
-                );
-                self.go(chosen)
-            }
-            StepKind::Split { arms } => {
-                let bucket = split_bucket(&contact.id, &journey.id, &current.id);
-                let mut upper = 0u32;
-                let mut chosen = arms.last().map(|a| a.goto).unwrap_or(Target::End);
-                for arm in arms {
-                    upper += u32::from(arm.percent);
-                    if bucket < upper {
-                        chosen = arm.goto;
-                        break;
-                    }
-                }
-                self.record(
-                    step,
-                    "split",
-                    format!("bucket {bucket} of 100 -> {}", journey.target_name(chosen)),
-                );
-                self.go(chosen)
-            }
-            StepKind::SendEmail { template } | StepKind::SendSms { template } => {
-                let email = matches!(current.kind, StepKind::SendEmail { .. });
-                if !released && let Some(quiet) = &journey.settings.quiet_hours {
-                    let release = quiet.release_time(now, zone);
-                    if release > now {
-                        self.record(
-                            step,
-                            "deferred",
-                            format!(
-                                "quiet hours {quiet}; sending at {}",
-                                release.with_timezone(&zone).format("%a %H:%M %Z")
-                            ),
-                        );
-                        return Position::Parked {
-                            step,
-                            until: release,
-                            reason: Park::QuietHours,
-                        };
-                    }
-                }
-                let address = if email {
-                    contact.email.as_deref()
-                } else {
-                    contact.phone.as_deref()
-                };
-                if address.is_none_or(|a| a.trim().is_empty()) {
-                    self.record(
-                        step,
-                        "skipped",
-                        if email {
-                            "the contact has no email address"
-                        } else {
-                            "the contact has no phone number"
-                        },
-                    );
-                    return self.go(next);
-                }
-                if let Some(cap) = &journey.settings.frequency_cap {
-                    let sent = self.world.history.messages_since(now - cap.window.as_duration());
-                    if sent >= cap.messages {
-                        self.record(
-                            step,
-                            "skipped",
-                            format!("frequency cap: {sent} messages in the last {}", cap.window),
-                        );
-                        return self.go(next);
-                    }
-                }
-                let effect = if email {
-                    Effect::SendEmail {
-                        template: template.clone(),
-                    }
-                } else {
-                    Effect::SendSms {
-                        template: template.clone(),
-                    }
-                };
-                self.effect(step, effect);
-                self.record(step, "sent", template.clone());
-                self.go(next)
-            }
-            StepKind::Tag(tags) | StepKind::Untag(tags) => {
-                let tagging = matches!(current.kind, StepKind::Tag(_));
-                for tag in tags {
-                    self.changes.push(if tagging {
-                        ContactChange::Tag { tag: tag.clone() }
-                    } else {
-                        ContactChange::Untag { tag: tag.clone() }
-                    });
-                }
-                self.record(step, if tagging { "tagged" } else { "untagged" }, tags.join(", "));
-                self.go(next)
-            }
-            StepKind::Set(traits) => {
-                for (name, value) in traits {
-                    self.changes.push(ContactChange::Set {
-                        name: name.clone(),
-                        value: value.clone(),
-                    });
-                }
-                let shown: Vec<String> = traits.iter().map(|(k, v)| format!("{k} = {v}")).collect();
-                self.record(step, "updated", shown.join(", "));
-                self.go(next)
-            }
-            StepKind::Score(points) => {
-                self.changes.push(ContactChange::Score { points: *points });
-                self.record(step, "scored", format!("{points:+}"));
-                self.go(next)
-            }
-            StepKind::AssignToSales { team } => {
-                self.effect(step, Effect::AssignToSales { team: team.clone() });
-                self.record(step, "assigned", format!("team {team}"));
-                self.go(next)
-            }
-            StepKind::Webhook(Webhook {
-                method,
-                url,
-                headers,
-                body,
-            }) => {
-                self.effect(
-                    step,
-                    Effect::Webhook {
-                        method: method.clone(),
-                        url: url.clone(),
-                        headers: headers.clone(),
-                        body: body.clone(),
-                    },
-                );
-                self.record(step, "called", format!("{method} {url}"));
-                self.go(next)
-            }
-        }
-    }
 }
 
 /// A contact's bucket (0-99) for a split: the same contact always lands in the same arm.
 pub fn split_bucket(contact_id: &str, journey_id: &str, step_id: &str) -> u32 {
     let digest = Sha256::digest(format!("{journey_id}/{step_id}/{contact_id}").as_bytes());
     u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]) % 100
+}
+
+/// Where a new enrollment starts: entering the first step (or done, for a journey of no steps).
+pub fn start_position(journey: &Journey) -> Position {
+    match journey.entry() {
+        Target::Step(step) => Position::Entering { step },
+        Target::End => Position::Finished {
+            outcome: Outcome::Completed,
+        },
+    }
+}
+
+/// The journey's enrollment key for this contact and trigger: `Some(None)` when the journey has
+/// none, `None` when its expression gives nothing or fails (the contact is not enrolled).
+pub fn enrollment_key(
+    journey: &Journey,
+    contact: &Contact,
+    trigger: Option<&EventFacts>,
+    now: DateTime<Utc>,
+) -> Option<Option<String>> {
+    let Some(expr) = &journey.enrollment_key else {
+        return Some(None);
+    };
+    let view = contact.facts_view();
+    let facts = contact.facts(&view, trigger, None, now, &());
+    match expr.eval(&facts) {
+        Ok(serde_json::Value::String(s)) => Some(Some(s)),
+        Ok(serde_json::Value::Null) | Err(_) => None,
+        Ok(other) => Some(Some(other.to_string())),
+    }
 }
 
 /// Whether the contact may enter the journey now, given their earlier enrollments in it
@@ -633,18 +435,16 @@ pub fn may_enter(
         return Err(format!("already enrolled ({})", active.id));
     }
     match journey.re_entry {
-        crate::journey::model::ReEntry::Always => Ok(()),
-        crate::journey::model::ReEntry::Never => match earlier.iter().find(same_key) {
+        ReEntry::Always => Ok(()),
+        ReEntry::Never => match earlier.iter().find(same_key) {
             Some(_) => Err("re_entry is never and the contact was enrolled before".into()),
             None => Ok(()),
         },
-        crate::journey::model::ReEntry::After(delay) => {
-            match earlier.iter().filter(same_key).map(|e| e.entered_at).max() {
-                Some(last) if now < last + delay.as_duration() => {
-                    Err(format!("re_entry after {delay}: last enrolled {last}"))
-                }
-                _ => Ok(()),
+        ReEntry::After(delay) => match earlier.iter().filter(same_key).map(|e| e.entered_at).max() {
+            Some(last) if now < last + delay.as_duration() => {
+                Err(format!("re_entry after {delay}: last enrolled {last}"))
             }
-        }
+            _ => Ok(()),
+        },
     }
 }

@@ -8,6 +8,7 @@ use super::parse::{Refs, TeamNames, parse_journey};
 use super::sales::{Sales, parse_sales};
 use super::scoring::{Scoring, parse_scoring};
 use super::templates::{SourceFile, Templates};
+use super::values::Guardrails;
 use super::yaml::Pos;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,6 +28,8 @@ pub struct Catalog {
     pub templates: Arc<Templates>,
     pub sales: Option<Arc<Sales>>,
     pub scoring: Option<Arc<Scoring>>,
+    /// The workspace's guardrails from `nurture.toml`, applied to every journey's messages.
+    pub guardrails: Guardrails,
     /// Journeys started by each event name, so an event never scans every journey.
     pub triggered_by: HashMap<String, Vec<Arc<Journey>>>,
 }
@@ -42,7 +45,14 @@ impl Catalog {
     }
 }
 
+/// Compiles with no workspace guardrails.
 pub fn compile(sources: &Sources) -> (Catalog, Vec<Diagnostic>) {
+    compile_with(sources, &Guardrails::default())
+}
+
+/// Compiles under the workspace's guardrails (`nurture.toml`): a journey that loosens them is
+/// an error, and the catalog carries them to the engine and the simulator.
+pub fn compile_with(sources: &Sources, guardrails: &Guardrails) -> (Catalog, Vec<Diagnostic>) {
     let mut diagnostics = Vec::new();
     let templates = Templates::compile(&sources.templates, &mut diagnostics);
     let sales = sources
@@ -65,6 +75,7 @@ pub fn compile(sources: &Sources) -> (Catalog, Vec<Diagnostic>) {
         has_email_template: &has_email,
         has_sms_template: &has_sms,
         sales_teams,
+        guardrails,
     };
     let mut journeys: Vec<Arc<Journey>> = Vec::new();
     let mut first_file: HashMap<String, String> = HashMap::new();
@@ -108,6 +119,7 @@ pub fn compile(sources: &Sources) -> (Catalog, Vec<Diagnostic>) {
         templates: Arc::new(templates),
         sales: sales.map(Arc::new),
         scoring: scoring.map(Arc::new),
+        guardrails: guardrails.clone(),
         triggered_by,
     };
     (catalog, diagnostics)
@@ -121,4 +133,53 @@ fn templates_broken(sources: &Sources, name: &str, suffix: &str) -> bool {
         .templates
         .iter()
         .any(|f| f.path.replace('\\', "/").rsplit('/').next() == Some(wanted.as_str()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_journey_may_tighten_the_workspace_guardrails_but_not_loosen_them() {
+        let guardrails = Guardrails {
+            quiet_hours: Some("21:00-08:00".parse().unwrap()),
+            frequency_cap: Some("3 per 7d".parse().unwrap()),
+        };
+        let journey = |settings: &str| Sources {
+            journeys: vec![SourceFile {
+                path: "journeys/j.yaml".into(),
+                text: format!("id: j\ntrigger: {{event: E}}\nsettings:\n{settings}steps:\n  - id: tag\n    tag: x\n"),
+            }],
+            ..Sources::default()
+        };
+        let tighter = journey("  quiet_hours: \"20:00-09:00\"\n  frequency_cap: 1 per 1d\n");
+        let (catalog, diagnostics) = compile_with(&tighter, &guardrails);
+        assert!(diagnostics.is_empty(), "{diagnostics:?}");
+        assert_eq!(catalog.guardrails, guardrails);
+
+        let looser = journey("  quiet_hours: \"22:00-07:00\"\n  frequency_cap: 5 per 7d\n");
+        let (catalog, diagnostics) = compile_with(&looser, &guardrails);
+        assert!(catalog.journeys.is_empty());
+        let shown: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
+        assert_eq!(shown.len(), 2, "{shown:#?}");
+        assert!(
+            shown[0].starts_with("journeys/j.yaml:4:16: error[J027]: quiet hours 22:00-07:00"),
+            "{shown:#?}"
+        );
+        assert!(
+            shown[0].contains("write a range that includes 21:00-08:00"),
+            "{shown:#?}"
+        );
+        assert!(
+            shown[1].starts_with("journeys/j.yaml:5:18: error[J027]: frequency cap `5 per 1w`"),
+            "{shown:#?}"
+        );
+        assert!(shown[1].contains("write at most 3 per 1w"), "{shown:#?}");
+
+        let (_, diagnostics) = compile(&looser);
+        assert!(
+            diagnostics.is_empty(),
+            "without workspace guardrails there is nothing to loosen"
+        );
+    }
 }

@@ -10,26 +10,6 @@ fn node_name(target: Target) -> String {
     }
 }
 
-fn describe(kind: &StepKind) -> String {
-    match kind {
-        StepKind::Wait(delay) => format!("wait {delay}"),
-        StepKind::WaitUntil { time, days } => format!("wait until {time} ({days})"),
-        StepKind::WaitFor { event, timeout, .. } => {
-            format!("wait for {} (max {timeout})", event.event)
-        }
-        StepKind::Branch { .. } => "branch".into(),
-        StepKind::Split { .. } => "split".into(),
-        StepKind::SendEmail { template } => format!("email {template}"),
-        StepKind::SendSms { template } => format!("SMS {template}"),
-        StepKind::Tag(tags) => format!("tag {}", tags.join(", ")),
-        StepKind::Untag(tags) => format!("untag {}", tags.join(", ")),
-        StepKind::Set(traits) => format!("set {}", traits.keys().cloned().collect::<Vec<_>>().join(", ")),
-        StepKind::Score(points) => format!("score {points:+}"),
-        StepKind::AssignToSales { team } => format!("assign to {team}"),
-        StepKind::Webhook(hook) => format!("{} webhook", hook.method),
-    }
-}
-
 fn escape(text: &str) -> String {
     text.replace('"', "'")
 }
@@ -44,7 +24,7 @@ pub fn mermaid(journey: &Journey) -> String {
     );
     let _ = writeln!(out, "    start --> {}", node_name(journey.entry()));
     for (index, step) in journey.steps.iter().enumerate() {
-        let label = escape(&format!("{}<br/>{}", step.id, describe(&step.kind)));
+        let label = escape(&format!("{}<br/>{}", step.id, step.kind.describe()));
         let shape = match step.kind {
             StepKind::Branch { .. } | StepKind::Split { .. } => format!("{{\"{label}\"}}"),
             _ if step.kind.waits() => format!("[/\"{label}\"/]"),
@@ -78,7 +58,7 @@ pub fn dot(journey: &Journey) -> String {
             _ if step.kind.waits() => "parallelogram",
             _ => "box",
         };
-        let label = escape(&format!("{}\\n{}", step.id, describe(&step.kind)));
+        let label = escape(&format!("{}\\n{}", step.id, step.kind.describe()));
         let _ = writeln!(out, "    s{index} [shape={shape}, label=\"{label}\"];");
     }
     let _ = writeln!(out, "    start -> {};", node_name(journey.entry()));

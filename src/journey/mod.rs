@@ -12,7 +12,7 @@ pub mod templates;
 pub mod values;
 pub mod yaml;
 
-pub use compile::{Catalog, Sources, compile};
+pub use compile::{Catalog, Sources, compile, compile_with};
 pub use diagnostic::Diagnostic;
 pub use model::*;
 pub use templates::SourceFile;

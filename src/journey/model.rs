@@ -153,6 +153,24 @@ pub struct Transition {
 }
 
 impl StepKind {
+    /// Every kind's keyword, in the order the reference lists them; `keyword` maps each
+    /// variant to one of these (a unit test checks they agree).
+    pub const KEYWORDS: [&'static str; 13] = [
+        "wait",
+        "wait_until",
+        "wait_for",
+        "branch",
+        "split",
+        "send_email",
+        "send_sms",
+        "tag",
+        "untag",
+        "set",
+        "score",
+        "assign_to_sales",
+        "webhook",
+    ];
+
     /// The word a marketer writes for this kind of step.
     pub fn keyword(&self) -> &'static str {
         match self {
@@ -178,6 +196,27 @@ impl StepKind {
             self,
             StepKind::Wait(_) | StepKind::WaitUntil { .. } | StepKind::WaitFor { .. }
         )
+    }
+
+    /// A few words for diagrams: `wait 1h`, `email whitepaper-intro`.
+    pub fn describe(&self) -> String {
+        match self {
+            StepKind::Wait(delay) => format!("wait {delay}"),
+            StepKind::WaitUntil { time, days } => format!("wait until {time} ({days})"),
+            StepKind::WaitFor { event, timeout, .. } => {
+                format!("wait for {} (max {timeout})", event.event)
+            }
+            StepKind::Branch { .. } => "branch".into(),
+            StepKind::Split { .. } => "split".into(),
+            StepKind::SendEmail { template } => format!("email {template}"),
+            StepKind::SendSms { template } => format!("SMS {template}"),
+            StepKind::Tag(tags) => format!("tag {}", tags.join(", ")),
+            StepKind::Untag(tags) => format!("untag {}", tags.join(", ")),
+            StepKind::Set(traits) => format!("set {}", traits.keys().cloned().collect::<Vec<_>>().join(", ")),
+            StepKind::Score(points) => format!("score {points:+}"),
+            StepKind::AssignToSales { team } => format!("assign to {team}"),
+            StepKind::Webhook(hook) => format!("{} webhook", hook.method),
+        }
     }
 
     /// Steps that reach the outside world, and so need an effect key.
@@ -281,5 +320,51 @@ impl fmt::Display for Trigger {
             Trigger::Stage(stage) => write!(f, "stage {stage}"),
             Trigger::Schedule { cron, .. } => write!(f, "schedule \"{}\"", cron.text),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_its_keyword_in_the_table() {
+        let delay = super::super::values::Delay::from_secs(60);
+        let event = EventMatch {
+            event: "E".into(),
+            condition: None,
+        };
+        let kinds = [
+            StepKind::Wait(delay),
+            StepKind::WaitUntil {
+                time: "09:00".parse().unwrap(),
+                days: Days::ALL,
+            },
+            StepKind::WaitFor {
+                event,
+                timeout: delay,
+                on_timeout: Target::End,
+            },
+            StepKind::Branch {
+                arms: vec![],
+                otherwise: Target::End,
+            },
+            StepKind::Split { arms: vec![] },
+            StepKind::SendEmail { template: "t".into() },
+            StepKind::SendSms { template: "t".into() },
+            StepKind::Tag(vec![]),
+            StepKind::Untag(vec![]),
+            StepKind::Set(BTreeMap::new()),
+            StepKind::Score(1),
+            StepKind::AssignToSales { team: "t".into() },
+            StepKind::Webhook(Webhook {
+                method: "POST".into(),
+                url: "https://example.com".into(),
+                headers: BTreeMap::new(),
+                body: None,
+            }),
+        ];
+        let keywords: Vec<&str> = kinds.iter().map(StepKind::keyword).collect();
+        assert_eq!(keywords, StepKind::KEYWORDS);
     }
 }

@@ -3,7 +3,9 @@
 use super::decode::{Fields, Reader, is_slug};
 use super::diagnostic::{Diagnostic, did_you_mean};
 use super::model::*;
-use super::values::{self, CRON_HINT, CronSchedule, Days, FrequencyCap, QuietHours, Stage, TIME_HINT, TimeOfDay};
+use super::values::{
+    self, CRON_HINT, CronSchedule, Days, FrequencyCap, Guardrails, QuietHours, Stage, TIME_HINT, TimeOfDay,
+};
 use super::yaml::{Node, Pos, Value};
 use crate::expr::{Place, Want};
 use sha2::{Digest, Sha256};
@@ -14,6 +16,8 @@ pub struct Refs<'a> {
     pub has_email_template: &'a dyn Fn(&str) -> bool,
     pub has_sms_template: &'a dyn Fn(&str) -> bool,
     pub sales_teams: TeamNames,
+    /// The workspace's guardrails (`nurture.toml`): a journey may tighten them, not loosen them.
+    pub guardrails: &'a Guardrails,
 }
 
 pub enum TeamNames {
@@ -37,21 +41,7 @@ const JOURNEY_KEYS: [&str; 12] = [
     "on_change",
     "migrate",
 ];
-const STEP_KINDS: [&str; 13] = [
-    "wait",
-    "wait_until",
-    "wait_for",
-    "branch",
-    "split",
-    "send_email",
-    "send_sms",
-    "tag",
-    "untag",
-    "set",
-    "score",
-    "assign_to_sales",
-    "webhook",
-];
+const STEP_KINDS: [&str; 13] = StepKind::KEYWORDS;
 const STEP_EXTRA_KEYS: [&str; 7] = ["id", "name", "description", "next", "on_timeout", "on_event", "else"];
 
 pub fn parse_journey(file: &str, text: &str, refs: &Refs<'_>, diagnostics: &mut Vec<Diagnostic>) -> Option<Journey> {
@@ -353,6 +343,17 @@ impl JourneyParser<'_, '_> {
                 self.reader
                     .parsed(node, "quiet_hours", "J024", "write a range like \"21:00-08:00\"");
             ok &= quiet.is_some();
+            if let (Some(quiet), Some(workspace)) = (&quiet, &self.refs.guardrails.quiet_hours)
+                && !quiet.covers(workspace)
+            {
+                self.reader.sink.error_hint(
+                    node.pos,
+                    "J027",
+                    format!("quiet hours {quiet} would allow messages during the workspace's quiet hours {workspace} (nurture.toml)"),
+                    format!("a journey may only widen the quiet hours: write a range that includes {workspace}, or leave `quiet_hours` out"),
+                );
+                ok = false;
+            }
             settings.quiet_hours = quiet;
         }
         if let Some(node) = fields.get("frequency_cap") {
@@ -360,6 +361,22 @@ impl JourneyParser<'_, '_> {
                 self.reader
                     .parsed(node, "frequency_cap", "J024", "write it like `3 per 7d`");
             ok &= cap.is_some();
+            if let (Some(cap), Some(workspace)) = (&cap, &self.refs.guardrails.frequency_cap)
+                && cap.loosens(workspace)
+            {
+                self.reader.sink.error_hint(
+                    node.pos,
+                    "J027",
+                    format!(
+                        "frequency cap `{cap}` allows more messages than the workspace's `{workspace}` (nurture.toml)"
+                    ),
+                    format!(
+                        "a journey may only tighten the cap: write at most {} per {}, or leave `frequency_cap` out",
+                        workspace.messages, workspace.window
+                    ),
+                );
+                ok = false;
+            }
             settings.frequency_cap = cap;
         }
         if let Some(node) = fields.get("tracking") {

@@ -306,6 +306,12 @@ impl Templates {
         self.sms.get(name).is_some_and(|v| v.contains_key(""))
     }
 
+    /// The class of the email a contact with this language would get: whether consent applies.
+    pub fn email_class(&self, name: &str, language: Option<&str>) -> Option<MailClass> {
+        let variants = self.emails.get(name)?;
+        variants.get(&pick_language(variants.keys(), language)).map(|v| v.class)
+    }
+
     /// Renders an email in the contact's language, falling back to the default one.
     pub fn render_email(&self, name: &str, language: Option<&str>, data: &Json) -> Result<RenderedEmail, RenderError> {
         let variants = self.emails.get(name).ok_or_else(|| RenderError::Missing {

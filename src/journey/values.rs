@@ -201,14 +201,7 @@ impl FromStr for QuietHours {
 impl QuietHours {
     /// When a message due at `at` may go out: `at` itself, or the end of the quiet hours.
     pub fn release_time(&self, at: DateTime<Utc>, zone: Tz) -> DateTime<Utc> {
-        let local = at.with_timezone(&zone).time();
-        let (start, end) = (self.start.0, self.end.0);
-        let quiet = if start < end {
-            local >= start && local < end
-        } else {
-            local >= start || local < end
-        };
-        if quiet {
+        if self.contains(at.with_timezone(&zone).time()) {
             next_time_of_day(at, zone, self.end, Days::ALL)
         } else {
             at
@@ -248,6 +241,54 @@ impl FromStr for FrequencyCap {
             window: window.parse()?,
         })
     }
+}
+
+impl QuietHours {
+    /// Whether a local time falls inside the range (which may wrap midnight).
+    pub fn contains(&self, local: NaiveTime) -> bool {
+        let (start, end) = (self.start.0, self.end.0);
+        if start < end {
+            local >= start && local < end
+        } else {
+            local >= start || local < end
+        }
+    }
+
+    /// Whether every quiet minute of `other` is quiet here too: a journey may widen the
+    /// workspace's quiet hours, never narrow them.
+    pub fn covers(&self, other: &QuietHours) -> bool {
+        (0..24 * 60).all(|minute| {
+            let time = NaiveTime::from_num_seconds_from_midnight_opt(minute * 60, 0).unwrap_or_default();
+            !other.contains(time) || self.contains(time)
+        })
+    }
+}
+
+impl FrequencyCap {
+    /// The most messages this cap lets through in any stretch of `window`.
+    fn most_within(&self, window: Delay) -> u64 {
+        u64::from(self.messages) * window.seconds.div_ceil(self.window.seconds.max(1)).max(1)
+    }
+
+    /// Whether a journey's cap promises more than the workspace's allows: more messages within
+    /// the journey's own window than the workspace cap lets through in that window.
+    pub fn loosens(&self, workspace: &FrequencyCap) -> bool {
+        u64::from(self.messages) > workspace.most_within(self.window)
+    }
+}
+
+impl fmt::Display for FrequencyCap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} per {}", self.messages, self.window)
+    }
+}
+
+/// Limits on messages that hold for every journey of the workspace (`[guardrails]` in
+/// `nurture.toml`). A journey's own `settings` may tighten them, never loosen them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Guardrails {
+    pub quiet_hours: Option<QuietHours>,
+    pub frequency_cap: Option<FrequencyCap>,
 }
 
 /// A standard 5-field cron expression (minute hour day-of-month month day-of-week).
@@ -476,6 +517,34 @@ mod tests {
             Some(Utc.with_ymd_and_hms(2026, 1, 3, 9, 0, 0).unwrap())
         );
         assert!("0 9 * *".parse::<CronSchedule>().is_err());
+    }
+
+    #[test]
+    fn a_journey_may_widen_quiet_hours_but_not_narrow_them() {
+        let workspace: QuietHours = "21:00-08:00".parse().unwrap();
+        assert!("20:00-09:00".parse::<QuietHours>().unwrap().covers(&workspace));
+        assert!(workspace.covers(&workspace));
+        assert!(!"22:00-08:00".parse::<QuietHours>().unwrap().covers(&workspace));
+        assert!(!"09:00-17:00".parse::<QuietHours>().unwrap().covers(&workspace));
+    }
+
+    #[test]
+    fn a_journey_cap_loosens_when_it_promises_more_than_the_workspace_allows() {
+        let workspace: FrequencyCap = "3 per 7d".parse().unwrap();
+        let cap = |text: &str| text.parse::<FrequencyCap>().unwrap();
+        assert!(!cap("3 per 7d").loosens(&workspace));
+        assert!(!cap("2 per 7d").loosens(&workspace));
+        assert!(
+            !cap("1 per 1d").loosens(&workspace),
+            "one a day is tighter within a day"
+        );
+        assert!(!cap("3 per 14d").loosens(&workspace));
+        assert!(cap("4 per 7d").loosens(&workspace));
+        assert!(cap("10 per 1d").loosens(&workspace));
+        assert!(
+            cap("7 per 14d").loosens(&workspace),
+            "the workspace lets 6 through in 14 days"
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! timeout and an event changes nothing.
 
 use super::{Error, Result, Tx, from_ms, ms};
-use crate::engine::transition::{Advance, Effect, Enrollment, Outcome, Park, Position, Status};
+use crate::engine::transition::{Advance, Effect, Enrollment, Park, Position, Status, start_position};
 use crate::expr::EventFacts;
 use crate::journey::model::{Journey, StepKind};
 use chrono::{DateTime, Utc};
@@ -285,15 +285,7 @@ pub async fn insert_many(
     now: DateTime<Utc>,
 ) -> Result<Vec<Option<Enrollment>>> {
     let mut created: std::collections::HashMap<(i64, String, String), i64> = std::collections::HashMap::new();
-    let positions: Vec<Position> = rows
-        .iter()
-        .map(|r| match r.journey.entry() {
-            crate::journey::model::Target::Step(step) => Position::Entering { step },
-            crate::journey::model::Target::End => Position::Finished {
-                outcome: Outcome::Completed,
-            },
-        })
-        .collect();
+    let positions: Vec<Position> = rows.iter().map(|r| start_position(r.journey)).collect();
     let indexed: Vec<(usize, &NewEnrollment<'_>)> = rows.iter().enumerate().collect();
     for chunk in indexed.chunks(super::rows_per_statement(12)) {
         let sql = format!(
@@ -356,12 +348,7 @@ pub async fn insert(
     trigger: Option<&EventFacts>,
     now: DateTime<Utc>,
 ) -> Result<Option<Enrollment>> {
-    let position = match journey.entry() {
-        crate::journey::model::Target::Step(step) => Position::Entering { step },
-        crate::journey::model::Target::End => Position::Finished {
-            outcome: Outcome::Completed,
-        },
-    };
+    let position = start_position(journey);
     let trigger_json = trigger.map(|t| serde_json::to_string(t).unwrap_or_default());
     let row = sqlx::query(
         "INSERT INTO enrollments (contact_id, journey_id, version, enrollment_key, status, position, step, seq, due_at, trigger_event, entered_at, updated_at)

@@ -5,6 +5,7 @@ pub mod contacts;
 pub mod effects;
 pub mod email;
 pub mod enrollments;
+pub mod guardrails;
 pub mod identities;
 mod nodelay;
 pub mod scores;

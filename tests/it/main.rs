@@ -6,6 +6,7 @@ mod cli;
 mod durability;
 mod email;
 mod engine;
+mod guardrails;
 mod import;
 mod ingest_holes;
 mod language;
