@@ -16,6 +16,7 @@ pub mod engine;
 pub mod events;
 pub mod expr;
 pub mod journey;
+mod nodelay;
 pub mod project;
 pub mod queue;
 pub mod scoring;

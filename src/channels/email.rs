@@ -62,7 +62,11 @@ impl Mailer {
     pub async fn send(&self, outgoing: Outgoing<'_>) -> Result<String, Error> {
         let message = build(&outgoing)?;
         match self {
-            Mailer::Smtp(transport) => match transport.send(message).await {
+            Mailer::Smtp(transport) => match transport
+                .send(message)
+                .await
+                .inspect(|_| crate::nodelay::now_and_then())
+            {
                 Ok(response) => Ok(format!("smtp {}", response.code())),
                 Err(error) if error.is_permanent() => {
                     Err(Error::Permanent(format!("SMTP refused the message: {error}")))

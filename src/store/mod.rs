@@ -7,7 +7,6 @@ pub mod email;
 pub mod enrollments;
 pub mod guardrails;
 pub mod identities;
-mod nodelay;
 pub mod scores;
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -64,7 +63,7 @@ impl Store {
                         connection.execute("PRAGMA foreign_keys = ON").await?;
                         connection.execute("PRAGMA synchronous = NORMAL").await?;
                     } else {
-                        nodelay::disable_nagle_on_open_sockets();
+                        crate::nodelay::disable_nagle_on_open_sockets();
                     }
                     Ok(())
                 })

@@ -454,8 +454,20 @@ async fn unsubscribing_stops_marketing_mail_and_keeps_receipts(mode: Mode) {
     clock.advance(chrono::Duration::days(1));
     env.engine.reconcile().await.unwrap();
     env.engine.track(bo, event("Promo Eligible", json!({}))).await.unwrap();
-    let promo = effect_done(&env, bo, "promo").await;
-    assert!(promo.starts_with("suppressed: the contact opted out"), "{promo}");
+    // Decided in the move (`advance`): no effect is recorded, the history says why.
+    let promo = eventually("the promo email suppressed", WAIT, || async {
+        let row = sqlx::query(
+            "SELECT h.detail FROM step_history h JOIN enrollments e ON e.id = h.enrollment_id
+             WHERE e.contact_id = $1 AND h.journey_id = 'promo' AND h.outcome = 'suppressed'",
+        )
+        .bind(bo)
+        .fetch_optional(&env.engine.store.pool)
+        .await
+        .unwrap()?;
+        Some(row.get::<String, _>(0))
+    })
+    .await;
+    assert_eq!(promo, "the contact opted out of marketing email");
     env.engine.track(bo, event("Order Completed", json!({}))).await.unwrap();
     let all = mails(&sink, 2).await;
     assert_eq!(all.len(), 2, "only the first issue and the receipt");

@@ -1,14 +1,20 @@
 //! sqlx 0.9.0 opens PostgreSQL TCP connections without `TCP_NODELAY` (a regression: sqlx issue
-//! #4335, fixed upstream after 0.9.0 and not released yet). With Nagle's algorithm on, a
+//! #4335, fixed upstream after 0.9.0 and not released yet), and lettre 0.11 never sets it on SMTP
+//! connections. With Nagle's algorithm on, a
 //! statement whose message spans more than one TCP segment waits for the server's delayed ACK:
 //! about 40 ms on Linux, for every multi-row statement of a batch (on loopback, anything over
 //! 64 KB; over a real network, anything over ~1.4 KB). That stall, not PostgreSQL, was most of
 //! a step batch's time.
 //!
-//! sqlx gives no access to its socket, so right after it connects we set `TCP_NODELAY` on every
-//! TCP socket this process has open (found in `/proc/self/fd`). Turning Nagle off is what
+//! (For SMTP the stall is per message: lettre writes the body and the final dot separately.)
+//!
+//! Neither gives access to its socket, so right after sqlx connects, and shortly after SMTP
+//! sends, we set `TCP_NODELAY` on every TCP socket this process has open (found in
+//! `/proc/self/fd`). Turning Nagle off is what
 //! libpq, the `redis` crate and hyper do anyway, so sockets that already had it lose nothing.
-//! Remove this when sqlx sets the option itself.
+//! Remove this when both set the option themselves.
+
+use std::sync::atomic::{AtomicI64, Ordering};
 
 /// Sets `TCP_NODELAY` on every open TCP socket of this process. Non-TCP descriptors refuse
 /// the option, which is ignored. Linux only; elsewhere it does nothing.
@@ -40,5 +46,24 @@ pub fn disable_nagle_on_open_sockets() {
                 );
             }
         }
+    }
+}
+
+/// `disable_nagle_on_open_sockets` at most every 100 ms: for connections opened inside a
+/// library's pool (lettre's), called after each use. A pooled connection stalls on its first
+/// messages at most.
+pub fn now_and_then() {
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let last = LAST.load(Ordering::Relaxed);
+    if now - last >= 100
+        && LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        disable_nagle_on_open_sockets();
     }
 }
