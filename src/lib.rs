@@ -8,6 +8,7 @@
 //! - [`cli`]: the `nurture` command.
 
 pub mod api;
+pub mod addresses;
 pub mod app;
 pub mod channels;
 pub mod cli;

@@ -1,11 +1,12 @@
 //! The HTTP API (axum): Segment-compatible ingestion at the host root, the contact 360 view,
-//! erasure, the failed-enrollment list, and `/openapi.json`.
+//! erasure, the failed-enrollment list, SMS delivery reports and replies, and `/openapi.json`.
 
 mod auth;
 mod contacts;
 mod error;
 mod ingest;
 mod openapi;
+mod sms;
 
 pub use auth::Keys;
 pub use error::ApiError;
@@ -58,6 +59,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/contacts/{id}/score", get(contacts::score))
         .route("/v1/enrollments/failed", get(contacts::failed))
         .route("/v1/enrollments/{id}/retry", post(contacts::retry))
+        .route("/v1/sms/twilio/status", post(sms::twilio_status))
+        .route("/v1/sms/twilio/inbound", post(sms::twilio_inbound))
+        .route("/v1/sms/inbound", post(sms::inbound))
         .route("/openapi.json", get(openapi::document))
         .route("/health", get(|| async { "ok" }))
         // Bodies are measured again after gunzip; this only bounds what we read off the wire.

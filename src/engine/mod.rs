@@ -10,6 +10,7 @@ pub mod clock;
 pub mod contact;
 pub mod ingest;
 pub mod message;
+pub mod outbound;
 pub mod plan;
 pub mod reactions;
 pub mod runner;

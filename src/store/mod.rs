@@ -6,6 +6,7 @@ pub mod effects;
 pub mod enrollments;
 pub mod identities;
 pub mod scores;
+pub mod sms;
 
 use chrono::{DateTime, TimeZone, Utc};
 use sqlx::any::{AnyPoolOptions, AnyRow};
