@@ -63,7 +63,9 @@ impl Network {
             _ => ip,
         };
         match (self.address, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => same_prefix(u32::from(net).into(), u32::from(ip).into(), 32, self.prefix),
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                same_prefix(u32::from(net).into(), u32::from(ip).into(), 32, self.prefix)
+            }
             (IpAddr::V6(net), IpAddr::V6(ip)) => same_prefix(u128::from(net), u128::from(ip), 128, self.prefix),
             _ => false,
         }
@@ -143,11 +145,20 @@ mod tests {
             ("fe80::1", "a link-local address"),
             ("::ffff:10.0.0.1", "a private address"),
             ("::ffff:127.0.0.1", "a loopback address"),
-            ("64:ff9b::a9fe:a9fe", "a link-local address (cloud metadata lives there)"),
+            (
+                "64:ff9b::a9fe:a9fe",
+                "a link-local address (cloud metadata lives there)",
+            ),
         ] {
             assert_eq!(special_range(ip(address)), Some(why), "{address}");
         }
-        for public in ["8.8.8.8", "172.32.0.1", "100.128.0.1", "2001:4860:4860::8888", "::ffff:1.1.1.1"] {
+        for public in [
+            "8.8.8.8",
+            "172.32.0.1",
+            "100.128.0.1",
+            "2001:4860:4860::8888",
+            "::ffff:1.1.1.1",
+        ] {
             assert_eq!(special_range(ip(public)), None, "{public}");
         }
     }

@@ -7,8 +7,8 @@
 //! - [`engine`]: the enrollment state machine (`transition`), the clock and the simulator.
 //! - [`cli`]: the `nurture` command.
 
-pub mod api;
 pub mod addresses;
+pub mod api;
 pub mod app;
 pub mod channels;
 pub mod cli;

@@ -13,7 +13,11 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 /// `POST /v1/sms/twilio/status`: Twilio's `StatusCallback`.
-pub async fn twilio_status(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<StatusCode, ApiError> {
+pub async fn twilio_status(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
     let fields = signed_twilio_form(&state, &headers, &body, TWILIO_STATUS_PATH)?;
     let message_id = field(&fields, "MessageSid")
         .or_else(|| field(&fields, "SmsSid"))
@@ -30,7 +34,11 @@ pub async fn twilio_status(State(state): State<AppState>, headers: HeaderMap, bo
 
 /// `POST /v1/sms/twilio/inbound`: Twilio's incoming-message webhook. Answers empty TwiML, so
 /// Twilio sends no reply of ours (it answers STOP itself).
-pub async fn twilio_inbound(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+pub async fn twilio_inbound(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let fields = signed_twilio_form(&state, &headers, &body, TWILIO_INBOUND_PATH)?;
     let from = field(&fields, "From").ok_or_else(|| ApiError::bad_request("invalid_callback", "From", "no sender"))?;
     let text = field(&fields, "Body").unwrap_or_default();
@@ -66,7 +74,12 @@ pub async fn inbound(
     let fields: Vec<(String, String)> = match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Object(object)) => object
             .into_iter()
-            .map(|(name, value)| (name, value.as_str().map(str::to_string).unwrap_or_else(|| value.to_string())))
+            .map(|(name, value)| {
+                (
+                    name,
+                    value.as_str().map(str::to_string).unwrap_or_else(|| value.to_string()),
+                )
+            })
             .collect(),
         _ => url::form_urlencoded::parse(&body).into_owned().collect(),
     };

@@ -31,8 +31,11 @@ pub struct Client {
     /// `None`: the destination comes from `nurture.toml` and is trusted (an SMS gateway may
     /// well sit on the internal network).
     policy: Option<Policy>,
-    idle: Mutex<HashMap<String, Vec<(SendRequest<Full<Bytes>>, Instant)>>>,
+    idle: Mutex<HashMap<String, Vec<Idle>>>,
 }
+
+/// A kept-alive connection and since when it has waited.
+type Idle = (SendRequest<Full<Bytes>>, Instant);
 
 pub struct Request<'a> {
     pub method: &'a str,
@@ -279,7 +282,10 @@ fn build(target: &Target, request: &Request<'_>) -> Result<hyper::Request<Full<B
         .method(request.method)
         .uri(target.path.as_str())
         .header(hyper::header::HOST, target.authority.as_str())
-        .header(hyper::header::USER_AGENT, concat!("nurture/", env!("CARGO_PKG_VERSION")));
+        .header(
+            hyper::header::USER_AGENT,
+            concat!("nurture/", env!("CARGO_PKG_VERSION")),
+        );
     for (name, value) in &request.headers {
         builder = builder.header(name.as_str(), value.as_str());
     }
@@ -310,7 +316,10 @@ mod tests {
 
     #[test]
     fn statuses_are_judged_for_retry() {
-        let reply = |status| Reply { status, body: b"nope".to_vec() };
+        let reply = |status| Reply {
+            status,
+            body: b"nope".to_vec(),
+        };
         assert!(reply(204).judge("x").is_ok());
         for status in [408, 429, 500, 503] {
             assert!(reply(status).judge("x").unwrap_err().is_transient(), "{status}");

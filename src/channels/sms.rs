@@ -202,7 +202,10 @@ impl Gateway {
             .render_json(&config.body, &data)
             .map_err(|e| Error::Permanent(format!("the [sms.webhook] body failed to render: {e}")))?;
         let mut headers: Vec<(String, String)> = config.headers.clone().into_iter().collect();
-        if !headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("content-type")) {
+        if !headers
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+        {
             headers.push(("Content-Type".into(), "application/json".into()));
         }
         let reply = self
@@ -245,7 +248,9 @@ impl Gateway {
 fn same_value(found: Option<&Json>, wanted: &Json) -> bool {
     match (found, wanted) {
         (Some(found), wanted) if found == wanted => true,
-        (Some(Json::String(text)), other) | (Some(other), Json::String(text)) => *text == other.to_string(),
+        (Some(Json::String(text)), Json::Number(number)) | (Some(Json::Number(number)), Json::String(text)) => {
+            text.parse::<f64>().ok() == number.as_f64()
+        }
         _ => false,
     }
 }
@@ -337,9 +342,24 @@ mod tests {
         .collect();
         let url = "https://mycompany.com/myapp.php?foo=1&bar=2";
         assert_eq!(twilio_signature("12345", url, &fields), "RSOYDt4T1cUTdK1PDd93/VVr8B8=");
-        assert!(twilio_signature_matches("12345", url, &fields, "RSOYDt4T1cUTdK1PDd93/VVr8B8="));
-        assert!(!twilio_signature_matches("12346", url, &fields, "RSOYDt4T1cUTdK1PDd93/VVr8B8="));
-        assert!(!twilio_signature_matches("12345", url, &fields, "RSOYDt4T1cUTdK1PDd93/VVr8B8"));
+        assert!(twilio_signature_matches(
+            "12345",
+            url,
+            &fields,
+            "RSOYDt4T1cUTdK1PDd93/VVr8B8="
+        ));
+        assert!(!twilio_signature_matches(
+            "12346",
+            url,
+            &fields,
+            "RSOYDt4T1cUTdK1PDd93/VVr8B8="
+        ));
+        assert!(!twilio_signature_matches(
+            "12345",
+            url,
+            &fields,
+            "RSOYDt4T1cUTdK1PDd93/VVr8B8"
+        ));
     }
 
     #[test]

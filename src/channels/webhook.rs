@@ -44,7 +44,9 @@ pub async fn deliver(client: &Client, templates: &Templates, data: &Json, call: 
             method: call.method,
             url: &url,
             headers,
-            body: body.map(|b| serde_json::to_vec(&b).unwrap_or_default()).unwrap_or_default(),
+            body: body
+                .map(|b| serde_json::to_vec(&b).unwrap_or_default())
+                .unwrap_or_default(),
         })
         .await?;
     reply.judge("the webhook")?;

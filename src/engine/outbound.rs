@@ -6,9 +6,9 @@ use super::contact::Contact;
 use super::runner::{Engine, Error, Result};
 use crate::channels::sms::{self, Handed};
 use crate::channels::{self, webhook};
+use crate::journey::Catalog;
 use crate::journey::model::{Journey, StepKind};
 use crate::journey::templates::RenderedSms;
-use crate::journey::Catalog;
 use crate::store::{self, sms as sms_store};
 use chrono::{DateTime, Utc};
 use tracing::warn;
@@ -127,9 +127,23 @@ impl Engine {
     }
 
     /// A provider's delivery report on one message; only moves its state forward.
-    pub async fn sms_status(&self, provider: &str, message_id: &str, status: &str, error_code: Option<&str>) -> Result<bool> {
+    pub async fn sms_status(
+        &self,
+        provider: &str,
+        message_id: &str,
+        status: &str,
+        error_code: Option<&str>,
+    ) -> Result<bool> {
         let mut connection = self.store.pool.acquire().await?;
-        Ok(sms_store::record_status(&mut connection, provider, message_id, status, error_code, self.clock.now()).await?)
+        Ok(sms_store::record_status(
+            &mut connection,
+            provider,
+            message_id,
+            status,
+            error_code,
+            self.clock.now(),
+        )
+        .await?)
     }
 
     /// Performs a `webhook` effect.
@@ -152,7 +166,12 @@ impl Engine {
                 .steps
                 .iter()
                 .find(|step| matches!(step.kind, StepKind::SendSms { .. }))
-                .map(|step| format!("{}:{}:{}: step `{}`", journey.file, step.pos.line, step.pos.col, step.id))
+                .map(|step| {
+                    format!(
+                        "{}:{}:{}: step `{}`",
+                        journey.file, step.pos.line, step.pos.col, step.id
+                    )
+                })
         });
         match sends_sms {
             None => Ok(()),

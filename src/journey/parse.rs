@@ -1032,7 +1032,9 @@ impl JourneyParser<'_, '_> {
                 self.reader.sink.file,
                 pos,
                 "J072",
-                format!("the webhook url points at {address}, {why}: such calls are refused unless nurture.toml allows it"),
+                format!(
+                    "the webhook url points at {address}, {why}: such calls are refused unless nurture.toml allows it"
+                ),
             );
             self.reader.sink.push(warning.with_hint(format!(
                 "use the receiver's public address, or add \"{address}\" to `allow_networks` under [webhooks] in nurture.toml"

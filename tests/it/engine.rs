@@ -148,7 +148,10 @@ async fn whitepaper_story(mode: Mode) {
     // Bo never clicks: after three days the branch sends manufacturing leads an SMS.
     advance_clock(&env, &clock, chrono::Duration::days(3)).await;
     at(&env, bo, "whitepaper-nurture", "completed", None).await;
-    eventually("Bo's reminder SMS", WAIT, || async { (sms_of(&env, bo).await.len() == 1).then_some(()) }).await;
+    eventually("Bo's reminder SMS", WAIT, || async {
+        (sms_of(&env, bo).await.len() == 1).then_some(())
+    })
+    .await;
     // The outbox is the embedded mode's SMS channel only; production sends to the provider.
     let outbox = if mode == Mode::Embedded { 1 } else { 0 };
     assert_eq!(count_files(&env.config.outbox.join("sms")), outbox);
@@ -454,7 +457,10 @@ async fn sql_handoff_reassigns_and_alerts_the_managers(mode: Mode) {
         .unwrap();
     at(&env, accepted, "sql-handoff", "completed", None).await;
     advance_clock(&env, &clock, chrono::Duration::hours(4)).await;
-    eventually("the first alert, answered 503", WAIT, || async { (robot.count() == 1).then_some(()) }).await;
+    eventually("the first alert, answered 503", WAIT, || async {
+        (robot.count() == 1).then_some(())
+    })
+    .await;
     // The 503 is transient: the call goes again after the backoff, not to the failed list.
     advance_clock(&env, &clock, chrono::Duration::minutes(1)).await;
     at(&env, ignored, "sql-handoff", "waiting", Some("await-regional-accept")).await;
@@ -477,7 +483,12 @@ async fn sql_handoff_reassigns_and_alerts_the_managers(mode: Mode) {
     advance_clock(&env, &clock, chrono::Duration::days(1)).await;
     at(&env, ignored, "sql-handoff", "completed", None).await;
     assert_eq!(
-        scalar(&env, "SELECT COUNT(*) FROM contact_tags WHERE contact_id = $1 AND tag = 'sql-unaccepted'", ignored).await,
+        scalar(
+            &env,
+            "SELECT COUNT(*) FROM contact_tags WHERE contact_id = $1 AND tag = 'sql-unaccepted'",
+            ignored
+        )
+        .await,
         1
     );
     assert_eq!(robot.count(), 2, "the accepted lead never reached the alert");

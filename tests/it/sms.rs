@@ -96,14 +96,21 @@ async fn twilio_sends_and_status_callbacks_only_move_forward(mode: Mode) {
     let request = &requests[0];
     assert_eq!(request.method, "POST");
     assert_eq!(request.path, "/2010-04-01/Accounts/ACtest/Messages.json");
-    assert_eq!(request.header("authorization"), Some("Basic QUN0ZXN0OnRlc3QtdG9rZW4="), "ACtest:test-token");
+    assert_eq!(
+        request.header("authorization"),
+        Some("Basic QUN0ZXN0OnRlc3QtdG9rZW4="),
+        "ACtest:test-token"
+    );
     assert_eq!(request.form_field("To").as_deref(), Some(PHONE));
     assert_eq!(request.form_field("From").as_deref(), Some("+15005550006"));
     assert!(request.form_field("Body").unwrap().starts_with("【艾克美】您好"));
     let callback = "https://nurture.example.com/v1/sms/twilio/status";
     assert_eq!(request.form_field("StatusCallback").as_deref(), Some(callback));
     // A Chinese message of 70+ characters is two UCS-2 segments, and costs two.
-    assert_eq!((sent.provider.as_str(), sent.segments, sent.encoding.as_str()), ("twilio", 2, "UCS-2"));
+    assert_eq!(
+        (sent.provider.as_str(), sent.segments, sent.encoding.as_str()),
+        ("twilio", 2, "UCS-2")
+    );
     assert_eq!((sent.cost, sent.currency.as_deref()), (Some(0.1), Some("CNY")));
     assert_eq!(sent.status.as_deref(), Some("queued"));
     let sid = sent.message_id.clone();
@@ -113,12 +120,20 @@ async fn twilio_sends_and_status_callbacks_only_move_forward(mode: Mode) {
     // Delivered arrives before sent: the later, lower state does not win.
     let path = "/v1/sms/twilio/status";
     for status in ["delivered", "sent"] {
-        let fields = [("MessageSid", sid.as_str()), ("MessageStatus", status), ("AccountSid", "ACtest")];
+        let fields = [
+            ("MessageSid", sid.as_str()),
+            ("MessageStatus", status),
+            ("AccountSid", "ACtest"),
+        ];
         assert_eq!(post_signed(&api, path, callback, &fields, "test-token").await, 204);
     }
     assert_eq!(sms_of(&env, ada).await[0].status.as_deref(), Some("delivered"));
     // A forged report (wrong token) changes nothing.
-    let forged = [("MessageSid", sid.as_str()), ("MessageStatus", "undelivered"), ("ErrorCode", "30003")];
+    let forged = [
+        ("MessageSid", sid.as_str()),
+        ("MessageStatus", "undelivered"),
+        ("ErrorCode", "30003"),
+    ];
     assert_eq!(post_signed(&api, path, callback, &forged, "guessed").await, 401);
     assert_eq!(sms_of(&env, ada).await[0].status.as_deref(), Some("delivered"));
     let missing = [("MessageStatus", "read")];
@@ -149,8 +164,16 @@ async fn replies_stop_and_start_set_the_sms_consent(mode: Mode) {
     let inbound = "https://nurture.example.com/v1/sms/twilio/inbound";
 
     // 退订 through Twilio: the next sign-up SMS is suppressed, and nothing reaches Twilio.
-    let reply = [("From", PHONE), ("To", "+15005550006"), ("Body", "退订"), ("MessageSid", "SMin1")];
-    assert_eq!(post_signed(&api, "/v1/sms/twilio/inbound", inbound, &reply, "test-token").await, 200);
+    let reply = [
+        ("From", PHONE),
+        ("To", "+15005550006"),
+        ("Body", "退订"),
+        ("MessageSid", "SMin1"),
+    ];
+    assert_eq!(
+        post_signed(&api, "/v1/sms/twilio/inbound", inbound, &reply, "test-token").await,
+        200
+    );
     sign_up(&env, wang).await;
     sign_up(&env, other).await;
     eventually("both sign-up SMS handled", WAIT, || async {
@@ -162,22 +185,55 @@ async fn replies_stop_and_start_set_the_sms_consent(mode: Mode) {
 
     // START gives the consent back; then a gateway forwards TD (national number, JSON).
     let reply = [("From", PHONE), ("Body", "START")];
-    assert_eq!(post_signed(&api, "/v1/sms/twilio/inbound", inbound, &reply, "test-token").await, 200);
+    assert_eq!(
+        post_signed(&api, "/v1/sms/twilio/inbound", inbound, &reply, "test-token").await,
+        200
+    );
     sign_up(&env, wang).await;
-    eventually("the SMS after START", WAIT, || async { (sms_of(&env, wang).await.len() == 1).then_some(()) }).await;
+    eventually("the SMS after START", WAIT, || async {
+        (sms_of(&env, wang).await.len() == 1).then_some(())
+    })
+    .await;
     let td = json!({"mobile": "13800138000", "content": "TD"}).to_string();
-    let answer = http(&api, "POST", "/v1/sms/inbound?secret=gateway-secret", &[], td.as_bytes()).await;
+    let answer = http(
+        &api,
+        "POST",
+        "/v1/sms/inbound?secret=gateway-secret",
+        &[],
+        td.as_bytes(),
+    )
+    .await;
     assert_eq!(answer.status, 200);
-    assert_eq!(answer.json(), json!({"success": true, "action": "opted_out", "contacts": 1}));
+    assert_eq!(
+        answer.json(),
+        json!({"success": true, "action": "opted_out", "contacts": 1})
+    );
     let contact = env.engine.contact(wang).await.unwrap().unwrap();
     assert!(!contact.allows("sms"));
     // A wrong secret is refused, and a reply without a sender says which field is missing.
     let wrong = http(&api, "POST", "/v1/sms/inbound?secret=guess", &[], td.as_bytes()).await;
     assert_eq!(wrong.status, 401);
-    let empty = http(&api, "POST", "/v1/sms/inbound?secret=gateway-secret", &[], b"{\"body\": \"TD\"}").await;
-    assert_eq!((empty.status, empty.json()["error"]["field"].clone()), (400, json!("from")));
+    let empty = http(
+        &api,
+        "POST",
+        "/v1/sms/inbound?secret=gateway-secret",
+        &[],
+        b"{\"body\": \"TD\"}",
+    )
+    .await;
+    assert_eq!(
+        (empty.status, empty.json()["error"]["field"].clone()),
+        (400, json!("from"))
+    );
     // An unsigned Twilio reply is refused.
-    let unsigned = http(&api, "POST", "/v1/sms/twilio/inbound", &[], b"From=%2B8613900139000&Body=STOP").await;
+    let unsigned = http(
+        &api,
+        "POST",
+        "/v1/sms/twilio/inbound",
+        &[],
+        b"From=%2B8613900139000&Body=STOP",
+    )
+    .await;
     assert_eq!(unsigned.status, 401);
     assert!(env.engine.contact(other).await.unwrap().unwrap().allows("sms"));
     env.stop().await;
@@ -236,7 +292,10 @@ async fn a_json_gateway_gets_its_template_and_a_refusal_is_final(mode: Mode) {
         failed.into_iter().find_map(|f| f.error)
     })
     .await;
-    assert!(error.contains("refused the message") && error.contains("1001"), "{error}");
+    assert!(
+        error.contains("refused the message") && error.contains("1001"),
+        "{error}"
+    );
     assert_eq!(gateway.count(), 2);
     assert!(sms_of(&env, second).await.is_empty());
     env.stop().await;

@@ -2,7 +2,9 @@
 //! 4xx answers as final, the refusal of internal addresses (SSRF), and `validate`'s warnings.
 //! `sql-handoff.yaml`'s alert runs end to end in `engine.rs`.
 
-use crate::support::{Answer, HttpFake, Mode, TestEnv, eventually, nurture, scratch_dir, stderr, test_config, virtual_clock};
+use crate::support::{
+    Answer, HttpFake, Mode, TestEnv, eventually, nurture, scratch_dir, stderr, test_config, virtual_clock,
+};
 use nurture::engine::VirtualClock;
 use nurture::expr::EventFacts;
 use nurture::store::contacts::NewContact;
@@ -29,7 +31,11 @@ fn project(hooks: &[(&str, &str, &str)]) -> PathBuf {
     dir
 }
 
-async fn start(mode: Mode, project: &Path, configure: impl FnOnce(&mut nurture::config::Config)) -> (TestEnv, VirtualClock) {
+async fn start(
+    mode: Mode,
+    project: &Path,
+    configure: impl FnOnce(&mut nurture::config::Config),
+) -> (TestEnv, VirtualClock) {
     let mut config = test_config(mode, &project.join("journeys")).await;
     config.reconcile_grace = Duration::ZERO;
     config.webhooks.timeout = Duration::from_millis(500);
@@ -111,12 +117,21 @@ async fn timeouts_408_and_429_are_retried_and_other_4xx_are_final(mode: Mode) {
     let calls = target.requests();
     assert_eq!(calls.len(), 4, "429, 408, a timeout, then 200");
     assert!(calls.iter().all(|c| c.json() == json!({"email": "ada@example.com"})));
-    let keys: Vec<_> = calls.iter().map(|c| c.header("idempotency-key").unwrap().to_string()).collect();
-    assert!(keys.iter().all(|k| *k == keys[0]), "one key for every attempt: {keys:?}");
+    let keys: Vec<_> = calls
+        .iter()
+        .map(|c| c.header("idempotency-key").unwrap().to_string())
+        .collect();
+    assert!(
+        keys.iter().all(|k| *k == keys[0]),
+        "one key for every attempt: {keys:?}"
+    );
 
     let bo = enroll(&env, "bo@example.com", "Churned").await;
     let error = settles(&env, &clock, bo, "failed").await.unwrap_or_default();
-    assert!(error.contains("answered 404") && error.contains("no such hook"), "{error}");
+    assert!(
+        error.contains("answered 404") && error.contains("no such hook"),
+        "{error}"
+    );
     assert_eq!(target.count(), 5, "a 404 is not tried again");
     env.stop().await;
 }
@@ -177,7 +192,10 @@ fn validate_warns_about_plain_http_and_internal_webhook_addresses() {
     let text = stderr(&output);
     assert_eq!(output.status.code(), Some(0), "warnings do not fail validate: {text}");
     assert!(text.contains("intranet.yaml:7:12: warning[J071]"), "{text}");
-    assert!(text.contains("warning[J072]: the webhook url points at 10.0.0.5, a private address"), "{text}");
+    assert!(
+        text.contains("warning[J072]: the webhook url points at 10.0.0.5, a private address"),
+        "{text}"
+    );
     assert!(text.contains("allow_networks"), "{text}");
     assert!(!text.contains("public.yaml"), "{text}");
 }
