@@ -349,3 +349,57 @@ impl Config {
         self.database_url.is_none()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sms_and_webhook_sections_read_from_the_file_and_the_environment() {
+        let mut config: Config = toml::from_str(
+            r#"
+[sms]
+price_per_segment = 0.05
+currency = "CNY"
+
+[sms.twilio]
+account_sid = "AC123"
+from = "+15005550006"
+
+[webhooks]
+allow_networks = ["10.1.0.0/16", "::1"]
+timeout = "3s"
+"#,
+        )
+        .unwrap();
+        config
+            .apply_env(|name| (name == "NURTURE_TWILIO_AUTH_TOKEN").then(|| "secret".to_string()))
+            .unwrap();
+        let twilio = config.sms.twilio.as_ref().unwrap();
+        assert_eq!(
+            (twilio.auth_token.as_str(), twilio.base_url.as_str()),
+            ("secret", "https://api.twilio.com")
+        );
+        assert_eq!(config.sms.price_per_segment, Some(0.05));
+        assert_eq!(config.webhooks.timeout, Duration::from_secs(3));
+        assert!(config.webhooks.allow_networks[0].contains("10.1.200.3".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_bad_network_names_its_place_and_the_expected_form() {
+        let error = toml::from_str::<Config>("[webhooks]\nallow_networks = [\"intranet\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("line 2"), "{error}");
+        assert!(error.contains("not an address or a network like 10.0.0.0/8"), "{error}");
+        let mut config = Config::default();
+        let error = config
+            .apply_env(|name| (name == "NURTURE_WEBHOOK_ALLOW_NETWORKS").then(|| "10.0.0.0/40".to_string()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("NURTURE_WEBHOOK_ALLOW_NETWORKS") && error.contains("0 to 32"),
+            "{error}"
+        );
+    }
+}
