@@ -155,6 +155,13 @@ impl Engine {
         webhook::deliver(&self.webhooks, &self.catalog().templates, data, call).await
     }
 
+    /// From now on this process performs effects: refuses to, now and at every reload, while
+    /// a journey sends SMS that it has no way to send.
+    pub fn start_sending(&self) -> Result<()> {
+        self.sends.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.check_sms_provider(&self.catalog())
+    }
+
     /// Refuses a catalog that sends SMS when there is no way to send them (the production
     /// mode without `[sms]`): better a loud start than messages recorded and never sent.
     pub(crate) fn check_sms_provider(&self, catalog: &Catalog) -> Result<()> {

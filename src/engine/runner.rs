@@ -57,6 +57,9 @@ pub struct Engine {
     pub(crate) webhooks: channels::http::Client,
     /// Sent SMS waiting to be recorded by the next batch (see `outbound.rs`).
     pub(crate) sms_log: Mutex<Vec<super::outbound::SmsLog>>,
+    /// Whether this process performs effects (`serve`, `worker`), so every catalog it installs
+    /// must be deliverable; `import`, `reload` and `api` only store.
+    pub(crate) sends: std::sync::atomic::AtomicBool,
     /// Step jobs on their way to a batch (see `steps.rs`); started on the first job.
     pub(crate) steps: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<super::steps::Submitted>>,
     /// Requests on their way to a group commit (see `ingest.rs`); started on the first one.
@@ -109,6 +112,7 @@ impl Engine {
             sms,
             webhooks,
             sms_log: Mutex::new(Vec::new()),
+            sends: std::sync::atomic::AtomicBool::new(false),
             steps: std::sync::OnceLock::new(),
             ingest_groups: std::sync::OnceLock::new(),
         })
@@ -120,7 +124,9 @@ impl Engine {
 
     /// Makes a compiled catalog current and stores every journey version in it.
     pub async fn install(&self, catalog: Catalog, sources: Sources) -> Result<()> {
-        self.check_sms_provider(&catalog)?;
+        if self.sends.load(std::sync::atomic::Ordering::Relaxed) {
+            self.check_sms_provider(&catalog)?;
+        }
         let now = self.clock.now();
         for journey in &catalog.journeys {
             let source = sources

@@ -348,10 +348,12 @@ async fn twilio_21610_suppresses_and_takes_the_consent_production() {
 async fn production_without_an_sms_provider_refuses_journeys_that_send_sms() {
     let mut config = test_config(Mode::Production, &fixtures()).await;
     config.sms.twilio = None;
-    let error = nurture::app::build_default(config.clone())
+    // `import`, `reload` and the API alone only store: they build the engine.
+    let engine = nurture::app::build_default(config.clone()).await.unwrap();
+    let error = nurture::app::run_worker(engine, "no-sms".into(), std::future::pending())
         .await
         .err()
-        .expect("the engine must not start")
+        .expect("the worker must not start")
         .to_string();
     assert!(
         error.contains("welcome-sms.yaml:6:5: step `welcome-text` sends SMS")
@@ -361,5 +363,13 @@ async fn production_without_an_sms_provider_refuses_journeys_that_send_sms() {
     // Journeys without SMS run without a provider.
     config.journeys = root().join("tests/fixtures/engine/journeys");
     config.templates = root().join("tests/fixtures/engine/templates");
-    assert!(nurture::app::build_default(config).await.is_ok());
+    let engine = nurture::app::build_default(config.clone()).await.unwrap();
+    engine.start_sending().unwrap();
+    // A reload that adds an SMS step is refused too; the running catalog stays.
+    config.journeys = fixtures();
+    config.templates = root().join("tests/fixtures/sms/templates");
+    let (catalog, sources, _) = nurture::app::compile_project(&config).unwrap();
+    let error = engine.install(catalog, sources).await.unwrap_err().to_string();
+    assert!(error.contains("sends SMS"), "{error}");
+    assert!(engine.catalog().journey("welcome-sms").is_none());
 }
