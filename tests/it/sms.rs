@@ -352,8 +352,7 @@ async fn production_without_an_sms_provider_refuses_journeys_that_send_sms() {
     let engine = nurture::app::build_default(config.clone()).await.unwrap();
     let error = nurture::app::run_worker(engine, "no-sms".into(), std::future::pending())
         .await
-        .err()
-        .expect("the worker must not start")
+        .expect_err("the worker must not start")
         .to_string();
     assert!(
         error.contains("welcome-sms.yaml:6:5: step `welcome-text` sends SMS")
