@@ -54,6 +54,8 @@ const CLIENTS: usize = 32;
 /// Concurrent keep-alive connections for single `/v1/track`.
 const TRACK_CLIENTS: usize = 64;
 const BATCH_SIZE: usize = 200;
+/// The reference journey's `wait: 1s`; the peer's delayed job waits as long.
+const WAIT_MS: u64 = 1000;
 /// Users the HTTP phase identifies first and then sends events for.
 const HTTP_USERS: usize = 1000;
 /// `bench:` in Basic auth: the write key the API is configured with.
@@ -538,12 +540,10 @@ async fn steps_phase(mode: Mode, count: usize, concurrency: usize, deadline: Dur
             JOURNEY,
         )
         .await;
-    let emails = std::fs::read_dir(env.dir.join("outbox/mail"))
-        .map(|d| d.count())
-        .unwrap_or(0);
+    let emails = nurture::channels::outbox::count_messages(&env.dir.join("outbox/mail"));
     let wall_ms = (last_ms as f64 - first_event_ms).max(1.0);
     eprintln!(
-        "  {} step rows, {} effects done, {completed} completed, {emails} .eml files, last {:.1} s after the first event",
+        "  {} step rows, {} effects done, {completed} completed, {emails} emails in the outbox, last {:.1} s after the first event",
         counts[0],
         counts[1],
         wall_ms / 1000.0
@@ -1031,6 +1031,9 @@ impl Peer {
                     contacts.to_string(),
                     "--concurrency".into(),
                     concurrency.to_string(),
+                    // The journey's `wait: 1s`: the same journey on both sides.
+                    "--delay-ms".into(),
+                    WAIT_MS.to_string(),
                 ],
             )
             .await?;
@@ -1039,7 +1042,7 @@ impl Peer {
             contacts,
             steps: result["steps"].as_i64()?,
             wall_ms: result["wall_ms"].as_f64()?,
-            note: format!("concurrency {concurrency}, delay 0 ms"),
+            note: format!("concurrency {concurrency}, delay {WAIT_MS} ms"),
         })
     }
 

@@ -1,16 +1,17 @@
-//! Email through lettre: SMTP when `smtp_url` is set, else `.eml` files in `outbox/mail/`.
+//! Email through lettre: SMTP when `smtp_url` is set, else appended to the outbox
+//! (`outbox/mail/<day>.mbox`, see `outbox.rs`).
 
 use super::Error;
+use super::outbox::Outbox;
 use crate::journey::templates::{MailClass, RenderedEmail};
 use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart};
-use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use std::path::PathBuf;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 #[derive(Clone)]
 pub enum Mailer {
     Smtp(AsyncSmtpTransport<Tokio1Executor>),
-    Outbox(PathBuf),
+    Outbox(Outbox),
 }
 
 /// A rendered email ready to send.
@@ -21,6 +22,8 @@ pub struct Outgoing<'a> {
     /// Idempotency aid: a stable Message-ID derived from the effect key.
     pub message_id: String,
     pub unsubscribe_url: &'a str,
+    /// When it is sent, by the engine's clock (names the outbox's file of the day).
+    pub at: chrono::DateTime<chrono::Utc>,
 }
 
 impl Mailer {
@@ -33,7 +36,7 @@ impl Mailer {
                     .build();
                 Ok(Mailer::Smtp(transport))
             }
-            None => Ok(Mailer::Outbox(outbox.join("mail"))),
+            None => Ok(Mailer::Outbox(Outbox::new(outbox))),
         }
     }
 
@@ -47,15 +50,12 @@ impl Mailer {
                 }
                 Err(error) => Err(Error::Transient(format!("SMTP failed: {error}"))),
             },
-            Mailer::Outbox(dir) => {
-                tokio::fs::create_dir_all(dir)
-                    .await
-                    .map_err(|e| Error::Transient(format!("cannot create {}: {e}", dir.display())))?;
-                let id = AsyncFileTransport::<Tokio1Executor>::new(dir)
-                    .send(message)
+            Mailer::Outbox(outbox) => {
+                let file = outbox
+                    .mail(&message.formatted(), outgoing.at)
                     .await
                     .map_err(|e| Error::Transient(format!("cannot write to the outbox: {e}")))?;
-                Ok(format!("outbox {id}"))
+                Ok(format!("outbox {file}"))
             }
         }
     }

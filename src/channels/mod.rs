@@ -1,4 +1,4 @@
-//! Delivery of effects: email (lettre: SMTP, or `.eml` files in the outbox), SMS (Twilio, a
+//! Delivery of effects: email (lettre: SMTP, or appended to the outbox's mbox), SMS (Twilio, a
 //! JSON gateway, or the outbox in the embedded mode), webhook calls (both over the one HTTP
 //! client in `http`) and assignment to sales reps. Each call either succeeds, or says whether a
 //! retry could help.
@@ -6,6 +6,7 @@
 pub mod assign;
 pub mod email;
 pub mod http;
+pub mod outbox;
 pub mod sms;
 pub mod webhook;
 

@@ -453,6 +453,7 @@ impl Engine {
                         email: &email,
                         message_id,
                         unsubscribe_url: &unsubscribe_url,
+                        at: now,
                     })
                     .await
             }

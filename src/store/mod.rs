@@ -5,6 +5,7 @@ pub mod contacts;
 pub mod effects;
 pub mod enrollments;
 pub mod identities;
+mod nodelay;
 pub mod scores;
 pub mod sms;
 
@@ -61,6 +62,8 @@ impl Store {
                         connection.execute("PRAGMA busy_timeout = 10000").await?;
                         connection.execute("PRAGMA foreign_keys = ON").await?;
                         connection.execute("PRAGMA synchronous = NORMAL").await?;
+                    } else {
+                        nodelay::disable_nagle_on_open_sockets();
                     }
                     Ok(())
                 })

@@ -349,7 +349,7 @@ async fn a_contact_who_opted_out_gets_no_marketing_email_and_the_journey_goes_on
         .then_some(())
     })
     .await;
-    assert_eq!(crate::support::count_files(&env.config.outbox.join("mail")), 0);
+    assert_eq!(crate::support::count_messages(&env.config.outbox.join("mail")), 0);
     let contact = get_admin(&base, "/v1/contacts?user_id=no-mail").await.json();
     assert_eq!(contact["consent"]["email"]["granted"], false);
     assert!(

@@ -1,7 +1,7 @@
 //! Nothing a contact is owed is lost: a worker killed mid-step, two workers on one queue, and a
 //! flushed Redis.
 
-use crate::support::{KilledOnDrop as WorkerProcess, Mode, TestEnv, count_files, eventually, root, test_config};
+use crate::support::{KilledOnDrop as WorkerProcess, Mode, TestEnv, count_messages, eventually, root, test_config};
 use nurture::config::Config;
 use nurture::engine::SystemClock;
 use nurture::expr::EventFacts;
@@ -93,7 +93,7 @@ async fn a_worker_killed_mid_step_loses_nothing_and_sends_nothing_twice() {
     .await;
     doomed.kill();
     assert_eq!(
-        count_files(&config.outbox.join("mail")),
+        count_messages(&config.outbox.join("mail")),
         0,
         "nothing was sent before the kill"
     );
@@ -110,7 +110,7 @@ async fn a_worker_killed_mid_step_loses_nothing_and_sends_nothing_twice() {
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
-        count_files(&config.outbox.join("mail")),
+        count_messages(&config.outbox.join("mail")),
         2,
         "each email step delivered exactly once"
     );
@@ -147,7 +147,7 @@ async fn two_worker_processes_never_run_a_step_twice() {
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
-        count_files(&config.outbox.join("mail")) as i64,
+        count_messages(&config.outbox.join("mail")) as i64,
         2 * contacts,
         "two emails per contact, no more"
     );

@@ -1,7 +1,7 @@
 //! The durable engine through the real queue: SQLite (embedded) and PostgreSQL + Redis.
 
 use crate::support::{
-    Answer, HttpFake, Mode, TestEnv, count_files, eventually, root, sms_of, test_config, virtual_clock,
+    Answer, HttpFake, Mode, TestEnv, count_messages, eventually, root, sms_of, test_config, virtual_clock,
 };
 use nurture::engine::VirtualClock;
 use nurture::expr::EventFacts;
@@ -123,7 +123,7 @@ async fn whitepaper_story(mode: Mode) {
         .await;
     }
     eventually("two intro emails in the outbox", WAIT, || async {
-        (count_files(&env.config.outbox.join("mail")) == 2).then_some(())
+        (count_messages(&env.config.outbox.join("mail")) == 2).then_some(())
     })
     .await;
 
@@ -154,7 +154,7 @@ async fn whitepaper_story(mode: Mode) {
     .await;
     // The outbox is the embedded mode's SMS channel only; production sends to the provider.
     let outbox = if mode == Mode::Embedded { 1 } else { 0 };
-    assert_eq!(count_files(&env.config.outbox.join("sms")), outbox);
+    assert_eq!(count_messages(&env.config.outbox.join("sms")), outbox);
     let history = scalar(&env, "SELECT COUNT(*) FROM step_history h JOIN enrollments e ON e.id = h.enrollment_id WHERE e.contact_id = $1 AND h.outcome = 'timed_out'", bo).await;
     assert_eq!(history, 1, "the timeout path was taken once");
     assert_eq!(
@@ -227,7 +227,7 @@ async fn abandoned_cart_coupons_only_the_cart_not_ordered() {
         .unwrap();
     advance_clock(&env, &clock, chrono::Duration::hours(1)).await;
     eventually("the coupon for cart c2", WAIT, || async {
-        (count_files(&env.config.outbox.join("mail")) == 1).then_some(())
+        (count_messages(&env.config.outbox.join("mail")) == 1).then_some(())
     })
     .await;
     let want = vec![

@@ -343,13 +343,9 @@ where
     }
 }
 
-/// Files in a directory (recursively), e.g. messages in an outbox.
-pub fn count_files(dir: &Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    entries
-        .filter_map(Result::ok)
-        .map(|e| if e.path().is_dir() { count_files(&e.path()) } else { 1 })
-        .sum()
+/// Messages in an outbox directory: mbox entries, JSON lines, or files.
+pub fn count_messages(dir: &Path) -> usize {
+    nurture::channels::outbox::count_messages(dir)
 }
 
 /// A real SMTP server on a loopback port that records what it receives. `fail_first` makes it

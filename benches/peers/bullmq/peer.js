@@ -5,8 +5,8 @@
 //   branch          read the contact's score from its Redis hash; score >= 50 takes the `hot`
 //                   path, anything else the `warm` path (two email templates)
 //   send_email      render the path's template with the contact's name (plain string
-//                   replacement of {{name}} and {{unsubscribe_url}}, HTML-escaped) and write an
-//                   .eml file to the outbox directory, like nurture's file outbox
+//                   replacement of {{name}} and {{unsubscribe_url}}, HTML-escaped) and append a
+//                   message to an mbox in the outbox directory, like nurture's outbox
 //   wait            a delayed job (--delay-ms; 0 for the throughput run)
 //   assign_to_sales round robin over three reps, each with an open-lead counter in Redis and a
 //                   capacity; the rep is written to the contact's hash
@@ -198,7 +198,19 @@ class Journey {
       `--${boundary}--`,
       '',
     ].join('\r\n');
-    await fsp.writeFile(path.join(this.outbox, `${jobId}.eml`), eml);
+    await this.appendToMbox(eml);
+  }
+
+  /** Appends the message to today's mbox (mboxrd), one write per message, like nurture's
+   * outbox: a file per message costs the kernel far more than the rest of the step. */
+  async appendToMbox(eml) {
+    if (!this.mbox) {
+      const day = new Date().toISOString().slice(0, 10);
+      this.mbox = fsp.open(path.join(this.outbox, `${day}.mbox`), 'a');
+    }
+    const lines = eml.split('\r\n').map((line) => (/^>*From /.test(line) ? `>${line}` : line));
+    const entry = `From peer ${new Date().toUTCString()}\n${lines.join('\n')}\n\n`;
+    await (await this.mbox).write(entry);
   }
 
   /** Round robin from a shared turn counter, skipping reps at capacity. */
@@ -219,6 +231,7 @@ class Journey {
 
   async close({ keep }) {
     if (this.worker) await this.worker.close();
+    if (this.mbox) await (await this.mbox).close();
     if (!keep) {
       await deleteKeys(this.redis, this.prefix);
       await fsp.rm(this.outbox, { recursive: true, force: true });
