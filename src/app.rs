@@ -159,6 +159,7 @@ pub async fn run_worker(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     use futures::FutureExt;
+    engine.start_sending()?;
     let shutdown = shutdown.boxed().shared();
     // Jobs in flight wait for their batch (engine::steps), so many in flight make big batches.
     let concurrency = engine.config.concurrency.max(1);

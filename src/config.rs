@@ -62,6 +62,102 @@ pub struct Config {
     /// `[guardrails]`: quiet hours and a frequency cap for every journey.
     #[serde(deserialize_with = "guardrails::deserialize")]
     pub guardrails: Guardrails,
+    /// `[sms]`: the SMS provider. Without one, SMS go to the outbox in the embedded mode, and
+    /// the production mode refuses to start while a journey sends SMS.
+    pub sms: SmsConfig,
+    /// `[webhooks]`: outgoing calls of `webhook` steps.
+    pub webhooks: WebhooksConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SmsConfig {
+    /// `[sms.twilio]`: Twilio, or any service that speaks its Messages API.
+    pub twilio: Option<TwilioConfig>,
+    /// `[sms.webhook]`: a gateway called with a JSON body of our making (Chinese SMS gateways).
+    pub webhook: Option<SmsWebhookConfig>,
+    /// Price of one SMS segment in `currency`, stored with every message for ROI.
+    pub price_per_segment: Option<f64>,
+    pub currency: String,
+    /// Required as `?secret=` by `POST /v1/sms/inbound` (replies such as 退订 from a gateway).
+    pub inbound_secret: Option<String>,
+    #[serde(with = "humantime_secs")]
+    pub timeout: Duration,
+}
+
+impl Default for SmsConfig {
+    fn default() -> Self {
+        SmsConfig {
+            twilio: None,
+            webhook: None,
+            price_per_segment: None,
+            currency: "USD".into(),
+            inbound_secret: None,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TwilioConfig {
+    pub account_sid: String,
+    /// Better set as `NURTURE_TWILIO_AUTH_TOKEN` than written in the file.
+    #[serde(default)]
+    pub auth_token: String,
+    /// The sender number; or `messaging_service_sid`.
+    pub from: Option<String>,
+    pub messaging_service_sid: Option<String>,
+    /// Where the Messages API is; a test points it at a local fake.
+    #[serde(default = "twilio_api")]
+    pub base_url: String,
+}
+
+fn twilio_api() -> String {
+    "https://api.twilio.com".into()
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmsWebhookConfig {
+    pub url: String,
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// JSON whose strings are templates: `{{to}}`, `{{body}}`, `{{segments}}`, `{{reference}}`.
+    pub body: serde_json::Value,
+    /// Where the gateway's message id is in its answer (a JSON pointer such as `/data/msgid`).
+    pub id_pointer: Option<String>,
+    /// For gateways that answer 200 to a refusal: the answer is a success only when the value
+    /// at `success_pointer` equals `success_value` (e.g. `/code` and `0`).
+    pub success_pointer: Option<String>,
+    pub success_value: Option<serde_json::Value>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// Internal networks that `webhook` steps may call (`["10.1.0.0/16", "127.0.0.1"]`);
+    /// loopback, private and link-local addresses are refused otherwise.
+    #[serde(deserialize_with = "networks")]
+    pub allow_networks: Vec<crate::addresses::Network>,
+    #[serde(with = "humantime_secs")]
+    pub timeout: Duration,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        WebhooksConfig {
+            allow_networks: Vec::new(),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+fn networks<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<crate::addresses::Network>, D::Error> {
+    Vec::<String>::deserialize(deserializer)?
+        .iter()
+        .map(|text| text.parse().map_err(serde::de::Error::custom))
+        .collect()
 }
 
 impl Default for Config {
@@ -93,6 +189,8 @@ impl Default for Config {
             max_attempts: 8,
             retry_base: Duration::from_secs(10),
             guardrails: Guardrails::default(),
+            sms: SmsConfig::default(),
+            webhooks: WebhooksConfig::default(),
         }
     }
 }
@@ -287,6 +385,34 @@ impl Config {
                 message: format!("`{text}` is not a number"),
             })?;
         }
+        if let Some(sid) = set(get("NURTURE_TWILIO_ACCOUNT_SID")) {
+            let twilio = self.sms.twilio.get_or_insert_with(|| TwilioConfig {
+                account_sid: String::new(),
+                auth_token: String::new(),
+                from: None,
+                messaging_service_sid: None,
+                base_url: twilio_api(),
+            });
+            twilio.account_sid = sid;
+        }
+        if let Some(twilio) = &mut self.sms.twilio {
+            if let Some(token) = set(get("NURTURE_TWILIO_AUTH_TOKEN")) {
+                twilio.auth_token = token;
+            }
+            if let Some(from) = set(get("NURTURE_TWILIO_FROM")) {
+                twilio.from = Some(from);
+            }
+        }
+        if let Some(text) = set(get("NURTURE_WEBHOOK_ALLOW_NETWORKS")) {
+            self.webhooks.allow_networks = list(text)
+                .iter()
+                .map(|network| network.parse())
+                .collect::<Result<_, _>>()
+                .map_err(|message| Error::Env {
+                    name: "NURTURE_WEBHOOK_ALLOW_NETWORKS".into(),
+                    message,
+                })?;
+        }
         if let Some(text) = set(get("NURTURE_MAX_ATTEMPTS")) {
             self.max_attempts = text.parse().map_err(|_| Error::Env {
                 name: "NURTURE_MAX_ATTEMPTS".into(),
@@ -340,5 +466,54 @@ mod tests {
         .to_string();
         assert!(error.starts_with("nurture.toml:3:"), "{error}");
         assert!(error.contains("write it like \"3 per 7d\""), "{error}");
+    }
+
+    #[test]
+    fn sms_and_webhook_sections_read_from_the_file_and_the_environment() {
+        let mut config: Config = toml::from_str(
+            r#"
+[sms]
+price_per_segment = 0.05
+currency = "CNY"
+
+[sms.twilio]
+account_sid = "AC123"
+from = "+15005550006"
+
+[webhooks]
+allow_networks = ["10.1.0.0/16", "::1"]
+timeout = "3s"
+"#,
+        )
+        .unwrap();
+        config
+            .apply_env(|name| (name == "NURTURE_TWILIO_AUTH_TOKEN").then(|| "secret".to_string()))
+            .unwrap();
+        let twilio = config.sms.twilio.as_ref().unwrap();
+        assert_eq!(
+            (twilio.auth_token.as_str(), twilio.base_url.as_str()),
+            ("secret", "https://api.twilio.com")
+        );
+        assert_eq!(config.sms.price_per_segment, Some(0.05));
+        assert_eq!(config.webhooks.timeout, Duration::from_secs(3));
+        assert!(config.webhooks.allow_networks[0].contains("10.1.200.3".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_bad_network_names_its_place_and_the_expected_form() {
+        let error = toml::from_str::<Config>("[webhooks]\nallow_networks = [\"intranet\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("line 2"), "{error}");
+        assert!(error.contains("not an address or a network like 10.0.0.0/8"), "{error}");
+        let mut config = Config::default();
+        let error = config
+            .apply_env(|name| (name == "NURTURE_WEBHOOK_ALLOW_NETWORKS").then(|| "10.0.0.0/40".to_string()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("NURTURE_WEBHOOK_ALLOW_NETWORKS") && error.contains("0 to 32"),
+            "{error}"
+        );
     }
 }

@@ -7,6 +7,7 @@
 //! - [`engine`]: the enrollment state machine (`transition`), the clock and the simulator.
 //! - [`cli`]: the `nurture` command.
 
+pub mod addresses;
 pub mod api;
 pub mod app;
 pub mod channels;

@@ -1,6 +1,6 @@
 //! The HTTP API (axum): Segment-compatible ingestion at the host root, the contact 360 view,
 //! erasure, the failed-enrollment list, email's links (unsubscribe, clicks, opens), bounce and
-//! complaint reports, suppressions, and `/openapi.json`.
+//! complaint reports, suppressions, SMS delivery reports and replies, and `/openapi.json`.
 
 mod auth;
 mod contacts;
@@ -8,6 +8,7 @@ mod email;
 mod error;
 mod ingest;
 mod openapi;
+mod sms;
 
 pub use auth::Keys;
 pub use error::ApiError;
@@ -67,6 +68,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/email/bounces/postmark", post(email::postmark_bounce))
         .route("/v1/suppressions", get(email::suppressions))
         .route("/v1/suppressions/{channel}/{address}", delete(email::lift))
+        .route("/v1/sms/twilio/status", post(sms::twilio_status))
+        .route("/v1/sms/twilio/inbound", post(sms::twilio_inbound))
+        .route("/v1/sms/inbound", post(sms::inbound))
         .route("/openapi.json", get(openapi::document))
         .route("/health", get(|| async { "ok" }))
         // Bodies are measured again after gunzip; this only bounds what we read off the wire.

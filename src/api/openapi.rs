@@ -40,14 +40,29 @@ pub async fn document() -> Json<Value> {
             },
             "/v1/contacts/{id}/score": {"get": {"summary": "Every point of a contact's lead score explained", "tags": ["contacts"], "security": admin, "parameters": [id_parameter()], "responses": {"200": {"description": "Rule, event, time and decayed value of each entry"}, "404": error_response("No such contact")}}},
             "/v1/enrollments/failed": {"get": {"summary": "Failed enrollments (the dead-letter list)", "tags": ["enrollments"], "security": admin, "responses": {"200": {"description": "Newest first"}}}},
-            "/v1/enrollments/{id}/retry": {"post": {"summary": "Retry a failed enrollment", "tags": ["enrollments"], "security": admin, "parameters": [id_parameter()], "responses": {"200": {"description": "Queued again"}, "404": error_response("Not in the failed list")}}}
+            "/v1/enrollments/{id}/retry": {"post": {"summary": "Retry a failed enrollment", "tags": ["enrollments"], "security": admin, "parameters": [id_parameter()], "responses": {"200": {"description": "Queued again"}, "404": error_response("Not in the failed list")}}},
+            "/v1/sms/twilio/status": {"post": {"summary": "Twilio delivery report (StatusCallback)", "tags": ["sms"], "security": [{"twilioSignature": []}],
+                "description": "Form fields `MessageSid`, `MessageStatus`, `ErrorCode` (others are ignored). The state of a message only moves forward, so reports may arrive in any order.",
+                "requestBody": {"required": true, "content": {"application/x-www-form-urlencoded": {"schema": {"type": "object", "required": ["MessageSid", "MessageStatus"], "properties": {"MessageSid": {"type": "string"}, "MessageStatus": {"type": "string"}, "ErrorCode": {"type": "string"}}}}}},
+                "responses": {"204": {"description": "Recorded"}, "400": error_response("A field is missing"), "401": error_response("The signature does not match"), "404": error_response("No Twilio provider is configured")}}},
+            "/v1/sms/twilio/inbound": {"post": {"summary": "An SMS reply, from Twilio", "tags": ["sms"], "security": [{"twilioSignature": []}],
+                "description": "Set as the number's incoming-message webhook. STOP, 退订, TD (and Twilio's other stop words) take the sender's SMS consent; START and UNSTOP give it back. Answers empty TwiML.",
+                "requestBody": {"required": true, "content": {"application/x-www-form-urlencoded": {"schema": {"type": "object", "required": ["From"], "properties": {"From": {"type": "string"}, "Body": {"type": "string"}}}}}},
+                "responses": {"200": {"description": "Empty TwiML `<Response/>`", "content": {"text/xml": {}}}, "401": error_response("The signature does not match"), "404": error_response("No Twilio provider is configured")}}},
+            "/v1/sms/inbound": {"post": {"summary": "An SMS reply, forwarded by a gateway", "tags": ["sms"], "security": [{"adminToken": []}, {"inboundSecret": []}],
+                "description": "JSON or a form. The sender in `from` (or `mobile`, `phone`), the text in `body` (or `content`, `text`). Authorised by `?secret=` (`[sms] inbound_secret`) or an admin token.",
+                "parameters": [{"name": "secret", "in": "query", "schema": {"type": "string"}}],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "properties": {"from": {"type": "string"}, "body": {"type": "string"}}}}}},
+                "responses": {"200": {"description": "`{\"success\": true, \"action\": \"opted_out\" | \"opted_in\" | \"none\", \"contacts\": N}`"}, "400": error_response("`from` or `body` is missing"), "401": error_response("Neither the secret nor an admin token")}}}
         },
         "components": {
             "securitySchemes": {
                 "writeKey": {"type": "http", "scheme": "basic", "description": "The write key as the user name, empty password; or `writeKey` in the body."},
                 "adminToken": {"type": "http", "scheme": "bearer"},
                 "bounceToken": {"type": "http", "scheme": "bearer", "description": "A bounce token (NURTURE_BOUNCE_TOKENS) or an admin token. Never a write key: write keys are public."},
-                "bounceTokenBasic": {"type": "http", "scheme": "basic", "description": "A bounce token as the user name or the password, for providers that only do HTTP Basic."}
+                "bounceTokenBasic": {"type": "http", "scheme": "basic", "description": "A bounce token as the user name or the password, for providers that only do HTTP Basic."},
+                "twilioSignature": {"type": "apiKey", "in": "header", "name": "X-Twilio-Signature", "description": "HMAC-SHA1 with the Twilio auth token over the public URL and the sorted form fields."},
+                "inboundSecret": {"type": "apiKey", "in": "query", "name": "secret", "description": "`[sms] inbound_secret` of nurture.toml."}
             },
             "schemas": {
                 "Message": {"type": "object", "properties": {

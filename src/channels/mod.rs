@@ -1,13 +1,16 @@
-//! Delivery of effects: email (lettre: SMTP, or appended to the outbox's mbox), SMS (the outbox
-//! until a provider is configured) and assignment to sales reps. Each call either succeeds, or
-//! says whether a retry could help.
+//! Delivery of effects: email (lettre: SMTP, or appended to the outbox's mbox), SMS (Twilio, a
+//! JSON gateway, or the outbox in the embedded mode), webhook calls (both over the one HTTP
+//! client in `http`) and assignment to sales reps. Each call either succeeds, or says whether a
+//! retry could help.
 
 pub mod assign;
 pub mod email;
 pub mod feedback;
+pub mod http;
 pub mod links;
 pub mod outbox;
 pub mod sms;
+pub mod webhook;
 
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum Error {

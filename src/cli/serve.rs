@@ -47,6 +47,10 @@ pub fn run(args: Args, role: Role) -> Result<ExitCode> {
     runtime.block_on(async move {
         super::init_tracing();
         let engine = app::build_default(config).await?;
+        if role != Role::Api {
+            // Loudly, before anything runs: a worker must be able to deliver what journeys send.
+            engine.start_sending()?;
+        }
         let mode = if engine.config.is_embedded() {
             format!(
                 "embedded mode: state and queue in {}, messages in {}/",

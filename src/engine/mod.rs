@@ -14,6 +14,7 @@ pub mod email;
 pub mod ingest;
 pub mod kinds;
 pub mod message;
+pub mod outbound;
 pub mod plan;
 pub mod reactions;
 pub mod runner;

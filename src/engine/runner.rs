@@ -53,9 +53,16 @@ pub struct Engine {
     /// Older journey versions that running enrollments still use, compiled on demand.
     versions: Mutex<HashMap<(String, String), Arc<Journey>>>,
     pub(crate) mailer: Mailer,
-    sms: SmsSender,
+    pub(crate) sms: SmsSender,
     /// Signs and checks the unsubscribe, click and open links of email.
     pub links: Signer,
+    /// Calls of `webhook` steps, under the address policy of `[webhooks]`.
+    pub(crate) webhooks: channels::http::Client,
+    /// Sent SMS waiting to be recorded by the next batch (see `outbound.rs`).
+    pub(crate) sms_log: Mutex<Vec<super::outbound::SmsLog>>,
+    /// Whether this process performs effects (`serve`, `worker`), so every catalog it installs
+    /// must be deliverable; `import`, `reload` and `api` only store.
+    pub(crate) sends: std::sync::atomic::AtomicBool,
     /// Step jobs on their way to a batch (see `steps.rs`); started on the first job.
     pub(crate) steps: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<super::steps::Submitted>>,
     /// Requests on their way to a group commit (see `ingest.rs`); started on the first one.
@@ -91,8 +98,13 @@ impl Engine {
     pub fn new(store: Store, queue: Queue, clock: Arc<dyn Clock>, config: Config) -> Result<Engine> {
         let mailer = Mailer::from_config(config.smtp_url.as_deref(), &config.outbox)
             .map_err(|e| Error::Invalid(e.to_string()))?;
-        // Until a provider is configured, messages go to the outbox, in both modes.
-        let sms = SmsSender::Outbox(config.outbox.join("sms"));
+        let sms = SmsSender::from_config(&config).map_err(|e| Error::Invalid(e.to_string()))?;
+        let webhooks = channels::http::Client::new(
+            config.webhooks.timeout,
+            Some(crate::addresses::Policy {
+                allowed: config.webhooks.allow_networks.clone(),
+            }),
+        );
         let links = match &config.secret {
             Some(secret) if !secret.0.is_empty() => Signer::new(secret.0.as_bytes()),
             _ => {
@@ -113,6 +125,9 @@ impl Engine {
             mailer,
             sms,
             links,
+            webhooks,
+            sms_log: Mutex::new(Vec::new()),
+            sends: std::sync::atomic::AtomicBool::new(false),
             steps: std::sync::OnceLock::new(),
             ingest_groups: std::sync::OnceLock::new(),
         })
@@ -124,6 +139,9 @@ impl Engine {
 
     /// Makes a compiled catalog current and stores every journey version in it.
     pub async fn install(&self, catalog: Catalog, sources: Sources) -> Result<()> {
+        if self.sends.load(std::sync::atomic::Ordering::Relaxed) {
+            self.check_sms_provider(&catalog)?;
+        }
         let now = self.clock.now();
         for journey in &catalog.journeys {
             let source = sources
@@ -467,7 +485,7 @@ impl Engine {
                     .templates
                     .render_sms(template, contact.language(), &data)
                     .map_err(render_error)?;
-                self.sms.send(key, to, &sms).await
+                self.send_sms(journey, contact, key, to, &sms, now).await
             }
             Effect::AssignToSales { team } => {
                 let sales = catalog
@@ -489,7 +507,21 @@ impl Engine {
                 .await
                 .map(|rep| format!("assigned to {rep}"))
             }
-            Effect::Webhook { .. } => Err(channels::Error::Permanent("webhook delivery is not built yet".into())),
+            Effect::Webhook {
+                method,
+                url,
+                headers,
+                body,
+            } => {
+                let call = channels::webhook::Call {
+                    method,
+                    url,
+                    headers,
+                    body: body.as_ref(),
+                    key,
+                };
+                self.call_webhook(&data, call).await
+            }
         }
     }
 

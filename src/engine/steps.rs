@@ -350,6 +350,7 @@ impl Engine {
             }
         }
         effects::mark_done_many(connection, &done, done_at).await?;
+        self.record_sms_log(connection).await?;
         Ok(moving)
     }
 

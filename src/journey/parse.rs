@@ -986,6 +986,7 @@ impl JourneyParser<'_, '_> {
                 .error(url_node.pos, "J041", format!("the webhook url is {reason}"));
             return None;
         }
+        self.warn_about_webhook_address(&url, url_node.pos);
         let method = match fields.get("method") {
             Some(node) => {
                 let method = self.reader.string(node, "method")?.to_ascii_uppercase();
@@ -1026,6 +1027,48 @@ impl JourneyParser<'_, '_> {
             headers,
             body,
         })
+    }
+}
+
+impl JourneyParser<'_, '_> {
+    /// Warnings, not errors: the call may work, but not as the marketer expects. Plain HTTP
+    /// sends the body (often a token in the URL too) unencrypted; an internal address is
+    /// refused at run time unless `nurture.toml` allows its network.
+    fn warn_about_webhook_address(&mut self, url: &str, pos: Pos) {
+        if url.starts_with("http://") {
+            let warning = Diagnostic::warning(
+                self.reader.sink.file,
+                pos,
+                "J071",
+                "the webhook url is http://: the call and its body travel unencrypted",
+            );
+            self.reader
+                .sink
+                .push(warning.with_hint("use https:// unless the receiver is on your own network"));
+        }
+        // A host written with a template (`{{...}}`) is only known when the call is made.
+        let Ok(parsed) = url::Url::parse(url) else { return };
+        let address = match parsed.host() {
+            Some(url::Host::Ipv4(ip)) => std::net::IpAddr::V4(ip),
+            Some(url::Host::Ipv6(ip)) => std::net::IpAddr::V6(ip),
+            Some(url::Host::Domain(name)) if name.eq_ignore_ascii_case("localhost") => {
+                std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+            }
+            _ => return,
+        };
+        if let Some(why) = crate::addresses::special_range(address) {
+            let warning = Diagnostic::warning(
+                self.reader.sink.file,
+                pos,
+                "J072",
+                format!(
+                    "the webhook url points at {address}, {why}: such calls are refused unless nurture.toml allows it"
+                ),
+            );
+            self.reader.sink.push(warning.with_hint(format!(
+                "use the receiver's public address, or add \"{address}\" to `allow_networks` under [webhooks] in nurture.toml"
+            )));
+        }
     }
 }
 

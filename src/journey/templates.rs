@@ -395,6 +395,26 @@ impl Templates {
             .render_template(template, data)
             .map_err(|error| error.to_string())
     }
+
+    /// Renders every string inside a JSON value as a template (webhook and SMS gateway bodies).
+    pub fn render_json(&self, value: &Json, data: &Json) -> Result<Json, String> {
+        Ok(match value {
+            Json::String(text) => Json::String(self.render_inline(text, data)?),
+            Json::Array(items) => Json::Array(
+                items
+                    .iter()
+                    .map(|item| self.render_json(item, data))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Json::Object(fields) => Json::Object(
+                fields
+                    .iter()
+                    .map(|(name, item)| Ok((name.clone(), self.render_json(item, data)?)))
+                    .collect::<Result<_, String>>()?,
+            ),
+            other => other.clone(),
+        })
+    }
 }
 
 fn registry(html: bool) -> Handlebars<'static> {

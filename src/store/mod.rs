@@ -8,6 +8,7 @@ pub mod enrollments;
 pub mod guardrails;
 pub mod identities;
 pub mod scores;
+pub mod sms;
 
 use chrono::{DateTime, TimeZone, Utc};
 use sqlx::any::{AnyPoolOptions, AnyRow};

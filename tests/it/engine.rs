@@ -1,6 +1,8 @@
 //! The durable engine through the real queue: SQLite (embedded) and PostgreSQL + Redis.
 
-use crate::support::{Mode, TestEnv, count_messages, eventually, root, test_config, virtual_clock};
+use crate::support::{
+    Answer, HttpFake, Mode, TestEnv, count_messages, eventually, root, sms_of, test_config, virtual_clock,
+};
 use nurture::engine::VirtualClock;
 use nurture::expr::EventFacts;
 use nurture::store::contacts::NewContact;
@@ -147,9 +149,12 @@ async fn whitepaper_story(mode: Mode) {
     advance_clock(&env, &clock, chrono::Duration::days(3)).await;
     at(&env, bo, "whitepaper-nurture", "completed", None).await;
     eventually("Bo's reminder SMS", WAIT, || async {
-        (count_messages(&env.config.outbox.join("sms")) == 1).then_some(())
+        (sms_of(&env, bo).await.len() == 1).then_some(())
     })
     .await;
+    // The outbox is the embedded mode's SMS channel only; production sends to the provider.
+    let outbox = if mode == Mode::Embedded { 1 } else { 0 };
+    assert_eq!(count_messages(&env.config.outbox.join("sms")), outbox);
     let history = scalar(&env, "SELECT COUNT(*) FROM step_history h JOIN enrollments e ON e.id = h.enrollment_id WHERE e.contact_id = $1 AND h.outcome = 'timed_out'", bo).await;
     assert_eq!(history, 1, "the timeout path was taken once");
     assert_eq!(
@@ -300,7 +305,7 @@ async fn regional_invitation_fires_once_per_tick_for_its_audience() {
         "Beijing is not in the audience"
     );
     eventually("the SMS invitation", WAIT, || async {
-        (count_messages(&env.config.outbox.join("sms")) == 1).then_some(())
+        (sms_of(&env, shanghai).await.len() == 1).then_some(())
     })
     .await;
     env.engine
@@ -400,9 +405,26 @@ fn clock_now(clock: &VirtualClock) -> chrono::DateTime<chrono::Utc> {
     clock.now()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sql_handoff_reassigns_and_fails_loudly_at_the_unbuilt_webhook() {
-    let (env, clock) = start(Mode::Production, &root().join("journeys"), "2026-01-05T10:00:00+08:00").await;
+/// The shipped `sql-handoff.yaml`, its DingTalk robot URL pointed at a local fake that fails
+/// once: assign, no accept, reassign, alert (retried after the 503), no accept, tag.
+async fn sql_handoff_reassigns_and_alerts_the_managers(mode: Mode) {
+    let robot = HttpFake::start(|index, _| match index {
+        0 => Answer::new(503, r#"{"errcode": -1, "errmsg": "busy"}"#),
+        _ => Answer::new(200, r#"{"errcode": 0, "errmsg": "ok"}"#),
+    })
+    .await;
+    let project = copy_of_shipped_project();
+    let journey = project.join("journeys/sql-handoff.yaml");
+    let text = std::fs::read_to_string(&journey).unwrap().replace(
+        "https://oapi.dingtalk.com/robot/send?access_token=REPLACE_ME",
+        &format!("{}/robot/send?access_token=test", robot.base),
+    );
+    std::fs::write(&journey, text).unwrap();
+    let mut config = test_config(mode, &project.join("journeys")).await;
+    config.reconcile_grace = Duration::ZERO;
+    config.webhooks.allow_networks = vec!["127.0.0.1".parse().unwrap()];
+    let clock = virtual_clock("2026-01-05T10:00:00+08:00");
+    let env = TestEnv::start(config, Arc::new(clock.clone()), false).await;
     let accepted = contact_with(
         &env,
         NewContact {
@@ -421,14 +443,12 @@ async fn sql_handoff_reassigns_and_fails_loudly_at_the_unbuilt_webhook() {
     )
     .await;
     for contact in [accepted, ignored] {
-        assert_eq!(
-            env.engine
-                .stage_reached(contact, nurture::journey::values::Stage::Sql)
-                .await
-                .unwrap()
-                .len(),
-            1
-        );
+        let started = env
+            .engine
+            .stage_reached(contact, nurture::journey::values::Stage::Sql)
+            .await
+            .unwrap();
+        assert_eq!(started.len(), 1);
         at(&env, contact, "sql-handoff", "waiting", Some("await-accept")).await;
     }
     env.engine
@@ -437,27 +457,70 @@ async fn sql_handoff_reassigns_and_fails_loudly_at_the_unbuilt_webhook() {
         .unwrap();
     at(&env, accepted, "sql-handoff", "completed", None).await;
     advance_clock(&env, &clock, chrono::Duration::hours(4)).await;
-    at(&env, ignored, "sql-handoff", "failed", Some("await-regional-accept")).await;
+    eventually("the first alert, answered 503", WAIT, || async {
+        (robot.count() == 1).then_some(())
+    })
+    .await;
+    // The 503 is transient: the call goes again after the backoff, not to the failed list.
+    advance_clock(&env, &clock, chrono::Duration::minutes(1)).await;
+    at(&env, ignored, "sql-handoff", "waiting", Some("await-regional-accept")).await;
+    let calls = robot.requests();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[0].header("idempotency-key"), calls[1].header("idempotency-key"));
+    assert_eq!(calls[1].path, "/robot/send?access_token=test");
+    assert_eq!(calls[1].header("content-type"), Some("application/json"));
+    let body = calls[1].json();
+    assert_eq!(body["msgtype"], "text");
+    assert_eq!(
+        body["text"]["content"],
+        "SQL no@example.com (unknown company, score 0) not accepted within 4h; reassigned to the regional team."
+    );
     assert_eq!(
         scalar(&env, "SELECT COUNT(*) FROM assignments WHERE contact_id = $1", ignored).await,
         2,
         "inbound, then regional"
     );
-    let mut connection = env.engine.store.pool.acquire().await.unwrap();
-    let failed = nurture::store::enrollments::failed(&mut connection, 10).await.unwrap();
-    assert_eq!(failed.len(), 1);
-    assert!(
-        failed[0]
-            .error
-            .as_deref()
-            .unwrap_or_default()
-            .contains("webhook delivery is not built yet"),
-        "{failed:?}"
+    advance_clock(&env, &clock, chrono::Duration::days(1)).await;
+    at(&env, ignored, "sql-handoff", "completed", None).await;
+    assert_eq!(
+        scalar(
+            &env,
+            "SELECT COUNT(*) FROM contact_tags WHERE contact_id = $1 AND tag = 'sql-unaccepted'",
+            ignored
+        )
+        .await,
+        1
     );
-    // A retry puts it back to work; the webhook is still not built, so it fails again.
-    assert!(env.engine.retry(failed[0].id).await.unwrap());
-    at(&env, ignored, "sql-handoff", "failed", Some("await-regional-accept")).await;
+    assert_eq!(robot.count(), 2, "the accepted lead never reached the alert");
     env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_handoff_reassigns_and_alerts_the_managers_embedded() {
+    sql_handoff_reassigns_and_alerts_the_managers(Mode::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_handoff_reassigns_and_alerts_the_managers_production() {
+    sql_handoff_reassigns_and_alerts_the_managers(Mode::Production).await;
+}
+
+/// The shipped journeys, templates, `sales.yaml` and `scoring.yaml` in a scratch directory.
+fn copy_of_shipped_project() -> std::path::PathBuf {
+    let project = crate::support::scratch_dir("project");
+    for dir in ["journeys", "templates", "templates/partials"] {
+        std::fs::create_dir_all(project.join(dir)).unwrap();
+        for entry in std::fs::read_dir(root().join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                std::fs::copy(&path, project.join(dir).join(path.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+    for file in ["sales.yaml", "scoring.yaml"] {
+        std::fs::copy(root().join(file), project.join(file)).unwrap();
+    }
+    project
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,5 +14,7 @@ mod restarts;
 mod retries;
 mod scoring;
 mod simulate;
+mod sms;
 mod support;
 mod versions;
+mod webhook;

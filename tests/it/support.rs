@@ -118,8 +118,153 @@ pub async fn test_config(mode: Mode, journeys: &Path) -> Config {
     if mode == Mode::Production {
         config.database_url = Some(fresh_database().await);
         config.redis_url = Some(redis_url());
+        // Production never writes SMS to the outbox: a local Twilio fake stands in.
+        config.sms.twilio = Some(twilio_config(&HttpFake::twilio().await));
     }
     config
+}
+
+/// `[sms.twilio]` pointing at a fake; the auth token is `test-token`.
+pub fn twilio_config(fake: &HttpFake) -> nurture::config::TwilioConfig {
+    nurture::config::TwilioConfig {
+        account_sid: "ACtest".into(),
+        auth_token: "test-token".into(),
+        from: Some("+15005550006".into()),
+        messaging_service_sid: None,
+        base_url: fake.base.clone(),
+    }
+}
+
+/// SMS recorded as handed to a provider (or the outbox) for a contact.
+pub async fn sms_of(env: &TestEnv, contact: i64) -> Vec<nurture::store::sms::Delivery> {
+    let mut connection = env.engine.store.pool.acquire().await.unwrap();
+    nurture::store::sms::of_contact(&mut connection, contact).await.unwrap()
+}
+
+/// One request a fake HTTP server received.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    /// Lowercase names.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    pub fn form(&self) -> Vec<(String, String)> {
+        url::form_urlencoded::parse(&self.body).into_owned().collect()
+    }
+
+    pub fn form_field(&self, name: &str) -> Option<String> {
+        self.form().into_iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("a JSON body")
+    }
+}
+
+/// What a fake answers: a status, a body, and how long it waits first.
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
+    pub delay: Duration,
+}
+
+impl Answer {
+    pub fn new(status: u16, body: impl Into<String>) -> Answer {
+        Answer {
+            status,
+            body: body.into(),
+            delay: Duration::ZERO,
+        }
+    }
+}
+
+type Answering = dyn Fn(usize, &Recorded) -> Answer + Send + Sync;
+
+/// A real HTTP server on a loopback port standing in for a provider or a webhook target: it
+/// records every request and answers with `answer(index of the request, request)`.
+pub struct HttpFake {
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+    pub port: u16,
+    requests: Arc<std::sync::Mutex<Vec<Recorded>>>,
+}
+
+impl HttpFake {
+    pub async fn start(answer: impl Fn(usize, &Recorded) -> Answer + Send + Sync + 'static) -> HttpFake {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let answer: Arc<Answering> = Arc::new(answer);
+        let seen = requests.clone();
+        let handler = move |request: axum::extract::Request| {
+            let (seen, answer) = (seen.clone(), answer.clone());
+            async move {
+                let (parts, body) = request.into_parts();
+                let body = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
+                let recorded = Recorded {
+                    method: parts.method.to_string(),
+                    path: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+                    headers: parts
+                        .headers
+                        .iter()
+                        .map(|(n, v)| (n.as_str().to_string(), v.to_str().unwrap_or_default().to_string()))
+                        .collect(),
+                    body: body.to_vec(),
+                };
+                let index = {
+                    let mut seen = seen.lock().unwrap();
+                    seen.push(recorded.clone());
+                    seen.len() - 1
+                };
+                let reply = answer(index, &recorded);
+                tokio::time::sleep(reply.delay).await;
+                (
+                    axum::http::StatusCode::from_u16(reply.status).unwrap(),
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    reply.body,
+                )
+            }
+        };
+        let app = axum::Router::new().fallback(handler);
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        HttpFake {
+            base: format!("http://127.0.0.1:{port}"),
+            port,
+            requests,
+        }
+    }
+
+    /// Twilio's Messages API: 201 with a new `SM...` sid for every message.
+    pub async fn twilio() -> HttpFake {
+        HttpFake::start(|index, request| {
+            let to = request.form_field("To").unwrap_or_default();
+            Answer::new(
+                201,
+                serde_json::json!({"sid": format!("SM{index:032x}"), "status": "queued", "to": to, "num_segments": "1"})
+                    .to_string(),
+            )
+        })
+        .await
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
 }
 
 /// A running engine with its worker, for one test.
