@@ -43,8 +43,29 @@ async fn contact(env: &TestEnv, phone: &str) -> i64 {
 }
 
 async fn effect_results(env: &TestEnv, contact: i64) -> Vec<String> {
+    texts(
+        env,
+        "SELECT COALESCE(result, last_error, status) FROM effects WHERE contact_id = $1 ORDER BY created_at, effect_key",
+        contact,
+    )
+    .await
+}
+
+/// Why each of the contact's messages was suppressed in its move (`advance` records no effect).
+async fn suppressed_steps(env: &TestEnv, contact: i64) -> Vec<String> {
+    texts(
+        env,
+        "SELECT h.detail FROM step_history h JOIN enrollments e ON e.id = h.enrollment_id
+         WHERE e.contact_id = $1 AND h.outcome = 'suppressed' ORDER BY h.id",
+        contact,
+    )
+    .await
+}
+
+/// The one text column of `sql`'s rows for a contact.
+async fn texts(env: &TestEnv, sql: &'static str, contact: i64) -> Vec<String> {
     use sqlx::Row;
-    sqlx::query("SELECT COALESCE(result, last_error, status) FROM effects WHERE contact_id = $1 ORDER BY created_at, effect_key")
+    sqlx::query(sql)
         .bind(contact)
         .fetch_all(&env.engine.store.pool)
         .await
@@ -52,22 +73,6 @@ async fn effect_results(env: &TestEnv, contact: i64) -> Vec<String> {
         .iter()
         .map(|row| row.get(0))
         .collect()
-}
-
-/// Why each of the contact's messages was suppressed in its move (`advance` records no effect).
-async fn suppressed_steps(env: &TestEnv, contact: i64) -> Vec<String> {
-    use sqlx::Row;
-    sqlx::query(
-        "SELECT h.detail FROM step_history h JOIN enrollments e ON e.id = h.enrollment_id
-         WHERE e.contact_id = $1 AND h.outcome = 'suppressed' ORDER BY h.id",
-    )
-    .bind(contact)
-    .fetch_all(&env.engine.store.pool)
-    .await
-    .unwrap()
-    .iter()
-    .map(|row| row.get(0))
-    .collect()
 }
 
 /// Posts a form to our API signed the way Twilio signs it, for the URL Twilio was given.
