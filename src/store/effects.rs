@@ -51,7 +51,7 @@ pub async fn pending_many(connection: &mut AnyConnection, enrollment_ids: &[i64]
              ORDER BY created_at, effect_key",
             super::placeholders(1, super::padded_len(chunk.len()))
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(&*connection, sql)));
         for id in super::padded(chunk) {
             query = query.bind(*id);
         }
@@ -82,11 +82,13 @@ pub async fn claim_many(
     for chunk in keys.chunks(super::IN_CHUNK) {
         let sql = format!(
             "UPDATE effects SET status = 'sending', claimed_until = $1
-             WHERE effect_key IN ({}) AND (status = 'pending' OR (status = 'sending' AND claimed_until < $2))
+             WHERE (status = 'pending' OR (status = 'sending' AND claimed_until < $2)) AND effect_key IN ({})
              RETURNING effect_key",
             super::placeholders(3, super::padded_len(chunk.len()))
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(ms(until)).bind(ms(now));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(&*connection, sql)))
+            .bind(ms(until))
+            .bind(ms(now));
         for key in super::padded(chunk) {
             query = query.bind(*key);
         }
@@ -109,7 +111,7 @@ pub async fn mark_done_many(
              FROM (VALUES {}) AS v WHERE effects.effect_key = v.column1",
             super::value_rows(2, super::padded_len(chunk.len()), &["TEXT", "TEXT"])
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(ms(now));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(&*connection, sql))).bind(ms(now));
         for (key, result) in super::padded(chunk) {
             query = query.bind(key).bind(result);
         }
