@@ -367,6 +367,7 @@ mod tests {
 
     #[test]
     fn numbered_parameters_in_order_become_anonymous_on_sqlite() {
+        use super::anonymous_parameters;
         assert_eq!(
             anonymous_parameters("UPDATE t SET a = $1 WHERE id IN ($2, $3) AND b = 'x$'").as_deref(),
             Some("UPDATE t SET a = ? WHERE id IN (?, ?) AND b = 'x$'")
