@@ -183,7 +183,7 @@ pub async fn cancel_unsent(tx: &mut Tx<'_>, enrollment_ids: &[i64]) -> Result<u6
             "UPDATE effects SET status = 'cancelled' WHERE status IN ('pending', 'sending') AND enrollment_id IN ({})",
             super::placeholders(1, chunk.len())
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(&**tx, sql)));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(tx, sql)));
         for id in chunk {
             query = query.bind(*id);
         }

@@ -309,7 +309,7 @@ pub async fn received_fresh(
             "INSERT INTO received_messages (source, message_id, received_at) VALUES {} ON CONFLICT DO NOTHING RETURNING source, message_id",
             value_rows(1, padded_len(chunk.len()), &[""; 3])
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(for_dialect(&**tx, sql)));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(for_dialect(tx, sql)));
         for (source, id, at) in padded(chunk) {
             query = query.bind(*source).bind(*id).bind(*at);
         }
