@@ -110,6 +110,7 @@ impl Engine {
                 .into_iter()
                 .map(|(enrollment, seq, at)| (StepJob { enrollment, seq }, at)),
         );
+        let due_ms: Vec<i64> = due.iter().map(|(_, _, at)| *at).collect();
         self.queue
             .push_now(
                 due.into_iter()
@@ -117,6 +118,10 @@ impl Engine {
                     .collect(),
             )
             .await?;
+        // Overdue when loaded (after a restart): as late as they are now.
+        self.queue
+            .timers
+            .count_lateness(due_ms, self.clock.now().timestamp_millis());
         Ok(until)
     }
 
