@@ -280,7 +280,7 @@ pub async fn conversions_between(
 }
 
 /// The touches of `contacts` in `[since, until]`: entering a journey, messages handed over,
-/// leads handed to sales, opens and clicks.
+/// leads handed to sales, opens and clicks (on the channel of the message opened or clicked).
 pub async fn touches_of(
     connection: &mut AnyConnection,
     contacts: &[i64],
@@ -296,7 +296,7 @@ pub async fn touches_of(
                WHERE contact_id IN ({}) AND entered_at >= $1 AND entered_at <= $2
              UNION ALL SELECT contact_id, done_at, journey_id, step, kind FROM effects
                WHERE contact_id IN ({}) AND status = 'done' AND done_at >= $1 AND done_at <= $2 AND kind IN ('email', 'sms', 'assignment')
-             UNION ALL SELECT contact_id, at, journey_id, step, kind FROM touches
+             UNION ALL SELECT contact_id, at, journey_id, step, channel FROM touches
                WHERE contact_id IN ({}) AND at >= $1 AND at <= $2 AND kind IN ('opened', 'clicked')",
             list(3),
             list(3 + n),
