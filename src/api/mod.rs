@@ -9,7 +9,7 @@ mod email;
 mod error;
 mod ingest;
 mod openapi;
-pub mod reports;
+mod reports;
 mod sms;
 
 pub use auth::Keys;

@@ -3,12 +3,11 @@
 
 use super::AppState;
 use super::error::ApiError;
-use crate::reports::{self, GroupBy, Model, render};
+use crate::reports::{self, Asked, render};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
-use chrono::NaiveDate;
 
 #[derive(serde::Deserialize, Default)]
 pub struct Range {
@@ -18,60 +17,17 @@ pub struct Range {
     group_by: Option<String>,
 }
 
-/// What a report covers: days `[from, to]` (midnights, ms; the last 30 days by default) and
-/// the attribution model (`last_touch` by default).
-pub struct Asked {
-    pub from: i64,
-    pub to: i64,
-    pub model: Model,
-    pub group_by: GroupBy,
-}
-
 impl Range {
     fn read(&self, today: i64) -> Result<Asked, ApiError> {
-        let day = |field: &str, text: &Option<String>| -> Result<Option<i64>, ApiError> {
-            text.as_deref()
-                .map(|text| {
-                    parse_day(text).ok_or_else(|| {
-                        ApiError::bad_request(
-                            "invalid_query",
-                            field,
-                            format!("`{text}` is not a date; write it as YYYY-MM-DD"),
-                        )
-                    })
-                })
-                .transpose()
-        };
-        let to = day("to", &self.to)?.unwrap_or(today);
-        let from = day("from", &self.from)?.unwrap_or(to - 29 * reports::DAY_MS);
-        if from > to {
-            return Err(ApiError::bad_request("invalid_query", "from", "`from` is after `to`"));
-        }
-        let model = match &self.model {
-            Some(text) => text
-                .parse()
-                .map_err(|e: String| ApiError::bad_request("invalid_query", "model", e))?,
-            None => Model::LastTouch,
-        };
-        let group_by = match &self.group_by {
-            Some(text) => text
-                .parse()
-                .map_err(|e: String| ApiError::bad_request("invalid_query", "group_by", e))?,
-            None => GroupBy::Journey,
-        };
-        Ok(Asked {
-            from,
-            to,
-            model,
-            group_by,
-        })
+        Asked::read(
+            self.from.as_deref(),
+            self.to.as_deref(),
+            self.model.as_deref(),
+            self.group_by.as_deref(),
+            today,
+        )
+        .map_err(|(field, message)| ApiError::bad_request("invalid_query", field, message))
     }
-}
-
-/// Midnight UTC of a `YYYY-MM-DD` day, in ms.
-pub fn parse_day(text: &str) -> Option<i64> {
-    let date = NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d").ok()?;
-    Some(date.and_hms_opt(0, 0, 0)?.and_utc().timestamp_millis())
 }
 
 fn wants_csv(headers: &HeaderMap) -> bool {

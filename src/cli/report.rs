@@ -3,10 +3,9 @@
 //! so a report from the command line is as fresh as the API's.
 
 use super::out;
-use crate::api::reports::parse_day;
 use crate::app;
 use crate::config::Config;
-use crate::reports::{self, GroupBy, Model, render};
+use crate::reports::{self, Asked, render};
 use anyhow::{Result, anyhow};
 use clap::{Subcommand, ValueEnum};
 use std::process::ExitCode;
@@ -58,19 +57,15 @@ pub enum Report {
 }
 
 impl Range {
-    fn days(&self, today: i64) -> Result<(i64, i64, Model)> {
-        let day = |flag: &str, text: &Option<String>| -> Result<Option<i64>> {
-            text.as_deref()
-                .map(|t| parse_day(t).ok_or_else(|| anyhow!("--{flag} `{t}` is not a date; write it as YYYY-MM-DD")))
-                .transpose()
-        };
-        let to = day("to", &self.to)?.unwrap_or(today);
-        let from = day("from", &self.from)?.unwrap_or(to - 29 * reports::DAY_MS);
-        if from > to {
-            return Err(anyhow!("--from is after --to"));
-        }
-        let model: Model = self.model.parse().map_err(|e: String| anyhow!("--model: {e}"))?;
-        Ok((from, to, model))
+    fn read(&self, group_by: Option<&str>, today: i64) -> Result<Asked> {
+        Asked::read(
+            self.from.as_deref(),
+            self.to.as_deref(),
+            Some(&self.model),
+            group_by,
+            today,
+        )
+        .map_err(|(field, message)| anyhow!("--{}: {message}", field.replace('_', "-")))
     }
 }
 
@@ -91,13 +86,14 @@ pub fn run(command: Report) -> Result<ExitCode> {
         let today = reports::day_of(engine.clock.now().timestamp_millis());
         match command {
             Report::Roi { range, group_by } => {
-                let (from, to, model) = range.days(today)?;
-                let group_by: GroupBy = group_by.parse().map_err(|e: String| anyhow!("--group-by: {e}"))?;
-                let report = engine.roi_report(from, to, model, group_by).await?;
+                let asked = range.read(Some(&group_by), today)?;
+                let report = engine
+                    .roi_report(asked.from, asked.to, asked.model, asked.group_by)
+                    .await?;
                 print(
                     range.format,
-                    render::roi_table(&report, group_by),
-                    render::roi_json(&report, group_by),
+                    render::roi_table(&report, asked.group_by),
+                    render::roi_json(&report, asked.group_by),
                 )?;
             }
             Report::Funnel { journey, format } => {
@@ -112,8 +108,8 @@ pub fn run(command: Report) -> Result<ExitCode> {
                 )?;
             }
             Report::Kpis { range } => {
-                let (from, to, model) = range.days(today)?;
-                let kpis = engine.kpi_report(from, to, model).await?;
+                let asked = range.read(None, today)?;
+                let kpis = engine.kpi_report(asked.from, asked.to, asked.model).await?;
                 print(
                     range.format,
                     reports::funnel::kpis_table(&kpis),

@@ -293,9 +293,72 @@ pub struct Roi {
     pub unconverted: BTreeMap<String, Credit>,
 }
 
+type GroupKey = (Option<String>, Option<String>, Option<String>);
+
+fn row_of(rows: &mut BTreeMap<GroupKey, RoiRow>, key: GroupKey) -> &mut RoiRow {
+    rows.entry(key.clone()).or_insert_with(|| RoiRow {
+        journey: key.0,
+        step: key.1,
+        channel: key.2,
+        ..RoiRow::default()
+    })
+}
+
+/// What a report was asked for: days `[from, to]` (midnights, ms), a model and a grouping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Asked {
+    pub from: i64,
+    pub to: i64,
+    pub model: Model,
+    pub group_by: GroupBy,
+}
+
+impl Asked {
+    /// Reads what the API's query or the command's flags say: days as `YYYY-MM-DD` (the last
+    /// 30 days to `today` by default), `last_touch` and `journey` by default. A mistake names
+    /// its field.
+    pub fn read(
+        from: Option<&str>,
+        to: Option<&str>,
+        model: Option<&str>,
+        group_by: Option<&str>,
+        today: i64,
+    ) -> Result<Asked, (&'static str, String)> {
+        let day = |field: &'static str, text: Option<&str>| {
+            text.map(|text| parse_day(text).ok_or((field, format!("`{text}` is not a date; write it as YYYY-MM-DD"))))
+                .transpose()
+        };
+        let to = day("to", to)?.unwrap_or(today);
+        let from = day("from", from)?.unwrap_or(to - 29 * DAY_MS);
+        if from > to {
+            return Err(("from", "`from` is after `to`".into()));
+        }
+        Ok(Asked {
+            from,
+            to,
+            model: model
+                .map(str::parse)
+                .transpose()
+                .map_err(|e| ("model", e))?
+                .unwrap_or(Model::LastTouch),
+            group_by: group_by
+                .map(str::parse)
+                .transpose()
+                .map_err(|e| ("group_by", e))?
+                .unwrap_or(GroupBy::Journey),
+        })
+    }
+}
+
+/// Midnight UTC of a `YYYY-MM-DD` day, in ms.
+pub fn parse_day(text: &str) -> Option<i64> {
+    let date = chrono::NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d").ok()?;
+    Some(date.and_hms_opt(0, 0, 0)?.and_utc().timestamp_millis())
+}
+
 /// Groups the rollups of `[from, to]` into report rows under `model`.
 pub fn roi(rollup: &Rollup, from: i64, to: i64, model: Model, group_by: GroupBy) -> Roi {
-    let key = |place: &Place| -> (Option<String>, Option<String>, Option<String>) {
+    let key = |place: &Place| -> GroupKey {
         if place.journey.is_empty() && place.channel.is_empty() {
             return (None, None, None);
         }
@@ -306,32 +369,14 @@ pub fn roi(rollup: &Rollup, from: i64, to: i64, model: Model, group_by: GroupBy)
         }
     };
     let within = |day: i64| day >= from && day <= to;
-    let mut rows: BTreeMap<(Option<String>, Option<String>, Option<String>), RoiRow> = BTreeMap::new();
+    let mut rows: BTreeMap<GroupKey, RoiRow> = BTreeMap::new();
     let mut total = RoiRow::default();
     for (place, activity) in rollup.activity.iter().filter(|(p, _)| within(p.day)) {
-        let (journey, step, channel) = key(place);
-        let row = rows
-            .entry((journey.clone(), step.clone(), channel.clone()))
-            .or_insert_with(|| RoiRow {
-                journey,
-                step,
-                channel,
-                ..RoiRow::default()
-            });
-        row.activity.add(activity);
+        row_of(&mut rows, key(place)).activity.add(activity);
         total.activity.add(activity);
     }
     for ((_, place), credit) in rollup.credits.iter().filter(|((m, p), _)| *m == model && within(p.day)) {
-        let (journey, step, channel) = key(place);
-        let row = rows
-            .entry((journey.clone(), step.clone(), channel.clone()))
-            .or_insert_with(|| RoiRow {
-                journey,
-                step,
-                channel,
-                ..RoiRow::default()
-            });
-        row.credit.add(credit);
+        row_of(&mut rows, key(place)).credit.add(credit);
         total.credit.add(credit);
     }
     let mut unconverted: BTreeMap<String, Credit> = BTreeMap::new();
