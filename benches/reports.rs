@@ -68,11 +68,11 @@ async fn run(contacts: i64) {
         format!("INSERT INTO journey_versions (journey_id, version, file, source, loaded_at) SELECT 'j' || g, 'v', 'j.yaml', '', {t0} FROM generate_series(0, 9) g"),
         format!("INSERT INTO enrollments (contact_id, journey_id, version, status, position, step, entered_at, updated_at)
                  SELECT id, 'j' || (id % 10), 'v', 'completed', '{{}}', 'mail', {t0} + (id % 90) * {DAY} + id % 86400000, {t0} FROM contacts"),
-        format!("INSERT INTO effects (effect_key, enrollment_id, contact_id, journey_id, step, kind, payload, status, created_at, done_at)
-                 SELECT e.id || '/mail' || s, e.id, e.contact_id, e.journey_id, 'mail' || s, 'email', '{{}}', 'done', e.entered_at + s * 3600000, e.entered_at + s * 3600000
-                 FROM enrollments e, generate_series(1, 2) s"),
-        format!("INSERT INTO events (contact_id, name, properties, occurred_at)
-                 SELECT c.id, 'Page Viewed', '{{\"path\": \"/\"}}', c.created_at + s * 3600000 FROM contacts c, generate_series(1, 10) s"),
+        "INSERT INTO effects (effect_key, enrollment_id, contact_id, journey_id, step, kind, payload, status, created_at, done_at)
+                 SELECT e.id || '/mail' || s, e.id, e.contact_id, e.journey_id, 'mail' || s, 'email', '{}', 'done', e.entered_at + s * 3600000, e.entered_at + s * 3600000
+                 FROM enrollments e, generate_series(1, 2) s".to_string(),
+        "INSERT INTO events (contact_id, name, properties, occurred_at)
+                 SELECT c.id, 'Page Viewed', '{\"path\": \"/\"}', c.created_at + s * 3600000 FROM contacts c, generate_series(1, 10) s".to_string(),
         // One click on every tenth message; an order from every twentieth contact, a goal from every fiftieth.
         "INSERT INTO touches (contact_id, journey_id, step, channel, kind, at)
          SELECT contact_id, journey_id, step, 'email', 'clicked', done_at + 600000 FROM effects WHERE contact_id % 10 = 0".into(),

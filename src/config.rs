@@ -142,7 +142,7 @@ impl ReportsConfig {
             ));
         }
         for (currency, rate) in &self.rates {
-            if !code(currency) || !(rate.is_finite() && *rate > 0.0) {
+            if !(code(currency) && rate.is_finite() && *rate > 0.0) {
                 return Err(format!(
                     "[reports.rates] {currency} = {rate}: write a currency code and what one unit of it is worth in {}, such as CNY = 0.14",
                     self.currency

@@ -16,6 +16,11 @@ const WAIT: Duration = Duration::from_secs(60);
 const ADMIN: &str = "admin-reports";
 const WRITE_KEY: &str = "wk-reports";
 
+/// (group, thousandths of conversions, revenue in cents) per grouping, per model.
+type Credits = Vec<(&'static str, Vec<(&'static str, Vec<(&'static str, i64, i64)>)>)>;
+/// (group, enrolled, sent, delivered, clicked, cost in cents) per grouping.
+type Counts = Vec<(&'static str, Vec<(&'static str, i64, i64, i64, i64, i64)>)>;
+
 fn event(name: &str, properties: Value) -> EventFacts {
     EventFacts {
         name: name.into(),
@@ -96,7 +101,7 @@ fn cents(value: &Value) -> i64 {
 ///   3429 x2 after the two largest remainders; credit 142.9 x3, 285.7 x2: 143, 143, 143, 286, 285.
 /// - position_based: Ada 40% / 20% over three / 40%: 48.00, 8.00 x3, 48.00; credit 400,
 ///   66.7 x3, 400: 400, 67, 67, 66, 400.
-fn expected() -> Vec<(&'static str, Vec<(&'static str, Vec<(&'static str, i64, i64)>)>)> {
+fn expected() -> Credits {
     vec![
         (
             "first_touch",
@@ -184,7 +189,7 @@ fn expected() -> Vec<(&'static str, Vec<(&'static str, Vec<(&'static str, i64, i
 /// Activity per grouping, whatever the model: (group, enrolled, sent, delivered, clicked, cost
 /// in cents). Emails cost 0.50 each; `welcome` costs 300 a month, 10.00 a day, for the four
 /// days 2 to 5 March it has run.
-fn activity() -> Vec<(&'static str, Vec<(&'static str, i64, i64, i64, i64, i64)>)> {
+fn activity() -> Counts {
     vec![
         (
             "journey",
