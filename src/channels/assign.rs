@@ -105,7 +105,7 @@ pub async fn assign_many(
             "SELECT enrollment_id, rep FROM assignments WHERE team = $1 AND status = 'assigned' AND enrollment_id IN ({}) ORDER BY id DESC",
             crate::store::placeholders(2, chunk.len())
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(team.id.clone());
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(crate::store::for_dialect(&tx, sql))).bind(team.id.clone());
         for id in chunk {
             query = query.bind(*id);
         }
@@ -177,7 +177,7 @@ pub async fn assign_many(
             "INSERT INTO assignments (contact_id, enrollment_id, team, rep, assigned_at, status) VALUES {}",
             crate::store::value_rows(1, chunk.len(), &[""; 6])
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(crate::store::for_dialect(&tx, sql)));
         for (contact_id, enrollment, rep) in chunk {
             query = query
                 .bind(*contact_id)
@@ -192,7 +192,7 @@ pub async fn assign_many(
             "UPDATE contacts SET owner = v.column2 FROM (VALUES {}) AS v WHERE contacts.id = v.column1",
             crate::store::value_rows(1, chunk.len(), &["BIGINT", "TEXT"])
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(crate::store::for_dialect(&tx, sql)));
         for (contact_id, _, rep) in chunk {
             query = query.bind(*contact_id).bind(rep.to_string());
         }

@@ -32,7 +32,7 @@ pub async fn find_many(
                 "SELECT kind, value, contact_id FROM identities WHERE kind = $1 AND value IN ({})",
                 super::placeholders(2, super::padded_len(chunk.len()))
             );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(kind);
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(&*connection, sql))).bind(kind);
             for value in super::padded(chunk) {
                 query = query.bind(*value);
             }
