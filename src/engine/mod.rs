@@ -17,6 +17,7 @@ pub mod message;
 pub mod outbound;
 pub mod plan;
 pub mod reactions;
+pub mod reports;
 pub mod runner;
 pub mod scoring;
 pub mod simulate;
