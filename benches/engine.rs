@@ -463,6 +463,11 @@ async fn burst_phase(mode: Mode, count: usize, concurrency: usize, restart: bool
         eprintln!("  (parking took longer than the lead: the waits were due before all had parked)");
     }
     if restart {
+        // Restart 20 s before they are due: the new process loads them from the database at start.
+        let until_restart = due_ms - 20_000 - unix_ms();
+        if until_restart > 0 {
+            tokio::time::sleep(Duration::from_millis(until_restart as u64)).await;
+        }
         env = env.restart().await;
         eprintln!(
             "  restarted, {:.1} s before they are due",

@@ -169,16 +169,23 @@ impl Queue {
 
     /// Enqueues jobs to run now, and wakes every worker (here and, through Redis, elsewhere).
     pub async fn push_now(&self, jobs: Vec<StepJob>) -> Result<(), Error> {
+        const PUSH_CHUNK: usize = 1_000;
         if jobs.is_empty() {
             return Ok(());
         }
         match &self.backend {
             Backend::Redis(storage) => {
-                storage
-                    .clone()
-                    .push_bulk(jobs)
-                    .await
-                    .map_err(|e| Error::Queue(e.to_string()))?;
+                // apalis pushes a bulk with one Lua script. A script of 100,000 jobs blocks
+                // Redis for seconds and outlives the connection's response timeout, so the
+                // push "fails" after it succeeded, and a retry pushes it all again (a restart
+                // with 100k waits due together once grew to 22M queued jobs). Chunks stay quick.
+                for chunk in jobs.chunks(PUSH_CHUNK) {
+                    storage
+                        .clone()
+                        .push_bulk(chunk.to_vec())
+                        .await
+                        .map_err(|e| Error::Queue(e.to_string()))?;
+                }
                 if let Some(channel) = &self.wake_channel {
                     let _: i64 = redis::cmd("PUBLISH")
                         .arg(channel)
@@ -187,11 +194,15 @@ impl Queue {
                         .await?;
                 }
             }
-            Backend::Sqlite(storage) => storage
-                .clone()
-                .push_bulk(jobs)
-                .await
-                .map_err(|e| Error::Queue(e.to_string()))?,
+            Backend::Sqlite(storage) => {
+                for chunk in jobs.chunks(PUSH_CHUNK) {
+                    storage
+                        .clone()
+                        .push_bulk(chunk.to_vec())
+                        .await
+                        .map_err(|e| Error::Queue(e.to_string()))?;
+                }
+            }
         }
         self.hub.jobs_available();
         Ok(())
