@@ -70,6 +70,23 @@ pub fn compile_with(sources: &Sources, guardrails: &Guardrails) -> (Catalog, Vec
         (Some(_), None) => TeamNames::Unchecked,
     };
     let has_email = |name: &str| templates.has_email(name) || templates_broken(sources, name, ".email.hbs");
+    if let (Some(file), Some(sales)) = (&sources.sales, &sales) {
+        for team in sales.teams.values() {
+            if let super::sales::NotifyEmail::Template { name, pos } = &team.notify.email
+                && !has_email(name)
+            {
+                let known: Vec<&str> = templates.emails.keys().map(String::as_str).collect();
+                diagnostics.push(
+                    Diagnostic::error(&file.path, *pos, "J053", format!("no email template `{name}`")).with_hint(
+                        match super::diagnostic::did_you_mean(name, known) {
+                            Some(near) => format!("did you mean `{near}`?"),
+                            None => format!("create templates/{name}.email.hbs, or write `email: false`"),
+                        },
+                    ),
+                );
+            }
+        }
+    }
     let has_sms = |name: &str| templates.has_sms(name) || templates_broken(sources, name, ".sms.hbs");
     let refs = Refs {
         has_email_template: &has_email,

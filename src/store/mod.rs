@@ -7,6 +7,7 @@ pub mod email;
 pub mod enrollments;
 pub mod guardrails;
 pub mod identities;
+pub mod sales;
 pub mod scores;
 pub mod sms;
 

@@ -33,6 +33,7 @@ fn team(strategy: Strategy, reps: &[&str], capacity: Option<u32>) -> Team {
         name: "Inbound".into(),
         strategy,
         accept_within: None,
+        notify: Default::default(),
         reps: reps
             .iter()
             .map(|&id| Rep {
