@@ -12,6 +12,7 @@ mod ingest_holes;
 mod language;
 mod restarts;
 mod retries;
+mod sales;
 mod scoring;
 mod simulate;
 mod sms;
