@@ -68,7 +68,7 @@ pub struct Engine {
     /// Requests on their way to a group commit (see `ingest.rs`); started on the first one.
     pub(crate) ingest_groups: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<super::ingest::Pending>>,
     /// Accept deadlines coming due and reps to tell (see `sales.rs`).
-    pub(crate) sales: super::sales::SalesDesk,
+    pub(crate) sales: super::lead_deadlines::SalesDesk,
 }
 
 /// Counts preloaded for one move: `count_events` windows, and when the recent messages to the
@@ -132,7 +132,7 @@ impl Engine {
             sends: std::sync::atomic::AtomicBool::new(false),
             steps: std::sync::OnceLock::new(),
             ingest_groups: std::sync::OnceLock::new(),
-            sales: super::sales::SalesDesk::default(),
+            sales: super::lead_deadlines::SalesDesk::default(),
         })
     }
 

@@ -4,7 +4,7 @@
 //! sales. Every change is one transaction with the events it emits (`Lead Assigned`, `Lead
 //! Accepted`, `Lead Rejected`, `Lead Recycled`, `Lead Won`, `Lead Lost`), which go through
 //! `record_and_react` like any tracked event, so journeys can `wait_for` them. Telling the rep
-//! is in `lead_notices.rs`.
+//! is in `lead_notices.rs`, the deadlines' timer in `lead_deadlines.rs`.
 
 use super::contact::Contact;
 use super::reactions::Occurrence;
@@ -19,8 +19,7 @@ use crate::store::{self, enrollments};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value as Json};
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
-use tokio::sync::Notify;
+use std::sync::Arc;
 use tracing::{debug, warn};
 
 /// Who acts on a lead through the API.
@@ -79,62 +78,6 @@ impl From<store::Error> for Refusal {
 impl From<sqlx::Error> for Refusal {
     fn from(error: sqlx::Error) -> Self {
         Refusal::Failed(error.into())
-    }
-}
-
-/// The sales loop's in-process parts: accept deadlines coming due, and leads whose rep is to
-/// be told (handed to `run_sales`).
-pub(crate) struct SalesDesk {
-    /// `(due ms, lead)`, earliest first: like `queue::Timers`, loaded in windows by the
-    /// process holding the `timers` lease, and by every process for the leads it places.
-    deadlines: Mutex<BTreeSet<(i64, i64)>>,
-    changed: Notify,
-    notices: tokio::sync::mpsc::UnboundedSender<i64>,
-    inbox: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<i64>>>,
-}
-
-impl Default for SalesDesk {
-    fn default() -> Self {
-        let (notices, inbox) = tokio::sync::mpsc::unbounded_channel();
-        SalesDesk {
-            deadlines: Mutex::new(BTreeSet::new()),
-            changed: Notify::new(),
-            notices,
-            inbox: Mutex::new(Some(inbox)),
-        }
-    }
-}
-
-impl SalesDesk {
-    fn hold(&self, deadlines: impl IntoIterator<Item = (i64, i64)>) {
-        let mut entries = self.deadlines.lock().unwrap_or_else(|e| e.into_inner());
-        let earliest = entries.first().map(|e| e.0);
-        let mut sooner = false;
-        for (lead, due) in deadlines {
-            sooner |= earliest.is_none_or(|first| due < first);
-            entries.insert((due, lead));
-        }
-        drop(entries);
-        if sooner {
-            self.changed.notify_one();
-        }
-    }
-
-    fn take_due(&self, now: i64) -> Vec<i64> {
-        let mut entries = self.deadlines.lock().unwrap_or_else(|e| e.into_inner());
-        let later = entries.split_off(&(now + 1, i64::MIN));
-        std::mem::replace(&mut *entries, later)
-            .into_iter()
-            .map(|(_, lead)| lead)
-            .collect()
-    }
-
-    fn next_due(&self) -> Option<i64> {
-        self.deadlines
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .first()
-            .map(|e| e.0)
     }
 }
 
@@ -289,11 +232,7 @@ impl Engine {
         let ahead = self.clock.now().timestamp_millis() + crate::queue::timers::HOLD_AHEAD_MS;
         self.sales
             .hold(follow.deadlines.into_iter().filter(|(_, due)| *due <= ahead));
-        for lead in follow.notices {
-            // The receiver lives as long as the engine; a notice lost with the process is
-            // repaired by the reconciler (`notified_at` is still NULL).
-            let _ = self.sales.notices.send(lead);
-        }
+        self.sales.tell(follow.notices);
     }
 
     /// A rep (or an admin) acts on a lead. Returns the lead as it is afterwards.
@@ -607,85 +546,6 @@ impl Engine {
             .load_contact(&mut connection, lead.contact_id, self.clock.now())
             .await?;
         Ok(Some((lead, contact)))
-    }
-
-    /// Holds the accept deadlines due in `(after, until]` (ms) and recycles the overdue ones
-    /// now: what the `timers` lease holder does for each window.
-    pub async fn load_lead_deadlines(&self, after: i64, until: i64) -> Result<()> {
-        let mut connection = self.store.pool.acquire().await?;
-        let due = leads::deadlines_between(&mut connection, after, until).await?;
-        drop(connection);
-        let now = self.clock.now().timestamp_millis();
-        let (overdue, coming): (Vec<_>, Vec<_>) = due.into_iter().partition(|(_, at)| *at <= now);
-        self.sales.hold(coming);
-        let overdue: Vec<i64> = overdue.into_iter().map(|(lead, _)| lead).collect();
-        if !overdue.is_empty() {
-            self.recycle(&overdue).await?;
-        }
-        Ok(())
-    }
-
-    /// Repairs what a dead process left: deadlines passed more than `grace` ago and reps not
-    /// told. Part of `reconcile`.
-    pub(crate) async fn reconcile_sales(&self, before: DateTime<Utc>) -> Result<usize> {
-        let mut connection = self.store.pool.acquire().await?;
-        let overdue = leads::deadlines_between(&mut connection, i64::MIN, before.timestamp_millis()).await?;
-        let untold: Vec<i64> = leads::unnotified(&mut connection, before, 500)
-            .await?
-            .iter()
-            .map(|lead| lead.id)
-            .collect();
-        drop(connection);
-        let ids: Vec<i64> = overdue.into_iter().map(|(lead, _)| lead).collect();
-        let recycled = self.recycle(&ids).await?;
-        self.tell_reps(&untold).await;
-        Ok(recycled + untold.len())
-    }
-
-    /// Fires accept deadlines as they come due, and tells reps of their new leads, until the
-    /// process ends. Started once per engine (`app::build`).
-    pub async fn run_sales(self: Arc<Self>) {
-        let inbox = self.sales.inbox.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(mut inbox) = inbox {
-            let engine = Arc::downgrade(&self);
-            tokio::spawn(async move {
-                while let Some(first) = inbox.recv().await {
-                    let mut batch = vec![first];
-                    while let Ok(next) = inbox.try_recv() {
-                        batch.push(next);
-                    }
-                    let Some(engine) = engine.upgrade() else { return };
-                    engine.tell_reps(&batch).await;
-                }
-            });
-        }
-        loop {
-            let sleep = async {
-                match self.sales.next_due() {
-                    Some(due) => {
-                        let wait = (due - self.clock.now().timestamp_millis()).max(0) as u64;
-                        tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
-                    }
-                    None => std::future::pending::<()>().await,
-                }
-            };
-            tokio::select! {
-                _ = sleep => {}
-                // Something sooner was added: look again.
-                _ = self.sales.changed.notified() => continue,
-            }
-            let due = self.sales.take_due(self.clock.now().timestamp_millis());
-            if due.is_empty() {
-                continue;
-            }
-            if let Err(error) = self.recycle(&due).await {
-                // The database is the truth: the lease holder's next window or the reconciler
-                // recycles them.
-                warn!(%error, leads = due.len(), "Could not recycle unaccepted leads; will retry.");
-                let retry = self.clock.now().timestamp_millis() + 1_000;
-                self.sales.hold(due.into_iter().map(|lead| (lead, retry)));
-            }
-        }
     }
 }
 

@@ -268,7 +268,6 @@ pub fn exit_now(journey: &Journey, enrollment: &Enrollment, world: &World<'_>) -
         exit_when.source(),
         exit_when.explain(&facts)
     );
-    drop(facts);
     mover.record(step, "exited", detail);
     Some(Advance {
         position: Position::Finished {
