@@ -5,11 +5,15 @@
 //!    lateness is when the wait woke minus when it was due, from `step_history`.
 //! 2. Durable steps/s: contacts start `bench-steps` (four instant steps, no effects); every
 //!    move is a transaction that writes one `step_history` row.
+//! 3. Waits due together (`NURTURE_BENCH_BURST`): every enrollment waits until the same time of
+//!    day; how late the timer fired them, and how late the step after the wait committed.
 //!
 //! Each phase gets a fresh environment (SQLite files or PostgreSQL database and Redis
 //! namespace), a worker in this process, and the real clock. Environment variables:
 //! `NURTURE_BENCH_MODES` (`embedded,production`), `NURTURE_BENCH_TIMER_CONTACTS` (10000),
-//! `NURTURE_BENCH_STEPS_CONTACTS` (5000), `NURTURE_BENCH_CONCURRENCY` (worker, the default 512),
+//! `NURTURE_BENCH_STEPS_CONTACTS` (5000), `NURTURE_BENCH_BURST` (waits due in the same
+//! millisecond, e.g. 100000; 0, the default, skips it) with `NURTURE_BENCH_BURST_RESTART` (1: the
+//! engine restarts before they are due; 0: it does not), `NURTURE_BENCH_CONCURRENCY` (worker, the default 512),
 //! `NURTURE_BENCH_LOG` (set: the engine's logs on stderr, filtered by `RUST_LOG`), and the
 //! test suite's `NURTURE_TEST_DATABASE_URL` and `NURTURE_TEST_REDIS_URL`.
 
@@ -28,6 +32,8 @@ use tokio::sync::watch;
 
 const TIMER_JOURNEY: &str = "bench-wait";
 const TIMER_EVENT: &str = "Trial Started";
+const BURST_JOURNEY: &str = "bench-burst";
+const BURST_EVENT: &str = "Burst Started";
 /// The wait in `bench-wait.yaml`.
 const WAIT_MS: i64 = 2000;
 const STEPS_JOURNEY: &str = "bench-steps";
@@ -94,16 +100,23 @@ struct Env {
     worker: tokio::task::JoinHandle<()>,
     dir: PathBuf,
     production: Option<Production>,
+    config: Config,
 }
 
 impl Env {
     async fn start(mode: Mode, concurrency: usize) -> Env {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/fixtures");
+        Env::start_in(mode, concurrency, root.join("journeys")).await
+    }
+
+    /// An engine and worker on fresh storage, with the journeys of `journeys`.
+    async fn start_in(mode: Mode, concurrency: usize, journeys: PathBuf) -> Env {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/fixtures");
         let dir = std::env::temp_dir().join(unique("nurture-bench"));
         std::fs::create_dir_all(&dir).expect("create a scratch directory");
         let namespace = unique("nbench");
         let mut config = Config {
-            journeys: root.join("journeys"),
+            journeys,
             templates: root.join("templates"),
             sales: root.join("sales.yaml"),
             scoring: root.join("scoring.yaml"),
@@ -130,9 +143,14 @@ impl Env {
                 namespace,
             });
         }
-        let engine = nurture::app::build(config, Arc::new(SystemClock))
+        Env::run(config, dir, production).await
+    }
+
+    /// Builds the engine on `config`'s storage and starts its worker.
+    async fn run(config: Config, dir: PathBuf, production: Option<Production>) -> Env {
+        let engine = nurture::app::build(config.clone(), Arc::new(SystemClock))
             .await
-            .unwrap_or_else(|e| panic!("the engine starts in {mode:?} mode: {e:#}"));
+            .unwrap_or_else(|e| panic!("the engine starts: {e:#}"));
         let (stop, mut stopped) = watch::channel(false);
         let worker_engine = engine.clone();
         let worker = tokio::spawn(async move {
@@ -149,7 +167,17 @@ impl Env {
             worker,
             dir,
             production,
+            config,
         }
+    }
+
+    /// Stops the worker and the engine, and starts new ones on the same storage: a restart.
+    async fn restart(self) -> Env {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.worker).await;
+        self.engine.store.pool.close().await;
+        drop(self.engine);
+        Env::run(self.config, self.dir, self.production).await
     }
 
     async fn stop(self) {
@@ -377,6 +405,109 @@ async fn timer_phase(mode: Mode, count: usize, concurrency: usize) -> TimerResul
     }
 }
 
+struct BurstResult {
+    mode: Mode,
+    enrollments: usize,
+    woke: usize,
+    restarted: bool,
+    /// Fired (pushed to the queue) minus due, ms: the timer's own lateness.
+    fired: (u64, Vec<u64>),
+    /// The step done (`waited` row) minus due, sorted, ms: the timer plus the drain.
+    woke_late: Vec<i64>,
+}
+
+/// Waits due in the same millisecond: every enrollment of a generated journey waits until the
+/// same time of day (`wait_until`), far enough ahead for all of them to park; with `restart`,
+/// the engine is stopped and started again before that time, so the waits come from the
+/// database at start.
+async fn burst_phase(mode: Mode, count: usize, concurrency: usize, restart: bool) -> BurstResult {
+    use chrono::Timelike;
+    use nurture::engine::Clock;
+    // Parking runs at a few thousand a second; leave room, then round up to a whole minute.
+    let lead = chrono::Duration::seconds(40 + (count / 1_500) as i64);
+    let ahead = SystemClock.now() + lead;
+    let due = (ahead + chrono::Duration::seconds(60 - ahead.second() as i64))
+        .with_nanosecond(0)
+        .expect("a whole second");
+    let due_ms = due.timestamp_millis();
+    eprintln!(
+        "[{mode:?}] {count} waits due at the same moment ({} UTC){}",
+        due.format("%H:%M:%S"),
+        if restart { ", after a restart" } else { "" }
+    );
+    let journeys = std::env::temp_dir().join(unique("nurture-burst-journeys"));
+    std::fs::create_dir_all(&journeys).expect("a journeys directory");
+    std::fs::write(
+        journeys.join("bench-burst.yaml"),
+        format!(
+            "id: {BURST_JOURNEY}\ntrigger: {{event: {BURST_EVENT}}}\nre_entry: always\nsettings: {{timezone: UTC}}\nsteps:\n  - id: hold\n    wait_until: \"{}\"\n  - id: done\n    tag: burst\n",
+            due.format("%H:%M")
+        ),
+    )
+    .expect("write the journey");
+    let mut env = Env::start_in(mode, concurrency, journeys.clone()).await;
+    let (contacts, create) = create_contacts(&env.engine, count).await;
+    let (track, failures) = send_events(&env.engine, &contacts, BURST_EVENT).await;
+    eprintln!("  {count} contacts created in {create:.1?}, events tracked in {track:.1?} ({failures} failures)");
+    let parked = wait_for_count(
+        &env,
+        "SELECT COUNT(*) FROM enrollments WHERE journey_id = $1 AND status = 'waiting'",
+        BURST_JOURNEY,
+        count as i64,
+        Instant::now() + Duration::from_secs(120),
+    )
+    .await;
+    let left = due_ms - unix_ms();
+    eprintln!("  {parked} parked, {:.1} s before they are due", left as f64 / 1000.0);
+    if left < 5_000 {
+        eprintln!("  (parking took longer than the lead: the waits were due before all had parked)");
+    }
+    if restart {
+        env = env.restart().await;
+        eprintln!(
+            "  restarted, {:.1} s before they are due",
+            (due_ms - unix_ms()) as f64 / 1000.0
+        );
+    }
+    env.engine.queue.timers.reset_lateness();
+    let woke = wait_for_count(
+        &env,
+        "SELECT COUNT(*) FROM step_history WHERE journey_id = $1 AND outcome = 'waited'",
+        BURST_JOURNEY,
+        count as i64,
+        Instant::now() + Duration::from_millis((due_ms - unix_ms()).max(0) as u64) + Duration::from_secs(300),
+    )
+    .await;
+    let fired = env.engine.queue.timers.lateness(&[0.5, 0.99, 1.0]);
+    let rows = sqlx::query("SELECT at FROM step_history WHERE journey_id = $1 AND outcome = 'waited'")
+        .bind(BURST_JOURNEY)
+        .fetch_all(&env.engine.store.pool)
+        .await
+        .expect("read the wake-ups");
+    let mut woke_late: Vec<i64> = rows.iter().map(|row| row.get::<i64, _>(0) - due_ms).collect();
+    woke_late.sort_unstable();
+    eprintln!(
+        "  {woke} woke; timer fired p50 {} ms, p99 {} ms, max {} ms ({} counted); steps done p50 {} ms, p99 {} ms, last {} ms after due",
+        fired.1[0],
+        fired.1[1],
+        fired.1[2],
+        fired.0,
+        percentile(&woke_late, 0.5),
+        percentile(&woke_late, 0.99),
+        woke_late.last().copied().unwrap_or(0)
+    );
+    env.stop().await;
+    let _ = std::fs::remove_dir_all(&journeys);
+    BurstResult {
+        mode,
+        enrollments: count,
+        woke: woke as usize,
+        restarted: restart,
+        fired,
+        woke_late,
+    }
+}
+
 struct StepsResult {
     mode: Mode,
     enrollments: usize,
@@ -444,6 +575,33 @@ fn thousands(n: f64) -> String {
         out.push(c);
     }
     out
+}
+
+fn print_bursts(bursts: &[BurstResult]) {
+    if bursts.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "Waits due in the same millisecond (fired = pushed to the queue - due; done = the step after the wait committed - due)"
+    );
+    println!("| mode | waits | restarted before due | woke | fired p50 / p99 / max | done p50 / p99 / last |");
+    println!("|---|---|---|---|---|---|");
+    for b in bursts {
+        println!(
+            "| {} | {} | {} | {} | {} / {} / {} ms | {} / {} / {} ms |",
+            b.mode.name(),
+            thousands(b.enrollments as f64),
+            if b.restarted { "yes" } else { "no" },
+            thousands(b.woke as f64),
+            b.fired.1[0],
+            b.fired.1[1],
+            b.fired.1[2],
+            percentile(&b.woke_late, 0.5),
+            percentile(&b.woke_late, 0.99),
+            b.woke_late.last().copied().unwrap_or(0),
+        );
+    }
 }
 
 fn print_summary(timers: &[TimerResult], steps: &[StepsResult], concurrency: usize) {
@@ -521,15 +679,22 @@ async fn main() {
         "NURTURE_BENCH_CONCURRENCY",
         nurture::config::Config::default().concurrency,
     );
+    let burst = env_usize("NURTURE_BENCH_BURST", 0);
+    let burst_restart = env_usize("NURTURE_BENCH_BURST_RESTART", 1) == 1;
     let mut timers = Vec::new();
     let mut steps = Vec::new();
+    let mut bursts = Vec::new();
     for mode in modes {
         if timer_contacts > 0 {
             timers.push(timer_phase(mode, timer_contacts, concurrency).await);
+        }
+        if burst > 0 {
+            bursts.push(burst_phase(mode, burst, concurrency, burst_restart).await);
         }
         if steps_contacts > 0 {
             steps.push(steps_phase(mode, steps_contacts, concurrency).await);
         }
     }
     print_summary(&timers, &steps, concurrency);
+    print_bursts(&bursts);
 }

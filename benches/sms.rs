@@ -74,13 +74,17 @@ async fn adapter(name: &str, config: &Config, count: usize, at_once: usize) {
         segments: 1,
         encoding: SmsEncoding::Ucs2,
     };
+    let sent_at = chrono::DateTime::from_timestamp(1_796_000_000, 0).expect("a valid time");
     let started = Instant::now();
     let failures = stream::iter(0..count)
         .map(|i| {
             let (sender, templates, sms) = (&sender, &templates, &sms);
             async move {
                 let key = format!("bench/{i}");
-                sender.send(templates, &key, "+8613800138000", sms).await.is_err()
+                sender
+                    .send(templates, &key, "+8613800138000", sms, sent_at)
+                    .await
+                    .is_err()
             }
         })
         .buffer_unordered(at_once)

@@ -95,6 +95,7 @@ pub async fn build(mut config: Config, clock: Arc<dyn Clock>) -> Result<Arc<Engi
     }
     let engine = Arc::new(Engine::new(store, queue, clock, config)?);
     engine.install(catalog, sources).await?;
+    engine.record_prices().await?;
     // Waits this process parks come due here, whatever else it runs; so do the accept
     // deadlines of the leads it places, and the notices of their reps.
     tokio::spawn(engine.queue.timers.clone().run(engine.queue.clone()));

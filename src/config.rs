@@ -71,6 +71,101 @@ pub struct Config {
     pub sms: SmsConfig,
     /// `[webhooks]`: outgoing calls of `webhook` steps.
     pub webhooks: WebhooksConfig,
+    /// `[reports]`: the workspace currency, prices, revenue events and attribution settings.
+    pub reports: ReportsConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReportsConfig {
+    /// Every amount in a report is in this currency (ISO 4217).
+    pub currency: String,
+    /// What one unit of another currency is worth in `currency` (`CNY = 0.14`). Amounts in a
+    /// currency without a rate are never added to the others.
+    pub rates: std::collections::BTreeMap<String, f64>,
+    /// `[reports.costs]`: the price of one email and of one lead handed to sales, in
+    /// `currency`. SMS cost `[sms] price_per_segment` per segment.
+    pub costs: UnitCosts,
+    /// Events that carry revenue, and the property holding it (`currency` holds its currency).
+    pub revenue_events: std::collections::BTreeMap<String, String>,
+    /// How far back a touch may be to earn credit for a conversion.
+    #[serde(with = "humantime_secs")]
+    pub lookback: Duration,
+    /// `time_decay`: a touch this much older than the conversion earns half the credit.
+    #[serde(with = "humantime_secs")]
+    pub half_life: Duration,
+    /// How often the holder of the `reports` lease adds new facts to the daily rollups.
+    #[serde(with = "humantime_secs")]
+    pub roll_up_every: Duration,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UnitCosts {
+    pub email: f64,
+    pub assignment: f64,
+}
+
+impl Default for ReportsConfig {
+    fn default() -> Self {
+        ReportsConfig {
+            currency: "USD".into(),
+            rates: Default::default(),
+            costs: UnitCosts::default(),
+            // `Lead Won` is the sales loop's won deal: its revenue counts like an order's.
+            revenue_events: [("Order Completed", "revenue"), ("Lead Won", "revenue")]
+                .into_iter()
+                .map(|(event, property)| (event.to_string(), property.to_string()))
+                .collect(),
+            lookback: Duration::from_secs(30 * 86_400),
+            half_life: Duration::from_secs(7 * 86_400),
+            roll_up_every: Duration::from_secs(60),
+        }
+    }
+}
+
+impl ReportsConfig {
+    /// What one unit of `currency` is worth in the workspace currency; `None`: no rate, so
+    /// the amount must not be added to others.
+    pub fn rate(&self, currency: &str) -> Option<f64> {
+        if currency.eq_ignore_ascii_case(&self.currency) {
+            Some(1.0)
+        } else {
+            self.rates.get(&currency.to_ascii_uppercase()).copied()
+        }
+    }
+
+    /// Checks what serde cannot: costs and rates are positive numbers, and every currency a
+    /// cost is written in can be converted.
+    pub fn check(&self, sms: &SmsConfig) -> Result<(), String> {
+        let code = |c: &str| c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase());
+        if !code(&self.currency) {
+            return Err(format!(
+                "[reports] currency `{}` is not a currency code; write three capital letters such as \"USD\"",
+                self.currency
+            ));
+        }
+        for (currency, rate) in &self.rates {
+            if !(code(currency) && rate.is_finite() && *rate > 0.0) {
+                return Err(format!(
+                    "[reports.rates] {currency} = {rate}: write a currency code and what one unit of it is worth in {}, such as CNY = 0.14",
+                    self.currency
+                ));
+            }
+        }
+        for (name, cost) in [("email", self.costs.email), ("assignment", self.costs.assignment)] {
+            if !(cost.is_finite() && cost >= 0.0) {
+                return Err(format!("[reports.costs] {name} = {cost}: write a price of 0 or more"));
+            }
+        }
+        if sms.price_per_segment.is_some() && self.rate(&sms.currency).is_none() {
+            return Err(format!(
+                "[sms] prices SMS in {} but reports are in {}: add `{} = RATE` under [reports.rates] (what one {} is worth in {})",
+                sms.currency, self.currency, sms.currency, sms.currency, self.currency
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -218,6 +313,7 @@ impl Default for Config {
             guardrails: Guardrails::default(),
             sms: SmsConfig::default(),
             webhooks: WebhooksConfig::default(),
+            reports: ReportsConfig::default(),
         }
     }
 }
@@ -338,6 +434,10 @@ impl Config {
             Config::default()
         };
         config.apply_env(|name| std::env::var(name).ok())?;
+        config.reports.check(&config.sms).map_err(|message| Error::Invalid {
+            path: path.display().to_string(),
+            message,
+        })?;
         Ok(config)
     }
 

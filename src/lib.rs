@@ -20,6 +20,7 @@ pub mod journey;
 mod nodelay;
 pub mod project;
 pub mod queue;
+pub mod reports;
 pub mod scoring;
 pub mod store;
 

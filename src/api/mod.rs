@@ -1,7 +1,7 @@
 //! The HTTP API (axum): Segment-compatible ingestion at the host root, the contact 360 view,
 //! erasure, the failed-enrollment list, email's links (unsubscribe, clicks, opens), bounce and
 //! complaint reports, suppressions, SMS delivery reports and replies, the sales loop (a rep's
-//! leads, accept, reject, outcome; stages), and `/openapi.json`.
+//! leads, accept, reject, outcome; stages), ROI reports, and `/openapi.json`.
 
 mod auth;
 mod contacts;
@@ -9,6 +9,7 @@ mod email;
 mod error;
 mod ingest;
 mod openapi;
+mod reports;
 mod sales;
 mod sms;
 
@@ -81,6 +82,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sms/twilio/status", post(sms::twilio_status))
         .route("/v1/sms/twilio/inbound", post(sms::twilio_inbound))
         .route("/v1/sms/inbound", post(sms::inbound))
+        .route("/v1/reports/roi", get(reports::roi))
+        .route("/v1/reports/journeys/{id}/funnel", get(reports::funnel))
+        .route("/v1/reports/kpis", get(reports::kpis))
         .route("/openapi.json", get(openapi::document))
         .route("/health", get(|| async { "ok" }))
         // Bodies are measured again after gunzip; this only bounds what we read off the wire.

@@ -85,6 +85,9 @@ pub async fn document() -> Json<Value> {
     if let Some(paths) = document["paths"].as_object_mut() {
         paths.extend(email_paths(&admin));
         paths.extend(sales_paths(&admin));
+        if let Value::Object(reports) = super::reports::openapi_paths(&admin) {
+            paths.extend(reports);
+        }
     }
     Json(document)
 }

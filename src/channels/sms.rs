@@ -1,18 +1,19 @@
 //! SMS: Twilio's Messages API (or any service that speaks it), a JSON gateway configured in
 //! `nurture.toml` (Chinese SMS gateways: URL, headers and a body template, no code), or, in the
-//! embedded mode only, JSON files in `outbox/sms/`. Also the pieces of the way back: Twilio's
+//! embedded mode only, a JSON line per message in `outbox/sms/<day>.jsonl`. Also the pieces of the way back: Twilio's
 //! request signature, delivery states, and the replies that opt a contact out or back in.
 
 use super::Error;
 use super::http::{self, Client};
 use crate::config::{Config, SmsWebhookConfig, TwilioConfig};
 use crate::journey::templates::{RenderedSms, SmsEncoding, Templates};
+use chrono::{DateTime, Utc};
 use serde_json::{Value as Json, json};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 pub enum SmsSender {
-    Outbox(PathBuf),
+    /// The embedded mode: one JSON line per message in `outbox/sms/<day>.jsonl`.
+    Outbox(super::outbox::Outbox),
     Twilio(Twilio),
     Gateway(Gateway),
     /// The production mode without a provider: `Engine::install` refuses journeys that send
@@ -89,7 +90,7 @@ impl SmsSender {
                     client: client(),
                 }))
             }
-            (None, None) if config.is_embedded() => Ok(SmsSender::Outbox(config.outbox.join("sms"))),
+            (None, None) if config.is_embedded() => Ok(SmsSender::Outbox(super::outbox::Outbox::new(&config.outbox))),
             (None, None) => Ok(SmsSender::Missing),
         }
     }
@@ -106,18 +107,21 @@ impl SmsSender {
         }
     }
 
-    pub async fn send(&self, templates: &Templates, key: &str, to: &str, sms: &RenderedSms) -> Result<Handed, Error> {
+    pub async fn send(
+        &self,
+        templates: &Templates,
+        key: &str,
+        to: &str,
+        sms: &RenderedSms,
+        at: DateTime<Utc>,
+    ) -> Result<Handed, Error> {
         match self {
-            SmsSender::Outbox(dir) => {
-                tokio::fs::create_dir_all(dir)
+            SmsSender::Outbox(outbox) => {
+                let line = json!({"key": key, "to": to, "body": sms.body, "segments": sms.segments, "encoding": sms.encoding, "template": sms.template});
+                outbox
+                    .line("sms", &line, at)
                     .await
-                    .map_err(|e| Error::Transient(format!("cannot create {}: {e}", dir.display())))?;
-                let name = key.replace(['/', '\\'], "_");
-                let body = json!({"to": to, "body": sms.body, "segments": sms.segments, "encoding": sms.encoding, "template": sms.template});
-                let path = dir.join(format!("{name}.json"));
-                tokio::fs::write(&path, serde_json::to_vec_pretty(&body).unwrap_or_default())
-                    .await
-                    .map_err(|e| Error::Transient(format!("cannot write {}: {e}", path.display())))?;
+                    .map_err(|e| Error::Transient(format!("cannot write to the outbox: {e}")))?;
                 Ok(Handed::Sent {
                     provider: "outbox",
                     message_id: key.to_string(),

@@ -4,6 +4,7 @@ mod admin;
 mod graph;
 mod import;
 mod plan;
+mod report;
 mod serve;
 mod simulate;
 mod validate;
@@ -46,6 +47,9 @@ enum Command {
     Enrollments(admin::Enrollments),
     /// Bulk-load contacts (.csv) or Segment messages (.jsonl), resumably.
     Import(import::Args),
+    /// ROI, funnel and KPI reports.
+    #[command(subcommand)]
+    Report(report::Report),
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -83,6 +87,7 @@ pub fn run() -> ExitCode {
         Command::Plan(args) => plan::run(args),
         Command::Enrollments(command) => admin::enrollments(command),
         Command::Import(args) => import::run(args),
+        Command::Report(command) => report::run(command),
     };
     match result {
         Ok(code) => code,

@@ -4,6 +4,7 @@
 use crate::app;
 use crate::config::Config;
 use anyhow::{Context, Result};
+use futures::FutureExt;
 use std::process::ExitCode;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -93,6 +94,17 @@ pub fn run(args: Args, role: Role) -> Result<ExitCode> {
                 crate::api::serve(listener, crate::api::router(state), api_stop).await?;
                 Ok(())
             });
+        }
+        if role != Role::Api {
+            // One process at a time (the `reports` lease) adds new facts to the rollups.
+            tasks.spawn(
+                crate::engine::reports::run_rollups(
+                    engine.clone(),
+                    app::process_name("reports"),
+                    wait(stopped.clone()),
+                )
+                .map(Ok),
+            );
         }
         if role == Role::Serve {
             let scheduler = engine.clone();

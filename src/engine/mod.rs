@@ -21,6 +21,7 @@ pub mod message;
 pub mod outbound;
 pub mod plan;
 pub mod reactions;
+pub mod reports;
 pub mod runner;
 pub mod sales;
 pub mod scoring;

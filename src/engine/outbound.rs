@@ -35,7 +35,7 @@ impl Engine {
             .id
             .parse()
             .map_err(|_| channels::Error::Permanent(format!("contact id {} is not a number", contact.id)))?;
-        match self.sms.send(&self.catalog().templates, key, to, sms).await? {
+        match self.sms.send(&self.catalog().templates, key, to, sms, now).await? {
             Handed::Sent {
                 provider,
                 message_id,

@@ -60,6 +60,7 @@ impl Engine {
                 .map(|(_, o)| (o.contact_id, &o.event, o.at, &o.received))
                 .collect();
             let event_ids = contacts::record_many(tx, &rows).await?;
+            self.note_report_facts(tx, &rows, &event_ids, now).await?;
             for ((_, occurrence), event_id) in round.iter().zip(&event_ids) {
                 if self
                     .score_event(tx, occurrence.contact_id, *event_id, &occurrence.event, now)

@@ -345,6 +345,7 @@ impl Engine {
             timestamp: Some(now),
         };
         contacts::record_event(tx, contact_id, &qualified, now).await?;
+        store::reports::record_stage(tx, contact_id, stage.as_str(), store::ms(now)).await?;
         let occurrence = super::reactions::Occurrence {
             contact_id,
             event: qualified.clone(),

@@ -92,6 +92,11 @@ impl Engine {
         })
     }
 
+    /// How long a worker holds the effects it performs (`effect_lease`).
+    fn lease(&self) -> Duration {
+        Duration::from_std(self.config.effect_lease).unwrap_or_else(|_| Duration::minutes(5))
+    }
+
     /// Holds the waits due in `(after, until]` (ms) in this process's timers, and pushes the
     /// overdue ones now. Returns `until`.
     pub async fn load_timer_window(&self, after: i64, until: i64) -> Result<i64> {
@@ -105,6 +110,7 @@ impl Engine {
                 .into_iter()
                 .map(|(enrollment, seq, at)| (StepJob { enrollment, seq }, at)),
         );
+        let due_ms: Vec<i64> = due.iter().map(|(_, _, at)| *at).collect();
         self.queue
             .push_now(
                 due.into_iter()
@@ -112,6 +118,10 @@ impl Engine {
                     .collect(),
             )
             .await?;
+        // Overdue when loaded (after a restart): as late as they are now.
+        self.queue
+            .timers
+            .count_lateness(due_ms, self.clock.now().timestamp_millis());
         Ok(until)
     }
 
@@ -190,10 +200,13 @@ impl Engine {
         if lives.is_empty() {
             return Ok(());
         }
-        let live_ids: Vec<i64> = lives.iter().map(|l| l.id).collect();
+        // An enrollment that has not moved yet (seq 0) has recorded no effect: no need to ask.
+        let live_ids: Vec<i64> = lives.iter().filter(|l| l.enrollment.seq > 0).map(|l| l.id).collect();
         let mut pending: HashMap<i64, Vec<effects::Pending>> = HashMap::new();
-        for (id, effect) in effects::pending_many(&mut connection, &live_ids, now).await? {
-            pending.entry(id).or_default().push(effect);
+        if !live_ids.is_empty() {
+            for (id, effect) in effects::pending_many(&mut connection, &live_ids).await? {
+                pending.entry(id).or_default().push(effect);
+            }
         }
         for live in &mut lives {
             live.pending = pending.remove(&live.id).unwrap_or_default();
@@ -248,19 +261,25 @@ impl Engine {
         contacts: &HashMap<i64, Contact>,
         later: &mut Vec<(StepJob, DateTime<Utc>)>,
     ) -> Result<Vec<Live>> {
+        if lives.iter().all(|l| l.pending.is_empty()) {
+            return Ok(lives);
+        }
+        let now = self.clock.now();
+        let lease = self.lease();
         let keys: Vec<&str> = lives
             .iter()
             .flat_map(|l| l.pending.iter().map(|p| p.key.as_str()))
             .collect();
-        if keys.is_empty() {
-            return Ok(lives);
-        }
-        let now = self.clock.now();
-        let lease = Duration::from_std(self.config.effect_lease).unwrap_or_else(|_| Duration::minutes(5));
         let claimed = effects::claim_many(connection, &keys, now, now + lease).await?;
-        let (ready, mut lives): (Vec<Live>, Vec<Live>) = lives.into_iter().partition(|l| l.pending.is_empty());
-        // Another worker holds an effect: it carries that enrollment on.
-        lives.retain(|l| l.pending.iter().all(|p| claimed.contains(&p.key)));
+        let (ready, lives): (Vec<Live>, Vec<Live>) = lives.into_iter().partition(|l| l.pending.is_empty());
+        // Another worker holds an effect: it carries that enrollment on. If it died, the lease
+        // runs out, and this job comes back to claim the effect then.
+        let (lives, held): (Vec<Live>, Vec<Live>) = lives
+            .into_iter()
+            .partition(|l| l.pending.iter().all(|p| claimed.contains(&p.key)));
+        for live in held {
+            later.push((live.job(), now + lease));
+        }
 
         // Messages go out many at a time; assignments write through this batch's connection.
         let mut results: Vec<Vec<(String, Result<String, channels::Error>)>> =

@@ -24,11 +24,17 @@ pub const WINDOW_MS: i64 = 30_000;
 /// so every wait is held by somebody.
 pub const HOLD_AHEAD_MS: i64 = 2 * WINDOW_MS;
 
+/// Lateness is counted per millisecond up to this; later ones share the last bucket.
+const LATENESS_BUCKETS: usize = 10_001;
+
 pub struct Timers {
     /// `(due ms, enrollment, seq)`, earliest first.
     entries: Mutex<BTreeSet<(i64, i64, u64)>>,
     changed: Notify,
     clock: RwLock<Arc<dyn Clock>>,
+    /// How many fired waits were pushed how many ms after they came due (the last bucket holds
+    /// everything from 10 s on). Benchmarks and operators read it with `lateness`.
+    lateness: Mutex<Vec<u64>>,
 }
 
 impl Default for Timers {
@@ -37,6 +43,7 @@ impl Default for Timers {
             entries: Mutex::new(BTreeSet::new()),
             changed: Notify::new(),
             clock: RwLock::new(Arc::new(SystemClock)),
+            lateness: Mutex::new(vec![0; LATENESS_BUCKETS]),
         }
     }
 }
@@ -87,13 +94,50 @@ impl Timers {
         self.len() == 0
     }
 
-    fn take_due(&self, now: i64) -> Vec<StepJob> {
+    /// The held jobs due by `now`, with their due times.
+    fn take_due(&self, now: i64) -> Vec<(i64, StepJob)> {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         let later = entries.split_off(&(now + 1, i64::MIN, 0));
         let due = std::mem::replace(&mut *entries, later);
         due.into_iter()
-            .map(|(_, enrollment, seq)| StepJob { enrollment, seq })
+            .map(|(at, enrollment, seq)| (at, StepJob { enrollment, seq }))
             .collect()
+    }
+
+    /// Counts waits due at `due_ms` that were pushed to the queue at `pushed_at`.
+    pub fn count_lateness(&self, due_ms: impl IntoIterator<Item = i64>, pushed_at: i64) {
+        let mut buckets = self.lateness.lock().unwrap_or_else(|e| e.into_inner());
+        for at in due_ms {
+            let late = (pushed_at - at).clamp(0, LATENESS_BUCKETS as i64 - 1) as usize;
+            buckets[late] += 1;
+        }
+    }
+
+    /// How late fired waits were pushed to the queue: their count and the given percentiles
+    /// (0.5, 0.99, ...) in ms, since the process started or the last `reset_lateness`.
+    pub fn lateness(&self, percentiles: &[f64]) -> (u64, Vec<u64>) {
+        let buckets = self.lateness.lock().unwrap_or_else(|e| e.into_inner());
+        let count: u64 = buckets.iter().sum();
+        let at = |p: f64| {
+            let rank = ((count as f64 * p).ceil() as u64).max(1);
+            let mut seen = 0;
+            for (ms, n) in buckets.iter().enumerate() {
+                seen += n;
+                if seen >= rank {
+                    return ms as u64;
+                }
+            }
+            0
+        };
+        (count, percentiles.iter().map(|p| at(*p)).collect())
+    }
+
+    pub fn reset_lateness(&self) {
+        self.lateness
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter_mut()
+            .for_each(|n| *n = 0);
     }
 
     fn next_due(&self) -> Option<i64> {
@@ -125,13 +169,16 @@ impl Timers {
             if due.is_empty() {
                 continue;
             }
-            if let Err(error) = queue.push_now(due.clone()).await {
-                // The queue is down (Redis restarting): try again shortly; nothing is lost,
-                // as the database keeps every `due_at`.
-                tracing::warn!(%error, jobs = due.len(), "Could not push due waits; retrying.");
-                let retry = self.now_ms() + 500;
-                self.hold_loaded(due.into_iter().map(|job| (job, retry)));
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            match queue.push_now(due.iter().map(|(_, job)| *job).collect()).await {
+                Ok(()) => self.count_lateness(due.iter().map(|(at, _)| *at), self.now_ms()),
+                Err(error) => {
+                    // The queue is down (Redis restarting): try again shortly; nothing is lost,
+                    // as the database keeps every `due_at`.
+                    tracing::warn!(%error, jobs = due.len(), "Could not push due waits; retrying.");
+                    let retry = self.now_ms() + 500;
+                    self.hold_loaded(due.into_iter().map(|(_, job)| (job, retry)));
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
             }
         }
     }
@@ -156,9 +203,22 @@ mod tests {
         let due = timers.take_due(now);
         assert_eq!(
             due,
-            vec![StepJob { enrollment: 1, seq: 3 }, StepJob { enrollment: 2, seq: 1 }]
+            vec![
+                (now - 10, StepJob { enrollment: 1, seq: 3 }),
+                (now - 5, StepJob { enrollment: 2, seq: 1 })
+            ]
         );
         assert_eq!(timers.len(), 1);
         assert_eq!(timers.next_due(), Some(now + 10_000));
+    }
+
+    #[test]
+    fn lateness_is_counted_per_millisecond() {
+        let timers = Timers::default();
+        timers.count_lateness([100, 100, 100, 90], 110);
+        timers.count_lateness([0], 20_000);
+        assert_eq!(timers.lateness(&[0.5, 0.6, 1.0]), (5, vec![10, 10, 10_000]));
+        timers.reset_lateness();
+        assert_eq!(timers.lateness(&[0.5]).0, 0);
     }
 }

@@ -91,7 +91,7 @@ pub async fn load_many(connection: &mut AnyConnection, ids: &[i64]) -> Result<st
                 (SELECT reason FROM suppressions s WHERE s.channel = 'sms' AND s.address = contacts.phone AND s.lifted_at IS NULL) AS sms_suppressed
              FROM contacts WHERE id IN ({list})"
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(&*connection, sql)));
         for id in super::padded(chunk) {
             query = query.bind(*id);
         }
@@ -132,7 +132,7 @@ pub async fn load_many(connection: &mut AnyConnection, ids: &[i64]) -> Result<st
             super::placeholders(n + 1, n),
             super::placeholders(2 * n + 1, n)
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(&*connection, sql)));
         for _ in 0..3 {
             for id in super::padded(chunk) {
                 query = query.bind(*id);
@@ -188,7 +188,7 @@ pub async fn apply_many(tx: &mut Tx<'_>, changes: &[(i64, &ContactChange)], now:
             "INSERT INTO contact_tags (contact_id, tag, added_at) VALUES {} ON CONFLICT DO NOTHING",
             super::value_rows(1, chunk.len(), &[""; 3])
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(tx, sql)));
         for (id, tag) in chunk {
             query = query.bind(*id).bind(*tag).bind(ms(now));
         }
@@ -200,7 +200,7 @@ pub async fn apply_many(tx: &mut Tx<'_>, changes: &[(i64, &ContactChange)], now:
              ON CONFLICT (contact_id, name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
             super::value_rows(1, chunk.len(), &[""; 4])
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(tx, sql)));
         for (id, name, value) in chunk {
             query = query.bind(*id).bind(*name).bind(value.as_str()).bind(ms(now));
         }
@@ -294,7 +294,7 @@ pub async fn record_many(tx: &mut Tx<'_>, events: &[(i64, &EventFacts, DateTime<
              VALUES {} RETURNING id",
             super::value_rows(1, chunk.len(), &[""; 10])
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(tx, sql)));
         for (id, event, at, received) in chunk {
             query = query
                 .bind(*id)
@@ -331,7 +331,7 @@ pub async fn record_many(tx: &mut Tx<'_>, events: &[(i64, &EventFacts, DateTime<
              WHERE contacts.id = v.column1 AND (contacts.last_seen_at IS NULL OR contacts.last_seen_at < v.column2)",
             super::value_rows(1, super::padded_len(chunk.len()), &["BIGINT", "BIGINT"])
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(tx, sql)));
         for (id, at) in super::padded(chunk) {
             query = query.bind(*id).bind(*at);
         }

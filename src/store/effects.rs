@@ -38,21 +38,20 @@ pub async fn pending(connection: &mut AnyConnection, enrollment_id: i64, now: Da
         .collect()
 }
 
-/// `pending` for many enrollments at once, as `(enrollment id, effect)` in the order to perform.
-pub async fn pending_many(
-    connection: &mut AnyConnection,
-    enrollment_ids: &[i64],
-    now: DateTime<Utc>,
-) -> Result<Vec<(i64, Pending)>> {
+/// Effects of many enrollments not done yet, as `(enrollment id, effect)` in the order to
+/// perform: pending ones, and ones being sent. The caller claims them before it performs them;
+/// one whose sender still holds its lease cannot be claimed, and its enrollment must not move
+/// on past it (the sender may have died: after the lease, it is tried again).
+pub async fn pending_many(connection: &mut AnyConnection, enrollment_ids: &[i64]) -> Result<Vec<(i64, Pending)>> {
     let mut pending = Vec::new();
     for chunk in enrollment_ids.chunks(super::IN_CHUNK) {
         let sql = format!(
             "SELECT enrollment_id, effect_key, step, payload, attempts FROM effects
-             WHERE enrollment_id IN ({}) AND (status = 'pending' OR (status = 'sending' AND claimed_until < $1))
+             WHERE enrollment_id IN ({}) AND status IN ('pending', 'sending')
              ORDER BY created_at, effect_key",
-            super::placeholders(2, super::padded_len(chunk.len()))
+            super::placeholders(1, super::padded_len(chunk.len()))
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(ms(now));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(&*connection, sql)));
         for id in super::padded(chunk) {
             query = query.bind(*id);
         }
@@ -83,11 +82,13 @@ pub async fn claim_many(
     for chunk in keys.chunks(super::IN_CHUNK) {
         let sql = format!(
             "UPDATE effects SET status = 'sending', claimed_until = $1
-             WHERE effect_key IN ({}) AND (status = 'pending' OR (status = 'sending' AND claimed_until < $2))
+             WHERE (status = 'pending' OR (status = 'sending' AND claimed_until < $2)) AND effect_key IN ({})
              RETURNING effect_key",
             super::placeholders(3, super::padded_len(chunk.len()))
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(ms(until)).bind(ms(now));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(&*connection, sql)))
+            .bind(ms(until))
+            .bind(ms(now));
         for key in super::padded(chunk) {
             query = query.bind(*key);
         }
@@ -110,7 +111,7 @@ pub async fn mark_done_many(
              FROM (VALUES {}) AS v WHERE effects.effect_key = v.column1",
             super::value_rows(2, super::padded_len(chunk.len()), &["TEXT", "TEXT"])
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(ms(now));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(&*connection, sql))).bind(ms(now));
         for (key, result) in super::padded(chunk) {
             query = query.bind(key).bind(result);
         }

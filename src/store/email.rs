@@ -98,7 +98,7 @@ pub async fn lift(
         "UPDATE suppressions SET lifted_at = $1, lifted_by = $2 WHERE channel = $3 AND address = $4 AND lifted_at IS NULL
          RETURNING {SUPPRESSION_COLUMNS}"
     );
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+    let row = sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(&*connection, sql)))
         .bind(ms(now))
         .bind(by)
         .bind(channel)
@@ -113,7 +113,7 @@ pub async fn of_addresses(connection: &mut AnyConnection, addresses: &[(&str, &s
     let mut found = Vec::new();
     for (channel, address) in addresses {
         let sql = format!("SELECT {SUPPRESSION_COLUMNS} FROM suppressions WHERE channel = $1 AND address = $2");
-        for row in sqlx::query(sqlx::AssertSqlSafe(sql))
+        for row in sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(&*connection, sql)))
             .bind(*channel)
             .bind(*address)
             .fetch_all(&mut *connection)
@@ -131,7 +131,7 @@ pub async fn active(connection: &mut AnyConnection, limit: i64) -> Result<Vec<Su
     let sql = format!(
         "SELECT {SUPPRESSION_COLUMNS} FROM suppressions WHERE lifted_at IS NULL ORDER BY created_at DESC, address LIMIT $1"
     );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+    let rows = sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(&*connection, sql)))
         .bind(limit)
         .fetch_all(connection)
         .await?;
@@ -183,7 +183,7 @@ pub async fn cancel_unsent(tx: &mut Tx<'_>, enrollment_ids: &[i64]) -> Result<u6
             "UPDATE effects SET status = 'cancelled' WHERE status IN ('pending', 'sending') AND enrollment_id IN ({})",
             super::placeholders(1, chunk.len())
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(tx, sql)));
         for id in chunk {
             query = query.bind(*id);
         }

@@ -108,7 +108,7 @@ pub async fn load_many(connection: &mut AnyConnection, ids: &[i64]) -> Result<Ve
             select_enrollments!(""),
             super::placeholders(1, super::padded_len(chunk.len()))
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(&*connection, sql)));
         for id in super::padded(chunk) {
             query = query.bind(*id);
         }
@@ -181,7 +181,7 @@ pub async fn open_of_contacts(
             super::placeholders(1, chunk.len()),
             wanted.join(" OR ")
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(&*connection, sql)));
         for id in chunk {
             query = query.bind(*id);
         }
@@ -225,7 +225,7 @@ pub async fn of_contacts_in(
             super::placeholders(chunk.len() + 1, journey_ids.len()),
             super::placeholders(first_key, keys_chunk.len())
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(&*connection, sql)));
         for id in chunk {
             query = query.bind(*id);
         }
@@ -253,7 +253,7 @@ pub async fn waiters_of_contacts(
             "SELECT enrollment_id, seq, contact_id, event_name FROM waiters WHERE contact_id IN ({})",
             super::placeholders(1, super::padded_len(chunk.len()))
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(&*connection, sql)));
         for id in super::padded(chunk) {
             query = query.bind(*id);
         }
@@ -293,7 +293,7 @@ pub async fn insert_many(
              VALUES {} ON CONFLICT DO NOTHING RETURNING id, contact_id, journey_id, enrollment_key",
             super::value_rows(1, chunk.len(), &[""; 12])
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(tx, sql)));
         for (index, row) in chunk {
             let position = &positions[*index];
             query = query
@@ -454,7 +454,7 @@ pub async fn save_moves(tx: &mut Tx<'_>, moves: &[Move<'_>], now: DateTime<Utc>)
              RETURNING enrollments.id",
             super::value_rows(2, super::padded_len(chunk.len()), &COLUMNS)
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(ms(now));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(tx, sql))).bind(ms(now));
         for m in super::padded(chunk) {
             let mut after = m.before.clone();
             after.position = m.advance.position.clone();
@@ -495,7 +495,7 @@ pub async fn save_moves(tx: &mut Tx<'_>, moves: &[Move<'_>], now: DateTime<Utc>)
             "DELETE FROM waiters WHERE enrollment_id IN ({})",
             super::placeholders(1, chunk.len())
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(tx, sql)));
         for id in chunk {
             query = query.bind(*id);
         }
@@ -512,7 +512,7 @@ pub async fn save_moves(tx: &mut Tx<'_>, moves: &[Move<'_>], now: DateTime<Utc>)
             "INSERT INTO waiters (enrollment_id, contact_id, event_name, seq) VALUES {} ON CONFLICT DO NOTHING",
             super::value_rows(1, super::padded_len(chunk.len()), &[""; 4])
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(tx, sql)));
         for (id, contact, event, seq) in super::padded(chunk) {
             query = query.bind(*id).bind(*contact).bind(*event).bind(*seq);
         }
@@ -528,7 +528,7 @@ pub async fn save_moves(tx: &mut Tx<'_>, moves: &[Move<'_>], now: DateTime<Utc>)
             "INSERT INTO step_history (enrollment_id, journey_id, version, step, kind, seq, outcome, detail, at) VALUES {}",
             super::value_rows(1, chunk.len(), &[""; 9])
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(tx, sql)));
         for (id, journey, record) in chunk {
             query = query
                 .bind(*id)
@@ -554,7 +554,7 @@ pub async fn save_moves(tx: &mut Tx<'_>, moves: &[Move<'_>], now: DateTime<Utc>)
              VALUES {} ON CONFLICT DO NOTHING",
             super::value_rows(1, super::padded_len(chunk.len()), &[""; 9])
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(tx, sql)));
         for (id, contact, journey, keyed) in super::padded(chunk) {
             query = query
                 .bind(keyed.key.to_string())

@@ -24,7 +24,7 @@ pub async fn message_times(
                AND status IN ('pending', 'sending', 'done') AND COALESCE(result, '') NOT LIKE 'suppressed%'",
             super::placeholders(2, super::padded_len(chunk.len()))
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(ms(since));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(&*connection, sql))).bind(ms(since));
         for id in super::padded(chunk) {
             query = query.bind(*id);
         }

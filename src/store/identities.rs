@@ -32,7 +32,7 @@ pub async fn find_many(
                 "SELECT kind, value, contact_id FROM identities WHERE kind = $1 AND value IN ({})",
                 super::placeholders(2, super::padded_len(chunk.len()))
             );
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(kind);
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(&*connection, sql))).bind(kind);
             for value in super::padded(chunk) {
                 query = query.bind(*value);
             }
@@ -95,7 +95,7 @@ pub async fn of_contact(connection: &mut AnyConnection, contact_id: i64) -> Resu
 /// Moves everything of `merged` onto `survivor` and deletes `merged`, leaving an audit row.
 /// Where both are in the same journey, the survivor's enrollment continues and the other exits.
 pub async fn merge(tx: &mut Tx<'_>, survivor: i64, merged: i64, reason: &str, now: DateTime<Utc>) -> Result<()> {
-    let statements: [&'static str; 16] = [
+    let statements: [&'static str; 19] = [
         "UPDATE identities SET contact_id = $1 WHERE contact_id = $2",
         // A no from either record stands.
         "INSERT INTO contact_consent (contact_id, channel, granted, updated_at) SELECT $1, channel, granted, updated_at FROM contact_consent WHERE contact_id = $2
@@ -117,6 +117,9 @@ pub async fn merge(tx: &mut Tx<'_>, survivor: i64, merged: i64, reason: &str, no
         "UPDATE effects SET contact_id = $1 WHERE contact_id = $2",
         "UPDATE conversions SET contact_id = $1 WHERE contact_id = $2",
         "UPDATE assignments SET contact_id = $1 WHERE contact_id = $2",
+        "UPDATE touches SET contact_id = $1 WHERE contact_id = $2",
+        "UPDATE revenue_events SET contact_id = $1 WHERE contact_id = $2",
+        "UPDATE stage_changes SET contact_id = $1 WHERE contact_id = $2",
         "UPDATE contacts SET
             score = score + (SELECT score FROM contacts WHERE id = $2),
             email = COALESCE(email, (SELECT email FROM contacts WHERE id = $2)),

@@ -224,7 +224,7 @@ pub async fn open_of_contacts(connection: &mut AnyConnection, contact_ids: &[i64
             "SELECT {COLUMNS} FROM assignments WHERE status IN ('assigned', 'accepted', 'pooled') AND contact_id IN ({}) ORDER BY id",
             super::placeholders(1, super::padded_len(chunk.len()))
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(connection, sql)));
         for id in super::padded(chunk) {
             query = query.bind(*id);
         }
@@ -246,7 +246,7 @@ pub async fn insert_many(connection: &mut AnyConnection, rows: &[NewLead<'_>], n
                 &["BIGINT", "BIGINT", "", "", "", "BIGINT", "BIGINT", ""]
             )
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(connection, sql)));
         for row in chunk {
             let status = if row.rep.is_some() {
                 Status::Assigned
@@ -317,7 +317,7 @@ pub async fn set_owners(connection: &mut AnyConnection, owners: &[(i64, Option<&
             "UPDATE contacts SET owner = v.column2 FROM (VALUES {}) AS v WHERE contacts.id = v.column1",
             super::value_rows(1, chunk.len(), &["BIGINT", "TEXT"])
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(connection, sql)));
         for (contact, rep) in chunk {
             query = query.bind(*contact).bind(rep.map(str::to_string));
         }

@@ -82,7 +82,7 @@ pub async fn points_of_contacts(
             "SELECT contact_id, points, at FROM score_entries WHERE contact_id IN ({}) ORDER BY at, id",
             super::placeholders(1, super::padded_len(chunk.len()))
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(&*connection, sql)));
         for id in super::padded(chunk) {
             query = query.bind(*id);
         }

@@ -32,7 +32,7 @@ pub async fn record_sent(connection: &mut AnyConnection, messages: &[Sent]) -> R
              VALUES {} ON CONFLICT DO NOTHING",
             super::value_rows(1, chunk.len(), &[""; 10])
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(&*connection, sql)));
         for sent in chunk {
             query = query
                 .bind(&sent.provider)
@@ -54,7 +54,7 @@ pub async fn record_sent(connection: &mut AnyConnection, messages: &[Sent]) -> R
              ON CONFLICT (provider, message_id) DO NOTHING",
             super::value_rows(1, chunk.len(), &[""; 5])
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(&*connection, sql)));
         for sent in chunk {
             query = query
                 .bind(&sent.provider)

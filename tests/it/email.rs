@@ -17,7 +17,7 @@ const ADMIN: &str = "admin-email";
 const WRITE_KEY: &str = "wk-email";
 const BOUNCE_TOKEN: &str = "pm-email";
 
-struct Mail {
+pub(crate) struct Mail {
     headers: Vec<(String, String)>,
     /// `(content type, decoded body)` of each part.
     parts: Vec<(String, String)>,
@@ -36,7 +36,7 @@ impl Mail {
         self.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name))
     }
 
-    fn part(&self, content_type: &str) -> &str {
+    pub(crate) fn part(&self, content_type: &str) -> &str {
         self.parts
             .iter()
             .find(|(t, _)| t.starts_with(content_type))
@@ -99,7 +99,7 @@ fn decode(encoding: &str, body: &str) -> String {
     }
 }
 
-fn parse_mail(raw: &str) -> Mail {
+pub(crate) fn parse_mail(raw: &str) -> Mail {
     let (headers, body) = split(raw);
     let content_type = headers
         .iter()
@@ -219,7 +219,7 @@ async fn effect_done(env: &TestEnv, contact: i64, journey: &str) -> String {
 }
 
 /// The `href` of the link named `data-link="name"` in an HTML part.
-fn named_link(html: &str, name: &str) -> String {
+pub(crate) fn named_link(html: &str, name: &str) -> String {
     let tag_start = html[..html.find(&format!("data-link=\"{name}\"")).expect("the named link")]
         .rfind("<a")
         .unwrap();
@@ -233,7 +233,7 @@ fn named_link(html: &str, name: &str) -> String {
         .to_string()
 }
 
-fn path_of(url: &str, base: &str) -> String {
+pub(crate) fn path_of(url: &str, base: &str) -> String {
     url.strip_prefix(base)
         .unwrap_or_else(|| panic!("{url} is not under {base}"))
         .to_string()

@@ -10,6 +10,7 @@ mod guardrails;
 mod import;
 mod ingest_holes;
 mod language;
+mod reports;
 mod restarts;
 mod retries;
 mod sales;
