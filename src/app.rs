@@ -96,8 +96,10 @@ pub async fn build(mut config: Config, clock: Arc<dyn Clock>) -> Result<Arc<Engi
     let engine = Arc::new(Engine::new(store, queue, clock, config)?);
     engine.install(catalog, sources).await?;
     engine.record_prices().await?;
-    // Waits this process parks come due here, whatever else it runs.
+    // Waits this process parks come due here, whatever else it runs; so do the accept
+    // deadlines of the leads it places, and the notices of their reps.
     tokio::spawn(engine.queue.timers.clone().run(engine.queue.clone()));
+    tokio::spawn(engine.clone().run_sales());
     Ok(engine)
 }
 
@@ -235,10 +237,11 @@ pub async fn load_timers(engine: Arc<Engine>, process: String) {
                     false
                 });
         if lead {
-            match engine
-                .load_timer_window(loaded_until, now.timestamp_millis() + WINDOW_MS)
-                .await
-            {
+            let until = now.timestamp_millis() + WINDOW_MS;
+            if let Err(error) = engine.load_lead_deadlines(loaded_until, until).await {
+                warn!(%error, "Could not load coming accept deadlines; trying again.");
+            }
+            match engine.load_timer_window(loaded_until, until).await {
                 Ok(until) => {
                     loaded_until = until;
                     first = false;

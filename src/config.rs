@@ -45,6 +45,10 @@ pub struct Config {
     /// Tokens email providers present to report bounces and complaints
     /// (`NURTURE_BOUNCE_TOKENS`, comma-separated); admin tokens work too.
     pub bounce_tokens: Vec<String>,
+    /// `[rep_tokens]`: each sales rep's token for `/v1/sales/leads` (rep id = token), or
+    /// `NURTURE_REP_TOKENS=rep_id:token,...`. A rep sees and acts on their own leads only.
+    #[serde(deserialize_with = "rep_tokens")]
+    pub rep_tokens: Vec<(String, Secret)>,
     /// How often the reconciler looks for due steps that have no job.
     #[serde(with = "humantime_secs")]
     pub reconcile_every: Duration,
@@ -248,6 +252,28 @@ impl Default for WebhooksConfig {
     }
 }
 
+fn rep_tokens<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<(String, Secret)>, D::Error> {
+    let written = std::collections::BTreeMap::<String, String>::deserialize(deserializer)?;
+    Ok(written.into_iter().map(|(rep, token)| (rep, Secret(token))).collect())
+}
+
+/// `rep_id:token,rep_id:token`.
+fn parse_rep_tokens(text: &str) -> Result<Vec<(String, Secret)>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| match pair.split_once(':') {
+            Some((rep, token)) if !rep.trim().is_empty() && !token.trim().is_empty() => {
+                Ok((rep.trim().to_string(), Secret(token.trim().to_string())))
+            }
+            _ => Err(format!(
+                "`{}` is not `rep_id:token`",
+                pair.split(':').next().unwrap_or_default()
+            )),
+        })
+        .collect()
+}
+
 fn networks<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<crate::addresses::Network>, D::Error> {
     Vec::<String>::deserialize(deserializer)?
         .iter()
@@ -275,6 +301,7 @@ impl Default for Config {
             public_url: None,
             secret: None,
             bounce_tokens: Vec::new(),
+            rep_tokens: Vec::new(),
             phone_country_code: "86".into(),
             write_keys: Vec::new(),
             admin_tokens: Vec::new(),
@@ -476,6 +503,12 @@ impl Config {
         if let Some(tokens) = set(get("NURTURE_BOUNCE_TOKENS")) {
             self.bounce_tokens = list(tokens);
         }
+        if let Some(text) = set(get("NURTURE_REP_TOKENS")) {
+            self.rep_tokens = parse_rep_tokens(&text).map_err(|message| Error::Env {
+                name: "NURTURE_REP_TOKENS".into(),
+                message: format!("{message}; write it like li-wei:TOKEN,zhang-min:TOKEN"),
+            })?;
+        }
         if let Some(code) = set(get("NURTURE_PHONE_COUNTRY_CODE")) {
             self.phone_country_code = code.trim_start_matches('+').to_string();
         }
@@ -597,6 +630,23 @@ timeout = "3s"
         assert_eq!(config.sms.price_per_segment, Some(0.05));
         assert_eq!(config.webhooks.timeout, Duration::from_secs(3));
         assert!(config.webhooks.allow_networks[0].contains("10.1.200.3".parse().unwrap()));
+    }
+
+    #[test]
+    fn rep_tokens_come_from_the_file_or_the_environment_and_never_show() {
+        let mut config: Config = toml::from_str("[rep_tokens]\nli-wei = \"t1\"\n").unwrap();
+        assert_eq!(config.rep_tokens, vec![("li-wei".to_string(), Secret("t1".into()))]);
+        config
+            .apply_env(|name| (name == "NURTURE_REP_TOKENS").then(|| "li-wei:t2, zhang-min:t3".to_string()))
+            .unwrap();
+        assert_eq!(config.rep_tokens.len(), 2);
+        assert_eq!(config.rep_tokens[1].0, "zhang-min");
+        assert!(!format!("{config:?}").contains("t3"), "tokens stay out of logs");
+        let error = config
+            .apply_env(|name| (name == "NURTURE_REP_TOKENS").then(|| "li-wei:t2,oops".to_string()))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("`oops` is not `rep_id:token`"), "{error}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Write keys (ingest only), bounce tokens (email providers' bounce and complaint reports
-//! only) and admin tokens (everything), kept as SHA-256 digests and compared in constant time.
+//! only), rep tokens (a sales rep's own leads only) and admin tokens (everything), kept as
+//! SHA-256 digests and compared in constant time.
 //! Write keys arrive as Segment sends them: the HTTP Basic user name, or `writeKey` in the body.
 //! Admin tokens arrive as `Authorization: Bearer TOKEN`. A write key is public (it sits in every
 //! web page with analytics.js), so it cannot report bounces: that would let anyone suppress
@@ -20,6 +21,8 @@ pub struct Keys {
     write: Vec<[u8; 32]>,
     admin: Vec<[u8; 32]>,
     bounce: Vec<[u8; 32]>,
+    /// `(digest, rep id)`.
+    reps: Vec<([u8; 32], String)>,
 }
 
 fn digest(secret: &str) -> [u8; 32] {
@@ -37,6 +40,44 @@ impl Keys {
             write: write_keys.iter().map(|k| digest(k)).collect(),
             admin: admin_tokens.iter().map(|k| digest(k)).collect(),
             bounce: Vec::new(),
+            reps: Vec::new(),
+        }
+    }
+
+    /// Also accepts these reps' tokens, for their own leads only.
+    pub fn with_rep_tokens(mut self, tokens: &[(String, crate::config::Secret)]) -> Keys {
+        self.reps = tokens
+            .iter()
+            .map(|(rep, token)| (digest(&token.0), rep.clone()))
+            .collect();
+        self
+    }
+
+    /// Who calls the sales API: an admin (every lead) or a rep (their own), by `Bearer TOKEN`.
+    pub fn sales_actor(&self, headers: &HeaderMap) -> Result<crate::engine::sales::Actor, ApiError> {
+        use crate::engine::sales::Actor;
+        let Some(token) = bearer(headers).or_else(|| basic_user(headers)) else {
+            return Err(ApiError::unauthorized(
+                "a rep or admin token is required: `Authorization: Bearer TOKEN`",
+            ));
+        };
+        let presented = digest(&token);
+        // Every token is compared, match or not, so the time taken says nothing.
+        let rep = self.reps.iter().fold(
+            None,
+            |found, (key, rep)| {
+                if same(key, &presented) { Some(rep) } else { found }
+            },
+        );
+        match (self.scope_of(&token), rep) {
+            (Some(Scope::Admin), _) => Ok(Actor::Admin),
+            (_, Some(rep)) => Ok(Actor::Rep(rep.clone())),
+            (Some(Scope::Ingest), None) => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "a write key can only send events; leads need a rep or admin token",
+            )),
+            (None, None) => Err(ApiError::unauthorized("unknown token")),
         }
     }
 
@@ -189,6 +230,31 @@ mod tests {
             "header and body must agree"
         );
         assert_eq!(keys.require_admin(&headers).unwrap_err().status, StatusCode::FORBIDDEN);
+    }
+
+    #[test]
+    fn a_rep_token_names_its_rep_and_an_admin_token_sees_everything() {
+        use crate::engine::sales::Actor;
+        let keys = Keys::new(&["wk".into()], &["admin".into()])
+            .with_rep_tokens(&[("li-wei".into(), crate::config::Secret("rt".into()))]);
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("authorization", value.parse().unwrap());
+            keys.sales_actor(&headers)
+        };
+        assert_eq!(with("Bearer rt").unwrap(), Actor::Rep("li-wei".into()));
+        assert_eq!(with("Bearer admin").unwrap(), Actor::Admin);
+        assert_eq!(with("Bearer nope").unwrap_err().status, StatusCode::UNAUTHORIZED);
+        assert_eq!(with("Bearer wk").unwrap_err().status, StatusCode::FORBIDDEN);
+        assert!(
+            keys.require_admin(&{
+                let mut headers = HeaderMap::new();
+                headers.insert("authorization", "Bearer rt".parse().unwrap());
+                headers
+            })
+            .is_err(),
+            "a rep token is not an admin token"
+        );
     }
 
     #[test]

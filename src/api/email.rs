@@ -181,7 +181,7 @@ pub async fn open(
         .into_response())
 }
 
-fn json_body(body: &[u8]) -> Result<Value, ApiError> {
+pub(super) fn json_body(body: &[u8]) -> Result<Value, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request("invalid_json", "body", format!("not JSON: {e}")))
 }
 

@@ -1,7 +1,7 @@
 //! The HTTP API (axum): Segment-compatible ingestion at the host root, the contact 360 view,
 //! erasure, the failed-enrollment list, email's links (unsubscribe, clicks, opens), bounce and
-//! complaint reports, suppressions, SMS delivery reports and replies, ROI reports, and
-//! `/openapi.json`.
+//! complaint reports, suppressions, SMS delivery reports and replies, the sales loop (a rep's
+//! leads, accept, reject, outcome; stages), ROI reports, and `/openapi.json`.
 
 mod auth;
 mod contacts;
@@ -10,6 +10,7 @@ mod error;
 mod ingest;
 mod openapi;
 mod reports;
+mod sales;
 mod sms;
 
 pub use auth::Keys;
@@ -36,12 +37,14 @@ pub fn keys_for(engine: &Engine) -> Keys {
     let config = &engine.config;
     if config.is_embedded() && config.write_keys.is_empty() && config.admin_tokens.is_empty() {
         tracing::warn!("No NURTURE_WRITE_KEYS or NURTURE_ADMIN_TOKENS: accepting `dev` for both (embedded mode only).");
-        return Keys::new(&["dev".into()], &["dev".into()]);
+        return Keys::new(&["dev".into()], &["dev".into()]).with_rep_tokens(&config.rep_tokens);
     }
     if config.write_keys.is_empty() {
         tracing::warn!("No NURTURE_WRITE_KEYS configured: the events API will refuse every request.");
     }
-    Keys::new(&config.write_keys, &config.admin_tokens).with_bounce_tokens(&config.bounce_tokens)
+    Keys::new(&config.write_keys, &config.admin_tokens)
+        .with_bounce_tokens(&config.bounce_tokens)
+        .with_rep_tokens(&config.rep_tokens)
 }
 
 pub fn router(state: AppState) -> Router {
@@ -61,6 +64,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/contacts", get(contacts::search))
         .route("/v1/contacts/{id}", get(contacts::show).delete(contacts::erase))
         .route("/v1/contacts/{id}/score", get(contacts::score))
+        .route("/v1/contacts/{id}/stage", post(sales::set_stage))
+        .route("/v1/sales/leads", get(sales::list))
+        .route("/v1/sales/leads/{id}", get(sales::show))
+        .route("/v1/sales/leads/{id}/accept", post(sales::accept))
+        .route("/v1/sales/leads/{id}/reject", post(sales::reject))
+        .route("/v1/sales/leads/{id}/outcome", post(sales::outcome))
         .route("/v1/enrollments/failed", get(contacts::failed))
         .route("/v1/enrollments/{id}/retry", post(contacts::retry))
         .route("/u/{token}", get(email::unsubscribe_page).post(email::unsubscribe))

@@ -59,6 +59,7 @@ pub async fn document() -> Json<Value> {
             "securitySchemes": {
                 "writeKey": {"type": "http", "scheme": "basic", "description": "The write key as the user name, empty password; or `writeKey` in the body."},
                 "adminToken": {"type": "http", "scheme": "bearer"},
+                "repToken": {"type": "http", "scheme": "bearer", "description": "A sales rep's token (NURTURE_REP_TOKENS or [rep_tokens]): their own leads only."},
                 "bounceToken": {"type": "http", "scheme": "bearer", "description": "A bounce token (NURTURE_BOUNCE_TOKENS) or an admin token. Never a write key: write keys are public."},
                 "bounceTokenBasic": {"type": "http", "scheme": "basic", "description": "A bounce token as the user name or the password, for providers that only do HTTP Basic."},
                 "twilioSignature": {"type": "apiKey", "in": "header", "name": "X-Twilio-Signature", "description": "HMAC-SHA1 with the Twilio auth token over the public URL and the sorted form fields."},
@@ -83,6 +84,7 @@ pub async fn document() -> Json<Value> {
     });
     if let Some(paths) = document["paths"].as_object_mut() {
         paths.extend(email_paths(&admin));
+        paths.extend(sales_paths(&admin));
         if let Value::Object(reports) = super::reports::openapi_paths(&admin) {
             paths.extend(reports);
         }
@@ -118,6 +120,52 @@ fn email_paths(admin: &Value) -> serde_json::Map<String, Value> {
             "responses": feedback}},
         "/v1/suppressions": {"get": {"summary": "Suppressed addresses", "tags": ["email"], "security": admin, "parameters": [{"name": "email", "in": "query", "description": "One address's record, lifted suppressions included", "schema": {"type": "string"}}], "responses": {"200": {"description": "`{\"suppressions\": [...]}`"}, "400": error_response("Not an email address")}}},
         "/v1/suppressions/{channel}/{address}": {"delete": {"summary": "Lift a suppression", "tags": ["email"], "security": admin, "parameters": [{"name": "channel", "in": "path", "required": true, "schema": {"type": "string", "enum": ["email", "sms"]}}, {"name": "address", "in": "path", "required": true, "schema": {"type": "string"}}], "responses": {"200": {"description": "Lifted: the address may be mailed again; the record stays"}, "400": error_response("Unknown channel or bad address"), "404": error_response("Not suppressed")}}}
+    });
+    match paths {
+        Value::Object(paths) => paths,
+        _ => serde_json::Map::new(),
+    }
+}
+
+/// A rep's leads, what reps do with them, and stages set by an admin.
+fn sales_paths(admin: &Value) -> serde_json::Map<String, Value> {
+    let rep = json!([{"repToken": []}, {"adminToken": []}]);
+    let id = id_parameter();
+    let denied = |extra: Value| {
+        let mut responses = json!({
+            "200": {"description": "The lead afterwards: `id`, `contact_id`, `team`, `rep`, `status`, `assigned_at`, `accept_by`, `accepted_at`, `closed_at`, `reason`, `revenue`, `currency`"},
+            "401": error_response("No or unknown token"),
+            "403": error_response("A write key"),
+            "404": error_response("No such lead, or another rep's"),
+            "409": error_response("The lead is not in a state that allows this (e.g. already closed)")
+        });
+        if let (Some(responses), Value::Object(extra)) = (responses.as_object_mut(), extra) {
+            responses.extend(extra);
+        }
+        responses
+    };
+    let paths = json!({
+        "/v1/sales/leads": {"get": {"summary": "Leads, newest first: a rep's own, or everybody's with an admin token", "tags": ["sales"], "security": rep,
+            "parameters": [{"name": "status", "in": "query", "schema": {"type": "string", "enum": ["assigned", "accepted", "pooled", "rejected", "recycled", "reassigned", "won", "lost"]}}, {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 100}}],
+            "responses": {"200": {"description": "`{\"leads\": [...]}`, each with its `contact` (email, phone, name, company, score, stage)"}, "400": error_response("Unknown status or bad limit; `field` names it"), "401": error_response("No or unknown token"), "403": error_response("A write key")}}},
+        "/v1/sales/leads/{id}": {"get": {"summary": "One lead", "tags": ["sales"], "security": rep, "parameters": [id], "responses": {"200": {"description": "The lead and its contact"}, "401": error_response("No or unknown token"), "404": error_response("No such lead, or another rep's")}}},
+        "/v1/sales/leads/{id}/accept": {"post": {"summary": "Accept a lead", "tags": ["sales"], "security": rep, "parameters": [id],
+            "description": "Ends the accept deadline and records `Lead Accepted` on the contact. Accepting twice is a no-op.", "responses": denied(json!({}))}},
+        "/v1/sales/leads/{id}/reject": {"post": {"summary": "Reject a lead, with a reason", "tags": ["sales"], "security": rep, "parameters": [id],
+            "description": "Records `Lead Rejected`, releases the rep's capacity, and sends the lead back to the team's pool at once: another rep gets it (never the same one twice in a row), or it waits for the next free slot.",
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["reason"], "properties": {"reason": {"type": "string", "maxLength": 500}}}}}},
+            "responses": denied(json!({"400": error_response("No `reason`")}))}},
+        "/v1/sales/leads/{id}/outcome": {"post": {"summary": "Close a lead: won (with revenue) or lost (with a reason)", "tags": ["sales"], "security": rep, "parameters": [id],
+            "description": "Releases the rep's capacity. `won` records `Lead Won` with `revenue` (kept exactly, to the cent), a conversion of the journey that handed the lead over, and moves the contact to the `customer` stage, so `exit_when: stage == \"customer\"` ends their journeys at once. `lost` records `Lead Lost`.",
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"oneOf": [
+                {"type": "object", "required": ["outcome", "revenue"], "properties": {"outcome": {"const": "won"}, "revenue": {"type": "number", "minimum": 0}, "currency": {"type": "string", "pattern": "^[A-Z]{3}$"}}},
+                {"type": "object", "required": ["outcome", "reason"], "properties": {"outcome": {"const": "lost"}, "reason": {"type": "string", "maxLength": 500}}}
+            ]}}}},
+            "responses": denied(json!({"400": error_response("Bad `outcome`, `revenue`, `currency` or `reason`; `field` names it")}))}},
+        "/v1/contacts/{id}/stage": {"post": {"summary": "Set a contact's stage to opportunity or customer", "tags": ["contacts"], "security": admin, "parameters": [id],
+            "description": "Moving forward starts the journeys triggered by the stage; either way, journeys whose `exit_when` now holds end at once. Earlier stages follow the lead score.",
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["stage"], "properties": {"stage": {"type": "string", "enum": ["opportunity", "customer"]}}}}}},
+            "responses": {"200": {"description": "`{\"contact\": ID, \"stage\": ...}`"}, "400": error_response("Not opportunity or customer"), "401": error_response("No or unknown token"), "403": error_response("Not an admin token"), "404": error_response("No such contact")}}}
     });
     match paths {
         Value::Object(paths) => paths,

@@ -1,205 +1,183 @@
 //! Assignment of a lead to a sales rep by the team's strategy (round robin, territory,
-//! least loaded), within each rep's capacity. Notification and accept/hand-back build on the
-//! `assignments` rows written here.
+//! least loaded), within each rep's capacity, never to the rep who just let the lead go; a
+//! lead no rep has room for waits in the team's pool. The engine (`engine/sales.rs`) records
+//! what this does as events and tells the reps.
 //!
 //! One assignment costs the same however many leads came before it: open leads per rep are kept
 //! in `rep_load` and the round-robin turn in `team_cursors`, so nothing counts `assignments`.
-//! Whatever closes an assignment (hand-back, expiry) must decrement `rep_load` in the same
-//! transaction.
+//! Whatever closes an assignment (reject, recycle, outcome, another team) decrements `rep_load`
+//! in the same transaction (`store/sales.rs`).
 
 use super::Error;
 use crate::engine::Contact;
 use crate::expr::{ContactFacts, EventCounter};
 use crate::journey::sales::{Rep, Strategy, Team};
-use crate::store::ms;
+use crate::store::sales::{self as leads, Lead, NewLead, Status};
 use chrono::{DateTime, Utc};
 use sqlx::AnyConnection;
-use sqlx::Row;
 use std::collections::HashMap;
 
-/// Picks a rep and records the assignment; returns the rep's id.
-pub async fn assign(
-    connection: &mut AnyConnection,
-    team: &Team,
-    contact: &Contact,
-    enrollment_id: i64,
-    now: DateTime<Utc>,
-) -> Result<String, Error> {
-    let db = |e: sqlx::Error| Error::Transient(format!("database: {e}"));
-    let contact_id: i64 = contact
-        .id
-        .parse()
-        .map_err(|_| Error::Permanent(format!("bad contact id {}", contact.id)))?;
-    let mut tx = sqlx::Connection::begin(&mut *connection).await.map_err(db)?;
-    // Taking the turn first locks the team's cursor row until commit, so a team's assignments
-    // run one after another and each sees the counters of the ones before. Being a write, it also
-    // makes SQLite take its write lock now rather than fail to upgrade a read later.
-    let turn = take_turn(&mut tx, &team.id).await.map_err(db)?;
-    // An enrollment retried after a crash keeps the rep it already got, and is not a new turn.
-    if let Some(rep) = open_assignment(&mut tx, enrollment_id, &team.id).await.map_err(db)? {
-        tx.rollback().await.map_err(db)?;
-        return Ok(rep);
-    }
-    let mut open = open_leads(&mut tx, team).await.map_err(db)?;
-    let mut chosen = None;
-    for _ in 0..team.reps.len() {
-        let Some(candidate) = choose(team, contact, &open, turn, now) else {
-            break;
-        };
-        if take_slot(&mut tx, &team.id, candidate).await.map_err(db)? {
-            chosen = Some(candidate);
-            break;
-        }
-        // Another worker filled the rep since we read the counters: count it as full.
-        if let Some(index) = team.reps.iter().position(|rep| rep.id == candidate.id) {
-            open[index] = candidate.capacity.map_or(i64::MAX, i64::from);
-        }
-    }
-    // Dropping `tx` on the error path rolls the turn back.
-    let rep = chosen.ok_or_else(|| Error::Transient(format!("every rep of team `{}` is at capacity", team.id)))?;
-    sqlx::query("INSERT INTO assignments (contact_id, enrollment_id, team, rep, status, assigned_at) VALUES ($1, $2, $3, $4, 'assigned', $5)")
-        .bind(contact_id)
-        .bind(enrollment_id)
-        .bind(&team.id)
-        .bind(&rep.id)
-        .bind(ms(now))
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
-    sqlx::query("UPDATE contacts SET owner = $1 WHERE id = $2")
-        .bind(&rep.id)
-        .bind(contact_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
-    tx.commit().await.map_err(db)?;
-    Ok(rep.id.clone())
+/// A lead offered to a team.
+pub struct Offer<'a> {
+    pub contact: &'a Contact,
+    pub contact_id: i64,
+    /// The enrollment whose `assign_to_sales` step hands the lead over.
+    pub enrollment: Option<i64>,
+    /// The rep who just let this lead go (rejected it, or did not accept it in time): never
+    /// given it again in a row.
+    pub avoid: Option<&'a str>,
+    /// A lead waiting in the pool: its row is given to the rep, or stays pooled.
+    pub pooled: Option<i64>,
 }
 
-/// `assign` for many leads of one team in one transaction: the team's cursor row is locked
-/// first (as `assign` does), so the counters read next cannot change under us; reps are chosen
-/// in memory in turn order, then counters, assignments and owners are written with one
-/// statement each. Returns each lead's rep, or why it got none (every rep at capacity).
-pub async fn assign_many(
+/// Where an offered lead went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Placed {
+    /// A rep has it. `kept`: the contact's open lead in this team, which stays as it is (a
+    /// retried step, or a second journey handing over the same contact).
+    Rep { lead: i64, rep: String, kept: bool },
+    /// No rep had room: the lead waits in the team's pool for the next free slot.
+    Pool { lead: i64 },
+}
+
+/// What `place` did.
+#[derive(Debug, Default)]
+pub struct Placement {
+    /// One per offer, in order.
+    pub placed: Vec<Placed>,
+    /// Open leads of other teams that this team took over (closed as `reassigned`, their
+    /// slots released).
+    pub reassigned: Vec<Lead>,
+}
+
+/// Places leads with the team's reps in the caller's transaction: the team's cursor row is
+/// locked first, so the counters read next cannot change under us; reps are chosen in memory
+/// in turn order, then counters, leads and owners are written with a few statements for all
+/// of them. A contact holds one open lead: one in this team is kept, ones in other teams are
+/// closed. The caller commits.
+pub async fn place(
     connection: &mut AnyConnection,
     team: &Team,
-    leads: &[(&Contact, i64)],
+    offers: &[Offer<'_>],
     now: DateTime<Utc>,
-) -> Result<Vec<Result<String, Error>>, Error> {
-    let db = |e: sqlx::Error| Error::Transient(format!("database: {e}"));
-    let mut tx = sqlx::Connection::begin(&mut *connection).await.map_err(db)?;
-    let row = sqlx::query(
-        "INSERT INTO team_cursors (team, next) VALUES ($1, 0)
-         ON CONFLICT (team) DO UPDATE SET next = team_cursors.next RETURNING next",
-    )
-    .bind(&team.id)
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(db)?;
-    let first_turn: i64 = row.try_get(0).map_err(db)?;
-    // An enrollment retried after a crash keeps the rep it already got.
-    let mut existing: HashMap<i64, String> = HashMap::new();
-    let ids: Vec<i64> = leads.iter().map(|(_, enrollment)| *enrollment).collect();
-    for chunk in ids.chunks(crate::store::MAX_PARAMS) {
-        let sql = format!(
-            "SELECT enrollment_id, rep FROM assignments WHERE team = $1 AND status = 'assigned' AND enrollment_id IN ({}) ORDER BY id DESC",
-            crate::store::placeholders(2, chunk.len())
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(crate::store::for_dialect(&tx, sql))).bind(team.id.clone());
-        for id in chunk {
-            query = query.bind(*id);
-        }
-        for row in query.fetch_all(&mut *tx).await.map_err(db)? {
-            existing.insert(row.try_get(0).map_err(db)?, row.try_get(1).map_err(db)?);
-        }
+) -> Result<Placement, Error> {
+    let first_turn = leads::lock_team(connection, &team.id).await?;
+    let contact_ids: Vec<i64> = offers.iter().map(|offer| offer.contact_id).collect();
+    let mut open_by_contact: HashMap<i64, Vec<Lead>> = HashMap::new();
+    for lead in leads::open_of_contacts(connection, &contact_ids).await? {
+        open_by_contact.entry(lead.contact_id).or_default().push(lead);
     }
-    let mut open = open_leads(&mut tx, team).await.map_err(db)?;
+    let rep_ids: Vec<&str> = team.reps.iter().map(|rep| rep.id.as_str()).collect();
+    let mut open = leads::rep_loads(connection, &team.id, &rep_ids).await?;
+    let accept_by = team.accept_within.map(|within| now + within.as_duration());
+    let mut placement = Placement::default();
     let mut taken = vec![0i64; team.reps.len()];
-    let mut outcomes = Vec::with_capacity(leads.len());
-    let mut rows: Vec<(i64, i64, &str)> = Vec::new();
+    let mut rows: Vec<NewLead<'_>> = Vec::new();
+    // Where each new row's outcome is in `placement.placed`, to fill in its id once inserted.
+    let mut row_of: Vec<usize> = Vec::new();
+    let mut from_pool: Vec<(i64, &str)> = Vec::new();
+    let mut owners: Vec<(i64, Option<&str>)> = Vec::new();
     let mut turn = first_turn;
-    for (contact, enrollment) in leads {
-        if let Some(rep) = existing.get(enrollment) {
-            outcomes.push(Ok(rep.clone()));
+    for offer in offers {
+        let held = open_by_contact.remove(&offer.contact_id).unwrap_or_default();
+        let (here, elsewhere): (Vec<Lead>, Vec<Lead>) = held.into_iter().partition(|lead| lead.team == team.id);
+        if offer.pooled.is_none()
+            && let Some(lead) = here.first()
+        {
+            placement.placed.push(match lead.status {
+                Status::Pooled => Placed::Pool { lead: lead.id },
+                _ => Placed::Rep {
+                    lead: lead.id,
+                    rep: lead.rep.clone(),
+                    kept: true,
+                },
+            });
             continue;
         }
-        let Ok(contact_id) = contact.id.parse::<i64>() else {
-            outcomes.push(Err(Error::Permanent(format!("bad contact id {}", contact.id))));
-            continue;
-        };
-        match choose(team, contact, &open, turn, now) {
-            Some(rep) => {
-                turn += 1;
-                if let Some(index) = team.reps.iter().position(|r| r.id == rep.id) {
-                    open[index] += 1;
-                    taken[index] += 1;
+        for lead in elsewhere {
+            let closing = leads::Closing {
+                to: Status::Reassigned,
+                reason: Some(&team.id),
+                revenue: None,
+                currency: None,
+            };
+            if let Some(before) = leads::close(connection, lead.id, &[lead.status], &closing, now).await? {
+                if before.status.holds_slot() {
+                    leads::release(connection, &before.team, &before.rep).await?;
                 }
-                existing.insert(*enrollment, rep.id.clone());
-                rows.push((contact_id, *enrollment, rep.id.as_str()));
-                outcomes.push(Ok(rep.id.clone()));
+                placement.reassigned.push(before);
             }
-            None => outcomes.push(Err(Error::Transient(format!(
-                "every rep of team `{}` is at capacity",
-                team.id
-            )))),
+        }
+        // The rep to avoid counts as full, for this lead only.
+        let mut view = open.clone();
+        if let Some(avoid) = offer.avoid
+            && let Some(index) = team.reps.iter().position(|rep| rep.id == avoid)
+        {
+            view[index] = i64::MAX;
+        }
+        let chosen = choose(team, offer.contact, &view, turn, now);
+        if let Some(rep) = chosen {
+            turn += 1;
+            if let Some(index) = team.reps.iter().position(|r| r.id == rep.id) {
+                open[index] += 1;
+                taken[index] += 1;
+            }
+        }
+        owners.push((offer.contact_id, chosen.map(|rep| rep.id.as_str())));
+        match (offer.pooled, chosen) {
+            (Some(lead), Some(rep)) => {
+                from_pool.push((lead, rep.id.as_str()));
+                placement.placed.push(Placed::Rep {
+                    lead,
+                    rep: rep.id.clone(),
+                    kept: false,
+                });
+            }
+            (Some(lead), None) => placement.placed.push(Placed::Pool { lead }),
+            (None, chosen) => {
+                row_of.push(placement.placed.len());
+                rows.push(NewLead {
+                    contact_id: offer.contact_id,
+                    enrollment_id: offer.enrollment,
+                    team: &team.id,
+                    rep: chosen.map(|rep| rep.id.as_str()),
+                    accept_by: chosen.and(accept_by),
+                    previous_rep: offer.avoid,
+                });
+                placement.placed.push(match chosen {
+                    Some(rep) => Placed::Rep {
+                        lead: 0,
+                        rep: rep.id.clone(),
+                        kept: false,
+                    },
+                    None => Placed::Pool { lead: 0 },
+                });
+            }
         }
     }
-    if rows.is_empty() {
-        tx.rollback().await.map_err(db)?;
-        return Ok(outcomes);
-    }
-    sqlx::query("UPDATE team_cursors SET next = $1 WHERE team = $2")
-        .bind(turn)
-        .bind(&team.id)
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
     for (index, rep) in team.reps.iter().enumerate().filter(|(i, _)| taken[*i] > 0) {
         // Still guarded: a writer that did not take the cursor lock first cannot overfill a rep.
-        let guard = rep.capacity.map_or(i64::MAX, |c| i64::from(c) - taken[index]);
-        let updated = sqlx::query(
-            "UPDATE rep_load SET open_leads = open_leads + $1 WHERE team = $2 AND rep = $3 AND open_leads <= $4",
-        )
-        .bind(taken[index])
-        .bind(&team.id)
-        .bind(&rep.id)
-        .bind(guard)
-        .execute(&mut *tx)
-        .await
-        .map_err(db)?;
-        if updated.rows_affected() != 1 {
-            tx.rollback().await.map_err(db)?;
-            return Err(Error::Transient(format!("rep `{}` filled up meanwhile", rep.id)));
+        if !leads::add_load(connection, &team.id, &rep.id, taken[index], rep.capacity).await? {
+            return Err(Error::Transient(format!(
+                "rep `{}` of team `{}` filled up meanwhile",
+                rep.id, team.id
+            )));
         }
     }
-    for chunk in rows.chunks(crate::store::rows_per_statement(6)) {
-        let sql = format!(
-            "INSERT INTO assignments (contact_id, enrollment_id, team, rep, assigned_at, status) VALUES {}",
-            crate::store::value_rows(1, chunk.len(), &[""; 6])
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(crate::store::for_dialect(&tx, sql)));
-        for (contact_id, enrollment, rep) in chunk {
-            query = query
-                .bind(*contact_id)
-                .bind(*enrollment)
-                .bind(team.id.clone())
-                .bind(rep.to_string())
-                .bind(ms(now))
-                .bind("assigned");
+    let ids = leads::insert_many(connection, &rows, now).await?;
+    for (id, index) in ids.into_iter().zip(row_of) {
+        match &mut placement.placed[index] {
+            Placed::Rep { lead, .. } | Placed::Pool { lead } => *lead = id,
         }
-        query.execute(&mut *tx).await.map_err(db)?;
-        let sql = format!(
-            "UPDATE contacts SET owner = v.column2 FROM (VALUES {}) AS v WHERE contacts.id = v.column1",
-            crate::store::value_rows(1, chunk.len(), &["BIGINT", "TEXT"])
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(crate::store::for_dialect(&tx, sql)));
-        for (contact_id, _, rep) in chunk {
-            query = query.bind(*contact_id).bind(rep.to_string());
-        }
-        query.execute(&mut *tx).await.map_err(db)?;
     }
-    tx.commit().await.map_err(db)?;
-    Ok(outcomes)
+    for (lead, rep) in from_pool {
+        leads::take_from_pool(connection, lead, rep, accept_by, now).await?;
+    }
+    leads::set_owners(connection, &owners).await?;
+    if turn != first_turn {
+        leads::set_turn(connection, &team.id, turn).await?;
+    }
+    Ok(placement)
 }
 
 /// The strategy itself, pure: `open[i]` is rep i's open leads, `turn` the number of leads the
@@ -237,79 +215,6 @@ pub fn choose<'a>(team: &'a Team, contact: &Contact, open: &[i64], turn: i64, no
     }
 }
 
-/// Advances the team's round-robin cursor; returns this lead's turn.
-async fn take_turn(connection: &mut AnyConnection, team: &str) -> Result<i64, sqlx::Error> {
-    let row = sqlx::query(
-        "INSERT INTO team_cursors (team, next) VALUES ($1, 1)
-         ON CONFLICT (team) DO UPDATE SET next = team_cursors.next + 1 RETURNING next",
-    )
-    .bind(team)
-    .fetch_one(connection)
-    .await?;
-    Ok(row.try_get::<i64, _>(0)? - 1)
-}
-
-/// The rep this enrollment already holds in this team, if any (`assignments_enrollment` index).
-async fn open_assignment(
-    connection: &mut AnyConnection,
-    enrollment_id: i64,
-    team: &str,
-) -> Result<Option<String>, sqlx::Error> {
-    let row = sqlx::query(
-        "SELECT rep FROM assignments WHERE enrollment_id = $1 AND team = $2 AND status = 'assigned' ORDER BY id LIMIT 1",
-    )
-    .bind(enrollment_id)
-    .bind(team)
-    .fetch_optional(connection)
-    .await?;
-    row.map(|row| row.try_get(0)).transpose()
-}
-
-/// Open leads of each rep of the team, in the team's order; creates the rows of new reps.
-async fn open_leads(connection: &mut AnyConnection, team: &Team) -> Result<Vec<i64>, sqlx::Error> {
-    let rows = sqlx::query("SELECT rep, open_leads FROM rep_load WHERE team = $1")
-        .bind(&team.id)
-        .fetch_all(&mut *connection)
-        .await?;
-    let mut stored = HashMap::with_capacity(rows.len());
-    for row in rows {
-        stored.insert(row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)?);
-    }
-    let mut open = Vec::with_capacity(team.reps.len());
-    for rep in &team.reps {
-        if let Some(&count) = stored.get(&rep.id) {
-            open.push(count);
-            continue;
-        }
-        // A rep new to sales.yaml. Should another worker create the row first, the guarded
-        // increment in `take_slot` still keeps the rep within capacity.
-        sqlx::query("INSERT INTO rep_load (team, rep, open_leads) VALUES ($1, $2, 0) ON CONFLICT DO NOTHING")
-            .bind(&team.id)
-            .bind(&rep.id)
-            .execute(&mut *connection)
-            .await?;
-        open.push(0);
-    }
-    Ok(open)
-}
-
-/// Counts one more open lead for `rep` unless that would pass its capacity; false if it would.
-/// The guard is in the `UPDATE` itself, so no interleaving of workers can overfill a rep.
-async fn take_slot(connection: &mut AnyConnection, team: &str, rep: &Rep) -> Result<bool, sqlx::Error> {
-    let query = match rep.capacity {
-        Some(capacity) => sqlx::query(
-            "UPDATE rep_load SET open_leads = open_leads + 1 WHERE team = $1 AND rep = $2 AND open_leads < $3",
-        )
-        .bind(team)
-        .bind(&rep.id)
-        .bind(i64::from(capacity)),
-        None => sqlx::query("UPDATE rep_load SET open_leads = open_leads + 1 WHERE team = $1 AND rep = $2")
-            .bind(team)
-            .bind(&rep.id),
-    };
-    Ok(query.execute(connection).await?.rows_affected() == 1)
-}
-
 struct NoHistory;
 
 impl EventCounter for NoHistory {
@@ -329,6 +234,7 @@ mod tests {
             name: "Inbound".into(),
             strategy,
             accept_within: None,
+            notify: Default::default(),
             reps: reps
                 .iter()
                 .map(|&(id, capacity, territory)| Rep {

@@ -27,3 +27,10 @@ impl Error {
         matches!(self, Error::Transient(_))
     }
 }
+
+impl From<crate::store::Error> for Error {
+    /// A database hiccup: the next attempt may go through.
+    fn from(error: crate::store::Error) -> Self {
+        Error::Transient(format!("database: {error}"))
+    }
+}

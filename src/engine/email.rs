@@ -331,7 +331,7 @@ pub fn tracking_of(class: MailClass, template: Option<Tracking>, journey: Option
     }
 }
 
-fn occurrence(
+pub(super) fn occurrence(
     contact_id: i64,
     name: &str,
     properties: Map<String, Json>,

@@ -7,18 +7,23 @@
 //! - `clock`: `Clock`, with a system and a virtual implementation.
 //! - `message`: PURE. The data templates render with.
 //! - `simulate`: PURE. Runs a journey for one contact on a virtual clock.
+//! - `sales`, `lead_notices`: the sales loop (leads placed, accepted, rejected, recycled and
+//!   closed, with their events), their accept deadlines, and telling reps about their leads.
 
 pub mod clock;
 pub mod contact;
 pub mod email;
 pub mod ingest;
 pub mod kinds;
+pub mod lead_deadlines;
+pub mod lead_notices;
 pub mod message;
 pub mod outbound;
 pub mod plan;
 pub mod reactions;
 pub mod reports;
 pub mod runner;
+pub mod sales;
 pub mod scoring;
 pub mod simulate;
 pub mod steps;

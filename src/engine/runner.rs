@@ -6,10 +6,10 @@ use super::clock::Clock;
 use super::contact::Contact;
 use super::message::template_data;
 use super::transition::{Effect, Enrollment, History, Outcome, Position, enrollment_key, may_enter};
+use crate::channels;
 use crate::channels::email::Mailer;
 use crate::channels::links::Signer;
 use crate::channels::sms::SmsSender;
-use crate::channels::{self, assign};
 use crate::config::Config;
 use crate::expr::{EventCounter, EventFacts};
 use crate::journey::model::{Journey, OnChange, Trigger};
@@ -67,6 +67,8 @@ pub struct Engine {
     pub(crate) steps: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<super::steps::Submitted>>,
     /// Requests on their way to a group commit (see `ingest.rs`); started on the first one.
     pub(crate) ingest_groups: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<super::ingest::Pending>>,
+    /// Accept deadlines coming due and reps to tell (see `sales.rs`).
+    pub(crate) sales: super::lead_deadlines::SalesDesk,
 }
 
 /// Counts preloaded for one move: `count_events` windows, and when the recent messages to the
@@ -130,6 +132,7 @@ impl Engine {
             sends: std::sync::atomic::AtomicBool::new(false),
             steps: std::sync::OnceLock::new(),
             ingest_groups: std::sync::OnceLock::new(),
+            sales: super::lead_deadlines::SalesDesk::default(),
         })
     }
 
@@ -498,15 +501,12 @@ impl Engine {
                 })?;
                 let connection = connection
                     .ok_or_else(|| channels::Error::Transient("an assignment needs a database connection".into()))?;
-                assign::assign(
-                    connection,
-                    team,
-                    contact,
-                    enrollments::enrollment_id(enrollment).map_err(|e| channels::Error::Permanent(e.to_string()))?,
-                    now,
-                )
-                .await
-                .map(|rep| format!("assigned to {rep}"))
+                let enrollment =
+                    enrollments::enrollment_id(enrollment).map_err(|e| channels::Error::Permanent(e.to_string()))?;
+                self.assign_leads(connection, team, &[(contact, enrollment)], now)
+                    .await?
+                    .pop()
+                    .unwrap_or_else(|| Err(channels::Error::Transient("the lead was not placed".into())))
             }
             Effect::Webhook {
                 method,
@@ -537,6 +537,9 @@ impl Engine {
         overdue.extend(enrollments::with_stale_effects(&mut connection, now - grace, 10_000).await?);
         overdue.sort_unstable();
         overdue.dedup();
+        drop(connection);
+        // Accept deadlines passed and reps not told, left by a process that died.
+        self.reconcile_sales(now - grace).await?;
         let count = overdue.len();
         if count > 0 {
             warn!(count, "Re-enqueueing overdue steps that have no job.");

@@ -329,7 +329,7 @@ impl Engine {
                         })
                         .collect();
                     let outcome = if leads.len() == wanted.len() {
-                        channels::assign::assign_many(connection, team, &leads, now).await
+                        self.assign_leads(connection, team, &leads, now).await
                     } else {
                         Err(channels::Error::Transient("a lead's contact is not loaded".into()))
                     };

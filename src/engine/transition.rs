@@ -227,14 +227,7 @@ pub fn advance(
     if enrollment.seq != seq {
         return Err(Refused::Stale);
     }
-    let mut mover = Mover {
-        journey,
-        enrollment,
-        world,
-        changes: Vec::new(),
-        effects: Vec::new(),
-        records: Vec::new(),
-    };
+    let mut mover = Mover::new(journey, enrollment, world);
     let position = match (&enrollment.position, input) {
         (Position::Finished { .. }, _) => return Err(Refused::Finished),
         (_, Input::Event(event)) => mover.on_event(event)?,
@@ -255,6 +248,38 @@ pub fn advance(
     })
 }
 
+/// Ends an unfinished enrollment now if its journey's `exit_when` holds: what a change to the
+/// contact made outside any step (a sales outcome, an admin setting the stage) does at once,
+/// rather than when the enrollment next enters a step. `None`: it stays.
+pub fn exit_now(journey: &Journey, enrollment: &Enrollment, world: &World<'_>) -> Option<Advance> {
+    let exit_when = journey.exit_when.as_ref()?;
+    let step = match enrollment.position {
+        Position::Entering { step } | Position::Parked { step, .. } => step,
+        Position::Finished { .. } => return None,
+    };
+    let mut mover = Mover::new(journey, enrollment, world);
+    let view = world.contact.facts_view();
+    let facts = mover.facts_now(&view);
+    if exit_when.eval_bool(&facts) != Ok(true) {
+        return None;
+    }
+    let detail = format!(
+        "exit_when `{}` is true ({})",
+        exit_when.source(),
+        exit_when.explain(&facts)
+    );
+    mover.record(step, "exited", detail);
+    Some(Advance {
+        position: Position::Finished {
+            outcome: Outcome::Exited,
+        },
+        seq: enrollment.seq + 1,
+        changes: Vec::new(),
+        effects: Vec::new(),
+        records: mover.records,
+    })
+}
+
 /// One move in the making: what the step kinds (see `kinds`) read and add to.
 pub(super) struct Mover<'a> {
     pub(super) journey: &'a Journey,
@@ -265,7 +290,18 @@ pub(super) struct Mover<'a> {
     records: Vec<StepRecord>,
 }
 
-impl Mover<'_> {
+impl<'a> Mover<'a> {
+    fn new(journey: &'a Journey, enrollment: &'a Enrollment, world: &'a World<'a>) -> Mover<'a> {
+        Mover {
+            journey,
+            enrollment,
+            world,
+            changes: Vec::new(),
+            effects: Vec::new(),
+            records: Vec::new(),
+        }
+    }
+
     pub(super) fn record(&mut self, step: StepIndex, outcome: &str, detail: impl Into<String>) {
         let kind = self.journey.steps[step].kind.keyword();
         self.records.push(StepRecord {

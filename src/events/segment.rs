@@ -62,6 +62,8 @@ pub struct Message {
     /// `Identify`, `Group`, `Alias`.
     pub name: String,
     pub properties: Map<String, Json>,
+    /// The person's traits. A `group` call's traits describe the group: they are under
+    /// `group` here (with its `id`), so they never touch the person's email or phone.
     pub traits: Map<String, Json>,
     pub context: Map<String, Json>,
     /// When it happened, corrected for the client's clock skew.
@@ -354,11 +356,12 @@ fn parse_message(
     if user_id.is_none() && anonymous_id.is_none() && kind != Kind::Alias {
         return Err(Invalid::new("userId", "a message needs a `userId` or an `anonymousId`"));
     }
-    let properties = object_field(object, "properties")?;
+    let mut properties = object_field(object, "properties")?;
     let context = object_field(object, "context")?;
     // RudderStack sends identify traits only in `context.traits`.
     let mut traits = object_field(object, "traits")?;
     if traits.is_empty()
+        && kind != Kind::Group
         && let Some(Json::Object(context_traits)) = context.get("traits")
     {
         traits = context_traits.clone();
@@ -373,8 +376,17 @@ fn parse_message(
         Kind::Alias => "Alias".into(),
     };
     let group_id = string_field(object, "groupId");
-    if kind == Kind::Group && group_id.is_none() {
-        return Err(Invalid::new("groupId", "a group message needs a `groupId`"));
+    if kind == Kind::Group {
+        let Some(id) = &group_id else {
+            return Err(Invalid::new("groupId", "a group message needs a `groupId`"));
+        };
+        // A group's traits are the company's, not the person's: its `email` or `phone` must
+        // never identify (and so merge) the colleagues who send it. They are kept whole under
+        // the person's `group` trait, and are the `Group` event's properties.
+        let mut group = std::mem::take(&mut traits);
+        group.insert("id".into(), Json::String(id.clone()));
+        properties.extend(group.clone());
+        traits.insert("group".into(), Json::Object(group));
     }
     if kind == Kind::Alias && (previous_id.is_none() || user_id.is_none()) {
         let field = if previous_id.is_none() { "previousId" } else { "userId" };
@@ -383,7 +395,6 @@ fn parse_message(
             "an alias message needs a `previousId` and a `userId`",
         ));
     }
-    let mut properties = properties;
     if matches!(kind, Kind::Page | Kind::Screen) {
         for key in ["name", "category"] {
             if let Some(value) = object.get(key).filter(|v| !v.is_null()) {
@@ -464,6 +475,20 @@ mod tests {
         let message = &parsed.messages[0];
         assert_eq!(message.timestamp, now() - chrono::Duration::seconds(10));
         assert_eq!(message.message_id, "generated-1");
+    }
+
+    #[test]
+    fn a_group_keeps_the_company_traits_away_from_the_person() {
+        let body = json!({"userId": "u1", "groupId": "acme", "traits": {"name": "Acme", "email": "info@acme.example", "phone": "+8621000000"},
+                          "context": {"traits": {"email": "ada@acme.example"}}});
+        let parsed = parse_single(&body, Kind::Group, now(), &mut ids()).unwrap();
+        let message = &parsed.messages[0];
+        assert_eq!(
+            Json::Object(message.traits.clone()),
+            json!({"group": {"id": "acme", "name": "Acme", "email": "info@acme.example", "phone": "+8621000000"}})
+        );
+        assert_eq!(message.properties["email"], "info@acme.example");
+        assert_eq!(message.properties["id"], "acme");
     }
 
     #[test]

@@ -70,6 +70,30 @@ pub fn compile_with(sources: &Sources, guardrails: &Guardrails) -> (Catalog, Vec
         (Some(_), None) => TeamNames::Unchecked,
     };
     let has_email = |name: &str| templates.has_email(name) || templates_broken(sources, name, ".email.hbs");
+    if let (Some(file), Some(sales)) = (&sources.sales, &sales) {
+        for team in sales.teams.values() {
+            let super::sales::NotifyEmail::Template { name, pos } = &team.notify.email else {
+                continue;
+            };
+            if templates.email_class(name, None) == Some(super::templates::MailClass::Marketing) {
+                diagnostics.push(
+                    Diagnostic::error(&file.path, *pos, "J053", format!("`{name}` is marketing email; a lead notice is not"))
+                        .with_hint("write `class: transactional` in the template's front matter: a rep cannot unsubscribe from their leads"),
+                );
+            }
+            if !has_email(name) {
+                let known: Vec<&str> = templates.emails.keys().map(String::as_str).collect();
+                diagnostics.push(
+                    Diagnostic::error(&file.path, *pos, "J053", format!("no email template `{name}`")).with_hint(
+                        match super::diagnostic::did_you_mean(name, known) {
+                            Some(near) => format!("did you mean `{near}`?"),
+                            None => format!("create templates/{name}.email.hbs, or write `email: false`"),
+                        },
+                    ),
+                );
+            }
+        }
+    }
     let has_sms = |name: &str| templates.has_sms(name) || templates_broken(sources, name, ".sms.hbs");
     let refs = Refs {
         has_email_template: &has_email,
@@ -138,6 +162,46 @@ fn templates_broken(sources: &Sources, name: &str, suffix: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sales_notices_name_templates_that_exist_and_reps_someone_can_tell() {
+        let sales = |notify: &str| {
+            Sources {
+            sales: Some(SourceFile {
+                path: "sales.yaml".into(),
+                text: format!(
+                    "teams:\n  inbound:\n    accept_within: 4h\n{notify}    reps:\n      - {{id: ann, email: ann@example.com}}\n      - {{id: bo}}\n"
+                ),
+            }),
+            templates: vec![SourceFile {
+                path: "templates/lead-assigned.email.hbs".into(),
+                text: "---\nsubject: New lead {{lead.id}} for {{rep.name}}\nclass: transactional\n---\n<p>{{contact.email}}: {{lead.why}}</p>\n".into(),
+            }],
+            ..Sources::default()
+        }
+        };
+        let (catalog, diagnostics) = compile(&sales(""));
+        let shown: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
+        assert_eq!(shown.len(), 1, "{shown:#?}");
+        assert!(shown[0].contains("warning[J053]: nobody tells rep `bo`"), "{shown:#?}");
+        assert!(catalog.sales.is_some(), "a warning keeps sales.yaml");
+        let (catalog, diagnostics) = compile(&sales("    notify:\n      email: lead-asigned\n"));
+        let shown: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
+        assert!(
+            shown.iter().any(
+                |d| d.starts_with("sales.yaml:5:14: error[J053]: no email template `lead-asigned`")
+                    && d.contains("did you mean `lead-assigned`?")
+            ),
+            "{shown:#?}"
+        );
+        assert!(catalog.sales.is_some());
+        let (catalog, diagnostics) = compile(&sales(
+            "    notify:\n      email: lead-assigned\n      webhook: {url: \"https://oapi.dingtalk.com/robot/send?access_token={{rep.id}}\"}\n",
+        ));
+        assert!(diagnostics.is_empty(), "{diagnostics:?}");
+        let team = &catalog.sales.unwrap().teams["inbound"];
+        assert!(team.notify.webhook.is_some());
+    }
 
     #[test]
     fn a_journey_may_tighten_the_workspace_guardrails_but_not_loosen_them() {

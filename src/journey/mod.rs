@@ -10,6 +10,7 @@ pub mod sales;
 pub mod scoring;
 pub mod templates;
 pub mod values;
+pub mod webhook;
 pub mod yaml;
 
 pub use compile::{Catalog, Sources, compile, compile_with};

@@ -4,7 +4,10 @@
 //! teams:
 //!   inbound:
 //!     strategy: round_robin        # round_robin | territory | least_loaded
-//!     accept_within: 4h            # unaccepted leads return to the pool
+//!     accept_within: 4h            # unaccepted leads return to the pool, then another rep
+//!     notify:                      # optional: the built-in email to the rep otherwise
+//!       email: lead-assigned       # a template (`false`: no email)
+//!       webhook: {url: "https://oapi.dingtalk.com/robot/send?access_token=...", body: {...}}
 //!     reps:
 //!       - {id: li-wei, name: Li Wei, email: li.wei@example.com, capacity: 30,
 //!          territory: 'traits.region == "Shanghai"'}
@@ -12,7 +15,9 @@
 
 use super::decode::{Reader, is_slug};
 use super::diagnostic::Diagnostic;
+use super::model::Webhook;
 use super::values::Delay;
+use super::yaml::Pos;
 use crate::expr::{Expr, Place, Want};
 use std::collections::BTreeMap;
 
@@ -35,6 +40,28 @@ pub struct Team {
     pub strategy: Strategy,
     pub accept_within: Option<Delay>,
     pub reps: Vec<Rep>,
+    /// How the rep hears of a lead given to them.
+    pub notify: Notify,
+}
+
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Notify {
+    pub email: NotifyEmail,
+    /// A robot of the team's chat (DingTalk, WeCom, Slack): JSON whose strings are templates.
+    pub webhook: Option<Webhook>,
+}
+
+#[derive(Clone, Debug, PartialEq, Default)]
+pub enum NotifyEmail {
+    /// A plain email to the rep's address, written by nurture.
+    #[default]
+    BuiltIn,
+    /// An email template; `pos` is where sales.yaml names it.
+    Template {
+        name: String,
+        pos: Pos,
+    },
+    Off,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -82,7 +109,7 @@ pub fn parse_sales(file: &str, text: &str, diagnostics: &mut Vec<Diagnostic>) ->
                 format!("team id `{id}` may only use lowercase letters, digits and dashes"),
             );
         }
-        let Some(team) = reader.fields(node, "a team", &["name", "strategy", "accept_within", "reps"]) else {
+        let Some(team) = reader.fields(node, "a team", &["name", "strategy", "accept_within", "reps", "notify"]) else {
             continue;
         };
         let name = reader.optional_string(&team, "name").unwrap_or_else(|| id.clone());
@@ -160,6 +187,8 @@ pub fn parse_sales(file: &str, text: &str, diagnostics: &mut Vec<Diagnostic>) ->
                 "give reps `territory: 'traits.region == \"Shanghai\"'`",
             );
         }
+        let notify = team.get("notify").map(|n| notify(&mut reader, n)).unwrap_or_default();
+        warn_about_unreachable_reps(&mut reader, &id, node.pos, &reps, &notify, accept_within);
         teams.insert(
             id.clone(),
             Team {
@@ -168,8 +197,74 @@ pub fn parse_sales(file: &str, text: &str, diagnostics: &mut Vec<Diagnostic>) ->
                 strategy,
                 accept_within,
                 reps,
+                notify,
             },
         );
     }
-    (reader.sink.diagnostics.len() == before).then_some(Sales { teams })
+    let errors = reader.sink.diagnostics[before..]
+        .iter()
+        .filter(|d| d.is_error())
+        .count();
+    (errors == 0).then_some(Sales { teams })
+}
+
+/// `notify: {email: TEMPLATE | false, webhook: {...}}`.
+fn notify(reader: &mut Reader<'_>, node: &super::yaml::Node) -> Notify {
+    let Some(fields) = reader.fields(node, "notify", &["email", "webhook"]) else {
+        return Notify::default();
+    };
+    let email = match fields.get("email") {
+        None => NotifyEmail::BuiltIn,
+        Some(node) if node.as_scalar().is_some_and(|s| !s.quoted && s.text == "false") => NotifyEmail::Off,
+        Some(node) => match reader.string(node, "email") {
+            Some(name) => NotifyEmail::Template { name, pos: node.pos },
+            None => NotifyEmail::BuiltIn,
+        },
+    };
+    let webhook = fields.get("webhook").and_then(|n| super::webhook::parse(reader, n));
+    Notify { email, webhook }
+}
+
+/// Warnings: a rep nobody can tell about a lead, and a lead that cannot move on when its rep
+/// lets it go.
+fn warn_about_unreachable_reps(
+    reader: &mut Reader<'_>,
+    team: &str,
+    pos: Pos,
+    reps: &[Rep],
+    notify: &Notify,
+    accept_within: Option<Delay>,
+) {
+    if notify.webhook.is_none() {
+        for rep in reps {
+            let silent = match notify.email {
+                NotifyEmail::Off => true,
+                _ => rep.email.is_none(),
+            };
+            if silent {
+                let warning = Diagnostic::warning(
+                    reader.file(),
+                    pos,
+                    "J053",
+                    format!("nobody tells rep `{}` of team `{team}` about new leads", rep.id),
+                );
+                reader.sink.push(warning.with_hint(
+                    "give the rep an `email:`, or the team `notify: {webhook: {url: ...}}` (a DingTalk, WeCom or Slack robot)",
+                ));
+            }
+        }
+    }
+    if accept_within.is_some() && reps.len() == 1 {
+        let warning = Diagnostic::warning(
+            reader.file(),
+            pos,
+            "J053",
+            format!(
+                "team `{team}` has one rep: a lead they do not accept in time waits in the pool, as it never goes to the same rep twice in a row"
+            ),
+        );
+        reader
+            .sink
+            .push(warning.with_hint("add a second rep, or remove `accept_within`"));
+    }
 }

@@ -15,7 +15,7 @@ use serde_json::Value as Json;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Variables a template may use, and the fields of the fixed-shape ones.
-const ROOTS: [(&str, Option<&[&str]>); 10] = [
+const ROOTS: [(&str, Option<&[&str]>); 12] = [
     (
         "contact",
         Some(&["id", "email", "phone", "timezone", "language", "created_at"]),
@@ -29,6 +29,20 @@ const ROOTS: [(&str, Option<&[&str]>); 10] = [
     ("journey", Some(&["id", "name", "version"])),
     ("unsubscribe_url", Some(&[])),
     ("now", Some(&[])),
+    // Only in the notifications of `sales.yaml`: the lead given to a rep, and the rep.
+    (
+        "lead",
+        Some(&[
+            "id",
+            "team",
+            "team_name",
+            "accept_by",
+            "accept_within",
+            "why",
+            "reasons",
+        ]),
+    ),
+    ("rep", Some(&["id", "name", "email", "phone"])),
 ];
 const BUILTIN_HELPERS: [&str; 15] = [
     "if", "unless", "each", "with", "lookup", "eq", "ne", "gt", "gte", "lt", "lte", "and", "or", "not", "len",

@@ -8,6 +8,7 @@ pub mod enrollments;
 pub mod guardrails;
 pub mod identities;
 pub mod reports;
+pub mod sales;
 pub mod scores;
 pub mod sms;
 

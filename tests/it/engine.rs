@@ -406,7 +406,9 @@ fn clock_now(clock: &VirtualClock) -> chrono::DateTime<chrono::Utc> {
 }
 
 /// The shipped `sql-handoff.yaml`, its DingTalk robot URL pointed at a local fake that fails
-/// once: assign, no accept, reassign, alert (retried after the 503), no accept, tag.
+/// once: assign, accepted by the rep (one lead); not accepted (the other): recycled to another
+/// inbound rep after 2h, reassigned to the regional team after 4h, alert (retried after the
+/// 503), no accept, tag.
 async fn sql_handoff_reassigns_and_alerts_the_managers(mode: Mode) {
     let robot = HttpFake::start(|index, _| match index {
         0 => Answer::new(503, r#"{"errcode": -1, "errmsg": "busy"}"#),
@@ -451,12 +453,35 @@ async fn sql_handoff_reassigns_and_alerts_the_managers(mode: Mode) {
         assert_eq!(started.len(), 1);
         at(&env, contact, "sql-handoff", "waiting", Some("await-accept")).await;
     }
-    env.engine
-        .track(accepted, event("Lead Accepted", json!({})))
+    let lead: i64 = sqlx::query("SELECT id FROM assignments WHERE contact_id = $1")
+        .bind(accepted)
+        .fetch_one(&env.engine.store.pool)
+        .await
+        .unwrap()
+        .get(0);
+    let rep: String = sqlx::query("SELECT rep FROM assignments WHERE id = $1")
+        .bind(lead)
+        .fetch_one(&env.engine.store.pool)
+        .await
+        .unwrap()
+        .get(0);
+    let taken = env
+        .engine
+        .act_on_lead(
+            lead,
+            &nurture::engine::sales::Actor::Rep(rep),
+            nurture::engine::sales::Action::Accept,
+        )
         .await
         .unwrap();
+    assert_eq!(taken.status.as_str(), "accepted");
     at(&env, accepted, "sql-handoff", "completed", None).await;
-    advance_clock(&env, &clock, chrono::Duration::hours(4)).await;
+    advance_clock(&env, &clock, chrono::Duration::hours(2)).await;
+    eventually("the unaccepted lead recycled within inbound", WAIT, || async {
+        (scalar(&env, "SELECT COUNT(*) FROM assignments WHERE contact_id = $1", ignored).await == 2).then_some(())
+    })
+    .await;
+    advance_clock(&env, &clock, chrono::Duration::hours(2)).await;
     eventually("the first alert, answered 503", WAIT, || async {
         (robot.count() == 1).then_some(())
     })
@@ -475,10 +500,26 @@ async fn sql_handoff_reassigns_and_alerts_the_managers(mode: Mode) {
         body["text"]["content"],
         "SQL no@example.com (unknown company, score 0) not accepted within 4h; reassigned to the regional team."
     );
+    // Inbound's 2h deadlines fall at 2h and 4h; at 4h the lead is recycled once more, then the
+    // journey hands it to the regional team, which closes the inbound lead.
+    let leads: Vec<(String, String)> =
+        sqlx::query("SELECT team, status FROM assignments WHERE contact_id = $1 ORDER BY id")
+            .bind(ignored)
+            .fetch_all(&env.engine.store.pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect();
+    let expected = [
+        ("inbound", "recycled"),
+        ("inbound", "recycled"),
+        ("inbound", "reassigned"),
+        ("regional", "assigned"),
+    ];
     assert_eq!(
-        scalar(&env, "SELECT COUNT(*) FROM assignments WHERE contact_id = $1", ignored).await,
-        2,
-        "inbound, then regional"
+        leads,
+        expected.map(|(team, status)| (team.to_string(), status.to_string()))
     );
     advance_clock(&env, &clock, chrono::Duration::days(1)).await;
     at(&env, ignored, "sql-handoff", "completed", None).await;

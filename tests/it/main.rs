@@ -13,6 +13,7 @@ mod language;
 mod reports;
 mod restarts;
 mod retries;
+mod sales;
 mod scoring;
 mod simulate;
 mod sms;

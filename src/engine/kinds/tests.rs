@@ -296,3 +296,44 @@ fn the_enrollment_key_and_start_come_from_the_same_functions_everywhere() {
     assert_eq!(key(&order(serde_json::json!({}))), None, "no key, no enrollment");
     assert_eq!(start_position(&journey), Position::Entering { step: 0 });
 }
+
+#[test]
+fn exit_now_ends_a_parked_enrollment_only_when_exit_when_holds() {
+    let journey_text = format!("{SEND}exit_when: stage == \"customer\"\n");
+    let (catalog, journey) = project(&journey_text, "");
+    let mut parked = enrollment(&journey);
+    parked.position = Position::Parked {
+        step: 1,
+        until: at(20),
+        reason: Park::Wait,
+    };
+    parked.seq = 2;
+    let sent = Sent(vec![]);
+    let exit_for = |contact: &Contact| {
+        let world = World {
+            contact,
+            now: at(12),
+            history: &sent,
+            catalog: &catalog,
+        };
+        crate::engine::transition::exit_now(&journey, &parked, &world)
+    };
+    let mut contact = ada();
+    assert_eq!(exit_for(&contact), None);
+    contact.stage = crate::journey::values::Stage::Customer;
+    let exit = exit_for(&contact).expect("it exits");
+    assert_eq!(
+        exit.position,
+        Position::Finished {
+            outcome: crate::engine::Outcome::Exited
+        }
+    );
+    assert_eq!(exit.seq, 3, "a move like any other: a compare-and-set on seq");
+    assert!(exit.effects.is_empty());
+    let (outcome, detail) = said(&exit);
+    assert_eq!(outcome, "exited");
+    assert!(
+        detail.starts_with("exit_when `stage == \"customer\"` is true"),
+        "{detail}"
+    );
+}
