@@ -185,6 +185,7 @@ impl Queue {
                         .push_bulk(chunk.to_vec())
                         .await
                         .map_err(|e| Error::Queue(e.to_string()))?;
+                    promote_due(storage).await?;
                 }
                 if let Some(channel) = &self.wake_channel {
                     let _: i64 = redis::cmd("PUBLISH")
@@ -278,5 +279,47 @@ async fn listen(client: redis::Client, channel: String, hub: Arc<WakeHub>) {
             Err(error) => tracing::warn!(%error, "Redis is unreachable for wake-ups; trying again."),
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+/// Moves due jobs from apalis's scheduled set to its active list, 1,000 at a time.
+///
+/// apalis-redis 1.0 files every pushed job under the scheduled set (due "now", in whole
+/// seconds), and its fetch script promotes all due ones with a single Lua `unpack`, which fails
+/// past a few thousand values ("too many results to unpack"). A burst bigger than that, such as
+/// 100,000 waits coming due together, then stopped every fetch for good. Promoting right after
+/// each push keeps the set small, so the fetch never meets more than one push's worth.
+async fn promote_due(storage: &RedisStorage<StepJob, ConnectionManager>) -> Result<(), Error> {
+    static PROMOTE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+        redis::Script::new(
+            r"local ids = redis.call('zrangebyscore', KEYS[1], 0, ARGV[1], 'LIMIT', 0, ARGV[2])
+            if #ids > 0 then
+                redis.call('rpush', KEYS[2], unpack(ids))
+                redis.call('zrem', KEYS[1], unpack(ids))
+                redis.call('del', KEYS[3])
+                redis.call('lpush', KEYS[3], 1)
+            end
+            return #ids",
+        )
+    });
+    const AT_ONCE: usize = 1_000;
+    let config = storage.get_config();
+    let mut connection = storage.clone().get_connection().clone();
+    loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let moved: usize = PROMOTE
+            .key(config.scheduled_jobs_set())
+            .key(config.active_jobs_list())
+            .key(config.signal_list())
+            .arg(now)
+            .arg(AT_ONCE)
+            .invoke_async(&mut connection)
+            .await?;
+        if moved < AT_ONCE {
+            return Ok(());
+        }
     }
 }

@@ -14,6 +14,7 @@
 
 use super::StepJob;
 use crate::engine::{Clock, SystemClock};
+use futures::StreamExt;
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::Notify;
@@ -24,6 +25,9 @@ pub const WINDOW_MS: i64 = 30_000;
 /// so every wait is held by somebody.
 pub const HOLD_AHEAD_MS: i64 = 2 * WINDOW_MS;
 
+/// Due waits pushed per call, and calls side by side.
+const PUSH_CHUNK: usize = 1_000;
+const PUSHES_AT_ONCE: usize = 4;
 /// Lateness is counted per millisecond up to this; later ones share the last bucket.
 const LATENESS_BUCKETS: usize = 10_001;
 
@@ -169,16 +173,34 @@ impl Timers {
             if due.is_empty() {
                 continue;
             }
-            match queue.push_now(due.iter().map(|(_, job)| *job).collect()).await {
-                Ok(()) => self.count_lateness(due.iter().map(|(at, _)| *at), self.now_ms()),
-                Err(error) => {
-                    // The queue is down (Redis restarting): try again shortly; nothing is lost,
-                    // as the database keeps every `due_at`.
-                    tracing::warn!(%error, jobs = due.len(), "Could not push due waits; retrying.");
-                    let retry = self.now_ms() + 500;
-                    self.hold_loaded(due.into_iter().map(|(_, job)| (job, retry)));
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            // Many waits due together (100,000 at one moment) go out a thousand at a time,
+            // a few pushes side by side, so the first ones do not wait for the last.
+            let chunks: Vec<Vec<(i64, StepJob)>> = due.chunks(PUSH_CHUNK).map(<[_]>::to_vec).collect();
+            let pushes = chunks.into_iter().map(|chunk| {
+                let queue = queue.clone();
+                async move {
+                    let outcome = queue.push_now(chunk.iter().map(|(_, job)| *job).collect()).await;
+                    (chunk, outcome)
                 }
+            });
+            let mut pushes = futures::stream::iter(pushes).buffer_unordered(PUSHES_AT_ONCE);
+            let mut failed = Vec::new();
+            while let Some((chunk, outcome)) = pushes.next().await {
+                match outcome {
+                    Ok(()) => self.count_lateness(chunk.iter().map(|(at, _)| *at), self.now_ms()),
+                    Err(error) => {
+                        tracing::warn!(%error, jobs = chunk.len(), "Could not push due waits; retrying.");
+                        failed.extend(chunk.iter().map(|(_, job)| *job));
+                    }
+                }
+            }
+            drop(pushes);
+            if !failed.is_empty() {
+                // The queue is down (Redis restarting): try again shortly; nothing is lost,
+                // as the database keeps every `due_at`.
+                let retry = self.now_ms() + 500;
+                self.hold_loaded(failed.into_iter().map(|job| (job, retry)));
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         }
     }
