@@ -143,6 +143,7 @@ pub async fn place(
                     rep: chosen.map(|rep| rep.id.as_str()),
                     accept_by: chosen.and(accept_by),
                     previous_rep: offer.avoid,
+                    told: team.is_silent(),
                 });
                 placement.placed.push(match chosen {
                     Some(rep) => Placed::Rep {

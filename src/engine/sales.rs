@@ -174,7 +174,9 @@ impl Engine {
             follow
                 .events
                 .push(lead_event(offer.contact_id, "Lead Assigned", properties, now));
-            follow.notices.push(*lead);
+            if !team.is_silent() {
+                follow.notices.push(*lead);
+            }
         }
         for closed in &placement.reassigned {
             if closed.status.holds_slot() {

@@ -44,6 +44,14 @@ pub struct Team {
     pub notify: Notify,
 }
 
+impl Team {
+    /// A team that tells its reps nothing (`notify: {email: false}` and no webhook): its leads
+    /// are recorded as told when they are placed, and no notice work follows.
+    pub fn is_silent(&self) -> bool {
+        self.notify.email == NotifyEmail::Off && self.notify.webhook.is_none()
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct Notify {
     pub email: NotifyEmail,

@@ -95,6 +95,8 @@ pub struct NewLead<'a> {
     pub rep: Option<&'a str>,
     pub accept_by: Option<DateTime<Utc>>,
     pub previous_rep: Option<&'a str>,
+    /// Nobody is to be told (a silent team): recorded as told already.
+    pub told: bool,
 }
 
 /// The revenue column is NUMERIC, which the `Any` driver cannot decode: it is read as text.
@@ -236,14 +238,14 @@ pub async fn open_of_contacts(connection: &mut AnyConnection, contact_ids: &[i64
 /// Inserts leads; returns their ids in the order given.
 pub async fn insert_many(connection: &mut AnyConnection, rows: &[NewLead<'_>], now: DateTime<Utc>) -> Result<Vec<i64>> {
     let mut ids = Vec::with_capacity(rows.len());
-    for chunk in rows.chunks(super::rows_per_statement(8)) {
+    for chunk in rows.chunks(super::rows_per_statement(9)) {
         // Which returned id is which row: a contact has at most one new lead per statement.
         let sql = format!(
-            "INSERT INTO assignments (contact_id, enrollment_id, team, rep, status, assigned_at, accept_by, previous_rep) VALUES {} RETURNING id, contact_id",
+            "INSERT INTO assignments (contact_id, enrollment_id, team, rep, status, assigned_at, accept_by, previous_rep, notified_at) VALUES {} RETURNING id, contact_id",
             super::value_rows(
                 1,
                 chunk.len(),
-                &["BIGINT", "BIGINT", "", "", "", "BIGINT", "BIGINT", ""]
+                &["BIGINT", "BIGINT", "", "", "", "BIGINT", "BIGINT", "", "BIGINT"]
             )
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(connection, sql)));
@@ -261,7 +263,8 @@ pub async fn insert_many(connection: &mut AnyConnection, rows: &[NewLead<'_>], n
                 .bind(status.as_str())
                 .bind(ms(now))
                 .bind(row.accept_by.map(ms))
-                .bind(row.previous_rep.map(str::to_string));
+                .bind(row.previous_rep.map(str::to_string))
+                .bind(row.told.then(|| ms(now)));
         }
         let mut by_contact: HashMap<i64, i64> = HashMap::new();
         for row in query.fetch_all(&mut *connection).await? {
