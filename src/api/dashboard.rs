@@ -1,6 +1,6 @@
 //! `GET /dashboard`: the read-only page for the marketing manager (ROI by journey and by
-//! channel with charts, the sales KPIs, each journey's steps with their counts), made from the
-//! same reports and tables as `/v1/reports/*`. `GET /dashboard/login` asks for the admin token
+//! channel with charts, the sales KPIs and their trend, each journey's steps with their
+//! counts), made from the same reports and tables as `/v1/reports/*`. `GET /dashboard/login` asks for the admin token
 //! once; `POST /dashboard/login` checks it and sets a session cookie. `Authorization: Bearer`
 //! works too.
 //!
@@ -82,6 +82,7 @@ async fn render_page(state: &AppState, range: &Range) -> Result<String, ApiError
         .roi_report(asked.from, asked.to, asked.model, GroupBy::Channel)
         .await?;
     let kpis = engine.kpi_report(asked.from, asked.to, asked.model).await?;
+    let trend = trend(state, asked.from, asked.to, asked.model).await?;
     let mut journeys = Vec::new();
     for journey in &engine.catalog().journeys {
         // The running version comes first in the funnel report.
@@ -127,14 +128,65 @@ async fn render_page(state: &AppState, range: &Range) -> Result<String, ApiError
         model: asked.model.as_str(),
         currency: &engine.config.reports.currency,
         kpis: &reports::funnel::kpis_table(&kpis),
+        trend: &trend,
         by_journey: &render::roi_table(&by_journey, GroupBy::Journey),
         by_channel: &render::roi_table(&by_channel, GroupBy::Channel),
         journeys: &journeys,
     }))
 }
 
+/// At most this many periods in the trend, so a year's range costs 24 report reads, not 730.
+const PERIODS: i64 = 12;
+
+/// Days `[from, to]` cut into at most `PERIODS` runs of whole days, oldest first.
+fn periods(from: i64, to: i64) -> Vec<(i64, i64)> {
+    let days = (to - from) / reports::DAY_MS + 1;
+    let length = (days + PERIODS - 1) / PERIODS * reports::DAY_MS;
+    (0..)
+        .map(|i| from + i * length)
+        .take_while(|start| *start <= to)
+        .map(|start| (start, (start + length - reports::DAY_MS).min(to)))
+        .collect()
+}
+
+/// The KPIs over time: per period, new leads, new customers, revenue, cost and ROI, each
+/// period read as the API reads `from`..`to`.
+async fn trend(state: &AppState, from: i64, to: i64, model: reports::Model) -> Result<render::Table, ApiError> {
+    let mut table = render::Table::new(&["period", "to", "leads", "customers", "revenue", "cost", "roi"]);
+    for (start, end) in periods(from, to) {
+        let roi = state.engine.roi_report(start, end, model, GroupBy::Channel).await?;
+        let kpis = state.engine.kpi_report(start, end, model).await?;
+        table.rows.push(vec![
+            super::reports::day_text(start),
+            super::reports::day_text(end),
+            kpis.reached[0].to_string(),
+            kpis.reached[3].to_string(),
+            render::amount(roi.total.credit.revenue),
+            render::amount(roi.total.activity.cost),
+            render::ratio(roi.total.roi(), 4),
+        ]);
+    }
+    Ok(table)
+}
+
 pub async fn login_form() -> Html<String> {
     Html(dashboard::login(None))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_trend_cuts_the_range_into_at_most_twelve_periods_of_whole_days() {
+        let day = crate::reports::DAY_MS;
+        assert_eq!(
+            super::periods(0, 3 * day),
+            [(0, 0), (day, day), (2 * day, 2 * day), (3 * day, 3 * day)]
+        );
+        let year = super::periods(0, 364 * day);
+        assert_eq!(year.len(), 12);
+        assert_eq!(year[0], (0, 30 * day));
+        assert_eq!(year[11], (341 * day, 364 * day), "the last period ends on the last day");
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -177,7 +229,7 @@ pub fn openapi_paths() -> serde_json::Value {
     use serde_json::json;
     let html = |d: &str| json!({"description": d, "content": {"text/html": {}}});
     json!({
-        "/dashboard": {"get": {"summary": "The dashboard: ROI, KPIs and each journey's steps with counts", "tags": ["reports"],
+        "/dashboard": {"get": {"summary": "The dashboard: ROI, KPIs and their trend, each journey's steps with counts", "tags": ["reports"],
             "description": "A read-only HTML page. Needs the session cookie set by `POST /dashboard/login`, or `Authorization: Bearer ADMIN_TOKEN`. Takes the same `from`, `to` and `model` as `/v1/reports/roi`.",
             "parameters": [
                 {"name": "from", "in": "query", "schema": {"type": "string", "format": "date"}},

@@ -32,6 +32,8 @@ pub struct Page<'a> {
     pub model: &'a str,
     pub currency: &'a str,
     pub kpis: &'a Table,
+    /// Per period of the range: leads, customers, revenue, cost, ROI.
+    pub trend: &'a Table,
     pub by_journey: &'a Table,
     pub by_channel: &'a Table,
     pub journeys: &'a [JourneyView],
@@ -174,11 +176,13 @@ pub fn page(page: &Page) -> String {
     out.push_str("</select> <button>Show</button></form>");
     let _ = write!(
         out,
-        "<p>Money in {}.</p><h2>Sales KPIs</h2>{}\
+        "<p>Money in {}.</p><h2>Sales KPIs</h2>{}<h2>Over time</h2>{}{}\
          <h2>Return on investment by journey</h2>{}{}\
          <h2>Return on investment by channel</h2>{}{}<h2>Journeys: contacts at each step</h2>",
         html_escape(page.currency),
         table_html("kpis", page.kpis),
+        roi_chart(page.trend),
+        table_html("trend", page.trend),
         roi_chart(page.by_journey),
         table_html("roi-journey", page.by_journey),
         roi_chart(page.by_channel),

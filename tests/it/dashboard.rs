@@ -90,7 +90,7 @@ async fn the_dashboard_shows_the_apis_numbers(mode: Mode) {
 
     // The session cookie is HttpOnly: no script on the page can read it.
     assert_eq!(shown["cookies"], json!(""));
-    assert_eq!(shown["charts"], json!(2));
+    assert_eq!(shown["charts"], json!(3), "over time, by journey, by channel");
     let table = |name: &str| -> Vec<Vec<String>> { serde_json::from_value(shown["tables"][name].clone()).unwrap() };
     let by_journey = table("roi-journey");
     assert_eq!(
@@ -102,6 +102,45 @@ async fn the_dashboard_shows_the_apis_numbers(mode: Mode) {
         csv(&base, &format!("/v1/reports/roi?{RANGE}&group_by=channel")).await
     );
     assert_eq!(table("kpis"), csv(&base, &format!("/v1/reports/kpis?{RANGE}")).await);
+    // Over time: one row per day of the four-day range, each what the API gives for that day.
+    let trend = table("trend");
+    assert_eq!(trend.len(), 5, "a header and four days: {trend:?}");
+    let (mut revenue, mut leads) = (0.0, 0);
+    for row in &trend[1..] {
+        let day = format!("from={}&to={}&model=linear", row[0], row[1]);
+        assert_eq!(row[0], row[1], "a day per period");
+        let roi = api(&base, &format!("/v1/reports/roi?{day}"), "application/json")
+            .await
+            .json();
+        let kpis = api(&base, &format!("/v1/reports/kpis?{day}"), "application/json")
+            .await
+            .json();
+        assert_eq!(row[2], kpis["stages"][0]["contacts"].to_string(), "leads on {}", row[0]);
+        assert_eq!(
+            row[3],
+            kpis["stages"][3]["contacts"].to_string(),
+            "customers on {}",
+            row[0]
+        );
+        let money = |cell: &str| cell.parse::<f64>().unwrap();
+        assert!(
+            (money(&row[4]) - roi["total"]["revenue"].as_f64().unwrap()).abs() < 1e-9,
+            "{row:?}"
+        );
+        assert!(
+            (money(&row[5]) - roi["total"]["cost"].as_f64().unwrap()).abs() < 1e-9,
+            "{row:?}"
+        );
+        let roi_text = roi["total"]["roi"]
+            .as_f64()
+            .map_or("-".to_string(), |r| format!("{r:.4}"));
+        assert_eq!(row[6], roi_text, "{row:?}");
+        revenue += money(&row[4]);
+        leads += row[2].parse::<i64>().unwrap();
+    }
+    // 120.00 (Ada) + 1,000.00 (Bo) + 50.00 (Cy); the 30.00 EUR has no rate. Three leads.
+    assert!((revenue - 1170.0).abs() < 1e-9, "{trend:?}");
+    assert_eq!(leads, 3, "{trend:?}");
     // And the hand-computed row of tests/it/reports.rs, as rendered.
     let welcome: Vec<String> = "welcome,2,2,2,0,1,2.6,1.3000,1072.00,41.00,25.1463,15.77,0"
         .split(',')
