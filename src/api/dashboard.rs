@@ -1,8 +1,8 @@
 //! `GET /dashboard`: the read-only page for the marketing manager (ROI by journey and by
 //! channel with charts, the sales KPIs and their trend, each journey's steps with their
-//! counts), made from the same reports and tables as `/v1/reports/*`. `GET /dashboard/login` asks for the admin token
-//! once; `POST /dashboard/login` checks it and sets a session cookie. `Authorization: Bearer`
-//! works too.
+//! counts), made from the same reports and tables as `/v1/reports/*`. `GET /dashboard/login`
+//! asks for the admin token once; `POST /dashboard/login` checks it and sets a session
+//! cookie. `Authorization: Bearer` works too.
 //!
 //! The cookie holds `expiry-token name.tag`, signed with the server secret (the one that signs
 //! email links, under its own purpose), never the token itself: a stolen cookie dies with its
