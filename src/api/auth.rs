@@ -181,10 +181,28 @@ impl Keys {
         }
     }
 
+    /// Whether `token` is an admin token (not a write key, rep or bounce token).
+    pub fn is_admin(&self, token: &str) -> bool {
+        self.scope_of(token) == Some(Scope::Admin)
+    }
+
+    /// Whether `source` (see `source_of`) names an admin token configured now, so a session
+    /// ends when its token is removed from the config.
+    pub fn is_admin_source(&self, source: &str) -> bool {
+        self.admin
+            .iter()
+            .fold(false, |found, key| found | (name_of(key) == source))
+    }
+
     /// A stable, non-secret name of a key: the dedupe scope of its messages.
     pub fn source_of(key: &str) -> String {
-        digest(key).iter().take(8).map(|b| format!("{b:02x}")).collect()
+        name_of(&digest(key))
     }
+}
+
+/// The first 8 bytes of a digest in hex: names a key without revealing it.
+fn name_of(digest: &[u8; 32]) -> String {
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 fn authorization(headers: &HeaderMap) -> Option<&str> {

@@ -1,10 +1,11 @@
 //! The HTTP API (axum): Segment-compatible ingestion at the host root, the contact 360 view,
 //! erasure, the failed-enrollment list, email's links (unsubscribe, clicks, opens), bounce and
 //! complaint reports, suppressions, SMS delivery reports and replies, the sales loop (a rep's
-//! leads, accept, reject, outcome; stages), ROI reports, and `/openapi.json`.
+//! leads, accept, reject, outcome; stages), ROI reports, the dashboard, and `/openapi.json`.
 
 mod auth;
 mod contacts;
+mod dashboard;
 mod email;
 mod error;
 mod ingest;
@@ -85,6 +86,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/reports/roi", get(reports::roi))
         .route("/v1/reports/journeys/{id}/funnel", get(reports::funnel))
         .route("/v1/reports/kpis", get(reports::kpis))
+        .route("/dashboard", get(dashboard::page))
+        .route("/dashboard/login", get(dashboard::login_form).post(dashboard::login))
         .route("/openapi.json", get(openapi::document))
         .route("/health", get(|| async { "ok" }))
         // Bodies are measured again after gunzip; this only bounds what we read off the wire.

@@ -88,6 +88,9 @@ pub async fn document() -> Json<Value> {
         if let Value::Object(reports) = super::reports::openapi_paths(&admin) {
             paths.extend(reports);
         }
+        if let Value::Object(dashboard) = super::dashboard::openapi_paths() {
+            paths.extend(dashboard);
+        }
     }
     Json(document)
 }

@@ -18,7 +18,7 @@ pub struct Range {
 }
 
 impl Range {
-    fn read(&self, today: i64) -> Result<Asked, ApiError> {
+    pub(super) fn read(&self, today: i64) -> Result<Asked, ApiError> {
         Asked::read(
             self.from.as_deref(),
             self.to.as_deref(),
@@ -99,7 +99,7 @@ pub async fn kpis(
     Ok(answer(&headers, reports::funnel::kpis_table(&kpis), json))
 }
 
-fn day_text(ms: i64) -> String {
+pub(super) fn day_text(ms: i64) -> String {
     crate::store::from_ms(ms).format("%Y-%m-%d").to_string()
 }
 

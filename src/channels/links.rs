@@ -36,6 +36,8 @@ pub enum Purpose {
     Unsubscribe,
     Click,
     Open,
+    /// The dashboard's session cookie.
+    Session,
 }
 
 impl Purpose {
@@ -44,6 +46,7 @@ impl Purpose {
             Purpose::Unsubscribe => b"unsubscribe",
             Purpose::Click => b"click",
             Purpose::Open => b"open",
+            Purpose::Session => b"session",
         }
     }
 }

@@ -4,6 +4,7 @@
 //! `store/reports.rs`.
 
 pub mod attribution;
+pub mod dashboard;
 pub mod funnel;
 pub mod render;
 

@@ -86,7 +86,7 @@ pub fn amount(micros: i64) -> String {
     }
 }
 
-fn ratio(value: Option<f64>, digits: usize) -> String {
+pub fn ratio(value: Option<f64>, digits: usize) -> String {
     value.map(|v| format!("{v:.digits$}")).unwrap_or_else(|| "-".into())
 }
 

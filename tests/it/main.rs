@@ -2,7 +2,9 @@
 
 mod api;
 mod assignment;
+mod browser;
 mod cli;
+mod dashboard;
 mod durability;
 mod email;
 mod engine;

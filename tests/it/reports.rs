@@ -13,8 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(60);
-const ADMIN: &str = "admin-reports";
-const WRITE_KEY: &str = "wk-reports";
+pub const ADMIN: &str = "admin-reports";
+pub const WRITE_KEY: &str = "wk-reports";
+/// A sales rep's token: reads the rep's own leads, never reports.
+pub const REP: &str = "rep-reports";
 
 /// (group, thousandths of conversions, revenue in cents) per grouping, per model.
 type Credits = Vec<(&'static str, Vec<(&'static str, Vec<(&'static str, i64, i64)>)>)>;
@@ -290,7 +292,17 @@ async fn check_every_model_and_grouping(base: &str) {
     assert!((welcome["conversion_rate"].as_f64().unwrap() - 1.3).abs() < 1e-9);
 }
 
-async fn seeded_scenario_gives_the_hand_computed_numbers(mode: Mode) {
+/// The seeded scenario, running: its API at `base`, part rolled up and part live.
+pub struct Seeded {
+    pub env: TestEnv,
+    pub base: String,
+    pub t1: chrono::DateTime<chrono::Utc>,
+    pub clock: nurture::engine::VirtualClock,
+    _sink: SmtpSink,
+}
+
+/// Starts the API and plays the scenario described at `expected`; the dashboard test reuses it.
+pub async fn seed(mode: Mode) -> Seeded {
     let sink = SmtpSink::start(0, 250).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -299,6 +311,7 @@ async fn seeded_scenario_gives_the_hand_computed_numbers(mode: Mode) {
     config.public_url = Some(base.clone());
     config.admin_tokens = vec![ADMIN.into()];
     config.write_keys = vec![WRITE_KEY.into()];
+    config.rep_tokens = vec![("li-wei".into(), nurture::config::Secret(REP.into()))];
     config.reports.costs.email = 0.5;
     config.reports.half_life = Duration::from_secs(86_400);
     let t1 = chrono::DateTime::parse_from_rfc3339("2026-03-02T09:00:00Z")
@@ -361,7 +374,19 @@ async fn seeded_scenario_gives_the_hand_computed_numbers(mode: Mode) {
         .track(bo, event("Lead Won", json!({"revenue": 1000})))
         .await
         .unwrap();
+    Seeded {
+        env,
+        base,
+        t1,
+        clock,
+        _sink: sink,
+    }
+}
 
+async fn seeded_scenario_gives_the_hand_computed_numbers(mode: Mode) {
+    let Seeded {
+        env, base, t1, _sink, ..
+    } = seed(mode).await;
     check_every_model_and_grouping(&base).await;
     // Rolled up to the end, the reports say the same: nothing counted twice, nothing lost.
     assert!(
