@@ -23,7 +23,7 @@ pub async fn record_touches(tx: &mut Tx<'_>, touches: &[NewTouch<'_>]) -> Result
             "INSERT INTO touches (contact_id, journey_id, step, channel, kind, at) VALUES {}",
             value_rows(1, chunk.len(), &[""; 6])
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(tx, sql)));
         for t in chunk {
             query = query
                 .bind(t.contact_id)
@@ -57,7 +57,7 @@ pub async fn record_revenue(tx: &mut Tx<'_>, rows: &[NewRevenue<'_>]) -> Result<
             "INSERT INTO revenue_events (event_id, contact_id, name, amount, currency, value, at, recorded_at) VALUES {} ON CONFLICT DO NOTHING",
             value_rows(1, chunk.len(), &[""; 8])
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(tx, sql)));
         for r in chunk {
             query = query
                 .bind(r.event_id)
@@ -358,7 +358,7 @@ pub async fn add_rollup(tx: &mut Tx<'_>, rollup: &Rollup, from: i64, to: i64) ->
                cost = report_days.cost + excluded.cost",
             value_rows(1, chunk.len(), &[""; 11])
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(tx, sql)));
         for (p, a) in chunk {
             query = query
                 .bind(p.day)
@@ -383,7 +383,7 @@ pub async fn add_rollup(tx: &mut Tx<'_>, rollup: &Rollup, from: i64, to: i64) ->
                conversions = report_credits.conversions + excluded.conversions, revenue = report_credits.revenue + excluded.revenue",
             value_rows(1, chunk.len(), &[""; 7])
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(tx, sql)));
         for ((model, p), c) in chunk {
             query = query
                 .bind(p.day)
