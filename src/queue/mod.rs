@@ -98,6 +98,10 @@ impl futures::Stream for WakeStream {
 /// Jobs one fetch takes: enough to fill a batch of moves (see `engine::steps`).
 const FETCH_BATCH: usize = 256;
 
+/// Most jobs handed to apalis in one push (one Lua script): larger scripts block Redis for
+/// long enough to outlive the connection's response timeout.
+pub const PUSH_CHUNK: usize = 1_000;
+
 #[derive(Clone)]
 pub enum Backend {
     Redis(RedisStorage<StepJob, ConnectionManager>),
@@ -169,7 +173,6 @@ impl Queue {
 
     /// Enqueues jobs to run now, and wakes every worker (here and, through Redis, elsewhere).
     pub async fn push_now(&self, jobs: Vec<StepJob>) -> Result<(), Error> {
-        const PUSH_CHUNK: usize = 1_000;
         if jobs.is_empty() {
             return Ok(());
         }

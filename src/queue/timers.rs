@@ -25,8 +25,7 @@ pub const WINDOW_MS: i64 = 30_000;
 /// so every wait is held by somebody.
 pub const HOLD_AHEAD_MS: i64 = 2 * WINDOW_MS;
 
-/// Due waits pushed per call, and calls side by side.
-const PUSH_CHUNK: usize = 1_000;
+/// Pushes of due waits (`super::PUSH_CHUNK` each) side by side.
 const PUSHES_AT_ONCE: usize = 4;
 /// Lateness is counted per millisecond up to this; later ones share the last bucket.
 const LATENESS_BUCKETS: usize = 10_001;
@@ -175,7 +174,7 @@ impl Timers {
             }
             // Many waits due together (100,000 at one moment) go out a thousand at a time,
             // a few pushes side by side, so the first ones do not wait for the last.
-            let chunks: Vec<Vec<(i64, StepJob)>> = due.chunks(PUSH_CHUNK).map(<[_]>::to_vec).collect();
+            let chunks: Vec<Vec<(i64, StepJob)>> = due.chunks(super::PUSH_CHUNK).map(<[_]>::to_vec).collect();
             let pushes = chunks.into_iter().map(|chunk| {
                 let queue = queue.clone();
                 async move {
