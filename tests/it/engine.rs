@@ -487,6 +487,19 @@ async fn sql_handoff_reassigns_and_alerts_the_managers(mode: Mode) {
     })
     .await;
     // The 503 is transient: the call goes again after the backoff, not to the failed list.
+    // Wait until the failure is recorded (the retry's time is set from the clock then), or the
+    // clock could move before the backoff is counted from it.
+    eventually("the alert postponed for a retry", WAIT, || async {
+        (scalar(
+            &env,
+            "SELECT COUNT(*) FROM enrollments WHERE contact_id = $1 AND journey_id = 'sql-handoff' AND attempts > 0",
+            ignored,
+        )
+        .await
+            == 1)
+            .then_some(())
+    })
+    .await;
     advance_clock(&env, &clock, chrono::Duration::minutes(1)).await;
     at(&env, ignored, "sql-handoff", "waiting", Some("await-regional-accept")).await;
     let calls = robot.requests();
