@@ -168,6 +168,10 @@ pub async fn run_worker(
     let concurrency = engine.config.concurrency.max(1);
     let loader = tokio::spawn(load_timers(engine.clone(), name.clone()));
     let _stop_loader = AbortOnDrop(loader);
+    // Jobs this process pushes (fresh enrollments, fired waits) run here without a trip
+    // through the queue, while the worker runs.
+    engine.queue.run_here(Some(engine.runs_here()));
+    let _stop_here = StopRunningHere(engine.clone());
     loop {
         let wake = queue::wake_stream(engine.queue.hub.clone());
         let stop = shutdown.clone();
@@ -206,6 +210,14 @@ pub async fn run_worker(
                 }
             }
         }
+    }
+}
+
+struct StopRunningHere(Arc<Engine>);
+
+impl Drop for StopRunningHere {
+    fn drop(&mut self) {
+        self.0.queue.run_here(None);
     }
 }
 

@@ -149,6 +149,47 @@ pub async fn lock_team(connection: &mut AnyConnection, team: &str) -> Result<i64
     Ok(row.try_get(0)?)
 }
 
+/// Takes `count` round-robin turns of the team for an assignment about to run, in a statement
+/// of its own outside the assignment's transaction (like a sequence), so concurrent workers get
+/// disjoint turns without one waiting on the other's transaction. Returns the first turn.
+/// Turns a rolled-back assignment took are skipped: the rotation moves on, nothing is lost.
+pub async fn reserve_turns(connection: &mut AnyConnection, team: &str, count: i64) -> Result<i64> {
+    let row = sqlx::query(
+        "INSERT INTO team_cursors (team, next) VALUES ($1, $2)
+         ON CONFLICT (team) DO UPDATE SET next = team_cursors.next + $3 RETURNING next - $4",
+    )
+    .bind(team)
+    .bind(count)
+    .bind(count)
+    .bind(count)
+    .fetch_one(connection)
+    .await?;
+    Ok(row.try_get(0)?)
+}
+
+/// Gives back the last `unused` of the turns a `reserve_turns` ending at `end` took, if no one
+/// has taken turns since (leads a contact already held took none), so a retried step does not
+/// move the rotation on.
+pub async fn return_turns(connection: &mut AnyConnection, team: &str, end: i64, unused: i64) -> Result<()> {
+    sqlx::query("UPDATE team_cursors SET next = next - $1 WHERE team = $2 AND next = $3")
+        .bind(unused)
+        .bind(team)
+        .bind(end)
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
+/// SQLite only: takes the database's write lock now, with a write, as the first statement of
+/// an assignment's transaction; a transaction that read first could not take it later while
+/// another connection writes ("database is locked"). PostgreSQL locks rows, so nothing to do.
+pub async fn write_first(connection: &mut AnyConnection, team: &str) -> Result<()> {
+    if connection.backend_name() == "SQLite" {
+        lock_team(connection, team).await?;
+    }
+    Ok(())
+}
+
 pub async fn set_turn(connection: &mut AnyConnection, team: &str, next: i64) -> Result<()> {
     sqlx::query("UPDATE team_cursors SET next = $1 WHERE team = $2")
         .bind(next)
