@@ -113,7 +113,11 @@ where
             .map(|axum::extract::Form(value)| Form(value))
             .map_err(|rejection: FormRejection| {
                 let text = rejection.body_text();
-                let field = field_named_in(&text).unwrap_or_else(|| "body".into());
+                let field = if rejection.status() == axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE {
+                    "content-type".to_string()
+                } else {
+                    field_named_in(&text).unwrap_or_else(|| "body".into())
+                };
                 ApiError {
                     field: Some(field),
                     ..ApiError::new(rejection.status(), "invalid_body", text)

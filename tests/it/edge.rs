@@ -306,7 +306,7 @@ async fn axum_rejections_are_json_errors_naming_the_field() {
             .await,
             415,
             "invalid_body",
-            Some("body"),
+            Some("content-type"),
         ),
     ];
     for (response, status, code, field) in cases {
