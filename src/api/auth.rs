@@ -181,6 +181,14 @@ impl Keys {
         }
     }
 
+    /// Whether `key` is a write key (whatever else it may also be).
+    pub fn is_write_key(&self, key: &str) -> bool {
+        let presented = digest(key);
+        self.write
+            .iter()
+            .fold(false, |found, known| found | same(known, &presented))
+    }
+
     /// Whether `token` is an admin token (not a write key, rep or bounce token).
     pub fn is_admin(&self, token: &str) -> bool {
         self.scope_of(token) == Some(Scope::Admin)

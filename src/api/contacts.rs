@@ -2,10 +2,11 @@
 
 use super::AppState;
 use super::error::ApiError;
+use super::extract::{Path, Query};
 use crate::engine::ingest::{normalize_email, normalize_phone};
 use crate::store::{from_ms, identities};
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 use sqlx::Row;

@@ -10,13 +10,14 @@
 
 use super::AppState;
 use super::error::ApiError;
+use super::extract::Form;
+use super::extract::Query;
 use super::reports::Range;
 use crate::channels::links::Purpose;
 use crate::journey::model::Target;
 use crate::reports::dashboard::{self, JourneyView, StepView};
 use crate::reports::{self, GroupBy, render};
-use axum::Form;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 

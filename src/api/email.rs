@@ -6,13 +6,14 @@
 
 use super::AppState;
 use super::error::ApiError;
+use super::extract::{Path, Query};
 use crate::channels::feedback;
 use crate::channels::links::PIXEL_GIF;
 use crate::engine::ingest::normalize_email;
 use crate::store::email as suppressions;
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use serde_json::{Map, Value, json};

@@ -4,12 +4,16 @@
 
 use super::AppState;
 use super::error::ApiError;
+use super::extract::Path;
+use super::limits::RateLimiter;
 use crate::events::segment::{self, Invalid, Kind, read_body};
+use axum::Extension;
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
+use std::sync::Arc;
 
 enum Route {
     Single(Kind),
@@ -29,6 +33,7 @@ fn invalid(error: Invalid) -> ApiError {
 
 pub async fn ingest(
     State(state): State<AppState>,
+    Extension(limiter): Extension<Arc<RateLimiter>>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -41,7 +46,9 @@ pub async fn ingest(
     // A key in the header is checked before the body is even read.
     let header_auth = headers.contains_key(axum::http::header::AUTHORIZATION);
     if header_auth {
-        state.keys.ingest_key(&headers, None)?;
+        let key = state.keys.ingest_key(&headers, None)?;
+        // Before the body is unzipped and parsed: a flood costs as little as possible.
+        limiter.admit(&super::Keys::source_of(&key))?;
     }
     let received_at = state.engine.clock.now();
     let gzip = headers
@@ -67,6 +74,9 @@ pub async fn ingest(
     // batch's shared `context` is copied into each of them.
     let body_key = body.json.get("writeKey").and_then(Value::as_str);
     let key = state.keys.ingest_key(&headers, body_key)?;
+    if !header_auth {
+        limiter.admit(&super::Keys::source_of(&key))?;
+    }
     let parsed = match route {
         Route::Batch => segment::parse_batch(&body.json, received_at, &mut message_id),
         Route::Single(kind) => segment::parse_single(&body.json, kind, received_at, &mut message_id),
@@ -106,19 +116,16 @@ fn message_id() -> String {
     format!("nurture-{}", uuid::Uuid::new_v4())
 }
 
-/// What analytics.js asks for at load: where to send events.
+/// What analytics.js asks for at load: where to send events. Only for a write key: the
+/// answer repeats the key, and this URL sits in every visitor's browser and in access logs, so
+/// an admin token here gets the same 404 as an unknown key.
 pub async fn settings(State(state): State<AppState>, Path(key): Path<String>) -> Result<Json<Value>, ApiError> {
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        "authorization",
-        format!("Bearer {key}")
-            .parse()
-            .map_err(|_| ApiError::not_found("unknown write key"))?,
-    );
-    state
-        .keys
-        .ingest_key(&headers, None)
-        .map_err(|_| ApiError::not_found("unknown write key"))?;
+    if !state.keys.is_write_key(&key) {
+        return Err(ApiError {
+            field: Some("key".into()),
+            ..ApiError::not_found("unknown write key")
+        });
+    }
     let public_url = state.engine.config.public_url();
     let public = public_url.as_str();
     let (protocol, host) = public.split_once("://").unwrap_or(("https", public));

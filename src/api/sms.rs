@@ -4,10 +4,11 @@
 
 use super::AppState;
 use super::error::ApiError;
+use super::extract::Query;
 use crate::channels::sms::{TWILIO_INBOUND_PATH, TWILIO_STATUS_PATH, twilio_signature_matches};
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};

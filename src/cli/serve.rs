@@ -44,6 +44,9 @@ pub enum Role {
 
 pub fn run(args: Args, role: Role) -> Result<ExitCode> {
     let config = config_with(&args)?;
+    if role != Role::Worker {
+        config.check_api_credentials()?;
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         super::init_tracing();
@@ -91,7 +94,8 @@ pub fn run(args: Args, role: Role) -> Result<ExitCode> {
             };
             let api_stop = wait(stopped.clone());
             tasks.spawn(async move {
-                crate::api::serve(listener, crate::api::router(state), api_stop).await?;
+                let header_timeout = state.engine.config.http.header_timeout;
+                crate::api::serve_with(listener, crate::api::router(state), header_timeout, api_stop).await?;
                 Ok(())
             });
         }

@@ -6,6 +6,7 @@ pub mod effects;
 pub mod email;
 pub mod enrollments;
 pub mod guardrails;
+mod health;
 pub mod identities;
 pub mod reports;
 pub mod sales;

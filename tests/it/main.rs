@@ -1,11 +1,13 @@
 //! The one integration test binary: `mod`s per area, shared helpers in `support`.
 
 mod api;
+mod api_properties;
 mod assignment;
 mod browser;
 mod cli;
 mod dashboard;
 mod durability;
+mod edge;
 mod email;
 mod engine;
 mod guardrails;
