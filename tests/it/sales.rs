@@ -444,7 +444,7 @@ async fn rejected_leads_go_back_to_the_pool_and_the_robot_hears(mode: Mode) {
         json!({"stage": "customer"}),
     )
     .await;
-    assert_eq!(status, 401, "a rep token is not an admin token");
+    assert_eq!(status, 403, "a rep token is not an admin token");
     let (status, bad) = post(
         &api,
         &format!("/v1/contacts/{cy}/stage"),
