@@ -411,18 +411,22 @@ async fn a_rep_sees_and_acts_on_their_own_leads_only() {
 async fn the_gateway_secret_is_a_credential_of_its_own() {
     let (env, base) = start().await;
     let rep = format!("Bearer {ANN}");
-    let cases: [(&str, &[(&str, &str)], u16); 5] = [
-        (INBOUND_SECRET, &[], 400),
-        (INBOUND_SECRET, &[("authorization", rep.as_str())], 400),
-        ("wrong", &[], 401),
-        ("wrong", &[("authorization", rep.as_str())], 403),
-        (WRITE_KEY, &[], 401),
-    ];
-    for (secret, headers, expected) in cases {
+    // `(secret, with the rep's token, status)`; 400: past the check, the empty body names no sender.
+    for (secret, with_rep, expected) in [
+        (INBOUND_SECRET, false, 400),
+        (INBOUND_SECRET, true, 400),
+        ("wrong", false, 401),
+        ("wrong", true, 403),
+        (WRITE_KEY, false, 401),
+    ] {
+        let headers = if with_rep {
+            vec![("authorization", rep.as_str())]
+        } else {
+            vec![]
+        };
         let path = format!("/v1/sms/inbound?secret={secret}");
-        let answer = http(&base, "POST", &path, headers, b"{}").await;
-        // 400: past the check, the empty body names no sender.
-        assert_eq!(answer.status, expected, "secret {secret} with {headers:?}");
+        let answer = http(&base, "POST", &path, &headers, b"{}").await;
+        assert_eq!(answer.status, expected, "secret {secret}, rep token {with_rep}");
     }
     env.stop().await;
 }
@@ -613,4 +617,115 @@ async fn no_secret_reaches_the_logs_right_or_wrong() {
         let lines: Vec<&str> = written.lines().filter(|line| line.contains(secret.as_str())).collect();
         assert!(lines.is_empty(), "`{secret}` is in the log:\n{}", lines.join("\n"));
     }
+}
+
+/// Names of the contact's events, from the 360 view.
+async fn events_of(base: &str, contact: i64) -> Vec<String> {
+    let auth = format!("Bearer {ADMIN}");
+    let view = http(
+        base,
+        "GET",
+        &format!("/v1/contacts/{contact}"),
+        &[("authorization", &auth)],
+        b"",
+    )
+    .await;
+    assert_eq!(view.status, 200);
+    view.json()["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|event| event["event"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A click token as `links::track` signs it, with `expiry` (Unix seconds) or, as before
+/// links had one, without.
+fn click_token(env: &TestEnv, contact: i64, index: usize, expiry: Option<i64>) -> String {
+    use base64::Engine as _;
+    let mut click = serde_json::json!({"c": contact, "m": "7/intro-email/3", "j": "handoff", "t": "intro",
+        "l": "", "u": "https://example.com/pricing", "i": index});
+    if let Some(expiry) = expiry {
+        click["x"] = expiry.into();
+    }
+    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(click.to_string());
+    env.engine
+        .links
+        .sign(nurture::channels::links::Purpose::Click, &payload)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_links_expire_by_purpose_and_links_from_before_expiries_keep_working_for_a_while() {
+    use nurture::channels::links::Purpose;
+    let dir = crate::sales::project("4h", "");
+    let mut config = test_config(Mode::Embedded, &dir.join("journeys")).await;
+    config.admin_tokens = vec![ADMIN.into()];
+    // A month after the release that added expiries.
+    let clock = crate::support::virtual_clock("2027-01-04T00:00:00Z");
+    let env = TestEnv::start(config, Arc::new(clock.clone()), false).await;
+    let base = spawn_api(&env).await;
+    let ada = crate::sales::contact(&env, "ada@example.com").await;
+    let days = chrono::Duration::days;
+    let now = || env.engine.clock.now();
+
+    let unsubscribe = env.engine.links.unsubscribe_token(ada, 0, now());
+    let legacy_unsubscribe = env.engine.links.sign(Purpose::Unsubscribe, &format!("{ada}-0"));
+    let fresh_click = click_token(&env, ada, 0, Some((now() + days(90)).timestamp()));
+    let legacy_click = click_token(&env, ada, 1, None);
+    let page = |token: String| {
+        let base = base.clone();
+        async move { http(&base, "GET", &format!("/u/{token}"), &[], b"").await.status }
+    };
+    assert_eq!(page(unsubscribe.clone()).await, 200);
+    assert_eq!(
+        page(legacy_unsubscribe.clone()).await,
+        200,
+        "a link signed before expiries"
+    );
+    let clicked = http(&base, "GET", &format!("/c/{legacy_click}"), &[], b"").await;
+    assert_eq!(
+        (clicked.status, clicked.header("location")),
+        (302, Some("https://example.com/pricing"))
+    );
+    assert_eq!(
+        events_of(&base, ada).await,
+        ["Email Link Clicked"],
+        "a legacy click counts"
+    );
+
+    // 91 days on: clicks still redirect but count nothing; unsubscribe links still work.
+    clock.advance(days(91));
+    let clicked = http(&base, "GET", &format!("/c/{fresh_click}"), &[], b"").await;
+    assert_eq!(
+        (clicked.status, clicked.header("location")),
+        (302, Some("https://example.com/pricing"))
+    );
+    assert_eq!(
+        events_of(&base, ada).await,
+        ["Email Link Clicked"],
+        "the expired click is not counted"
+    );
+    assert_eq!(page(unsubscribe.clone()).await, 200);
+
+    // A year after sending: the unsubscribe page points to the latest email, and a POST
+    // changes nothing. The legacy link (as if signed on 2026-12-01) expired a month earlier.
+    clock.advance(days(275));
+    assert_eq!(page(unsubscribe.clone()).await, 410);
+    assert_eq!(page(legacy_unsubscribe).await, 410);
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+    let refused = http(
+        &base,
+        "POST",
+        &format!("/u/{unsubscribe}"),
+        &form,
+        b"List-Unsubscribe=One-Click",
+    )
+    .await;
+    assert_eq!(refused.status, 410);
+    assert_eq!(refused.json()["error"]["field"], "token");
+    assert!(!events_of(&base, ada).await.contains(&"Unsubscribed".to_string()));
+    // A fresh link works as ever.
+    let today = env.engine.links.unsubscribe_token(ada, 0, now());
+    assert_eq!(page(today).await, 200);
+    env.stop().await;
 }
