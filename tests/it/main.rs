@@ -17,6 +17,7 @@ mod restarts;
 mod retries;
 mod sales;
 mod scoring;
+mod secrets;
 mod security;
 mod simulate;
 mod sms;
