@@ -128,15 +128,16 @@ impl Keys {
                 if same(key, &presented) { Some(rep) } else { found }
             },
         );
-        // The widest scope wins when one secret is configured twice.
+        // A secret that is also a write key is public, so it gets no rep or bounce scope. Admin
+        // comes first for the embedded mode's `dev`, both write key and admin token.
         if admin {
             Some(Holder::Admin)
+        } else if write {
+            Some(Holder::Writer)
         } else if let Some(rep) = rep {
             Some(Holder::Rep(rep.clone()))
         } else if bounce {
             Some(Holder::BounceReporter)
-        } else if write {
-            Some(Holder::Writer)
         } else {
             None
         }
@@ -379,6 +380,14 @@ mod tests {
             "admin",
             "admin sees everything"
         );
+    }
+
+    #[test]
+    fn a_write_key_configured_as_a_rep_or_bounce_token_too_stays_a_write_key() {
+        let keys = Keys::new(&["public".into()], &["admin".into()])
+            .with_bounce_tokens(&["public".into()])
+            .with_rep_tokens(&[("li-wei".into(), Secret("public".into()))]);
+        assert_eq!(keys.holder_of("public"), Some(Holder::Writer), "it sits in web pages");
     }
 
     #[test]
