@@ -34,9 +34,9 @@ pub struct Config {
     /// Country calling code for phone numbers written without one (86: China).
     pub phone_country_code: String,
     /// Write keys accepted by the events API (`NURTURE_WRITE_KEYS`, comma-separated).
-    pub write_keys: Vec<String>,
+    pub write_keys: Vec<Secret>,
     /// Admin tokens for everything else (`NURTURE_ADMIN_TOKENS`, comma-separated).
-    pub admin_tokens: Vec<String>,
+    pub admin_tokens: Vec<Secret>,
     /// Public base URL, for links in messages and analytics.js settings; default `http://LISTEN`.
     pub public_url: Option<String>,
     /// Signs unsubscribe, click and open links (`NURTURE_SECRET`). Unset: one is generated
@@ -44,7 +44,7 @@ pub struct Config {
     pub secret: Option<Secret>,
     /// Tokens email providers present to report bounces and complaints
     /// (`NURTURE_BOUNCE_TOKENS`, comma-separated); admin tokens work too.
-    pub bounce_tokens: Vec<String>,
+    pub bounce_tokens: Vec<Secret>,
     /// `[rep_tokens]`: each sales rep's token for `/v1/sales/leads` (rep id = token), or
     /// `NURTURE_REP_TOKENS=rep_id:token,...`. A rep sees and acts on their own leads only.
     #[serde(deserialize_with = "rep_tokens")]
@@ -227,7 +227,7 @@ pub struct SmsConfig {
     pub price_per_segment: Option<f64>,
     pub currency: String,
     /// Required as `?secret=` by `POST /v1/sms/inbound` (replies such as 退订 from a gateway).
-    pub inbound_secret: Option<String>,
+    pub inbound_secret: Option<Secret>,
     #[serde(with = "humantime_secs")]
     pub timeout: Duration,
 }
@@ -305,6 +305,10 @@ fn rep_tokens<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<(
     Ok(written.into_iter().map(|(rep, token)| (rep, Secret(token))).collect())
 }
 
+fn secrets(plain: Vec<String>) -> Vec<Secret> {
+    plain.into_iter().map(Secret).collect()
+}
+
 /// `rep_id:token,rep_id:token`.
 fn parse_rep_tokens(text: &str) -> Result<Vec<(String, Secret)>, String> {
     text.split(',')
@@ -371,6 +375,12 @@ impl Default for Config {
 #[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
 pub struct Secret(pub String);
+
+impl From<&str> for Secret {
+    fn from(secret: &str) -> Secret {
+        Secret(secret.to_string())
+    }
+}
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -544,13 +554,13 @@ impl Config {
                 .collect::<Vec<_>>()
         };
         if let Some(keys) = set(get("NURTURE_WRITE_KEYS")) {
-            self.write_keys = list(keys);
+            self.write_keys = secrets(list(keys));
         }
         if let Some(tokens) = set(get("NURTURE_ADMIN_TOKENS")) {
-            self.admin_tokens = list(tokens);
+            self.admin_tokens = secrets(list(tokens));
         }
         if let Some(tokens) = set(get("NURTURE_BOUNCE_TOKENS")) {
-            self.bounce_tokens = list(tokens);
+            self.bounce_tokens = secrets(list(tokens));
         }
         if let Some(text) = set(get("NURTURE_REP_TOKENS")) {
             self.rep_tokens = parse_rep_tokens(&text).map_err(|message| Error::Env {
@@ -822,6 +832,29 @@ timeout = "3s"
             (file.rate_limit(), file.http.request_timeout),
             (None, Duration::from_secs(5))
         );
+    }
+
+    #[test]
+    fn keys_tokens_and_the_inbound_secret_never_show() {
+        let mut config: Config = toml::from_str(
+            "write_keys = [\"wk-file\"]\nadmin_tokens = [\"admin-file\"]\n[sms]\ninbound_secret = \"in-file\"\n",
+        )
+        .unwrap();
+        config
+            .apply_env(|name| match name {
+                "NURTURE_BOUNCE_TOKENS" => Some("bt-env, bt-env-2".to_string()),
+                "NURTURE_ADMIN_TOKENS" => Some("admin-env".to_string()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(
+            config.bounce_tokens,
+            vec![Secret::from("bt-env"), Secret::from("bt-env-2")]
+        );
+        let shown = format!("{config:?}");
+        for secret in ["wk-file", "admin-file", "admin-env", "bt-env", "in-file"] {
+            assert!(!shown.contains(secret), "{secret} shows: {shown}");
+        }
     }
 
     #[test]

@@ -198,12 +198,13 @@ pub struct SignIn {
 
 pub async fn login(State(state): State<AppState>, Form(form): Form<SignIn>) -> Response {
     let token = form.token.trim();
-    if !state.keys.is_admin(token) {
-        // Write keys (public) and reps' tokens (their own leads only) do not open the dashboard.
+    if let Err(refused) = state.keys.admin_token(token) {
+        // Write keys (public), reps' and bounce tokens do not open the dashboard: 403 for them,
+        // 401 for a token the server does not know.
         let html = dashboard::login(Some(
             "That is not an admin token. Write keys and reps' tokens cannot open the dashboard.",
         ));
-        return (StatusCode::UNAUTHORIZED, Html(html)).into_response();
+        return (refused.status, Html(html)).into_response();
     }
     let payload = format!("{}-{}", now_ms(&state) + SESSION_MS, super::Keys::source_of(token));
     let secure = state
@@ -244,6 +245,6 @@ pub fn openapi_paths() -> serde_json::Value {
             "post": {"summary": "Sign in with the admin token", "tags": ["reports"],
                 "requestBody": {"required": true, "content": {"application/x-www-form-urlencoded": {"schema": {"type": "object", "required": ["token"], "properties": {"token": {"type": "string"}}}}}},
                 "responses": {"303": {"description": "Signed in: an HttpOnly, SameSite=Strict session cookie for 12 hours, and on to `/dashboard`"},
-                    "401": html("Not an admin token: the form again")}}}
+                    "401": html("An unknown token: the form again"), "403": html("A write key, rep or bounce token: the form again")}}}
     })
 }

@@ -56,7 +56,7 @@ impl Engine {
         Ok(format!(
             "{}/u/{}",
             self.config.public_url(),
-            self.links.unsubscribe_token(contact, enrollment)
+            self.links.unsubscribe_token(contact, enrollment, self.clock.now())
         ))
     }
 
@@ -103,6 +103,7 @@ impl Engine {
                 &self.links,
                 &sent,
                 unsubscribe_url,
+                self.clock.now(),
             );
         }
         let from = rendered.from.clone().unwrap_or_else(|| self.config.mail_from.clone());

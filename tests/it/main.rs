@@ -19,6 +19,8 @@ mod restarts;
 mod retries;
 mod sales;
 mod scoring;
+mod secrets;
+mod security;
 mod simulate;
 mod sms;
 mod support;
