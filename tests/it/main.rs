@@ -9,6 +9,7 @@ mod durability;
 mod email;
 mod engine;
 mod guardrails;
+mod hygiene;
 mod import;
 mod ingest_holes;
 mod language;
