@@ -18,7 +18,16 @@ impl Engine {
     pub async fn erase(&self, contact_id: i64) -> Result<bool> {
         let now = self.clock.now();
         let mut tx = self.store.begin().await?;
-        let messages = effects::messages_of_contact(&mut tx, contact_id).await?;
+        let mut messages = effects::messages_of_contact(&mut tx, contact_id).await?;
+        // Reps' lead notices name the contact too (`Message-ID: <lead.ID.notice@...>`).
+        for (lead, assigned, told) in crate::store::sales::notices_of_contact(&mut tx, contact_id).await? {
+            messages.push(effects::Handed {
+                key: format!("lead/{lead}/notice"),
+                kind: "email".into(),
+                from: assigned,
+                until: told,
+            });
+        }
         if !identities::erase(&mut tx, contact_id, now).await? {
             return Ok(false);
         }

@@ -392,6 +392,21 @@ pub async fn close_erased(connection: &mut AnyConnection, contact_id: i64, now: 
     Ok(closed)
 }
 
+/// The contact's leads whose rep may have been told, as `(lead, assigned, told)`: their
+/// notices name the contact (erasure redacts them from the outbox).
+pub async fn notices_of_contact(
+    connection: &mut AnyConnection,
+    contact_id: i64,
+) -> Result<Vec<(i64, DateTime<Utc>, Option<DateTime<Utc>>)>> {
+    let rows = sqlx::query("SELECT id, assigned_at, notified_at FROM assignments WHERE contact_id = $1")
+        .bind(contact_id)
+        .fetch_all(connection)
+        .await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get(0)?, from_ms(row.try_get(1)?), opt_ms(row, "notified_at"))))
+        .collect()
+}
+
 /// The rep accepts: the deadline goes. False if the lead was not waiting for that.
 pub async fn accept(connection: &mut AnyConnection, id: i64, now: DateTime<Utc>) -> Result<bool> {
     let updated = sqlx::query(
