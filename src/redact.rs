@@ -66,7 +66,7 @@ fn phone_at(chars: &[char], index: usize) -> Option<usize> {
         if c.is_ascii_digit() {
             digits += 1;
             last_digit = end;
-        } else if !(c == '+' && end == index) && !" .-()".contains(c) {
+        } else if !(" .-()".contains(c) || (c == '+' && end == index)) {
             break;
         }
         end += 1;

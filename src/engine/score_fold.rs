@@ -15,6 +15,9 @@ use crate::store::{self, scores};
 use chrono::{DateTime, Duration, Utc};
 use std::collections::BTreeMap;
 
+/// One rule's entries to fold: their ids, and their points with when.
+type Fold = (Vec<i64>, Vec<(i64, DateTime<Utc>)>);
+
 /// Entries a contact keeps before its older ones are folded.
 pub const MAX_ENTRIES: i64 = 64;
 
@@ -30,7 +33,7 @@ impl Engine {
             return Ok(());
         }
         let decay = self.catalog().scoring.as_ref().and_then(|s| s.decay);
-        let mut by_rule: BTreeMap<String, (Vec<i64>, Vec<(i64, DateTime<Utc>)>)> = BTreeMap::new();
+        let mut by_rule: BTreeMap<String, Fold> = BTreeMap::new();
         for (id, rule, points, at) in scores::older_than(tx, contact_id, now - Duration::days(1)).await? {
             let (ids, entries) = by_rule.entry(rule).or_default();
             ids.push(id);
