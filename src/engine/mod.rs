@@ -23,7 +23,7 @@ pub mod outbound;
 pub mod plan;
 mod profile;
 pub mod reactions;
-mod reconcile;
+pub mod reconcile;
 pub mod reports;
 pub mod runner;
 pub mod sales;

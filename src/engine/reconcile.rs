@@ -3,8 +3,8 @@
 //! only queued. Without a memory every round re-pushed the same oldest 20,000, which then ran
 //! as stale duplicates and crowded out the rest. So a round reads the next page after where
 //! the last one stopped (a cursor over `(due_at, id)`, back to the start after the end), and
-//! pushes nothing it pushed within `REPUSH_AFTER` rounds: a job lost after its push (a Redis
-//! flush) is repaired then.
+//! while there is a backlog (`BACKLOG` or more overdue) pushes nothing it pushed within
+//! `REPUSH_AFTER` rounds: a job lost after its push (a Redis flush) is repaired then.
 
 use super::runner::{Engine, Result};
 use crate::store::backlog::{self, Cursor};
@@ -16,6 +16,10 @@ use std::collections::HashMap;
 pub(crate) const PAGE: i64 = 10_000;
 /// Rounds before the same job may be pushed again.
 const REPUSH_AFTER: u32 = 10;
+/// Overdue enrollments that make a backlog. Fewer are repaired every round, as ever: pushing
+/// a few hundred again costs little, and a job lost twice (Redis flushed again) is repaired at
+/// once.
+pub const BACKLOG: usize = 1_000;
 
 #[derive(Default)]
 pub(crate) struct Repairs {
@@ -46,6 +50,10 @@ impl Engine {
         let every = i64::try_from(self.config.reconcile_every.as_millis()).unwrap_or(i64::MAX);
         let window = every.saturating_mul(i64::from(REPUSH_AFTER));
         let mut repairs = self.repairs.lock().unwrap_or_else(|e| e.into_inner());
+        if found.len() < BACKLOG {
+            repairs.pushed.clear();
+            return found;
+        }
         repairs.pushed.retain(|_, at| now - *at < window);
         found
             .into_iter()

@@ -361,14 +361,14 @@ pub async fn page_of_ids(connection: &mut AnyConnection, after: i64, limit: i64)
 }
 
 /// Records a contact's yes or no to marketing on a channel, said at `now`. The latest word
-/// wins: a late message that is older than the stored answer changes nothing, and of two said
-/// at the same instant the no wins, so an opt-out is never undone by an older opt-in.
+/// wins: a late message that is older than the stored answer changes nothing, so an opt-out
+/// is never undone by an older opt-in (of two said at the same instant, the one that arrives
+/// last wins, as a `STOP` then `START` reply expects).
 pub async fn set_consent(tx: &mut Tx<'_>, id: i64, channel: &str, granted: bool, now: DateTime<Utc>) -> Result<()> {
     sqlx::query(
         "INSERT INTO contact_consent (contact_id, channel, granted, updated_at) VALUES ($1, $2, $3, $4)
          ON CONFLICT (contact_id, channel) DO UPDATE SET granted = excluded.granted, updated_at = excluded.updated_at
-         WHERE contact_consent.updated_at < excluded.updated_at
-            OR (contact_consent.updated_at = excluded.updated_at AND NOT excluded.granted)",
+         WHERE contact_consent.updated_at <= excluded.updated_at",
     )
     .bind(id)
     .bind(channel)

@@ -437,7 +437,8 @@ async fn the_reconciler_pushes_a_backlog_once(mode: Mode) {
     let pool = &engine.store.pool;
     // Overdue for an hour, and no worker runs them: a backlog.
     let due = nurture::store::ms(now) - 3_600_000;
-    for key in 0..25 {
+    let backlog = nurture::engine::reconcile::BACKLOG + 50;
+    for key in 0..backlog {
         sqlx::query(
             "INSERT INTO enrollments (contact_id, journey_id, version, enrollment_key, status, position, seq, due_at, entered_at, updated_at)
              VALUES ($1, 'welcome', 'v', $2, 'waiting', '{}', 1, $3, 0, 0)",
@@ -449,7 +450,7 @@ async fn the_reconciler_pushes_a_backlog_once(mode: Mode) {
         .await
         .unwrap();
     }
-    assert_eq!(engine.reconcile().await.unwrap(), 25);
+    assert_eq!(engine.reconcile().await.unwrap(), backlog);
     assert_eq!(engine.reconcile().await.unwrap(), 0, "still queued: not pushed again");
     assert_eq!(engine.reconcile().await.unwrap(), 0);
 }
