@@ -256,10 +256,7 @@ pub async fn erase(
     Path(id): Path<i64>,
 ) -> Result<StatusCode, ApiError> {
     state.keys.require_admin(&headers)?;
-    let mut tx = state.engine.store.begin().await?;
-    let erased = identities::erase(&mut tx, id, state.engine.clock.now()).await?;
-    tx.commit().await?;
-    if erased {
+    if state.engine.erase(id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("no contact {id}")))

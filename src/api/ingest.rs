@@ -82,6 +82,8 @@ pub async fn ingest(
         Route::Single(kind) => segment::parse_single(&body.json, kind, received_at, &mut message_id),
     }
     .map_err(invalid)?;
+    let mut parsed = parsed;
+    refuse_over_trait_limit(&state, &mut parsed, matches!(route, Route::Batch)).await?;
     if parsed.messages.is_empty() {
         let first = parsed.rejected.first().cloned().unwrap_or(Invalid {
             index: None,
@@ -107,6 +109,38 @@ pub async fn ingest(
         StatusCode::OK,
         Json(json!({"success": true, "accepted": report.accepted + report.duplicates, "rejected": parsed.rejected})),
     ))
+}
+
+/// Moves the messages that would give their contact more traits than it may keep to the
+/// rejected, by their index in the batch.
+async fn refuse_over_trait_limit(state: &AppState, parsed: &mut segment::Parsed, batch: bool) -> Result<(), ApiError> {
+    let over = state.engine.over_trait_limit(&parsed.messages).await?;
+    if over.is_empty() {
+        return Ok(());
+    }
+    // The batch index of each accepted message: the indexes the parser did not reject.
+    let rejected: std::collections::BTreeSet<usize> = parsed.rejected.iter().filter_map(|r| r.index).collect();
+    let indexes: Vec<usize> = (0..)
+        .filter(|i| !rejected.contains(i))
+        .take(parsed.messages.len())
+        .collect();
+    for (position, count) in over.iter().rev() {
+        parsed.messages.remove(*position);
+        let index = batch.then_some(indexes[*position]);
+        parsed.rejected.push(Invalid {
+            index,
+            field: match index {
+                Some(index) => format!("batch[{index}].traits"),
+                None => "traits".into(),
+            },
+            message: format!(
+                "the contact would have {count} traits; a contact keeps at most {}",
+                crate::store::contacts::MAX_TRAITS
+            ),
+        });
+    }
+    parsed.rejected.sort_by_key(|r| r.index);
+    Ok(())
 }
 
 /// A `messageId` for a message that came without one. Random (122 bits from the OS, UUID v4), so

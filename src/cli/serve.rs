@@ -119,12 +119,17 @@ pub fn run(args: Args, role: Role) -> Result<ExitCode> {
             });
         }
         tokio::spawn(reload_on_sighup(engine.clone()));
-        app::shutdown_signal().await;
-        let _ = stop.send(true);
-        while let Some(result) = tasks.join_next().await {
-            if let Ok(Err(error)) = result {
-                warn!(%error, "A component stopped with an error.");
-            }
+        let outcome = crate::supervise::run(
+            &mut tasks,
+            app::shutdown_signal(),
+            move || {
+                let _ = stop.send(true);
+            },
+            std::time::Duration::from_secs(30),
+        )
+        .await;
+        if let Err(why) = outcome {
+            anyhow::bail!("nurture stopped: {why}");
         }
         info!("Stopped.");
         Ok(ExitCode::SUCCESS)

@@ -350,6 +350,37 @@ impl Engine {
         Ok(())
     }
 
+    /// Erasure's part in sales, in the erasure's transaction: the contact's open leads close
+    /// (`lost`, "contact erased"; no event, nothing more happens to an erased person), the
+    /// slots they held are given back, then committed with the freed slots going to the teams'
+    /// oldest pooled leads, as every other close does.
+    pub(crate) async fn commit_erasure(
+        &self,
+        mut tx: store::Tx<'_>,
+        contact_id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let mut follow = Follow::default();
+        // Lock order: the teams first, as placing does.
+        let mut teams: Vec<String> = leads::open_of_contacts(&mut tx, &[contact_id])
+            .await?
+            .into_iter()
+            .map(|lead| lead.team)
+            .collect();
+        teams.sort();
+        teams.dedup();
+        for team in &teams {
+            leads::lock_team(&mut tx, team).await?;
+        }
+        for lead in leads::close_erased(&mut tx, contact_id, now).await? {
+            if lead.status.holds_slot() {
+                leads::release(&mut tx, &lead.team, &lead.rep).await?;
+                follow.freed.push(lead.team.clone());
+            }
+        }
+        Ok(self.commit_sales(tx, follow, now).await?)
+    }
+
     async fn after_sales_commit(&self, jobs: Vec<(StepJob, DateTime<Utc>)>, follow: Follow) {
         let count = jobs.len();
         if let Err(error) = self.enqueue_jobs(jobs).await {

@@ -155,7 +155,10 @@ impl Queue {
         let storage = RedisStorage::new(connection).with_config(config.clone());
         let hub = Arc::new(WakeHub::default());
         let available = format!("{namespace}:wake");
-        tokio::spawn(listen(client, available.clone(), hub.clone()));
+        crate::supervise::spawn_critical(
+            "the Redis wake-up listener",
+            listen(client, available.clone(), hub.clone()),
+        );
         Ok(Queue {
             backend: Backend::Redis(storage),
             local: Arc::default(),
@@ -316,22 +319,46 @@ impl Queue {
 
 /// Wakes this process when another pushes jobs, for as long as the process runs: after Redis
 /// restarts it subscribes again, and wakes the worker in case it missed something meanwhile.
+/// A subscription whose connection died without a word (a dropped NAT or firewall entry, a
+/// frozen host) ends no stream, so a `PING` on it every few seconds must be answered, or it is
+/// dropped and made again. The task is critical (`supervise::spawn_critical`): if it ever
+/// ends, the process stops rather than run on without wake-ups.
 async fn listen(client: redis::Client, channel: String, hub: Arc<WakeHub>) {
+    const CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+    const ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
     loop {
-        match client.get_async_pubsub().await {
-            Ok(mut pubsub) => {
-                if let Err(error) = pubsub.subscribe(&channel).await {
-                    tracing::warn!(%error, "Could not subscribe to queue wake-ups; trying again.");
-                } else {
-                    hub.jobs_available();
-                    let mut messages = pubsub.into_on_message();
-                    while messages.next().await.is_some() {
-                        hub.jobs_available();
+        let subscribed = tokio::time::timeout(CHECK_EVERY, async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        })
+        .await;
+        match subscribed {
+            Ok(Ok(pubsub)) => {
+                hub.jobs_available();
+                let (mut sink, mut messages) = pubsub.split();
+                let mut check = tokio::time::interval(CHECK_EVERY);
+                check.tick().await;
+                loop {
+                    tokio::select! {
+                        message = messages.next() => match message {
+                            Some(_) => hub.jobs_available(),
+                            None => break,
+                        },
+                        _ = check.tick() => {
+                            let answer = tokio::time::timeout(ANSWER_WITHIN, sink.ping::<redis::Value>()).await;
+                            if !matches!(answer, Ok(Ok(_))) {
+                                break;
+                            }
+                        }
                     }
-                    tracing::warn!("Lost the Redis wake-up subscription; subscribing again.");
                 }
+                tracing::warn!("Lost the Redis wake-up subscription; subscribing again.");
+                // Whatever was published meanwhile is lost: look now.
+                hub.jobs_available();
             }
-            Err(error) => tracing::warn!(%error, "Redis is unreachable for wake-ups; trying again."),
+            Ok(Err(error)) => tracing::warn!(%error, "Redis is unreachable for wake-ups; trying again."),
+            Err(_) => tracing::warn!("Redis did not answer a wake-up subscription in time; trying again."),
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }

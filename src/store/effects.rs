@@ -135,7 +135,9 @@ pub async fn extend_many(
     Ok(extended)
 }
 
-/// `mark_done` for many effects in one statement: `(key, result)` pairs.
+/// `mark_done` for many effects in one statement: `(key, result)` pairs. Only effects still
+/// being sent (or pending) are marked: one cancelled meanwhile (its contact was erased) stays
+/// cancelled, and its erased result stays erased.
 pub async fn mark_done_many(
     connection: &mut AnyConnection,
     done: &[(String, String)],
@@ -144,7 +146,7 @@ pub async fn mark_done_many(
     for chunk in done.chunks(super::padded_rows_per_statement(2)) {
         let sql = format!(
             "UPDATE effects SET status = 'done', result = v.column2, done_at = $1, attempts = attempts + 1
-             FROM (VALUES {}) AS v WHERE effects.effect_key = v.column1",
+             FROM (VALUES {}) AS v WHERE effects.effect_key = v.column1 AND effects.status IN ('sending', 'pending')",
             super::value_rows(2, super::padded_len(chunk.len()), &["TEXT", "TEXT"])
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(&*connection, sql))).bind(ms(now));
@@ -177,7 +179,8 @@ pub async fn claim(
 
 pub async fn mark_done(connection: &mut AnyConnection, key: &str, result: &str, now: DateTime<Utc>) -> Result<()> {
     sqlx::query(
-        "UPDATE effects SET status = 'done', result = $1, done_at = $2, attempts = attempts + 1 WHERE effect_key = $3",
+        "UPDATE effects SET status = 'done', result = $1, done_at = $2, attempts = attempts + 1
+         WHERE effect_key = $3 AND status IN ('sending', 'pending')",
     )
     .bind(result)
     .bind(ms(now))
@@ -219,4 +222,36 @@ pub async fn count(connection: &mut AnyConnection, kind: &str, status: &str) -> 
         .fetch_one(connection)
         .await?;
     Ok(row.try_get(0)?)
+}
+
+/// A message effect of a contact that may have been handed over: its key, kind (`email`,
+/// `sms`), and the days it may have been sent on (from its recording to its completion).
+#[derive(Clone, Debug)]
+pub struct Handed {
+    pub key: String,
+    pub kind: String,
+    pub from: DateTime<Utc>,
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// The contact's email and SMS effects that may have been sent or be being sent (erasure
+/// redacts them from the outbox).
+pub async fn messages_of_contact(connection: &mut AnyConnection, contact_id: i64) -> Result<Vec<Handed>> {
+    let rows = sqlx::query(
+        "SELECT effect_key, kind, created_at, done_at FROM effects
+         WHERE contact_id = $1 AND kind IN ('email', 'sms') AND status IN ('done', 'sending', 'failed', 'pending')",
+    )
+    .bind(contact_id)
+    .fetch_all(connection)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(Handed {
+                key: row.try_get(0)?,
+                kind: row.try_get(1)?,
+                from: super::from_ms(row.try_get(2)?),
+                until: row.try_get::<Option<i64>, _>(3)?.map(super::from_ms),
+            })
+        })
+        .collect()
 }

@@ -1,6 +1,7 @@
 //! The engine's state in PostgreSQL (production) or SQLite (embedded), through one code path:
 //! sqlx's `Any` driver, portable SQL, times as milliseconds. One file per aggregate.
 
+pub mod backlog;
 pub mod contacts;
 pub mod effects;
 pub mod email;

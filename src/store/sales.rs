@@ -409,6 +409,45 @@ pub async fn close(
     Ok((updated.rows_affected() == 1).then_some(before))
 }
 
+/// Erasure: the contact's open leads (assigned, accepted, pooled) are `lost` ("contact
+/// erased"), with no deadline and no notice left to send. Each is a compare-and-set on its
+/// status; returns the leads as they were, so the caller releases the slots they held.
+pub async fn close_erased(connection: &mut AnyConnection, contact_id: i64, now: DateTime<Utc>) -> Result<Vec<Lead>> {
+    let mut closed = Vec::new();
+    for lead in open_of_contacts(&mut *connection, &[contact_id]).await? {
+        let updated = sqlx::query(
+            "UPDATE assignments SET status = 'lost', closed_at = $1, reason = 'contact erased', accept_by = NULL,
+                notified_at = COALESCE(notified_at, $2)
+             WHERE id = $3 AND status = $4",
+        )
+        .bind(ms(now))
+        .bind(ms(now))
+        .bind(lead.id)
+        .bind(lead.status.as_str())
+        .execute(&mut *connection)
+        .await?;
+        if updated.rows_affected() == 1 {
+            closed.push(lead);
+        }
+    }
+    Ok(closed)
+}
+
+/// The contact's leads whose rep may have been told, as `(lead, assigned, told)`: their
+/// notices name the contact (erasure redacts them from the outbox).
+pub async fn notices_of_contact(
+    connection: &mut AnyConnection,
+    contact_id: i64,
+) -> Result<Vec<(i64, DateTime<Utc>, Option<DateTime<Utc>>)>> {
+    let rows = sqlx::query("SELECT id, assigned_at, notified_at FROM assignments WHERE contact_id = $1")
+        .bind(contact_id)
+        .fetch_all(connection)
+        .await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get(0)?, from_ms(row.try_get(1)?), opt_ms(row, "notified_at"))))
+        .collect()
+}
+
 /// The rep accepts: the deadline goes. False if the lead was not waiting for that.
 pub async fn accept(connection: &mut AnyConnection, id: i64, now: DateTime<Utc>) -> Result<bool> {
     let updated = sqlx::query(

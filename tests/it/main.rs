@@ -11,6 +11,7 @@ mod edge;
 mod email;
 mod engine;
 mod guardrails;
+mod hygiene;
 mod import;
 mod ingest_holes;
 mod language;
