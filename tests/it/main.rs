@@ -8,6 +8,7 @@ mod dashboard;
 mod durability;
 mod email;
 mod engine;
+mod faults;
 mod guardrails;
 mod import;
 mod ingest_holes;
