@@ -608,8 +608,9 @@ async fn a_stopped_and_a_flushed_redis_lose_nothing() {
     let recovering = Instant::now();
     cluster.all_complete(events as i64).await;
     println!(
-        "every enrollment completed {:?} after the last wave",
-        recovering.elapsed()
+        "every enrollment completed {:?} after the last wave ({:?} in all)",
+        recovering.elapsed(),
+        started.elapsed()
     );
 
     let acked = sent.acked();
@@ -962,7 +963,7 @@ async fn providers_down_or_slow_back_off_fail_visibly_and_retry_drains() {
             (format!("{run}-m{i}"), body)
         })
         .collect();
-    send_all(&[api.clone()], messages, 4, &sent).await;
+    send_all(std::slice::from_ref(&api), messages, 4, &sent).await;
 
     // Every enrollment gives up after its attempts and shows on the failed list.
     let expected = (3 * CONTACTS) as i64;
