@@ -275,19 +275,26 @@ async fn send_all(apis: &[String], messages: Vec<(String, serde_json::Value)>, p
                             sent.acked.lock().unwrap().insert(id);
                             break;
                         }
-                        Some(response) if response.status < 500 => panic!(
+                        // 429 (a write key's rate limit) is retried like a 5xx, as Segment
+                        // clients do.
+                        Some(response) if response.status < 500 && response.status != 429 => panic!(
                             "{id} refused: {} {}",
                             response.status,
                             String::from_utf8_lossy(&response.body)
                         ),
                         other => {
+                            let wait = other
+                                .as_ref()
+                                .and_then(|r| r.header("retry-after"))
+                                .and_then(|seconds| seconds.parse::<u64>().ok())
+                                .map_or(Duration::from_millis(100), |s| Duration::from_secs(s.min(2)));
                             if other.is_some_and(|r| r.status == 503) {
                                 sent.unavailable.fetch_add(1, Ordering::Relaxed);
                             }
                             sent.failures.fetch_add(1, Ordering::Relaxed);
                             assert!(Instant::now() < deadline, "{id} never acknowledged");
                             api += 1;
-                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            tokio::time::sleep(wait).await;
                         }
                     }
                 }
