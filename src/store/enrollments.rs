@@ -3,7 +3,7 @@
 //! timeout and an event changes nothing.
 
 use super::{Error, Result, Tx, from_ms, ms};
-use crate::engine::transition::{Advance, Effect, Enrollment, Park, Position, Status, start_position};
+use crate::engine::transition::{Advance, Effect, Enrollment, Outcome, Park, Position, Status, start_position};
 use crate::expr::EventFacts;
 use crate::journey::model::{Journey, StepKind};
 use chrono::{DateTime, Utc};
@@ -756,12 +756,19 @@ pub async fn revive(tx: &mut Tx<'_>, id: i64, now: DateTime<Utc>) -> Result<Opti
     let position: Position =
         serde_json::from_str(&row.try_get::<String, _>(0)?).map_err(|e| Error::Corrupt(e.to_string()))?;
     let seq = row.try_get::<i64, _>(1)? as u64;
-    let status = match position {
-        Position::Parked { .. } => "waiting",
-        _ => "active",
+    // One that failed on the message of its last step has finished: it goes back to
+    // `completed`, owing only that message (as `active`, its job had nothing to move and it
+    // never completed).
+    let (status, due_at) = match position {
+        Position::Parked { .. } => ("waiting", Some(ms(now))),
+        Position::Finished {
+            outcome: Outcome::Completed,
+        } => ("completed", None),
+        _ => ("active", Some(ms(now))),
     };
-    sqlx::query("UPDATE enrollments SET status = $1, due_at = $2, attempts = 0, updated_at = $2 WHERE id = $3")
+    sqlx::query("UPDATE enrollments SET status = $1, due_at = $2, attempts = 0, updated_at = $3 WHERE id = $4")
         .bind(status)
+        .bind(due_at)
         .bind(ms(now))
         .bind(id)
         .execute(&mut **tx)

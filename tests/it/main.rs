@@ -10,6 +10,7 @@ mod durability;
 mod edge;
 mod email;
 mod engine;
+mod faults;
 mod guardrails;
 mod hygiene;
 mod import;

@@ -3,7 +3,8 @@
 //! erased or merged-away enrollment does nothing.
 
 use crate::support::{
-    KilledOnDrop, Mode, Response, TestEnv, eventually, http, root, scratch_dir, spawn_api, test_config, unique,
+    KilledOnDrop, Mode, RedisServer, Response, TestEnv, eventually, free_port, http, root, spawn_api, test_config,
+    unique,
 };
 use nurture::config::Config;
 use nurture::engine::runner::Engine;
@@ -13,7 +14,7 @@ use nurture::store::Store;
 use nurture::store::contacts::NewContact;
 use serde_json::json;
 use sqlx::Row;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -29,14 +30,6 @@ fn fixtures() -> std::path::PathBuf {
 
 fn now_ms() -> i64 {
     SystemClock.now().timestamp_millis()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn basic(key: &str) -> String {
@@ -238,81 +231,6 @@ async fn embedded_a_wait_ends_on_time_after_sigkill_and_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn production_a_wait_ends_on_time_after_sigkill_and_restart() {
     sigkill_during_a_wait(Mode::Production).await;
-}
-
-/// A throwaway `redis-server` on its own port, killed when dropped.
-struct RedisServer {
-    port: u16,
-    dir: std::path::PathBuf,
-    child: Option<Child>,
-}
-
-impl RedisServer {
-    async fn start() -> RedisServer {
-        let mut server = RedisServer {
-            port: free_port(),
-            dir: scratch_dir("redis"),
-            child: None,
-        };
-        server.restart().await;
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Starts it (again) on the same port, empty: nothing is saved.
-    async fn restart(&mut self) {
-        self.kill();
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .current_dir(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server runs (apt-get install redis-server)");
-        self.child = Some(child);
-        let url = self.url();
-        eventually("redis-server to answer", Duration::from_secs(30), || {
-            let url = url.clone();
-            async move {
-                let client = redis::Client::open(url).ok()?;
-                let mut connection = client.get_multiplexed_async_connection().await.ok()?;
-                let pong: String = redis::cmd("PING").query_async(&mut connection).await.ok()?;
-                (pong == "PONG").then_some(())
-            }
-        })
-        .await;
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    async fn subscribers(&self, channel: &str) -> i64 {
-        let client = redis::Client::open(self.url()).unwrap();
-        let Ok(mut connection) = client.get_multiplexed_async_connection().await else {
-            return 0;
-        };
-        let (_, count): (String, i64) = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg(channel)
-            .query_async(&mut connection)
-            .await
-            .unwrap();
-        count
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 async fn count(engine: &Engine, sql: &'static str) -> i64 {

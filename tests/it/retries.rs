@@ -91,3 +91,61 @@ async fn a_permanent_smtp_refusal_moves_the_enrollment_to_the_failed_list() {
     assert_eq!(sink.count(), 0);
     env.stop().await;
 }
+
+/// The message of a journey's last step refused for good, then retried once the server takes
+/// it: it is sent once and the enrollment completes. (Revived as `active`, a finished
+/// enrollment had nothing to move: the reconciler re-enqueued it forever and it never
+/// completed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_last_step_message_completes_the_enrollment() {
+    for mode in [Mode::Embedded, Mode::Production] {
+        let sink = SmtpSink::start(1, 550).await;
+        let mut config = test_config(mode, &root().join("tests/fixtures/restarts/journeys")).await;
+        config.smtp_url = Some(sink.url());
+        let env = TestEnv::start(config, Arc::new(SystemClock), true).await;
+        let contact = env
+            .engine
+            .create_contact(&NewContact {
+                email: Some("last-step@example.com".into()),
+                ..NewContact::default()
+            })
+            .await
+            .unwrap();
+        let event = EventFacts {
+            name: "Mail Requested".into(),
+            ..EventFacts::default()
+        };
+        env.engine.track(contact, event).await.unwrap();
+        let enrollment_of = |status: &'static str| {
+            let pool = env.engine.store.pool.clone();
+            async move {
+                sqlx::query("SELECT id FROM enrollments WHERE contact_id = $1 AND status = $2")
+                    .bind(contact)
+                    .bind(status)
+                    .fetch_optional(&pool)
+                    .await
+                    .unwrap()
+                    .map(|r| r.get::<i64, _>(0))
+            }
+        };
+        let failed = eventually("the enrollment to fail", Duration::from_secs(60), || {
+            enrollment_of("failed")
+        })
+        .await;
+        assert!(env.engine.retry(failed).await.unwrap());
+        eventually("the retried message to be sent", Duration::from_secs(60), || async {
+            let status: String = sqlx::query("SELECT status FROM effects WHERE enrollment_id = $1")
+                .bind(failed)
+                .fetch_one(&env.engine.store.pool)
+                .await
+                .unwrap()
+                .get(0);
+            (status == "done" && sink.count() == 1).then_some(())
+        })
+        .await;
+        assert_eq!(enrollment_of("completed").await, Some(failed));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(sink.count(), 1, "{mode:?}: sent once");
+        env.stop().await;
+    }
+}

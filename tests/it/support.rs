@@ -353,22 +353,32 @@ pub fn count_messages(dir: &Path) -> usize {
 pub struct SmtpSink {
     pub port: u16,
     pub messages: Arc<std::sync::Mutex<Vec<String>>>,
+    /// When each of `messages` was accepted (same order).
+    pub arrivals: Arc<std::sync::Mutex<Vec<std::time::Instant>>>,
 }
 
 impl SmtpSink {
     pub async fn start(fail_first: usize, code: u16) -> SmtpSink {
-        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        SmtpSink::start_on(listener, fail_first, code)
+    }
+
+    /// The sink on a listener bound earlier (a port that was down comes up).
+    pub fn start_on(listener: tokio::net::TcpListener, fail_first: usize, code: u16) -> SmtpSink {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
         let port = listener.local_addr().unwrap().port();
         let messages = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let arrivals = Arc::new(std::sync::Mutex::new(Vec::new()));
         let failures = Arc::new(AtomicUsize::new(fail_first));
         let store = messages.clone();
+        let times = arrivals.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((socket, _)) = listener.accept().await else {
                     return;
                 };
                 let store = store.clone();
+                let times = times.clone();
                 let failures = failures.clone();
                 tokio::spawn(async move {
                     let (read, mut write) = socket.into_split();
@@ -404,7 +414,11 @@ impl SmtpSink {
                                 }
                                 body.push_str(&line);
                             }
-                            store.lock().unwrap().push(body);
+                            // Both under one lock, so the two lists stay aligned.
+                            let mut messages = store.lock().unwrap();
+                            messages.push(body);
+                            times.lock().unwrap().push(std::time::Instant::now());
+                            drop(messages);
                             "250 queued\r\n".into()
                         } else if command.starts_with("QUIT") {
                             let _ = write.write_all(b"221 bye\r\n").await;
@@ -419,7 +433,11 @@ impl SmtpSink {
                 });
             }
         });
-        SmtpSink { port, messages }
+        SmtpSink {
+            port,
+            messages,
+            arrivals,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -473,9 +491,23 @@ impl Response {
 
 /// A plain HTTP/1.1 request over a new connection (the tests need nothing fancier).
 pub async fn http(base: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+    try_http(base, method, path, headers, body)
+        .await
+        .unwrap_or_else(|error| panic!("{method} {base}{path}: {error}"))
+}
+
+/// [`http`] that reports a refused, reset or cut connection instead of panicking: the fault
+/// tests call processes they kill.
+pub async fn try_http(
+    base: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Response> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let host = base.trim_start_matches("http://");
-    let mut stream = tokio::net::TcpStream::connect(host).await.expect("connect to the API");
+    let mut stream = tokio::net::TcpStream::connect(host).await?;
     let mut request = format!(
         "{method} {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\ncontent-length: {}\r\n",
         body.len()
@@ -484,17 +516,19 @@ pub async fn http(base: &str, method: &str, path: &str, headers: &[(&str, &str)]
         request.push_str(&format!("{name}: {value}\r\n"));
     }
     request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    stream.write_all(body).await.unwrap();
+    stream.write_all(request.as_bytes()).await?;
+    stream.write_all(body).await?;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a complete response");
+    stream.read_to_end(&mut raw).await?;
+    let incomplete = || std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "an incomplete response");
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(incomplete)?;
     let head = String::from_utf8_lossy(&raw[..split]).to_string();
     let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let status = lines
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(incomplete)?;
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
@@ -506,7 +540,7 @@ pub async fn http(base: &str, method: &str, path: &str, headers: &[(&str, &str)]
     {
         body = dechunk(&body);
     }
-    Response { status, headers, body }
+    Ok(Response { status, headers, body })
 }
 
 fn dechunk(mut raw: &[u8]) -> Vec<u8> {
@@ -536,6 +570,90 @@ impl KilledOnDrop {
 }
 
 impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A port free on loopback now (for a process told where to listen).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A throwaway `redis-server` on its own port, killed when dropped.
+pub struct RedisServer {
+    pub port: u16,
+    dir: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl RedisServer {
+    pub async fn start() -> RedisServer {
+        let mut server = RedisServer {
+            port: free_port(),
+            dir: scratch_dir("redis"),
+            child: None,
+        };
+        server.restart().await;
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it (again) on the same port, empty: nothing is saved.
+    pub async fn restart(&mut self) {
+        self.kill();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .current_dir(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server runs (apt-get install redis-server)");
+        self.child = Some(child);
+        let url = self.url();
+        eventually("redis-server to answer", Duration::from_secs(30), || {
+            let url = url.clone();
+            async move {
+                let client = redis::Client::open(url).ok()?;
+                let mut connection = client.get_multiplexed_async_connection().await.ok()?;
+                let pong: String = redis::cmd("PING").query_async(&mut connection).await.ok()?;
+                (pong == "PONG").then_some(())
+            }
+        })
+        .await;
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub async fn subscribers(&self, channel: &str) -> i64 {
+        let client = redis::Client::open(self.url()).unwrap();
+        let Ok(mut connection) = client.get_multiplexed_async_connection().await else {
+            return 0;
+        };
+        let (_, count): (String, i64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(channel)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        count
+    }
+}
+
+impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
     }
