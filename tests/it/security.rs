@@ -166,6 +166,18 @@ fn table() -> Vec<(&'static str, &'static str, &'static str, Rule)> {
             "",
             Rule::Public("load balancers' liveness probe; says nothing but ok"),
         ),
+        (
+            "GET",
+            "/healthz",
+            "",
+            Rule::Public("load balancers' liveness probe; says nothing but ok"),
+        ),
+        (
+            "GET",
+            "/readyz",
+            "",
+            Rule::Public("readiness probe: names which dependency is not ready, nothing more"),
+        ),
     ]
 }
 
@@ -173,7 +185,8 @@ fn table() -> Vec<(&'static str, &'static str, &'static str, Rule)> {
 fn router_routes() -> Vec<(String, String)> {
     let source = std::fs::read_to_string(root().join("src/api/mod.rs")).unwrap();
     let router = &source[source.find("pub fn router(").expect("api::router")..];
-    for hidden in [".nest(", ".merge(", ".route_service(", ".fallback("] {
+    // `.fallback(` is not a route: it answers every unknown path with a 404 (`edge.rs` tests it).
+    for hidden in [".nest(", ".merge(", ".route_service("] {
         assert!(
             !router.contains(hidden),
             "api::router uses `{hidden}`: teach router_routes to read it, so its routes are checked too"
