@@ -1,5 +1,6 @@
 //! Write keys (ingest only), bounce tokens (email providers' bounce and complaint reports
-//! only), rep tokens (a sales rep's own leads only) and admin tokens (everything), kept as
+//! only), rep tokens (a sales rep's own leads only), metrics tokens (`/metrics` only) and admin
+//! tokens (everything), kept as
 //! SHA-256 digests and compared in constant time.
 //! Write keys arrive as Segment sends them: the HTTP Basic user name, or `writeKey` in the body.
 //! Admin tokens arrive as `Authorization: Bearer TOKEN`. A write key is public (it sits in every
@@ -23,6 +24,7 @@ pub struct Keys {
     bounce: Vec<[u8; 32]>,
     /// `(digest, rep id)`.
     reps: Vec<([u8; 32], String)>,
+    metrics: Vec<[u8; 32]>,
 }
 
 fn digest(secret: &str) -> [u8; 32] {
@@ -41,6 +43,7 @@ impl Keys {
             admin: admin_tokens.iter().map(|k| digest(k)).collect(),
             bounce: Vec::new(),
             reps: Vec::new(),
+            metrics: Vec::new(),
         }
     }
 
@@ -118,6 +121,36 @@ impl Keys {
             Err(ApiError::unauthorized(
                 "unknown bounce token (write keys cannot report bounces: they are public)",
             ))
+        }
+    }
+
+    /// Also accepts these tokens, for `/metrics` only.
+    pub fn with_metrics_tokens(mut self, tokens: &[String]) -> Keys {
+        self.metrics = tokens.iter().map(|k| digest(k)).collect();
+        self
+    }
+
+    /// `/metrics`: a metrics token or an admin token, as `Bearer TOKEN` (what Prometheus's
+    /// `authorization` setting sends).
+    pub fn require_metrics_token(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(token) = bearer(headers) else {
+            return Err(ApiError::unauthorized(
+                "a metrics or admin token is required: `Authorization: Bearer TOKEN`",
+            ));
+        };
+        let presented = digest(&token);
+        let metrics = self
+            .metrics
+            .iter()
+            .fold(false, |found, key| found | same(key, &presented));
+        match (metrics, self.scope_of(&token)) {
+            (true, _) | (_, Some(Scope::Admin)) => Ok(()),
+            (false, Some(Scope::Ingest)) => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "a write key can only send events; /metrics needs a metrics or admin token",
+            )),
+            (false, None) => Err(ApiError::unauthorized("unknown token")),
         }
     }
 

@@ -1,7 +1,8 @@
 //! The HTTP API (axum): Segment-compatible ingestion at the host root, the contact 360 view,
 //! erasure, the failed-enrollment list, email's links (unsubscribe, clicks, opens), bounce and
 //! complaint reports, suppressions, SMS delivery reports and replies, the sales loop (a rep's
-//! leads, accept, reject, outcome; stages), ROI reports, the dashboard, and `/openapi.json`.
+//! leads, accept, reject, outcome; stages), ROI reports, the dashboard, journey controls
+//! (pause, resume, counts), `/metrics`, and `/openapi.json`.
 
 mod auth;
 mod contacts;
@@ -9,6 +10,8 @@ mod dashboard;
 mod email;
 mod error;
 mod ingest;
+mod journeys;
+mod metrics;
 mod openapi;
 mod reports;
 mod sales;
@@ -38,7 +41,9 @@ pub fn keys_for(engine: &Engine) -> Keys {
     let config = &engine.config;
     if config.is_embedded() && config.write_keys.is_empty() && config.admin_tokens.is_empty() {
         tracing::warn!("No NURTURE_WRITE_KEYS or NURTURE_ADMIN_TOKENS: accepting `dev` for both (embedded mode only).");
-        return Keys::new(&["dev".into()], &["dev".into()]).with_rep_tokens(&config.rep_tokens);
+        return Keys::new(&["dev".into()], &["dev".into()])
+            .with_rep_tokens(&config.rep_tokens)
+            .with_metrics_tokens(&config.metrics_tokens);
     }
     if config.write_keys.is_empty() {
         tracing::warn!("No NURTURE_WRITE_KEYS configured: the events API will refuse every request.");
@@ -46,6 +51,7 @@ pub fn keys_for(engine: &Engine) -> Keys {
     Keys::new(&config.write_keys, &config.admin_tokens)
         .with_bounce_tokens(&config.bounce_tokens)
         .with_rep_tokens(&config.rep_tokens)
+        .with_metrics_tokens(&config.metrics_tokens)
 }
 
 pub fn router(state: AppState) -> Router {
@@ -71,6 +77,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sales/leads/{id}/accept", post(sales::accept))
         .route("/v1/sales/leads/{id}/reject", post(sales::reject))
         .route("/v1/sales/leads/{id}/outcome", post(sales::outcome))
+        .route("/v1/journeys/{id}/pause", post(journeys::pause))
+        .route("/v1/journeys/{id}/resume", post(journeys::resume))
+        .route("/v1/journeys/{id}/counts", get(journeys::counts))
+        .route("/metrics", get(metrics::metrics))
         .route("/v1/enrollments/failed", get(contacts::failed))
         .route("/v1/enrollments/{id}/retry", post(contacts::retry))
         .route("/u/{token}", get(email::unsubscribe_page).post(email::unsubscribe))
@@ -93,6 +103,10 @@ pub fn router(state: AppState) -> Router {
         // Bodies are measured again after gunzip; this only bounds what we read off the wire.
         .layer(DefaultBodyLimit::max(4 * 1024 * 1024))
         .layer(cors)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::time_requests,
+        ))
         .with_state(state)
 }
 

@@ -197,6 +197,8 @@ impl Engine {
                 pending: Vec::new(),
             });
         }
+        // A paused journey's enrollments hold here, before their next step (see `controls.rs`).
+        self.hold_paused(&mut lives, |live| &live.journey.id);
         if lives.is_empty() {
             return Ok(());
         }
@@ -346,6 +348,13 @@ impl Engine {
                 results[index].push((pending.key.clone(), outcome));
             }
         }
+        self.metrics
+            .effects_performed(lives.iter().zip(&results).flat_map(|(live, outcome)| {
+                outcome.iter().filter_map(move |(key, result)| {
+                    let pending = live.pending.iter().find(|p| &p.key == key)?;
+                    Some((&pending.effect, result.is_ok()))
+                })
+            }));
         let done_at = self.clock.now();
         let mut done = Vec::new();
         let mut moving = ready;
@@ -515,6 +524,22 @@ impl Engine {
         tx.commit().await?;
         debug!(moves = planned.len(), ?planning, ?saving, committed = ?now_clock.elapsed(), "Step batch round.");
         self.enqueue(qualified).await?;
+        self.metrics.steps_ran(
+            planned
+                .iter()
+                .zip(&won)
+                .filter(|(_, won)| **won)
+                .flat_map(|((live, moved), _)| {
+                    moved.records.iter().map(move |r| {
+                        (
+                            live.journey.id.as_str(),
+                            r.step.as_str(),
+                            r.kind.as_str(),
+                            r.outcome.as_str(),
+                        )
+                    })
+                }),
+        );
 
         let mut carry_on = Vec::new();
         let mut any_effects = false;

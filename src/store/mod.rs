@@ -2,6 +2,7 @@
 //! sqlx's `Any` driver, portable SQL, times as milliseconds. One file per aggregate.
 
 pub mod contacts;
+pub mod controls;
 pub mod effects;
 pub mod email;
 pub mod enrollments;

@@ -12,6 +12,7 @@ mod guardrails;
 mod import;
 mod ingest_holes;
 mod language;
+mod ops;
 mod reports;
 mod restarts;
 mod retries;
