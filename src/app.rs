@@ -313,7 +313,7 @@ pub async fn run_scheduler(engine: Arc<Engine>, process: String, shutdown: impl 
                 && when.next_after(last, journey.settings.timezone) == Some(tick)
             {
                 match engine.fire_schedule(journey, tick, &process).await {
-                    Ok(_) if matches!(when.as_ref(), When::At { .. }) && !engine.holds(&journey.id) => {
+                    Ok(_) if matches!(when, When::At { .. }) && !engine.holds(&journey.id) => {
                         broadcasts_done.insert((journey.id.clone(), tick));
                     }
                     Ok(_) => {}
@@ -339,7 +339,7 @@ async fn fire_late_broadcasts(
         let Trigger::Schedule { when, .. } = &journey.trigger else {
             continue;
         };
-        let When::At { time, text, .. } = when.as_ref() else {
+        let When::At { time, text, .. } = when else {
             continue;
         };
         if *time > now || engine.holds(&journey.id) || done.contains(&(journey.id.clone(), *time)) {

@@ -40,7 +40,7 @@ pub enum Trigger {
     Stage(Stage),
     /// A cron schedule, or one time (a broadcast), and who is enrolled when it fires.
     Schedule {
-        when: Box<When>,
+        when: When,
         audience: Expr,
     },
 }
@@ -49,7 +49,7 @@ pub enum Trigger {
 #[derive(Clone, Debug, PartialEq)]
 pub enum When {
     /// On every tick of a cron schedule, in the journey's time zone.
-    Cron(CronSchedule),
+    Cron(Box<CronSchedule>),
     /// Once, at this time: a one-off broadcast. `pos` is where the time was written, for the
     /// warning when it has passed (the compiler reads no clock, so `broadcast_warnings` does).
     At {

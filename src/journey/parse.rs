@@ -187,7 +187,7 @@ impl JourneyParser<'_, '_> {
                     kinds.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(" and ")
                 )
             };
-            self.reader.sink.error_hint(node.pos, "J004", message, "e.g. `trigger: {event: Signed Up}`, `trigger: {stage: sql}` or `trigger: {schedule: \"0 9 * * MON\", audience: \"inactive_days >= 90\"}` or `trigger: {at: \"2026-12-24T09:00:00+08:00\", audience: \"stage == 'mql'\"}`");
+            self.reader.sink.error_hint(node.pos, "J004", message, "e.g. `trigger: {event: Signed Up}`, `trigger: {stage: sql}`, `trigger: {schedule: \"0 9 * * MON\", audience: \"inactive_days >= 90\"}` or `trigger: {at: \"2026-12-24T09:00:00+08:00\", audience: \"stage == 'mql'\"}`");
             return None;
         }
         match kinds[0] {
@@ -233,7 +233,7 @@ impl JourneyParser<'_, '_> {
                 } else {
                     self.reader
                         .parsed::<CronSchedule>(fields.get("schedule")?, "schedule", "J021", CRON_HINT)
-                        .map(When::Cron)
+                        .map(|cron| When::Cron(Box::new(cron)))
                 };
                 let audience = match fields.get("audience") {
                     Some(node) => self.reader.expr(node, "audience", Place::Audience, Want::Bool),
@@ -244,7 +244,7 @@ impl JourneyParser<'_, '_> {
                     }
                 };
                 Some(Trigger::Schedule {
-                    when: Box::new(when?),
+                    when: when?,
                     audience: audience?,
                 })
             }
