@@ -4,7 +4,7 @@
 use crate::config::Config;
 use crate::engine::runner::Engine;
 use crate::engine::{Clock, SystemClock};
-use crate::journey::model::Trigger;
+use crate::journey::model::{Trigger, When};
 use crate::journey::{self, Diagnostic};
 use crate::queue::{self, Backend, Queue, StepJob};
 use crate::store::Store;
@@ -96,6 +96,9 @@ pub async fn build(mut config: Config, clock: Arc<dyn Clock>) -> Result<Arc<Engi
     let engine = Arc::new(Engine::new(store, queue, clock, config)?);
     engine.install(catalog, sources).await?;
     engine.record_prices().await?;
+    // Paused journeys hold from the first step job on, and pauses made elsewhere reach us.
+    engine.refresh_pauses().await?;
+    tokio::spawn(Engine::run_pause_refresh(Arc::downgrade(&engine)));
     // Waits this process parks come due here, whatever else it runs; so do the accept
     // deadlines of the leads it places, and the notices of their reps.
     crate::supervise::spawn_critical("the timers", engine.queue.timers.clone().run(engine.queue.clone()));
@@ -279,42 +282,94 @@ pub async fn run_reconciler(engine: Arc<Engine>, shutdown: impl Future<Output = 
     }
 }
 
-/// Fires schedule triggers: sleeps until the next tick of any scheduled journey. Every
-/// process may run this; each tick is claimed once in the database.
+/// Fires schedule triggers: sleeps until the next tick of any scheduled journey (looking
+/// around at least every minute, for a reload or a resumed journey). Every process may run
+/// this; each tick is claimed once in the database, so a broadcast fires once however many
+/// processes run it and however often they restart.
 pub async fn run_scheduler(engine: Arc<Engine>, process: String, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
     let mut last = engine.clock.now();
+    // Broadcasts this process has seen fire or fired (or found fired by another process).
+    let mut broadcasts_done = std::collections::HashSet::new();
     loop {
         let catalog = engine.catalog();
+        fire_late_broadcasts(&engine, &catalog, &process, &mut broadcasts_done).await;
         let next = catalog
             .journeys
             .iter()
             .filter_map(|j| match &j.trigger {
-                Trigger::Schedule { cron, .. } => {
-                    cron.next_after(last, j.settings.timezone).map(|tick| (tick, j.clone()))
+                Trigger::Schedule { when, .. } => {
+                    when.next_after(last, j.settings.timezone).map(|tick| (tick, j.clone()))
                 }
                 _ => None,
             })
             .min_by_key(|(tick, _)| *tick);
+        let look_around = Duration::from_secs(60);
         let wait = match &next {
-            Some((tick, _)) => (*tick - engine.clock.now()).to_std().unwrap_or_default(),
-            // Nothing scheduled: look again after a reload might have added something.
-            None => Duration::from_secs(60),
+            Some((tick, _)) => (*tick - engine.clock.now())
+                .to_std()
+                .unwrap_or_default()
+                .min(look_around),
+            None => look_around,
         };
         tokio::select! {
             _ = &mut shutdown => return,
             _ = tokio::time::sleep(wait) => {}
         }
         let Some((tick, _)) = next else { continue };
+        if engine.clock.now() < tick {
+            continue;
+        }
         for journey in catalog.journeys.iter() {
-            if let Trigger::Schedule { cron, .. } = &journey.trigger
-                && cron.next_after(last, journey.settings.timezone) == Some(tick)
-                && let Err(error) = engine.fire_schedule(journey, tick, &process).await
+            if let Trigger::Schedule { when, .. } = &journey.trigger
+                && when.next_after(last, journey.settings.timezone) == Some(tick)
             {
-                warn!(%error, journey = %journey.id, "Schedule failed to fire.");
+                match engine.fire_schedule(journey, tick, &process).await {
+                    Ok(_) if matches!(when, When::At { .. }) && !engine.holds(&journey.id) => {
+                        broadcasts_done.insert((journey.id.clone(), tick));
+                    }
+                    Ok(_) => {}
+                    Err(error) => warn!(%error, journey = %journey.id, "Schedule failed to fire."),
+                }
             }
         }
         last = tick;
+    }
+}
+
+/// Fires the broadcasts (`at:`) whose time passed while no process ran them, or while their
+/// journey was paused, up to `BROADCAST_LATE_LIMIT` late. The claim in the database keeps
+/// each to once.
+async fn fire_late_broadcasts(
+    engine: &Engine,
+    catalog: &journey::Catalog,
+    process: &str,
+    done: &mut std::collections::HashSet<(String, chrono::DateTime<chrono::Utc>)>,
+) {
+    let now = engine.clock.now();
+    for journey in &catalog.journeys {
+        let Trigger::Schedule { when, .. } = &journey.trigger else {
+            continue;
+        };
+        let When::At { time, text, .. } = when else {
+            continue;
+        };
+        if *time > now || engine.holds(&journey.id) || done.contains(&(journey.id.clone(), *time)) {
+            continue;
+        }
+        if now - *time > journey::compile::BROADCAST_LATE_LIMIT {
+            warn!(journey = %journey.id, at = %text, "A broadcast more than a day late is not sent.");
+        } else {
+            match engine.fire_schedule(journey, *time, process).await {
+                Ok(Some(enrolled)) => info!(journey = %journey.id, at = %text, enrolled, "A late broadcast fired."),
+                Ok(None) => {}
+                Err(error) => {
+                    warn!(%error, journey = %journey.id, "Broadcast failed to fire.");
+                    continue;
+                }
+            }
+        }
+        done.insert((journey.id.clone(), *time));
     }
 }
 

@@ -45,6 +45,10 @@ pub struct Config {
     /// Tokens email providers present to report bounces and complaints
     /// (`NURTURE_BOUNCE_TOKENS`, comma-separated); admin tokens work too.
     pub bounce_tokens: Vec<Secret>,
+    /// Tokens that may read `/metrics` and nothing else (`NURTURE_METRICS_TOKENS`,
+    /// comma-separated), for a Prometheus that should not hold an admin token; admin tokens
+    /// work too.
+    pub metrics_tokens: Vec<Secret>,
     /// `[rep_tokens]`: each sales rep's token for `/v1/sales/leads` (rep id = token), or
     /// `NURTURE_REP_TOKENS=rep_id:token,...`. A rep sees and acts on their own leads only.
     #[serde(deserialize_with = "rep_tokens")]
@@ -353,6 +357,7 @@ impl Default for Config {
             public_url: None,
             secret: None,
             bounce_tokens: Vec::new(),
+            metrics_tokens: Vec::new(),
             rep_tokens: Vec::new(),
             phone_country_code: "86".into(),
             write_keys: Vec::new(),
@@ -561,6 +566,9 @@ impl Config {
         }
         if let Some(tokens) = set(get("NURTURE_BOUNCE_TOKENS")) {
             self.bounce_tokens = secrets(list(tokens));
+        }
+        if let Some(tokens) = set(get("NURTURE_METRICS_TOKENS")) {
+            self.metrics_tokens = secrets(list(tokens));
         }
         if let Some(text) = set(get("NURTURE_REP_TOKENS")) {
             self.rep_tokens = parse_rep_tokens(&text).map_err(|message| Error::Env {

@@ -4,6 +4,7 @@
 //!   suppress anyone's address);
 //! - bounce tokens: email providers' bounce and complaint reports only;
 //! - rep tokens: a sales rep's own leads only (see `api::sales`);
+//! - metrics tokens: `/metrics` only;
 //! - admin tokens: everything, ingest included.
 //!
 //! A credential the server does not know is a `401`; a known one used outside its scope is a
@@ -49,6 +50,7 @@ pub struct Keys {
     bounce: Vec<[u8; 32]>,
     /// `(digest, rep id)`.
     reps: Vec<([u8; 32], String)>,
+    metrics: Vec<[u8; 32]>,
 }
 
 fn digest(secret: &str) -> [u8; 32] {
@@ -97,6 +99,7 @@ impl Keys {
             admin: admin_tokens.iter().map(|k| configured(&k.0)).collect(),
             bounce: Vec::new(),
             reps: Vec::new(),
+            metrics: Vec::new(),
         }
     }
 
@@ -186,6 +189,30 @@ impl Keys {
         match holders.first() {
             Some(other) => Err(forbidden(other, "bounce reports need a bounce or admin token")),
             None => Err(ApiError::unauthorized("unknown bounce token")),
+        }
+    }
+
+    /// Also accepts these tokens, for `/metrics` only (plain or `sha256:HEX`).
+    pub fn with_metrics_tokens(mut self, tokens: &[Secret]) -> Keys {
+        self.metrics = tokens.iter().map(|k| configured(&k.0)).collect();
+        self
+    }
+
+    /// `/metrics`: a metrics token or an admin token, as `Bearer TOKEN` (what Prometheus's
+    /// `authorization` setting sends).
+    pub fn require_metrics_token(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let Some(token) = bearer(headers) else {
+            return Err(ApiError::unauthorized(
+                "a metrics or admin token is required: `Authorization: Bearer TOKEN`",
+            ));
+        };
+        if any_same(&self.metrics, &digest(&token)) {
+            return Ok(());
+        }
+        match self.holder_of(&token) {
+            Some(Holder::Admin) => Ok(()),
+            Some(other) => Err(forbidden(&other, "/metrics needs a metrics or admin token")),
+            None => Err(ApiError::unauthorized("unknown token")),
         }
     }
 

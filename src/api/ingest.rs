@@ -38,7 +38,36 @@ pub async fn ingest(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let Some(route) = route(&name) else {
+    let outcome = receive(&state, &limiter, &name, headers, body).await;
+    // Refused messages of a readable body are counted where they are known, one by one.
+    if let Err(error) = &outcome
+        && error.code != "invalid_message"
+    {
+        state.engine.metrics.events_rejected(rejection_reason(error), 1);
+    }
+    outcome
+}
+
+/// The `reason` label of `nurture_events_rejected_total` for a refused request.
+fn rejection_reason(error: &ApiError) -> &'static str {
+    match error.status.as_u16() {
+        401 | 403 => "unauthorized",
+        404 => "unknown_route",
+        413 => "too_large",
+        429 => "rate_limited",
+        400..=499 => "invalid",
+        _ => "unavailable",
+    }
+}
+
+async fn receive(
+    state: &AppState,
+    limiter: &RateLimiter,
+    name: &str,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Some(route) = route(name) else {
         return Err(ApiError::not_found(format!(
             "there is no /v1/{name}; send events to /v1/track, /v1/identify, /v1/page, /v1/screen, /v1/group, /v1/alias or /v1/batch"
         )));
@@ -90,6 +119,10 @@ pub async fn ingest(
             field: "batch".into(),
             message: "no valid message".into(),
         });
+        state
+            .engine
+            .metrics
+            .events_rejected("invalid", parsed.rejected.len().max(1));
         let mut error = ApiError::bad_request(
             "invalid_message",
             &first.field,
@@ -102,6 +135,9 @@ pub async fn ingest(
         .engine
         .ingest(&super::Keys::source_of(&key), &parsed.messages)
         .await?;
+    let metrics = &state.engine.metrics;
+    metrics.events_ingested(report.accepted, report.duplicates);
+    metrics.events_rejected("invalid", parsed.rejected.len());
     if parsed.rejected.is_empty() {
         return Ok((StatusCode::OK, Json(json!({"success": true}))));
     }

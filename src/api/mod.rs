@@ -1,9 +1,10 @@
 //! The HTTP API (axum): Segment-compatible ingestion at the host root, the contact 360 view,
 //! erasure, the failed-enrollment list, email's links (unsubscribe, clicks, opens), bounce and
 //! complaint reports, suppressions, SMS delivery reports and replies, the sales loop (a rep's
-//! leads, accept, reject, outcome; stages), ROI reports, the dashboard, `/openapi.json`, and
-//! `/healthz` and `/readyz`. Every request goes through `edge` (request id, error shape) and
-//! `limits`; `serve` bounds how long a client may take to send a request head.
+//! leads, accept, reject, outcome; stages), ROI reports, the dashboard, journey controls
+//! (pause, resume, counts), `/metrics`, `/openapi.json`, and `/healthz` and `/readyz`. Every
+//! request goes through `edge` (request id, error shape) and `limits`; `serve` bounds how long a
+//! client may take to send a request head.
 
 mod auth;
 mod contacts;
@@ -14,7 +15,9 @@ mod error;
 mod extract;
 mod health;
 mod ingest;
+mod journeys;
 mod limits;
+mod metrics;
 mod openapi;
 mod reports;
 mod sales;
@@ -48,7 +51,8 @@ pub fn keys_for(engine: &Engine) -> Keys {
         tracing::warn!(
             "No NURTURE_WRITE_KEYS or NURTURE_ADMIN_TOKENS: accepting `dev` for both (embedded mode on loopback only)."
         );
-        return Keys::new(&["dev".into()], &["dev".into()]).with_rep_tokens(&config.rep_tokens);
+        return Keys::new(&["dev".into()], &["dev".into()]).with_rep_tokens(&config.rep_tokens)
+            .with_metrics_tokens(&config.metrics_tokens);
     }
     if config.write_keys.is_empty() {
         tracing::warn!("No NURTURE_WRITE_KEYS configured: the events API will refuse every request.");
@@ -56,6 +60,7 @@ pub fn keys_for(engine: &Engine) -> Keys {
     Keys::new(&config.write_keys, &config.admin_tokens)
         .with_bounce_tokens(&config.bounce_tokens)
         .with_rep_tokens(&config.rep_tokens)
+        .with_metrics_tokens(&config.metrics_tokens)
 }
 
 pub fn router(state: AppState) -> Router {
@@ -83,6 +88,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sales/leads/{id}/accept", post(sales::accept))
         .route("/v1/sales/leads/{id}/reject", post(sales::reject))
         .route("/v1/sales/leads/{id}/outcome", post(sales::outcome))
+        .route("/v1/journeys/{id}/pause", post(journeys::pause))
+        .route("/v1/journeys/{id}/resume", post(journeys::resume))
+        .route("/v1/journeys/{id}/counts", get(journeys::counts))
+        .route("/metrics", get(metrics::metrics))
         .route("/v1/enrollments/failed", get(contacts::failed))
         .route("/v1/enrollments/{id}/retry", post(contacts::retry))
         .route("/u/{token}", get(email::unsubscribe_page).post(email::unsubscribe))
@@ -106,6 +115,10 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::ready))
         .fallback(edge::unknown_route)
         // Bodies are measured again after gunzip; this only bounds what we read off the wire.
-        .layer(DefaultBodyLimit::max(limits::MAX_BODY_BYTES));
+        .layer(DefaultBodyLimit::max(limits::MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::time_requests,
+        ));
     edge::wrap(routes, cors, &state.engine.config).with_state(state)
 }

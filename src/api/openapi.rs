@@ -59,6 +59,7 @@ pub async fn document() -> Json<Value> {
             "securitySchemes": {
                 "writeKey": {"type": "http", "scheme": "basic", "description": "The write key as the user name, empty password; or `writeKey` in the body."},
                 "adminToken": {"type": "http", "scheme": "bearer"},
+                "metricsToken": {"type": "http", "scheme": "bearer", "description": "A metrics token (NURTURE_METRICS_TOKENS): `/metrics` only."},
                 "repToken": {"type": "http", "scheme": "bearer", "description": "A sales rep's token (NURTURE_REP_TOKENS or [rep_tokens]): their own leads only."},
                 "bounceToken": {"type": "http", "scheme": "bearer", "description": "A bounce token (NURTURE_BOUNCE_TOKENS) or an admin token. Never a write key: write keys are public."},
                 "bounceTokenBasic": {"type": "http", "scheme": "basic", "description": "A bounce token as the user name or the password, for providers that only do HTTP Basic."},
@@ -92,6 +93,9 @@ pub async fn document() -> Json<Value> {
         }
         if let Value::Object(dashboard) = super::dashboard::openapi_paths() {
             paths.extend(dashboard);
+        }
+        if let Value::Object(journeys) = super::journeys::openapi_paths(&admin) {
+            paths.extend(journeys);
         }
     }
     Json(document)

@@ -3,6 +3,7 @@
 mod admin;
 mod graph;
 mod import;
+mod journeys;
 mod plan;
 mod report;
 mod serve;
@@ -45,6 +46,9 @@ enum Command {
     /// Failed enrollments: list and retry.
     #[command(subcommand)]
     Enrollments(admin::Enrollments),
+    /// Journey controls: pause, resume, live counts.
+    #[command(subcommand)]
+    Journeys(journeys::Journeys),
     /// Bulk-load contacts (.csv) or Segment messages (.jsonl), resumably.
     Import(import::Args),
     /// ROI, funnel and KPI reports.
@@ -86,6 +90,7 @@ pub fn run() -> ExitCode {
         Command::Reload => admin::reload(),
         Command::Plan(args) => plan::run(args),
         Command::Enrollments(command) => admin::enrollments(command),
+        Command::Journeys(command) => journeys::run(command),
         Command::Import(args) => import::run(args),
         Command::Report(command) => report::run(command),
     };
@@ -131,7 +136,11 @@ pub fn compile_one(
 pub fn compile_paths(paths: &[PathBuf], project: &ProjectArgs) -> Result<(Catalog, Vec<Diagnostic>)> {
     let config = crate::config::Config::load(std::path::Path::new("."))?;
     let sources = crate::project::load_sources(paths, &project.templates, &project.sales, &project.scoring)?;
-    Ok(journey::compile_with(&sources, &config.guardrails))
+    let (catalog, mut diagnostics) = journey::compile_with(&sources, &config.guardrails);
+    // A broadcast time that has passed depends on the clock, so the pure compiler cannot say.
+    use crate::engine::Clock;
+    diagnostics.extend(journey::broadcast_warnings(&catalog, crate::engine::SystemClock.now()));
+    Ok((catalog, diagnostics))
 }
 
 /// Logs go to standard error; `RUST_LOG` chooses what (default: info), and

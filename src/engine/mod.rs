@@ -7,11 +7,13 @@
 //! - `clock`: `Clock`, with a system and a virtual implementation.
 //! - `message`: PURE. The data templates render with.
 //! - `simulate`: PURE. Runs a journey for one contact on a virtual clock.
+//! - `controls`: pausing and resuming journeys, and their live counts.
 //! - `sales`, `lead_notices`: the sales loop (leads placed, accepted, rejected, recycled and
 //!   closed, with their events), their accept deadlines, and telling reps about their leads.
 
 pub mod clock;
 pub mod contact;
+pub mod controls;
 pub mod email;
 mod erasure;
 pub mod ingest;

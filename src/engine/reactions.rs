@@ -203,6 +203,9 @@ impl Engine {
                 let Trigger::Event(matcher) = &journey.trigger else {
                     continue;
                 };
+                if self.holds(&journey.id) {
+                    continue;
+                }
                 if let Some(condition) = &matcher.condition {
                     let view = contact.facts_view();
                     let history = self.preload(tx, journey, occurrence.contact_id, now).await?;

@@ -71,6 +71,10 @@ pub struct Engine {
     pub(crate) sales: super::lead_deadlines::SalesDesk,
     /// What the reconciler pushed lately, and where its walk of the backlog stands.
     pub(crate) repairs: Mutex<super::reconcile::Repairs>,
+    /// The journeys paused now (see `controls.rs`).
+    pub(crate) paused: super::controls::Paused,
+    /// What `/metrics` shows (see `crate::metrics`).
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// Counts preloaded for one move: `count_events` windows, and when the recent messages to the
@@ -136,6 +140,8 @@ impl Engine {
             ingest_groups: std::sync::OnceLock::new(),
             sales: super::lead_deadlines::SalesDesk::default(),
             repairs: Mutex::default(),
+            paused: super::controls::Paused::default(),
+            metrics: crate::metrics::Metrics::default(),
         })
     }
 
@@ -387,6 +393,9 @@ impl Engine {
         let Some(key) = enrollment_key(journey, contact, trigger, now) else {
             return Ok(None);
         };
+        if self.holds(&journey.id) {
+            return Ok(None);
+        }
         let earlier = enrollments::of_contact(tx, contact_id, &journey.id).await?;
         if let Err(reason) = may_enter(journey, &earlier, key.as_deref(), now) {
             tracing::debug!(journey = %journey.id, contact = contact_id, reason, "Not enrolled.");
@@ -581,6 +590,11 @@ impl Engine {
             return Ok(None);
         };
         let now = self.clock.now();
+        // A paused journey's tick is not claimed: a broadcast fires late once it is resumed.
+        if self.holds(&journey.id) {
+            info!(journey = %journey.id, %tick, "Schedule not fired: the journey is paused.");
+            return Ok(None);
+        }
         if !self.store.claim_tick(&journey.id, tick, process, now).await? {
             return Ok(None);
         }

@@ -412,15 +412,15 @@ pub fn simulate(
                 }),
             )
         }
-        Trigger::Schedule { cron, audience } => {
+        Trigger::Schedule { when, audience } => {
             let zone = journey.settings.timezone;
-            let Some(tick) = cron.next_after(start - Duration::seconds(1), zone) else {
+            let Some(tick) = when.next_after(start - Duration::seconds(1), zone) else {
                 run.push(
                     start,
                     None,
                     "note",
                     "never",
-                    format!("schedule \"{}\" never fires", cron.text),
+                    format!("{} never fires", when.describe()),
                     None,
                 );
                 return report(run, "not_enrolled");
@@ -436,8 +436,8 @@ pub fn simulate(
                     "enrolled",
                     "not_in_audience",
                     format!(
-                        "schedule \"{}\" fired; audience `{}` is false ({explained})",
-                        cron.text,
+                        "{} fired; audience `{}` is false ({explained})",
+                        when.describe(),
                         audience.source()
                     ),
                     None,
@@ -450,8 +450,8 @@ pub fn simulate(
                 "enrolled",
                 "in_audience",
                 format!(
-                    "schedule \"{}\" fired; audience `{}` is true ({explained})",
-                    cron.text,
+                    "{} fired; audience `{}` is true ({explained})",
+                    when.describe(),
                     audience.source()
                 ),
                 None,

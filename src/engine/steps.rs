@@ -244,6 +244,8 @@ impl Engine {
                 pending: Vec::new(),
             });
         }
+        // A paused journey's enrollments hold here, before their next step (see `controls.rs`).
+        self.hold_paused(&mut lives, |live| &live.journey.id);
         if lives.is_empty() {
             return Ok(());
         }
@@ -420,6 +422,13 @@ impl Engine {
                 results[index].push((pending.key.clone(), outcome));
             }
         }
+        self.metrics
+            .effects_performed(lives.iter().zip(&results).flat_map(|(live, outcome)| {
+                outcome.iter().filter_map(move |(key, result)| {
+                    let pending = live.pending.iter().find(|p| &p.key == key)?;
+                    Some((&pending.effect, result.is_ok()))
+                })
+            }));
         let mut done = Vec::new();
         let mut moving = ready;
         for (live, outcome) in lives.into_iter().zip(results) {
@@ -573,6 +582,22 @@ impl Engine {
         debug!(moves = planned.len(), ?planning, committed = ?now_clock.elapsed(), "Step batch round.");
         let won = saved.won;
         self.enqueue(saved.qualified).await?;
+        self.metrics.steps_ran(
+            planned
+                .iter()
+                .zip(&won)
+                .filter(|(_, won)| **won)
+                .flat_map(|((live, moved), _)| {
+                    moved.records.iter().map(move |r| {
+                        (
+                            live.journey.id.as_str(),
+                            r.step.as_str(),
+                            r.kind.as_str(),
+                            r.outcome.as_str(),
+                        )
+                    })
+                }),
+        );
 
         let mut carry_on = Vec::new();
         let mut any_effects = false;

@@ -159,6 +159,32 @@ fn templates_broken(sources: &Sources, name: &str, suffix: &str) -> bool {
         .any(|f| f.path.replace('\\', "/").rsplit('/').next() == Some(wanted.as_str()))
 }
 
+/// How late a broadcast (`at:`) may still fire when no process ran at its time.
+pub const BROADCAST_LATE_LIMIT: chrono::Duration = chrono::Duration::hours(24);
+
+/// Warnings for broadcasts whose time has passed by `now` (J076). Apart from the compiler
+/// because they depend on the clock: `nurture validate` asks with the time it runs at.
+pub fn broadcast_warnings(catalog: &Catalog, now: chrono::DateTime<chrono::Utc>) -> Vec<Diagnostic> {
+    let mut warnings = Vec::new();
+    for journey in &catalog.journeys {
+        if let super::model::Trigger::Schedule { when, .. } = &journey.trigger
+            && let super::model::When::At { time, text, pos } = when
+            && *time <= now
+        {
+            let message = if now - *time < BROADCAST_LATE_LIMIT {
+                format!("`at: {text}` has passed: the broadcast fires when nurture starts, unless it already did")
+            } else {
+                format!("`at: {text}` is more than a day ago: the broadcast will not fire")
+            };
+            warnings.push(
+                Diagnostic::warning(&journey.file, *pos, "J076", message)
+                    .with_hint("set `at` to a time to come, or remove the journey once it has fired"),
+            );
+        }
+    }
+    warnings
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,7 @@ pub mod values;
 pub mod webhook;
 pub mod yaml;
 
-pub use compile::{Catalog, Sources, compile, compile_with};
+pub use compile::{Catalog, Sources, broadcast_warnings, compile, compile_with};
 pub use diagnostic::Diagnostic;
 pub use model::*;
 pub use templates::SourceFile;

@@ -7,6 +7,7 @@
 use super::values::{CronSchedule, Days, Delay, FrequencyCap, QuietHours, Stage, TimeOfDay};
 use super::yaml::Pos;
 use crate::expr::Expr;
+use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use serde_json::Value as Json;
 use std::collections::BTreeMap;
@@ -37,7 +38,43 @@ pub struct Journey {
 pub enum Trigger {
     Event(EventMatch),
     Stage(Stage),
-    Schedule { cron: Box<CronSchedule>, audience: Expr },
+    /// A cron schedule, or one time (a broadcast), and who is enrolled when it fires.
+    Schedule {
+        when: When,
+        audience: Expr,
+    },
+}
+
+/// When a schedule trigger fires.
+#[derive(Clone, Debug, PartialEq)]
+pub enum When {
+    /// On every tick of a cron schedule, in the journey's time zone.
+    Cron(Box<CronSchedule>),
+    /// Once, at this time: a one-off broadcast. `pos` is where the time was written, for the
+    /// warning when it has passed (the compiler reads no clock, so `broadcast_warnings` does).
+    At {
+        time: DateTime<Utc>,
+        text: String,
+        pos: Pos,
+    },
+}
+
+impl When {
+    /// The first time it fires after `after`.
+    pub fn next_after(&self, after: DateTime<Utc>, zone: Tz) -> Option<DateTime<Utc>> {
+        match self {
+            When::Cron(cron) => cron.next_after(after, zone),
+            When::At { time, .. } => (*time > after).then_some(*time),
+        }
+    }
+
+    /// As written, for messages: `schedule "0 9 * * MON"`, `at "2026-12-24T09:00:00+08:00"`.
+    pub fn describe(&self) -> String {
+        match self {
+            When::Cron(cron) => format!("schedule \"{}\"", cron.text),
+            When::At { text, .. } => format!("at \"{text}\""),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -318,7 +355,7 @@ impl fmt::Display for Trigger {
         match self {
             Trigger::Event(m) => write!(f, "event \"{}\"", m.event),
             Trigger::Stage(stage) => write!(f, "stage {stage}"),
-            Trigger::Schedule { cron, .. } => write!(f, "schedule \"{}\"", cron.text),
+            Trigger::Schedule { when, .. } => f.write_str(&when.describe()),
         }
     }
 }

@@ -172,22 +172,22 @@ impl JourneyParser<'_, '_> {
         let fields = self.reader.fields(
             node,
             "the trigger",
-            &["event", "where", "stage", "schedule", "audience"],
+            &["event", "where", "stage", "schedule", "at", "audience"],
         )?;
-        let kinds: Vec<&str> = ["event", "stage", "schedule"]
+        let kinds: Vec<&str> = ["event", "stage", "schedule", "at"]
             .into_iter()
             .filter(|k| fields.has(k))
             .collect();
         if kinds.len() != 1 {
             let message = if kinds.is_empty() {
-                "the trigger needs one of `event`, `stage` or `schedule`".to_string()
+                "the trigger needs one of `event`, `stage`, `schedule` or `at`".to_string()
             } else {
                 format!(
                     "the trigger has {}; a journey starts in exactly one way",
                     kinds.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(" and ")
                 )
             };
-            self.reader.sink.error_hint(node.pos, "J004", message, "e.g. `trigger: {event: Signed Up}`, `trigger: {stage: sql}` or `trigger: {schedule: \"0 9 * * MON\", audience: \"inactive_days >= 90\"}`");
+            self.reader.sink.error_hint(node.pos, "J004", message, "e.g. `trigger: {event: Signed Up}`, `trigger: {stage: sql}`, `trigger: {schedule: \"0 9 * * MON\", audience: \"inactive_days >= 90\"}` or `trigger: {at: \"2026-12-24T09:00:00+08:00\", audience: \"stage == 'mql'\"}`");
             return None;
         }
         match kinds[0] {
@@ -228,9 +228,13 @@ impl JourneyParser<'_, '_> {
                         "rename `where` to `audience`",
                     );
                 }
-                let cron: Option<CronSchedule> =
+                let when = if kinds[0] == "at" {
+                    self.broadcast_time(fields.get("at")?)
+                } else {
                     self.reader
-                        .parsed(fields.get("schedule")?, "schedule", "J021", CRON_HINT);
+                        .parsed::<CronSchedule>(fields.get("schedule")?, "schedule", "J021", CRON_HINT)
+                        .map(|cron| When::Cron(Box::new(cron)))
+                };
                 let audience = match fields.get("audience") {
                     Some(node) => self.reader.expr(node, "audience", Place::Audience, Want::Bool),
                     None => {
@@ -240,9 +244,34 @@ impl JourneyParser<'_, '_> {
                     }
                 };
                 Some(Trigger::Schedule {
-                    cron: Box::new(cron?),
+                    when: when?,
                     audience: audience?,
                 })
+            }
+        }
+    }
+
+    /// The time of a one-off broadcast (`at:`): RFC 3339 with its offset, so it means the
+    /// same moment wherever the process runs.
+    fn broadcast_time(&mut self, node: &Node) -> Option<When> {
+        let text = self.reader.string(node, "at")?;
+        let hint = "write a time with its offset, e.g. `2026-12-24T09:00:00+08:00` or `2026-12-24T01:00:00Z`";
+        match chrono::DateTime::parse_from_rfc3339(text.trim()) {
+            Ok(time) => Some(When::At {
+                time: time.with_timezone(&chrono::Utc),
+                text: text.trim().to_string(),
+                pos: node.pos,
+            }),
+            Err(_) => {
+                let message = if chrono::NaiveDateTime::parse_from_str(text.trim(), "%Y-%m-%dT%H:%M:%S").is_ok()
+                    || chrono::NaiveDateTime::parse_from_str(text.trim(), "%Y-%m-%d %H:%M:%S").is_ok()
+                {
+                    format!("`at: {text}` has no offset: which time zone's {text} is meant?")
+                } else {
+                    format!("`at: {text}` is not an RFC 3339 time")
+                };
+                self.reader.sink.error_hint(node.pos, "J075", message, hint);
+                None
             }
         }
     }
@@ -250,7 +279,7 @@ impl JourneyParser<'_, '_> {
     /// `{event: NAME, where: CONDITION}` as used by triggers, goals and `wait_for`.
     fn event_match(&mut self, node: &Node, what: &str, has_trigger: bool) -> Option<EventMatch> {
         let allowed: &[&str] = match what {
-            "trigger" => &["event", "where", "stage", "schedule", "audience"],
+            "trigger" => &["event", "where", "stage", "schedule", "at", "audience"],
             "wait_for" => &["event", "where", "timeout"],
             _ => &["event", "where"],
         };

@@ -277,6 +277,32 @@ impl Queue {
         Ok(())
     }
 
+    /// Step jobs waiting to run (queued now or scheduled), for `/metrics`: one cheap read.
+    pub async fn depth(&self) -> Result<u64, Error> {
+        match &self.backend {
+            Backend::Redis(storage) => {
+                let config = storage.get_config();
+                let mut connection = storage.clone().get_connection().clone();
+                let (queued, scheduled): (u64, u64) = redis::pipe()
+                    .cmd("LLEN")
+                    .arg(config.active_jobs_list())
+                    .cmd("ZCARD")
+                    .arg(config.scheduled_jobs_set())
+                    .query_async(&mut connection)
+                    .await?;
+                Ok(queued + scheduled)
+            }
+            Backend::Sqlite(_) => {
+                let Some(pool) = &self.sqlite else { return Ok(0) };
+                let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM Jobs WHERE status = 'Pending'")
+                    .fetch_one(pool)
+                    .await
+                    .map_err(|e| Error::Queue(e.to_string()))?;
+                Ok(count as u64)
+            }
+        }
+    }
+
     /// Deletes what the queue keeps of jobs that ran (apalis keeps them when results are not
     /// persisted): their data and metadata, and the worker's in-flight entry.
     pub async fn finished(&self, worker: &str, task_ids: &[String]) -> Result<(), Error> {

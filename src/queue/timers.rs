@@ -135,6 +135,26 @@ impl Timers {
         (count, percentiles.iter().map(|p| at(*p)).collect())
     }
 
+    /// Lateness as a histogram: for each bound (ms), how many were at most that late
+    /// (cumulative), then the count and the sum of all in ms (for `/metrics`).
+    pub fn lateness_buckets(&self, bounds_ms: &[u64]) -> (Vec<u64>, u64, u64) {
+        let buckets = self.lateness.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cumulative = vec![0; bounds_ms.len()];
+        let (mut count, mut sum) = (0u64, 0u64);
+        for (ms, n) in buckets.iter().enumerate() {
+            count += n;
+            sum += ms as u64 * n;
+            // The last bucket holds everything from 10 s on: only `+Inf` may count it.
+            let open_ended = ms == buckets.len() - 1;
+            for (bound, total) in bounds_ms.iter().zip(cumulative.iter_mut()) {
+                if !open_ended && ms as u64 <= *bound {
+                    *total += n;
+                }
+            }
+        }
+        (cumulative, count, sum)
+    }
+
     pub fn reset_lateness(&self) {
         self.lateness
             .lock()

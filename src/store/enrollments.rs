@@ -654,7 +654,8 @@ pub async fn set_version(tx: &mut Tx<'_>, id: i64, version: &str) -> Result<()> 
 
 /// Unfinished enrollments whose step was due before `before`: the reconciler's work list.
 pub async fn overdue(connection: &mut AnyConnection, before: DateTime<Utc>, limit: i64) -> Result<Vec<(i64, u64)>> {
-    let rows = sqlx::query("SELECT id, seq FROM enrollments WHERE status IN ('active', 'waiting') AND due_at <= $1 ORDER BY due_at LIMIT $2")
+    // A paused journey's enrollments hold where they are (engine/controls.rs).
+    let rows = sqlx::query("SELECT id, seq FROM enrollments WHERE status IN ('active', 'waiting') AND due_at <= $1 AND journey_id NOT IN (SELECT journey_id FROM journey_pauses) ORDER BY due_at LIMIT $2")
         .bind(ms(before))
         .bind(limit)
         .fetch_all(connection)
@@ -670,7 +671,8 @@ pub async fn with_stale_effects(
 ) -> Result<Vec<(i64, u64)>> {
     let rows = sqlx::query(
         "SELECT DISTINCT e.id, e.seq FROM effects f JOIN enrollments e ON e.id = f.enrollment_id
-         WHERE (f.status = 'pending' OR (f.status = 'sending' AND f.claimed_until < $1)) AND f.created_at <= $1 AND e.status NOT IN ('failed', 'exited') AND (e.due_at IS NULL OR e.due_at <= $1) LIMIT $2",
+         WHERE (f.status = 'pending' OR (f.status = 'sending' AND f.claimed_until < $1)) AND f.created_at <= $1 AND e.status NOT IN ('failed', 'exited') AND (e.due_at IS NULL OR e.due_at <= $1)
+         AND f.journey_id NOT IN (SELECT journey_id FROM journey_pauses) LIMIT $2",
     )
     .bind(ms(before))
     .bind(limit)

@@ -3,6 +3,7 @@
 
 pub mod backlog;
 pub mod contacts;
+pub mod controls;
 pub mod effects;
 pub mod email;
 pub mod enrollments;

@@ -16,6 +16,7 @@ mod hygiene;
 mod import;
 mod ingest_holes;
 mod language;
+mod ops;
 mod reports;
 mod restarts;
 mod retries;

@@ -151,6 +151,11 @@ fn table() -> Vec<(&'static str, &'static str, &'static str, Rule)> {
         ("GET", "/v1/reports/roi", "", ADMIN_ONLY),
         ("GET", "/v1/reports/journeys/handoff/funnel", "", ADMIN_ONLY),
         ("GET", "/v1/reports/kpis", "", ADMIN_ONLY),
+        ("POST", "/v1/journeys/handoff/pause", "", ADMIN_ONLY),
+        ("POST", "/v1/journeys/handoff/resume", "", ADMIN_ONLY),
+        ("GET", "/v1/journeys/handoff/counts", "", ADMIN_ONLY),
+        // Also a metrics token (`NURTURE_METRICS_TOKENS`), tested in `ops.rs`.
+        ("GET", "/metrics", "", ADMIN_ONLY),
         ("GET", "/dashboard", "", Rule::Page),
         ("GET", "/dashboard/login", "", Rule::Public("the sign-in form itself")),
         ("POST", "/dashboard/login", "", Rule::SignIn),
