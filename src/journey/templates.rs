@@ -844,7 +844,9 @@ fn check_references(
 /// Partials that include themselves, directly or through others: rendering one would recurse
 /// until the stack overflows. Each cycle is reported once, where it closes.
 fn partial_cycles(parsed: &[(&SourceFile, Template, u32, &'static str)]) -> Vec<(String, Diagnostic)> {
-    let mut includes: BTreeMap<String, (&str, Vec<(String, Pos)>)> = BTreeMap::new();
+    // Each partial's file and the partials it includes, with where.
+    type Includes<'f> = (&'f str, Vec<(String, Pos)>);
+    let mut includes: BTreeMap<String, Includes<'_>> = BTreeMap::new();
     for (file, template, _, what) in parsed {
         let Some((Kind::Partial, name, _)) = classify(&file.path).filter(|_| *what == "partial") else {
             continue;
