@@ -98,8 +98,8 @@ pub async fn build(mut config: Config, clock: Arc<dyn Clock>) -> Result<Arc<Engi
     engine.record_prices().await?;
     // Waits this process parks come due here, whatever else it runs; so do the accept
     // deadlines of the leads it places, and the notices of their reps.
-    tokio::spawn(engine.queue.timers.clone().run(engine.queue.clone()));
-    tokio::spawn(engine.clone().run_sales());
+    crate::supervise::spawn_critical("the timers", engine.queue.timers.clone().run(engine.queue.clone()));
+    crate::supervise::spawn_critical("the sales desk", engine.clone().run_sales());
     Ok(engine)
 }
 
@@ -166,8 +166,12 @@ pub async fn run_worker(
     let shutdown = shutdown.boxed().shared();
     // Jobs in flight wait for their batch (engine::steps), so many in flight make big batches.
     let concurrency = engine.config.concurrency.max(1);
-    let loader = tokio::spawn(load_timers(engine.clone(), name.clone()));
+    let loader = crate::supervise::spawn_critical("the timer loader", load_timers(engine.clone(), name.clone()));
     let _stop_loader = AbortOnDrop(loader);
+    // Jobs this process pushes (fresh enrollments, fired waits) run here without a trip
+    // through the queue, while the worker runs.
+    engine.queue.run_here(Some(engine.runs_here()));
+    let _stop_here = StopRunningHere(engine.clone());
     loop {
         let wake = queue::wake_stream(engine.queue.hub.clone());
         let stop = shutdown.clone();
@@ -209,7 +213,15 @@ pub async fn run_worker(
     }
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+struct StopRunningHere(Arc<Engine>);
+
+impl Drop for StopRunningHere {
+    fn drop(&mut self) {
+        self.0.queue.run_here(None);
+    }
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

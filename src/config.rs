@@ -34,9 +34,9 @@ pub struct Config {
     /// Country calling code for phone numbers written without one (86: China).
     pub phone_country_code: String,
     /// Write keys accepted by the events API (`NURTURE_WRITE_KEYS`, comma-separated).
-    pub write_keys: Vec<String>,
+    pub write_keys: Vec<Secret>,
     /// Admin tokens for everything else (`NURTURE_ADMIN_TOKENS`, comma-separated).
-    pub admin_tokens: Vec<String>,
+    pub admin_tokens: Vec<Secret>,
     /// Public base URL, for links in messages and analytics.js settings; default `http://LISTEN`.
     pub public_url: Option<String>,
     /// Signs unsubscribe, click and open links (`NURTURE_SECRET`). Unset: one is generated
@@ -44,7 +44,7 @@ pub struct Config {
     pub secret: Option<Secret>,
     /// Tokens email providers present to report bounces and complaints
     /// (`NURTURE_BOUNCE_TOKENS`, comma-separated); admin tokens work too.
-    pub bounce_tokens: Vec<String>,
+    pub bounce_tokens: Vec<Secret>,
     /// `[rep_tokens]`: each sales rep's token for `/v1/sales/leads` (rep id = token), or
     /// `NURTURE_REP_TOKENS=rep_id:token,...`. A rep sees and acts on their own leads only.
     #[serde(deserialize_with = "rep_tokens")]
@@ -73,6 +73,54 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     /// `[reports]`: the workspace currency, prices, revenue events and attribution settings.
     pub reports: ReportsConfig,
+    /// `[http]`: timeouts and limits of the HTTP API.
+    pub http: HttpConfig,
+}
+
+/// What the HTTP API allows one client before it answers 408, 429 or 503 (see README, "Limits").
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// A connection that has not sent a whole request head by then is closed (slowloris).
+    /// Also how long an idle keep-alive connection stays open.
+    #[serde(with = "humantime_secs")]
+    pub header_timeout: Duration,
+    /// A request not answered by then (body read included) gets a 503 with `Retry-After`.
+    #[serde(with = "humantime_secs")]
+    pub request_timeout: Duration,
+    /// Requests handled at once; more get a 503 with `Retry-After` at once, instead of queueing
+    /// until every one of them is late. `/healthz` and `/readyz` are not counted.
+    pub max_concurrent_requests: usize,
+    /// Requests per second one write key may send to the events API, sustained; `0` is no
+    /// limit. Unset: no limit in the embedded mode (a laptop, benchmarks), 2,000 in production.
+    pub rate_limit: Option<u32>,
+    /// Requests one write key may send at once above `rate_limit` (the token bucket's size).
+    /// Unset: five seconds' worth of `rate_limit`.
+    pub rate_burst: Option<u32>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            header_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_concurrent_requests: 1024,
+            rate_limit: None,
+            rate_burst: None,
+        }
+    }
+}
+
+/// Production's default per-write-key limit: 2,000 requests/s (a batch is one request) is
+/// above what one write key of a large site sends, and below what lets one leaked key starve
+/// the others.
+const PRODUCTION_RATE_LIMIT: u32 = 2_000;
+
+/// A sustained rate and a burst, in requests per second per write key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    pub per_second: u32,
+    pub burst: u32,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -179,7 +227,7 @@ pub struct SmsConfig {
     pub price_per_segment: Option<f64>,
     pub currency: String,
     /// Required as `?secret=` by `POST /v1/sms/inbound` (replies such as 退订 from a gateway).
-    pub inbound_secret: Option<String>,
+    pub inbound_secret: Option<Secret>,
     #[serde(with = "humantime_secs")]
     pub timeout: Duration,
 }
@@ -257,6 +305,10 @@ fn rep_tokens<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<(
     Ok(written.into_iter().map(|(rep, token)| (rep, Secret(token))).collect())
 }
 
+fn secrets(plain: Vec<String>) -> Vec<Secret> {
+    plain.into_iter().map(Secret).collect()
+}
+
 /// `rep_id:token,rep_id:token`.
 fn parse_rep_tokens(text: &str) -> Result<Vec<(String, Secret)>, String> {
     text.split(',')
@@ -314,6 +366,7 @@ impl Default for Config {
             sms: SmsConfig::default(),
             webhooks: WebhooksConfig::default(),
             reports: ReportsConfig::default(),
+            http: HttpConfig::default(),
         }
     }
 }
@@ -322,6 +375,12 @@ impl Default for Config {
 #[derive(Clone, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
 pub struct Secret(pub String);
+
+impl From<&str> for Secret {
+    fn from(secret: &str) -> Secret {
+        Secret(secret.to_string())
+    }
+}
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -495,13 +554,13 @@ impl Config {
                 .collect::<Vec<_>>()
         };
         if let Some(keys) = set(get("NURTURE_WRITE_KEYS")) {
-            self.write_keys = list(keys);
+            self.write_keys = secrets(list(keys));
         }
         if let Some(tokens) = set(get("NURTURE_ADMIN_TOKENS")) {
-            self.admin_tokens = list(tokens);
+            self.admin_tokens = secrets(list(tokens));
         }
         if let Some(tokens) = set(get("NURTURE_BOUNCE_TOKENS")) {
-            self.bounce_tokens = list(tokens);
+            self.bounce_tokens = secrets(list(tokens));
         }
         if let Some(text) = set(get("NURTURE_REP_TOKENS")) {
             self.rep_tokens = parse_rep_tokens(&text).map_err(|message| Error::Env {
@@ -546,6 +605,32 @@ impl Config {
                     message,
                 })?;
         }
+        for (name, field) in [
+            ("NURTURE_HEADER_TIMEOUT", &mut self.http.header_timeout),
+            ("NURTURE_REQUEST_TIMEOUT", &mut self.http.request_timeout),
+        ] {
+            if let Some(text) = set(get(name)) {
+                *field = humantime_secs::parse(&text).map_err(|message| Error::Env {
+                    name: name.into(),
+                    message,
+                })?;
+            }
+        }
+        let number = |name: &str, text: &str| {
+            text.trim().parse::<u32>().map_err(|_| Error::Env {
+                name: name.into(),
+                message: format!("`{text}` is not a number"),
+            })
+        };
+        if let Some(text) = set(get("NURTURE_MAX_CONCURRENT_REQUESTS")) {
+            self.http.max_concurrent_requests = number("NURTURE_MAX_CONCURRENT_REQUESTS", &text)? as usize;
+        }
+        if let Some(text) = set(get("NURTURE_RATE_LIMIT")) {
+            self.http.rate_limit = Some(number("NURTURE_RATE_LIMIT", &text)?);
+        }
+        if let Some(text) = set(get("NURTURE_RATE_BURST")) {
+            self.http.rate_burst = Some(number("NURTURE_RATE_BURST", &text)?);
+        }
         if let Some(text) = set(get("NURTURE_MAX_ATTEMPTS")) {
             self.max_attempts = text.parse().map_err(|_| Error::Env {
                 name: "NURTURE_MAX_ATTEMPTS".into(),
@@ -565,6 +650,51 @@ impl Config {
 
     pub fn is_embedded(&self) -> bool {
         self.database_url.is_none()
+    }
+
+    /// The per-write-key limit of the events API, `None` for none (see `HttpConfig::rate_limit`).
+    pub fn rate_limit(&self) -> Option<RateLimit> {
+        let default = if self.is_embedded() { 0 } else { PRODUCTION_RATE_LIMIT };
+        let per_second = self.http.rate_limit.unwrap_or(default);
+        (per_second > 0).then(|| RateLimit {
+            per_second,
+            burst: self.http.rate_burst.unwrap_or(per_second.saturating_mul(5)).max(1),
+        })
+    }
+
+    /// Whether `listen` only takes connections from this machine: `127.0.0.0/8`, `::1` or
+    /// `localhost`. Anything else (`0.0.0.0`, a LAN address, a name) is reachable by others.
+    pub fn listens_on_loopback(&self) -> bool {
+        if let Ok(address) = self.listen.parse::<std::net::SocketAddr>() {
+            return address.ip().is_loopback();
+        }
+        self.listen
+            .rsplit_once(':')
+            .is_some_and(|(host, _)| host.eq_ignore_ascii_case("localhost"))
+    }
+
+    /// Whether the built-in `dev` write key and admin token are accepted: in the embedded mode,
+    /// with no keys configured, listening on loopback only.
+    pub fn accepts_dev_credentials(&self) -> bool {
+        self.is_embedded() && self.write_keys.is_empty() && self.admin_tokens.is_empty() && self.listens_on_loopback()
+    }
+
+    /// Refuses an API that others could reach with the `dev` credentials, or with none at all.
+    pub fn check_api_credentials(&self) -> Result<(), Error> {
+        if self.write_keys.is_empty()
+            && self.admin_tokens.is_empty()
+            && self.is_embedded()
+            && !self.listens_on_loopback()
+        {
+            return Err(Error::Env {
+                name: "NURTURE_LISTEN".into(),
+                message: format!(
+                    "`{}` is reachable from other machines, and no keys are configured: the built-in `dev` key is only accepted on 127.0.0.1. Set NURTURE_WRITE_KEYS and NURTURE_ADMIN_TOKENS (or write_keys and admin_tokens in nurture.toml), or listen on 127.0.0.1",
+                    self.listen
+                ),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -647,6 +777,84 @@ timeout = "3s"
             .unwrap_err()
             .to_string();
         assert!(error.contains("`oops` is not `rep_id:token`"), "{error}");
+    }
+
+    #[test]
+    fn dev_credentials_are_only_for_a_loopback_listener() {
+        let with = |listen: &str| Config {
+            listen: listen.into(),
+            ..Config::default()
+        };
+        for listen in ["127.0.0.1:8080", "127.1.2.3:1", "[::1]:8080", "localhost:8080"] {
+            assert!(with(listen).accepts_dev_credentials(), "{listen}");
+            assert!(with(listen).check_api_credentials().is_ok(), "{listen}");
+        }
+        for listen in ["0.0.0.0:8080", "[::]:8080", "10.1.2.3:8080", "nurture.example:8080"] {
+            assert!(!with(listen).accepts_dev_credentials(), "{listen}");
+            let error = with(listen).check_api_credentials().unwrap_err().to_string();
+            assert!(
+                error.contains("NURTURE_WRITE_KEYS") && error.contains(listen),
+                "{error}"
+            );
+        }
+        let configured = Config {
+            write_keys: vec!["wk".into()],
+            admin_tokens: vec!["at".into()],
+            ..with("0.0.0.0:8080")
+        };
+        assert!(configured.check_api_credentials().is_ok() && !configured.accepts_dev_credentials());
+    }
+
+    #[test]
+    fn the_rate_limit_is_off_in_the_embedded_mode_unless_set() {
+        let mut config = Config::default();
+        assert_eq!(config.rate_limit(), None);
+        config.database_url = Some("postgres://x".into());
+        assert_eq!(config.rate_limit().map(|limit| limit.per_second), Some(2_000));
+        config
+            .apply_env(|name| match name {
+                "NURTURE_RATE_LIMIT" => Some("5".into()),
+                "NURTURE_RATE_BURST" => Some("7".into()),
+                "NURTURE_HEADER_TIMEOUT" => Some("2s".into()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(
+            config.rate_limit(),
+            Some(RateLimit {
+                per_second: 5,
+                burst: 7
+            })
+        );
+        assert_eq!(config.http.header_timeout, Duration::from_secs(2));
+        let file: Config = toml::from_str("[http]\nrate_limit = 0\nrequest_timeout = \"5s\"\n").unwrap();
+        assert_eq!(
+            (file.rate_limit(), file.http.request_timeout),
+            (None, Duration::from_secs(5))
+        );
+    }
+
+    #[test]
+    fn keys_tokens_and_the_inbound_secret_never_show() {
+        let mut config: Config = toml::from_str(
+            "write_keys = [\"wk-file\"]\nadmin_tokens = [\"admin-file\"]\n[sms]\ninbound_secret = \"in-file\"\n",
+        )
+        .unwrap();
+        config
+            .apply_env(|name| match name {
+                "NURTURE_BOUNCE_TOKENS" => Some("bt-env, bt-env-2".to_string()),
+                "NURTURE_ADMIN_TOKENS" => Some("admin-env".to_string()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(
+            config.bounce_tokens,
+            vec![Secret::from("bt-env"), Secret::from("bt-env-2")]
+        );
+        let shown = format!("{config:?}");
+        for secret in ["wk-file", "admin-file", "admin-env", "bt-env", "in-file"] {
+            assert!(!shown.contains(secret), "{secret} shows: {shown}");
+        }
     }
 
     #[test]

@@ -21,9 +21,11 @@ pub mod limits;
 mod nodelay;
 pub mod project;
 pub mod queue;
+pub mod redact;
 pub mod reports;
 pub mod scoring;
 pub mod store;
+pub mod supervise;
 
 /// mimalloc instead of the system allocator, for every binary built on this library (the
 /// `nurture` command, tests, benches): glibc's malloc and free took about a third of the

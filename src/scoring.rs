@@ -42,6 +42,32 @@ pub fn score(
     }
 }
 
+/// Many entries of one rule as one that is worth the same now and ever after: the same points
+/// (so caps still count them), at the time from which they decay to what the entries are
+/// worth together. Under a half-life that time exists only if the entries' worth has the sign
+/// of their points and is no larger; otherwise `None` (keep them as they are). Without decay,
+/// or under a weekly inactivity decay (which reads only the sum), it is the newest entry's time.
+pub fn fold(entries: &[(i64, DateTime<Utc>)], decay: Option<Decay>) -> Option<(i64, DateTime<Utc>)> {
+    let newest = entries.iter().map(|(_, at)| *at).max()?;
+    let points: i64 = entries.iter().map(|(points, _)| *points).sum();
+    match decay {
+        Some(Decay::HalfLife(half_life)) if half_life.seconds > 0 => {
+            let worth: f64 = entries
+                .iter()
+                .map(|(points, at)| decayed(*points, *at, decay, newest))
+                .sum();
+            let ratio = points as f64 / worth;
+            // Equal signs and |worth| <= |points|: the ratio is at least 1.
+            if points == 0 || !ratio.is_finite() || ratio < 1.0 {
+                return None;
+            }
+            let age = (half_life.seconds as f64 * ratio.log2()).round() as i64;
+            Some((points, newest - chrono::Duration::seconds(age)))
+        }
+        _ => Some((points, newest)),
+    }
+}
+
 /// The stage a score moves the contact to, if any: forward only, never back.
 pub fn qualifies(scoring: &Scoring, score: i64, stage: Stage) -> Option<Stage> {
     if score >= scoring.sql && stage < Stage::Sql {
@@ -66,6 +92,30 @@ mod tests {
     use super::*;
     use crate::journey::values::Delay;
     use chrono::Duration;
+
+    #[test]
+    fn folded_entries_are_worth_what_the_entries_were_now_and_later() {
+        let now = DateTime::parse_from_rfc3339("2026-02-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let decay = Some(Decay::HalfLife(Delay::from_secs(30 * 86_400)));
+        let entries: Vec<(i64, DateTime<Utc>)> = (0..50).map(|day| (5, now - Duration::days(90 - day))).collect();
+        let folded = fold(&entries, decay).unwrap();
+        assert_eq!(folded.0, 250, "the points stay, for caps");
+        for later in [0, 10, 100] {
+            let at = now + Duration::days(later);
+            let before = score(&entries, decay, None, at);
+            let after = score(&[folded], decay, None, at);
+            assert!((before - after).abs() <= 1, "{later} days on: {before} vs {after}");
+        }
+        assert_eq!(
+            fold(&[(5, now), (-5, now - Duration::days(40))], decay),
+            None,
+            "worth without points"
+        );
+        let weekly = Some(Decay::PointsPerInactiveWeek(5));
+        assert_eq!(fold(&entries, weekly), Some((250, now - Duration::days(41))));
+    }
 
     #[test]
     fn half_life_halves_the_points() {

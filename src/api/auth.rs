@@ -1,20 +1,46 @@
-//! Write keys (ingest only), bounce tokens (email providers' bounce and complaint reports
-//! only), rep tokens (a sales rep's own leads only) and admin tokens (everything), kept as
-//! SHA-256 digests and compared in constant time.
-//! Write keys arrive as Segment sends them: the HTTP Basic user name, or `writeKey` in the body.
-//! Admin tokens arrive as `Authorization: Bearer TOKEN`. A write key is public (it sits in every
-//! web page with analytics.js), so it cannot report bounces: that would let anyone suppress
-//! anyone's address.
+//! Who may call what. Five kinds of credential, each with its own scope:
+//! - write keys: ingest only (the Segment routes). They are public: they sit in every web page
+//!   with analytics.js, so they can neither read data nor report bounces (that would let anyone
+//!   suppress anyone's address);
+//! - bounce tokens: email providers' bounce and complaint reports only;
+//! - rep tokens: a sales rep's own leads only (see `api::sales`);
+//! - admin tokens: everything, ingest included.
+//!
+//! A credential the server does not know is a `401`; a known one used outside its scope is a
+//! `403`. Every credential is kept as a SHA-256 digest (the config may give the digest itself,
+//! `sha256:HEX`, so the plain secret is on no disk of ours) and every presented one is compared
+//! with all of them in constant time, so timing says neither which matched nor how much.
+//! Write keys arrive as Segment sends them: the HTTP Basic user name, or `writeKey` in the
+//! body; the others as `Authorization: Bearer TOKEN` (or the Basic user name).
 
 use super::error::ApiError;
+use crate::config::Secret;
 use axum::http::{HeaderMap, StatusCode};
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Scope {
-    Ingest,
+/// Whose credential a presented token is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Holder {
     Admin,
+    /// A write key: ingest only.
+    Writer,
+    /// An email provider reporting bounces and complaints.
+    BounceReporter,
+    /// A sales rep, by id.
+    Rep(String),
+}
+
+impl Holder {
+    /// What this credential may do, for the `403` message.
+    fn scope(&self) -> &'static str {
+        match self {
+            Holder::Admin => "everything",
+            Holder::Writer => "a write key can only send events",
+            Holder::BounceReporter => "a bounce token can only report bounces and complaints",
+            Holder::Rep(_) => "a rep token can only see and act on its rep's own leads",
+        }
+    }
 }
 
 pub struct Keys {
@@ -29,28 +55,92 @@ fn digest(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
 }
 
+/// The digest of a configured credential: `sha256:` and 64 hex digits is the digest itself
+/// (`printf %s TOKEN | sha256sum`); anything else is the plain secret.
+fn configured(entry: &str) -> [u8; 32] {
+    let Some(hex) = entry.strip_prefix("sha256:").filter(|hex| hex.len() == 64) else {
+        return digest(entry);
+    };
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        match u8::from_str_radix(&hex[2 * i..2 * i + 2], 16) {
+            Ok(value) => *byte = value,
+            Err(_) => return digest(entry),
+        }
+    }
+    out
+}
+
 /// Compares two digests without an early exit, so timing says nothing about how much matched.
 fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Whether `presented` is among `keys`, comparing with every one of them.
+fn any_same(keys: &[[u8; 32]], presented: &[u8; 32]) -> bool {
+    keys.iter().fold(false, |found, key| found | same(key, presented))
+}
+
+fn forbidden(holder: &Holder, needs: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        format!("{}; {needs}", holder.scope()),
+    )
+}
+
 impl Keys {
-    pub fn new(write_keys: &[String], admin_tokens: &[String]) -> Keys {
+    /// Write keys and admin tokens, plain or as `sha256:HEX` digests.
+    pub fn new(write_keys: &[Secret], admin_tokens: &[Secret]) -> Keys {
         Keys {
-            write: write_keys.iter().map(|k| digest(k)).collect(),
-            admin: admin_tokens.iter().map(|k| digest(k)).collect(),
+            write: write_keys.iter().map(|k| configured(&k.0)).collect(),
+            admin: admin_tokens.iter().map(|k| configured(&k.0)).collect(),
             bounce: Vec::new(),
             reps: Vec::new(),
         }
     }
 
     /// Also accepts these reps' tokens, for their own leads only.
-    pub fn with_rep_tokens(mut self, tokens: &[(String, crate::config::Secret)]) -> Keys {
+    pub fn with_rep_tokens(mut self, tokens: &[(String, Secret)]) -> Keys {
         self.reps = tokens
             .iter()
-            .map(|(rep, token)| (digest(&token.0), rep.clone()))
+            .map(|(rep, token)| (configured(&token.0), rep.clone()))
             .collect();
         self
+    }
+
+    /// Also accepts these tokens, for bounce and complaint reports only.
+    pub fn with_bounce_tokens(mut self, tokens: &[Secret]) -> Keys {
+        self.bounce = tokens.iter().map(|k| configured(&k.0)).collect();
+        self
+    }
+
+    /// Whose credential `secret` is; `None` for one the server does not know. Every configured
+    /// digest is compared, match or not, so the time taken does not depend on which matched.
+    pub fn holder_of(&self, secret: &str) -> Option<Holder> {
+        let presented = digest(secret);
+        let admin = any_same(&self.admin, &presented);
+        let write = any_same(&self.write, &presented);
+        let bounce = any_same(&self.bounce, &presented);
+        let rep = self.reps.iter().fold(
+            None,
+            |found, (key, rep)| {
+                if same(key, &presented) { Some(rep) } else { found }
+            },
+        );
+        // A secret that is also a write key is public, so it gets no rep or bounce scope. Admin
+        // comes first for the embedded mode's `dev`, both write key and admin token.
+        if admin {
+            Some(Holder::Admin)
+        } else if write {
+            Some(Holder::Writer)
+        } else if let Some(rep) = rep {
+            Some(Holder::Rep(rep.clone()))
+        } else if bounce {
+            Some(Holder::BounceReporter)
+        } else {
+            None
+        }
     }
 
     /// Who calls the sales API: an admin (every lead) or a rep (their own), by `Bearer TOKEN`.
@@ -61,30 +151,12 @@ impl Keys {
                 "a rep or admin token is required: `Authorization: Bearer TOKEN`",
             ));
         };
-        let presented = digest(&token);
-        // Every token is compared, match or not, so the time taken says nothing.
-        let rep = self.reps.iter().fold(
-            None,
-            |found, (key, rep)| {
-                if same(key, &presented) { Some(rep) } else { found }
-            },
-        );
-        match (self.scope_of(&token), rep) {
-            (Some(Scope::Admin), _) => Ok(Actor::Admin),
-            (_, Some(rep)) => Ok(Actor::Rep(rep.clone())),
-            (Some(Scope::Ingest), None) => Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "a write key can only send events; leads need a rep or admin token",
-            )),
-            (None, None) => Err(ApiError::unauthorized("unknown token")),
+        match self.holder_of(&token) {
+            Some(Holder::Admin) => Ok(Actor::Admin),
+            Some(Holder::Rep(rep)) => Ok(Actor::Rep(rep)),
+            Some(other) => Err(forbidden(&other, "leads need a rep or admin token")),
+            None => Err(ApiError::unauthorized("unknown token")),
         }
-    }
-
-    /// Also accepts these tokens, for bounce and complaint reports only.
-    pub fn with_bounce_tokens(mut self, tokens: &[String]) -> Keys {
-        self.bounce = tokens.iter().map(|k| digest(k)).collect();
-        self
     }
 
     /// A bounce or complaint report: a bounce token or an admin token, as `Bearer TOKEN` or
@@ -104,40 +176,16 @@ impl Keys {
                 "a bounce token is required: `Authorization: Bearer TOKEN`, or TOKEN as the HTTP Basic user name or password",
             ));
         }
-        let known = presented.iter().any(|token| {
-            let presented = digest(token);
-            let bounce = self
-                .bounce
-                .iter()
-                .fold(false, |found, key| found | same(key, &presented));
-            bounce | matches!(self.scope_of(token), Some(Scope::Admin))
-        });
-        if known {
-            Ok(())
-        } else {
-            Err(ApiError::unauthorized(
-                "unknown bounce token (write keys cannot report bounces: they are public)",
-            ))
+        let holders: Vec<Holder> = presented.iter().filter_map(|token| self.holder_of(token)).collect();
+        if holders
+            .iter()
+            .any(|holder| matches!(holder, Holder::Admin | Holder::BounceReporter))
+        {
+            return Ok(());
         }
-    }
-
-    fn scope_of(&self, secret: &str) -> Option<Scope> {
-        let presented = digest(secret);
-        // Check every key, match or not, so the time taken does not depend on which matched.
-        let admin = self
-            .admin
-            .iter()
-            .fold(false, |found, key| found | same(key, &presented));
-        let write = self
-            .write
-            .iter()
-            .fold(false, |found, key| found | same(key, &presented));
-        if admin {
-            Some(Scope::Admin)
-        } else if write {
-            Some(Scope::Ingest)
-        } else {
-            None
+        match holders.first() {
+            Some(other) => Err(forbidden(other, "bounce reports need a bounce or admin token")),
+            None => Err(ApiError::unauthorized("unknown bounce token")),
         }
     }
 
@@ -158,8 +206,9 @@ impl Keys {
                 ));
             }
         };
-        match self.scope_of(&key) {
-            Some(_) => Ok(key),
+        match self.holder_of(&key) {
+            Some(Holder::Writer | Holder::Admin) => Ok(key),
+            Some(other) => Err(forbidden(&other, "events need a write key")),
             None => Err(ApiError::unauthorized("unknown write key")),
         }
     }
@@ -170,20 +219,21 @@ impl Keys {
                 "an admin token is required: `Authorization: Bearer TOKEN`",
             ));
         };
-        match self.scope_of(&token) {
-            Some(Scope::Admin) => Ok(()),
-            Some(Scope::Ingest) => Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "a write key can only send events; this needs an admin token",
-            )),
+        self.admin_token(&token)
+    }
+
+    /// `Ok` for an admin token; `403` for another known credential, `401` for an unknown one.
+    pub fn admin_token(&self, token: &str) -> Result<(), ApiError> {
+        match self.holder_of(token) {
+            Some(Holder::Admin) => Ok(()),
+            Some(other) => Err(forbidden(&other, "this needs an admin token")),
             None => Err(ApiError::unauthorized("unknown token")),
         }
     }
 
-    /// Whether `token` is an admin token (not a write key, rep or bounce token).
-    pub fn is_admin(&self, token: &str) -> bool {
-        self.scope_of(token) == Some(Scope::Admin)
+    /// Whether `token` is a write key (what analytics.js's settings may name).
+    pub fn is_write_key(&self, token: &str) -> bool {
+        self.holder_of(token) == Some(Holder::Writer)
     }
 
     /// Whether `source` (see `source_of`) names an admin token configured now, so a session
@@ -198,6 +248,12 @@ impl Keys {
     pub fn source_of(key: &str) -> String {
         name_of(&digest(key))
     }
+}
+
+/// Whether `presented` is the configured secret `configured` (plain or `sha256:HEX`), compared
+/// as digests in constant time: neither content nor length shows in the timing.
+pub fn matches_secret(configured_secret: &Secret, presented: &str) -> bool {
+    same(&configured(&configured_secret.0), &digest(presented))
 }
 
 /// The first 8 bytes of a digest in hex: names a key without revealing it.
@@ -237,9 +293,9 @@ mod tests {
     #[test]
     fn write_keys_and_admin_tokens_have_their_scopes() {
         let keys = Keys::new(&["wk".into()], &["admin".into()]);
-        assert_eq!(keys.scope_of("wk"), Some(Scope::Ingest));
-        assert_eq!(keys.scope_of("admin"), Some(Scope::Admin));
-        assert_eq!(keys.scope_of("nope"), None);
+        assert_eq!(keys.holder_of("wk"), Some(Holder::Writer));
+        assert_eq!(keys.holder_of("admin"), Some(Holder::Admin));
+        assert_eq!(keys.holder_of("nope"), None);
         let mut headers = HeaderMap::new();
         headers.insert("authorization", "Basic d2s6".parse().unwrap()); // "wk:"
         assert_eq!(keys.ingest_key(&headers, None).unwrap(), "wk");
@@ -286,7 +342,67 @@ mod tests {
         assert!(with("Basic dXNlcjpwbQ==").is_ok(), "user:pm, the token as the password");
         assert!(with("Basic cG06").is_ok(), "pm: as the user name");
         assert!(with("Bearer admin").is_ok());
-        assert!(with("Basic d2s6").is_err(), "a write key is public");
+        assert_eq!(
+            with("Basic d2s6").unwrap_err().status,
+            StatusCode::FORBIDDEN,
+            "a write key is public"
+        );
+        assert_eq!(with("Bearer nope").unwrap_err().status, StatusCode::UNAUTHORIZED);
         assert!(keys.require_bounce_token(&HeaderMap::new()).is_err());
+    }
+
+    #[test]
+    fn a_known_credential_outside_its_scope_is_forbidden_not_unknown() {
+        let keys = Keys::new(&["wk".into()], &["admin".into()])
+            .with_bounce_tokens(&["pm".into()])
+            .with_rep_tokens(&[("li-wei".into(), crate::config::Secret("rt".into()))]);
+        let bearer = |token: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
+            headers
+        };
+        for token in ["rt", "pm"] {
+            let refused = keys.ingest_key(&bearer(token), None).unwrap_err();
+            assert_eq!(refused.status, StatusCode::FORBIDDEN, "{token} may not ingest");
+            let refused = keys.require_admin(&bearer(token)).unwrap_err();
+            assert_eq!(refused.status, StatusCode::FORBIDDEN, "{token} is no admin");
+        }
+        assert_eq!(
+            keys.sales_actor(&bearer("pm")).unwrap_err().status,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            keys.require_bounce_token(&bearer("rt")).unwrap_err().status,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            keys.ingest_key(&bearer("admin"), None).unwrap(),
+            "admin",
+            "admin sees everything"
+        );
+    }
+
+    #[test]
+    fn a_write_key_configured_as_a_rep_or_bounce_token_too_stays_a_write_key() {
+        let keys = Keys::new(&["public".into()], &["admin".into()])
+            .with_bounce_tokens(&["public".into()])
+            .with_rep_tokens(&[("li-wei".into(), Secret("public".into()))]);
+        assert_eq!(keys.holder_of("public"), Some(Holder::Writer), "it sits in web pages");
+    }
+
+    #[test]
+    fn credentials_may_be_configured_as_their_sha256_digest() {
+        // printf %s admin | sha256sum
+        let admin = "sha256:8c6976e5b5410415bde908bd4dee15dfb167a9c873fc4bb8a81f6f2ab448a918";
+        let keys = Keys::new(&[], &[admin.into()])
+            .with_rep_tokens(&[("li-wei".into(), Secret(admin.replace("8c69", "0000")))]);
+        assert_eq!(keys.holder_of("admin"), Some(Holder::Admin));
+        assert_eq!(keys.holder_of(admin), None, "the digest itself is no token");
+        assert_eq!(Keys::source_of("admin"), name_of(&configured(admin)));
+        // Not 64 hex digits: a plain secret that happens to start with `sha256:`.
+        assert_eq!(
+            Keys::new(&[], &["sha256:xyz".into()]).holder_of("sha256:xyz"),
+            Some(Holder::Admin)
+        );
     }
 }

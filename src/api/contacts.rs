@@ -2,10 +2,11 @@
 
 use super::AppState;
 use super::error::ApiError;
+use super::extract::{Path, Query};
 use crate::engine::ingest::{normalize_email, normalize_phone};
 use crate::store::{from_ms, identities};
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 use sqlx::Row;
@@ -255,10 +256,7 @@ pub async fn erase(
     Path(id): Path<i64>,
 ) -> Result<StatusCode, ApiError> {
     state.keys.require_admin(&headers)?;
-    let mut tx = state.engine.store.begin().await?;
-    let erased = identities::erase(&mut tx, id, state.engine.clock.now()).await?;
-    tx.commit().await?;
-    if erased {
+    if state.engine.erase(id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("no contact {id}")))

@@ -10,13 +10,14 @@
 
 use super::AppState;
 use super::error::ApiError;
+use super::extract::Form;
+use super::extract::Query;
 use super::reports::Range;
 use crate::channels::links::Purpose;
 use crate::journey::model::Target;
 use crate::reports::dashboard::{self, JourneyView, StepView};
 use crate::reports::{self, GroupBy, render};
-use axum::Form;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 
@@ -197,12 +198,13 @@ pub struct SignIn {
 
 pub async fn login(State(state): State<AppState>, Form(form): Form<SignIn>) -> Response {
     let token = form.token.trim();
-    if !state.keys.is_admin(token) {
-        // Write keys (public) and reps' tokens (their own leads only) do not open the dashboard.
+    if let Err(refused) = state.keys.admin_token(token) {
+        // Write keys (public), reps' and bounce tokens do not open the dashboard: 403 for them,
+        // 401 for a token the server does not know.
         let html = dashboard::login(Some(
             "That is not an admin token. Write keys and reps' tokens cannot open the dashboard.",
         ));
-        return (StatusCode::UNAUTHORIZED, Html(html)).into_response();
+        return (refused.status, Html(html)).into_response();
     }
     let payload = format!("{}-{}", now_ms(&state) + SESSION_MS, super::Keys::source_of(token));
     let secure = state
@@ -243,6 +245,6 @@ pub fn openapi_paths() -> serde_json::Value {
             "post": {"summary": "Sign in with the admin token", "tags": ["reports"],
                 "requestBody": {"required": true, "content": {"application/x-www-form-urlencoded": {"schema": {"type": "object", "required": ["token"], "properties": {"token": {"type": "string"}}}}}},
                 "responses": {"303": {"description": "Signed in: an HttpOnly, SameSite=Strict session cookie for 12 hours, and on to `/dashboard`"},
-                    "401": html("Not an admin token: the form again")}}}
+                    "401": html("An unknown token: the form again"), "403": html("A write key, rep or bounce token: the form again")}}}
     })
 }

@@ -6,13 +6,14 @@
 
 use super::AppState;
 use super::error::ApiError;
+use super::extract::{Path, Query};
 use crate::channels::feedback;
 use crate::channels::links::PIXEL_GIF;
 use crate::engine::ingest::normalize_email;
 use crate::store::email as suppressions;
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use serde_json::{Map, Value, json};
@@ -34,15 +35,23 @@ fn invalid_link() -> ApiError {
     }
 }
 
+/// What an expired unsubscribe link (a year after its mail) says: anyone still receiving our
+/// mail has a fresh link in every message.
+const EXPIRED: &str = "<p>This unsubscribe link is more than a year old. Every email we send has a fresh unsubscribe link at its foot: please use the one in the latest email.</p>";
+
 /// `GET /u/{token}`: a confirmation page. A GET never unsubscribes: link scanners and mail
 /// previews follow links; people press the button.
 pub async fn unsubscribe_page(State(state): State<AppState>, Path(token): Path<String>) -> Response {
-    if state.engine.links.read_unsubscribe(&token).is_none() {
-        return page(
-            StatusCode::NOT_FOUND,
-            "This link is not valid",
-            "<p>The unsubscribe link was changed or cut short. Please use the link from the email again.</p>",
-        );
+    match state.engine.links.read_unsubscribe(&token, state.engine.clock.now()) {
+        None => {
+            return page(
+                StatusCode::NOT_FOUND,
+                "This link is not valid",
+                "<p>The unsubscribe link was changed or cut short. Please use the link from the email again.</p>",
+            );
+        }
+        Some(checked) if checked.expired => return page(StatusCode::GONE, "This link has expired", EXPIRED),
+        Some(_) => {}
     }
     page(
         StatusCode::OK,
@@ -59,9 +68,20 @@ pub async fn unsubscribe(
     Path(token): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let Some((contact, enrollment)) = state.engine.links.read_unsubscribe(&token) else {
+    let Some(checked) = state.engine.links.read_unsubscribe(&token, state.engine.clock.now()) else {
         return Err(invalid_link());
     };
+    if checked.expired {
+        return Err(ApiError {
+            field: Some("token".into()),
+            ..ApiError::new(
+                StatusCode::GONE,
+                "link_expired",
+                "this unsubscribe link has expired; every email we send carries a fresh one",
+            )
+        });
+    }
+    let (contact, enrollment) = checked.value;
     if !is_one_click(&body) {
         return Err(ApiError::bad_request(
             "invalid_body",
@@ -110,10 +130,13 @@ pub async fn click(
     headers: HeaderMap,
     Path(token): Path<String>,
 ) -> Result<Response, ApiError> {
-    let Some(click) = state.engine.links.read_click(&token) else {
+    let Some(checked) = state.engine.links.read_click(&token, state.engine.clock.now()) else {
         return Err(invalid_link());
     };
-    if method != Method::HEAD {
+    let click = checked.value;
+    // An expired link still takes the reader where it says (old mail must not break), but
+    // counts nothing: it no longer says anything about this campaign.
+    if method != Method::HEAD && !checked.expired {
         let mut properties = click.sent.properties();
         properties.insert("link".into(), click.link.clone().into());
         properties.insert("url".into(), click.url.clone().into());
@@ -151,10 +174,11 @@ pub async fn open(
     Path(file): Path<String>,
 ) -> Result<Response, ApiError> {
     let token = file.strip_suffix(".gif").unwrap_or(&file);
-    let Some(sent) = state.engine.links.read_open(token) else {
+    let Some(checked) = state.engine.links.read_open(token, state.engine.clock.now()) else {
         return Err(invalid_link());
     };
-    if method != Method::HEAD {
+    let sent = checked.value;
+    if method != Method::HEAD && !checked.expired {
         let dedupe = format!("open/{}", sent.message);
         if let Err(error) = state
             .engine

@@ -1,5 +1,5 @@
-//! One error shape for every endpoint: `{"error": {"code", "message", "field"}}`. Server faults
-//! show the client only a request id; the details go to the log.
+//! One error shape for every endpoint: `{"error": {"code", "message", "field", "request_id"}}`.
+//! Server faults show the client only the request id; the details go to the log.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -12,6 +12,8 @@ pub struct ApiError {
     pub message: String,
     pub field: Option<String>,
     pub details: Option<serde_json::Value>,
+    /// Seconds for `Retry-After`; a 503 without one says 5.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -22,6 +24,7 @@ impl ApiError {
             message: message.into(),
             field: None,
             details: None,
+            retry_after: None,
         }
     }
 
@@ -41,21 +44,16 @@ impl ApiError {
     }
 
     /// A fault on our side: logged with an id the client can quote; retrying may help.
+    /// The request's span (see `edge`) carries its id into the log line.
     pub fn internal(error: impl std::fmt::Display) -> ApiError {
-        let id = request_id();
-        tracing::error!(request_id = %id, %error, "Request failed.");
+        tracing::error!(%error, "Request failed.");
+        let id = super::edge::current_request_id().unwrap_or_else(|| "none".into());
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
             format!("the request could not be stored; retry later (request id {id})"),
         )
     }
-}
-
-fn request_id() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    format!("{:x}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 impl IntoResponse for ApiError {
@@ -67,12 +65,19 @@ impl IntoResponse for ApiError {
         if let Some(details) = self.details {
             error["details"] = details;
         }
+        if let Some(id) = super::edge::current_request_id() {
+            error["request_id"] = json!(&*id);
+        }
         let mut response = (self.status, axum::Json(json!({"error": error}))).into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from_static("5"),
-            );
+        let retry_after = match (self.retry_after, self.status) {
+            (Some(seconds), _) => Some(seconds),
+            (None, StatusCode::SERVICE_UNAVAILABLE) => Some(5),
+            (None, _) => None,
+        };
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
         }
         response
     }

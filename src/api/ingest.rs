@@ -4,12 +4,16 @@
 
 use super::AppState;
 use super::error::ApiError;
+use super::extract::Path;
+use super::limits::RateLimiter;
 use crate::events::segment::{self, Invalid, Kind, read_body};
+use axum::Extension;
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
+use std::sync::Arc;
 
 enum Route {
     Single(Kind),
@@ -29,6 +33,7 @@ fn invalid(error: Invalid) -> ApiError {
 
 pub async fn ingest(
     State(state): State<AppState>,
+    Extension(limiter): Extension<Arc<RateLimiter>>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -41,7 +46,9 @@ pub async fn ingest(
     // A key in the header is checked before the body is even read.
     let header_auth = headers.contains_key(axum::http::header::AUTHORIZATION);
     if header_auth {
-        state.keys.ingest_key(&headers, None)?;
+        let key = state.keys.ingest_key(&headers, None)?;
+        // Before the body is unzipped and parsed: a flood costs as little as possible.
+        limiter.admit(&super::Keys::source_of(&key))?;
     }
     let received_at = state.engine.clock.now();
     let gzip = headers
@@ -67,11 +74,16 @@ pub async fn ingest(
     // batch's shared `context` is copied into each of them.
     let body_key = body.json.get("writeKey").and_then(Value::as_str);
     let key = state.keys.ingest_key(&headers, body_key)?;
+    if !header_auth {
+        limiter.admit(&super::Keys::source_of(&key))?;
+    }
     let parsed = match route {
         Route::Batch => segment::parse_batch(&body.json, received_at, &mut message_id),
         Route::Single(kind) => segment::parse_single(&body.json, kind, received_at, &mut message_id),
     }
     .map_err(invalid)?;
+    let mut parsed = parsed;
+    refuse_over_trait_limit(&state, &mut parsed, matches!(route, Route::Batch)).await?;
     if parsed.messages.is_empty() {
         let first = parsed.rejected.first().cloned().unwrap_or(Invalid {
             index: None,
@@ -99,6 +111,38 @@ pub async fn ingest(
     ))
 }
 
+/// Moves the messages that would give their contact more traits than it may keep to the
+/// rejected, by their index in the batch.
+async fn refuse_over_trait_limit(state: &AppState, parsed: &mut segment::Parsed, batch: bool) -> Result<(), ApiError> {
+    let over = state.engine.over_trait_limit(&parsed.messages).await?;
+    if over.is_empty() {
+        return Ok(());
+    }
+    // The batch index of each accepted message: the indexes the parser did not reject.
+    let rejected: std::collections::BTreeSet<usize> = parsed.rejected.iter().filter_map(|r| r.index).collect();
+    let indexes: Vec<usize> = (0..)
+        .filter(|i| !rejected.contains(i))
+        .take(parsed.messages.len())
+        .collect();
+    for (position, count) in over.iter().rev() {
+        parsed.messages.remove(*position);
+        let index = batch.then_some(indexes[*position]);
+        parsed.rejected.push(Invalid {
+            index,
+            field: match index {
+                Some(index) => format!("batch[{index}].traits"),
+                None => "traits".into(),
+            },
+            message: format!(
+                "the contact would have {count} traits; a contact keeps at most {}",
+                crate::store::contacts::MAX_TRAITS
+            ),
+        });
+    }
+    parsed.rejected.sort_by_key(|r| r.index);
+    Ok(())
+}
+
 /// A `messageId` for a message that came without one. Random (122 bits from the OS, UUID v4), so
 /// ids made in the same microsecond by two processes, even both pid 1 in two containers, or by
 /// concurrent requests, do not collide and dedupe a message away.
@@ -106,19 +150,16 @@ fn message_id() -> String {
     format!("nurture-{}", uuid::Uuid::new_v4())
 }
 
-/// What analytics.js asks for at load: where to send events.
+/// What analytics.js asks for at load: where to send events. Only for a write key: the
+/// answer repeats the key, and this URL sits in every visitor's browser and in access logs, so
+/// an admin token here gets the same 404 as an unknown key.
 pub async fn settings(State(state): State<AppState>, Path(key): Path<String>) -> Result<Json<Value>, ApiError> {
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        "authorization",
-        format!("Bearer {key}")
-            .parse()
-            .map_err(|_| ApiError::not_found("unknown write key"))?,
-    );
-    state
-        .keys
-        .ingest_key(&headers, None)
-        .map_err(|_| ApiError::not_found("unknown write key"))?;
+    if !state.keys.is_write_key(&key) {
+        return Err(ApiError {
+            field: Some("key".into()),
+            ..ApiError::not_found("unknown write key")
+        });
+    }
     let public_url = state.engine.config.public_url();
     let public = public_url.as_str();
     let (protocol, host) = public.split_once("://").unwrap_or(("https", public));

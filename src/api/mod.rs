@@ -1,28 +1,35 @@
 //! The HTTP API (axum): Segment-compatible ingestion at the host root, the contact 360 view,
 //! erasure, the failed-enrollment list, email's links (unsubscribe, clicks, opens), bounce and
 //! complaint reports, suppressions, SMS delivery reports and replies, the sales loop (a rep's
-//! leads, accept, reject, outcome; stages), ROI reports, the dashboard, and `/openapi.json`.
+//! leads, accept, reject, outcome; stages), ROI reports, the dashboard, `/openapi.json`, and
+//! `/healthz` and `/readyz`. Every request goes through `edge` (request id, error shape) and
+//! `limits`; `serve` bounds how long a client may take to send a request head.
 
 mod auth;
 mod contacts;
 mod dashboard;
+mod edge;
 mod email;
 mod error;
+mod extract;
+mod health;
 mod ingest;
+mod limits;
 mod openapi;
 mod reports;
 mod sales;
+mod server;
 mod sms;
 
 pub use auth::Keys;
 pub use error::ApiError;
+pub use server::{serve, serve_with};
 
 use crate::engine::runner::Engine;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Method, header};
 use axum::routing::{delete, get, post};
-use std::future::Future;
 use std::sync::Arc;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -32,12 +39,15 @@ pub struct AppState {
     pub keys: Arc<Keys>,
 }
 
-/// The keys the config names; in the embedded mode with none configured, the write key `dev`
-/// and the admin token `dev`, so a fresh machine works out of the box.
+/// The keys the config names; in the embedded mode with none configured and listening on
+/// loopback only, the write key `dev` and the admin token `dev`, so a fresh machine works out
+/// of the box (`Config::check_api_credentials` refuses to start such an API on other addresses).
 pub fn keys_for(engine: &Engine) -> Keys {
     let config = &engine.config;
-    if config.is_embedded() && config.write_keys.is_empty() && config.admin_tokens.is_empty() {
-        tracing::warn!("No NURTURE_WRITE_KEYS or NURTURE_ADMIN_TOKENS: accepting `dev` for both (embedded mode only).");
+    if config.accepts_dev_credentials() {
+        tracing::warn!(
+            "No NURTURE_WRITE_KEYS or NURTURE_ADMIN_TOKENS: accepting `dev` for both (embedded mode on loopback only)."
+        );
         return Keys::new(&["dev".into()], &["dev".into()]).with_rep_tokens(&config.rep_tokens);
     }
     if config.write_keys.is_empty() {
@@ -57,9 +67,11 @@ pub fn router(state: AppState) -> Router {
             header::AUTHORIZATION,
             header::CONTENT_TYPE,
             HeaderName::from_static("x-retry-count"),
+            edge::X_REQUEST_ID.clone(),
         ])
+        .expose_headers([edge::X_REQUEST_ID.clone(), header::RETRY_AFTER])
         .max_age(std::time::Duration::from_secs(3600));
-    Router::new()
+    let routes = Router::new()
         .route("/v1/{route}", post(ingest::ingest))
         .route("/v1/projects/{key}/settings", get(ingest::settings))
         .route("/v1/contacts", get(contacts::search))
@@ -89,18 +101,11 @@ pub fn router(state: AppState) -> Router {
         .route("/dashboard", get(dashboard::page))
         .route("/dashboard/login", get(dashboard::login_form).post(dashboard::login))
         .route("/openapi.json", get(openapi::document))
-        .route("/health", get(|| async { "ok" }))
+        .route("/healthz", get(health::alive))
+        .route("/health", get(health::alive))
+        .route("/readyz", get(health::ready))
+        .fallback(edge::unknown_route)
         // Bodies are measured again after gunzip; this only bounds what we read off the wire.
-        .layer(DefaultBodyLimit::max(crate::limits::MAX_REQUEST_BYTES))
-        .layer(cors)
-        .with_state(state)
-}
-
-/// Serves the API on `listener` until `shutdown` completes.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+        .layer(DefaultBodyLimit::max(limits::MAX_BODY_BYTES));
+    edge::wrap(routes, cors, &state.engine.config).with_state(state)
 }

@@ -16,7 +16,7 @@ pub async fn document() -> Json<Value> {
     let admin = json!([{"adminToken": []}]);
     let mut document = json!({
         "openapi": "3.1.0",
-        "info": {"title": "nurture", "version": env!("CARGO_PKG_VERSION"), "description": "Events in (Segment tracking spec), contacts out."},
+        "info": {"title": "nurture", "version": env!("CARGO_PKG_VERSION"), "description": "Events in (Segment tracking spec), contacts out. Every response carries `X-Request-Id` (the one the client sent, if short and plain). Every error is an `Error`; 429 and 503 come with `Retry-After`."},
         "paths": {
             "/v1/track": ingest("Record an event", "track"),
             "/v1/identify": ingest("Identify a person and set traits", "identify"),
@@ -78,11 +78,13 @@ pub async fn document() -> Json<Value> {
                     "reason": {"type": "string"}, "id": {"type": "string", "description": "The provider's id of the report: a retry with the same id is a no-op"},
                     "timestamp": {"type": "string", "format": "date-time"}
                 }},
-                "Error": {"type": "object", "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"}, "details": {"type": "object"}}}}}
+                "Error": {"type": "object", "required": ["error"], "description": "Every error, whatever the route: axum's own (404, 405, 413, bad path or query) too. `field` names the part of the request at fault when there is one; `request_id` is also the `X-Request-Id` response header, and in every log line of the request.",
+                    "properties": {"error": {"type": "object", "required": ["code", "message", "request_id"], "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"}, "details": {"type": "object"}, "request_id": {"type": "string"}}}}}
             }
         }
     });
     if let Some(paths) = document["paths"].as_object_mut() {
+        paths.extend(health_paths());
         paths.extend(email_paths(&admin));
         paths.extend(sales_paths(&admin));
         if let Value::Object(reports) = super::reports::openapi_paths(&admin) {
@@ -93,6 +95,19 @@ pub async fn document() -> Json<Value> {
         }
     }
     Json(document)
+}
+
+/// Liveness and readiness, for a load balancer or an orchestrator.
+fn health_paths() -> serde_json::Map<String, Value> {
+    let paths = json!({
+        "/healthz": {"get": {"summary": "The process is alive (asks nothing else)", "tags": ["operations"], "description": "Also `/health`. Not counted against `max_concurrent_requests`.", "responses": {"200": {"description": "`{\"status\": \"ok\"}`"}}}},
+        "/readyz": {"get": {"summary": "The process can serve: database reachable with this build's migrations, Redis reachable (production mode)", "tags": ["operations"],
+            "responses": {"200": {"description": "`{\"status\": \"ready\", \"checks\": {\"database\": \"ok\", \"redis\": \"ok\"}}`"}, "503": error_response("Not ready: `details.not_ready` names each check that failed, `details.checks` says why")}}}
+    });
+    match paths {
+        Value::Object(paths) => paths,
+        _ => serde_json::Map::new(),
+    }
 }
 
 /// Unsubscribe, tracking, bounce reports and suppressions (apart: `json!` nests only so deep).
@@ -106,13 +121,13 @@ fn email_paths(admin: &Value) -> serde_json::Map<String, Value> {
     });
     let paths = json!({
         "/u/{token}": {
-            "get": {"summary": "Unsubscribe page (changes nothing)", "tags": ["email"], "description": "The link in marketing email and its `List-Unsubscribe` header. A GET only shows a page with a button: link scanners follow links.", "parameters": [token], "responses": {"200": {"description": "A page with the unsubscribe button", "content": {"text/html": {}}}, "404": {"description": "Not a valid link", "content": {"text/html": {}}}}},
+            "get": {"summary": "Unsubscribe page (changes nothing)", "tags": ["email"], "description": "The link in marketing email and its `List-Unsubscribe` header. A GET only shows a page with a button: link scanners follow links.", "parameters": [token], "responses": {"200": {"description": "A page with the unsubscribe button", "content": {"text/html": {}}}, "404": {"description": "Not a valid link", "content": {"text/html": {}}}, "410": {"description": "The link is more than a year old; the page points to the latest email's link", "content": {"text/html": {}}}}},
             "post": {"summary": "Unsubscribe from marketing email (RFC 8058 one-click)", "tags": ["email"], "description": "Body `List-Unsubscribe=One-Click` (form-encoded or multipart). Opts the contact out of marketing email, exits their marketing journeys and records `Unsubscribed`. Idempotent. Authenticated by the link's signature only.", "parameters": [token],
                 "requestBody": {"required": true, "content": {"application/x-www-form-urlencoded": {"schema": {"type": "object", "required": ["List-Unsubscribe"], "properties": {"List-Unsubscribe": {"const": "One-Click"}}}}}},
-                "responses": {"200": {"description": "Unsubscribed (never a redirect)", "content": {"text/html": {}}}, "400": error_response("No `List-Unsubscribe=One-Click`"), "404": error_response("Not a valid link")}}
+                "responses": {"200": {"description": "Unsubscribed (never a redirect)", "content": {"text/html": {}}}, "400": error_response("No `List-Unsubscribe=One-Click`"), "404": error_response("Not a valid link"), "410": error_response("The link is more than a year old (`link_expired`)")}}
         },
-        "/c/{token}": {"get": {"summary": "Tracked link: records `Email Link Clicked`, then redirects", "tags": ["email"], "description": "The destination is signed inside the token, so this is never an open redirect. The first click of each link of a message becomes an event; `HEAD` redirects without recording.", "parameters": [token], "responses": {"302": {"description": "To the link's address"}, "404": error_response("Not a valid link")}}},
-        "/o/{token}.gif": {"get": {"summary": "Open pixel: records `Email Opened` (once per message)", "tags": ["email"], "parameters": [token], "responses": {"200": {"description": "A 1x1 transparent GIF", "content": {"image/gif": {}}}, "404": error_response("Not a valid link")}}},
+        "/c/{token}": {"get": {"summary": "Tracked link: records `Email Link Clicked`, then redirects", "tags": ["email"], "description": "The destination is signed inside the token, so this is never an open redirect. The first click of each link of a message becomes an event; `HEAD` redirects without recording. A link more than 90 days old still redirects but records nothing.", "parameters": [token], "responses": {"302": {"description": "To the link's address"}, "404": error_response("Not a valid link")}}},
+        "/o/{token}.gif": {"get": {"summary": "Open pixel: records `Email Opened` (once per message)", "tags": ["email"], "description": "A pixel more than 90 days old answers the GIF and records nothing.", "parameters": [token], "responses": {"200": {"description": "A 1x1 transparent GIF", "content": {"image/gif": {}}}, "404": error_response("Not a valid link")}}},
         "/v1/email/bounces": {"post": {"summary": "Report bounces and complaints (generic shape)", "tags": ["email"], "security": bounce,
             "description": "One report or an array. A hard bounce or a complaint suppresses the address for every journey; each report becomes `Email Bounced` or `Email Marked as Spam` on the contacts with that address. A report with an `id` seen before does nothing.",
             "requestBody": {"required": true, "content": {"application/json": {"schema": {"oneOf": [{"$ref": "#/components/schemas/BounceReport"}, {"type": "array", "items": {"$ref": "#/components/schemas/BounceReport"}}]}}}},
@@ -181,7 +196,9 @@ fn responses() -> Value {
         "200": {"description": "Stored: `{\"success\": true}` (with `accepted` and `rejected` when some batch items were refused)"},
         "400": error_response("Invalid JSON, too large, or no valid message; `field` names the problem"),
         "401": error_response("Missing or unknown write key"),
-        "503": error_response("Not stored; retry (Retry-After)")
+        "413": error_response("Larger than 4 MB on the wire"),
+        "429": error_response("This write key sent more than its rate limit; retry after `Retry-After` seconds"),
+        "503": error_response("Not stored: overloaded, timed out or a dependency down; retry after `Retry-After` seconds")
     })
 }
 

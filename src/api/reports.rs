@@ -3,9 +3,10 @@
 
 use super::AppState;
 use super::error::ApiError;
+use super::extract::{Path, Query};
 use crate::reports::{self, Asked, render};
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 

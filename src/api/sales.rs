@@ -5,13 +5,14 @@
 use super::AppState;
 use super::email::json_body;
 use super::error::ApiError;
+use super::extract::{Path, Query};
 use crate::engine::Contact;
 use crate::engine::sales::{Action, Refusal};
 use crate::journey::values::Stage;
 use crate::store::sales::{Lead, Status};
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 

@@ -4,10 +4,11 @@
 
 use super::AppState;
 use super::error::ApiError;
+use super::extract::Query;
 use crate::channels::sms::{TWILIO_INBOUND_PATH, TWILIO_STATUS_PATH, twilio_signature_matches};
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -63,9 +64,9 @@ pub async fn inbound(
     Query(query): Query<Secret>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let configured = state.engine.config.sms.inbound_secret.as_deref();
+    let configured = state.engine.config.sms.inbound_secret.as_ref();
     let secret_ok = match (configured, query.secret.as_deref()) {
-        (Some(configured), Some(given)) => same_text(configured, given),
+        (Some(configured), Some(given)) => super::auth::matches_secret(configured, given),
         _ => false,
     };
     if !secret_ok {
@@ -130,9 +131,4 @@ fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .find(|(n, _)| n == name)
         .map(|(_, v)| v.as_str())
         .filter(|v| !v.is_empty())
-}
-
-/// Compares two secrets without an early exit.
-fn same_text(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -48,20 +48,31 @@ pub struct Placement {
     /// Open leads of other teams that this team took over (closed as `reassigned`, their
     /// slots released).
     pub reassigned: Vec<Lead>,
+    /// Round-robin turns used, from the `first_turn` given.
+    pub turns: i64,
+    /// Leads given to each rep (by rep id), not yet counted in `rep_load`: the caller adds them
+    /// with `leads::add_load` just before it commits (see `place`).
+    pub taken: Vec<(String, i64)>,
 }
 
-/// Places leads with the team's reps in the caller's transaction: the team's cursor row is
-/// locked first, so the counters read next cannot change under us; reps are chosen in memory
-/// in turn order, then counters, leads and owners are written with a few statements for all
-/// of them. A contact holds one open lead: one in this team is kept, ones in other teams are
-/// closed. The caller commits.
+/// Places leads with the team's reps in the caller's transaction, from round-robin turn
+/// `first_turn` on: reps are chosen in memory, then leads and owners are written with a few
+/// statements for all of them. A contact holds one open lead: one in this team is kept, ones in
+/// other teams are closed (and a unique index holds that against concurrent workers).
+///
+/// The reps' counters are read, not locked, and `pending` adds what the caller's transaction
+/// has taken but not counted yet. The caller counts `Placement::taken` with the guarded
+/// `leads::add_load` as the last writes before its commit, so the counter rows are locked for
+/// a moment rather than for the whole transaction (events, reactions); a rep filled meanwhile
+/// by another worker fails the guard, and the caller runs the assignment again.
 pub async fn place(
     connection: &mut AnyConnection,
     team: &Team,
     offers: &[Offer<'_>],
     now: DateTime<Utc>,
+    first_turn: i64,
+    pending: &HashMap<String, i64>,
 ) -> Result<Placement, Error> {
-    let first_turn = leads::lock_team(connection, &team.id).await?;
     let contact_ids: Vec<i64> = offers.iter().map(|offer| offer.contact_id).collect();
     let mut open_by_contact: HashMap<i64, Vec<Lead>> = HashMap::new();
     for lead in leads::open_of_contacts(connection, &contact_ids).await? {
@@ -69,6 +80,9 @@ pub async fn place(
     }
     let rep_ids: Vec<&str> = team.reps.iter().map(|rep| rep.id.as_str()).collect();
     let mut open = leads::rep_loads(connection, &team.id, &rep_ids).await?;
+    for (index, rep) in team.reps.iter().enumerate() {
+        open[index] += pending.get(&rep.id).copied().unwrap_or(0);
+    }
     let accept_by = team.accept_within.map(|within| now + within.as_duration());
     let mut placement = Placement::default();
     let mut taken = vec![0i64; team.reps.len()];
@@ -78,7 +92,19 @@ pub async fn place(
     let mut from_pool: Vec<(i64, &str)> = Vec::new();
     let mut owners: Vec<(i64, Option<&str>)> = Vec::new();
     let mut turn = first_turn;
+    // A contact offered twice in one call (two enrollments handing it over together) keeps
+    // the first offer's lead: where that is in `placement.placed`.
+    let mut first_offer: HashMap<i64, usize> = HashMap::new();
+    let mut repeats: Vec<(usize, usize)> = Vec::new();
     for offer in offers {
+        if offer.pooled.is_none()
+            && let Some(&first) = first_offer.get(&offer.contact_id)
+        {
+            repeats.push((placement.placed.len(), first));
+            placement.placed.push(Placed::Pool { lead: 0 });
+            continue;
+        }
+        first_offer.insert(offer.contact_id, placement.placed.len());
         let held = open_by_contact.remove(&offer.contact_id).unwrap_or_default();
         let (here, elsewhere): (Vec<Lead>, Vec<Lead>) = held.into_iter().partition(|lead| lead.team == team.id);
         if offer.pooled.is_none()
@@ -156,15 +182,13 @@ pub async fn place(
             }
         }
     }
-    for (index, rep) in team.reps.iter().enumerate().filter(|(i, _)| taken[*i] > 0) {
-        // Still guarded: a writer that did not take the cursor lock first cannot overfill a rep.
-        if !leads::add_load(connection, &team.id, &rep.id, taken[index], rep.capacity).await? {
-            return Err(Error::Transient(format!(
-                "rep `{}` of team `{}` filled up meanwhile",
-                rep.id, team.id
-            )));
-        }
-    }
+    placement.taken = team
+        .reps
+        .iter()
+        .zip(&taken)
+        .filter(|(_, taken)| **taken > 0)
+        .map(|(rep, taken)| (rep.id.clone(), *taken))
+        .collect();
     let ids = leads::insert_many(connection, &rows, now).await?;
     for (id, index) in ids.into_iter().zip(row_of) {
         match &mut placement.placed[index] {
@@ -174,10 +198,18 @@ pub async fn place(
     for (lead, rep) in from_pool {
         leads::take_from_pool(connection, lead, rep, accept_by, now).await?;
     }
-    leads::set_owners(connection, &owners).await?;
-    if turn != first_turn {
-        leads::set_turn(connection, &team.id, turn).await?;
+    for (repeat, first) in repeats {
+        placement.placed[repeat] = match &placement.placed[first] {
+            Placed::Rep { lead, rep, .. } => Placed::Rep {
+                lead: *lead,
+                rep: rep.clone(),
+                kept: true,
+            },
+            pool => pool.clone(),
+        };
     }
+    leads::set_owners(connection, &owners).await?;
+    placement.turns = turn - first_turn;
     Ok(placement)
 }
 

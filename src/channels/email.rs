@@ -46,6 +46,14 @@ fn domain_of(address: &str) -> String {
 }
 
 impl Mailer {
+    /// The outbox mail is appended to, in the embedded mode (erasure rewrites it).
+    pub fn outbox(&self) -> Option<&Outbox> {
+        match self {
+            Mailer::Outbox(outbox) => Some(outbox),
+            Mailer::Smtp(_) => None,
+        }
+    }
+
     pub fn from_config(smtp_url: Option<&str>, outbox: &std::path::Path) -> Result<Mailer, Error> {
         match smtp_url {
             Some(url) => {
@@ -89,7 +97,7 @@ fn build(outgoing: &Outgoing<'_>) -> Result<Message, Error> {
     let to: Mailbox = outgoing
         .to
         .parse()
-        .map_err(|e| Error::Permanent(format!("bad recipient `{}`: {e}", outgoing.to)))?;
+        .map_err(|e| Error::Permanent(format!("the recipient address is not valid: {e}")))?;
     let from: Mailbox = email
         .from
         .as_deref()

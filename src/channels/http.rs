@@ -53,8 +53,9 @@ pub struct Reply {
 impl Reply {
     /// The start of the answer, for error messages and logs.
     pub fn snippet(&self) -> String {
-        let text = String::from_utf8_lossy(&self.body);
-        let text = text.trim();
+        // Answers echo what they were sent (Twilio names the `To` number): never keep that.
+        let text = crate::redact::personal_data(String::from_utf8_lossy(&self.body).trim());
+        let text = text.as_str();
         match text.char_indices().nth(200) {
             Some((cut, _)) => format!("{}…", &text[..cut]),
             None => text.to_string(),
@@ -242,7 +243,7 @@ struct Target {
 
 impl Target {
     fn parse(text: &str) -> Result<Target, Error> {
-        let bad = |why: &str| Error::Permanent(format!("cannot call `{text}`: {why}"));
+        let bad = |why: &str| Error::Permanent(crate::redact::personal_data(&format!("cannot call `{text}`: {why}")));
         let url = url::Url::parse(text).map_err(|e| bad(&e.to_string()))?;
         let tls = match url.scheme() {
             "https" => true,

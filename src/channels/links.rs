@@ -6,11 +6,20 @@
 //! - `/c/{token}` records a click and redirects to the address signed inside the token, so it
 //!   is never an open redirect;
 //! - `/o/{token}.gif` is the open pixel.
+//!
+//! Each token carries its expiry, signed with it (the caller gives `now`: this module reads no
+//! clock). How long a link lives depends on what it is for (`Purpose::lifetime`): an
+//! unsubscribe link a year, since the law wants it to work long after the mail (and anyone who
+//! still gets mail has a fresh one in every message); click and open links are recorded for 90
+//! days, after which a click still redirects (an old email must not break) but counts nothing.
+//! Links signed before tokens carried an expiry count as signed on `UNSTAMPED_SIGNED_AT`, so
+//! they keep working for one lifetime after the upgrade.
 
 use crate::journey::templates::RenderedEmail;
 use crate::journey::values::Tracking;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
 use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
@@ -40,7 +49,41 @@ pub enum Purpose {
     Session,
 }
 
+/// When links without an expiry (signed by versions before expiries) count as signed, in Unix
+/// seconds: 2026-12-01T00:00:00Z, the release that added expiries.
+pub const UNSTAMPED_SIGNED_AT: i64 = 1_796_083_200;
+
+const DAY_SECONDS: i64 = 86_400;
+
+/// A link's payload, and whether its lifetime has passed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Checked<T> {
+    pub value: T,
+    pub expired: bool,
+}
+
 impl Purpose {
+    /// How long a link signed for this purpose is honoured, in seconds. Sessions carry their
+    /// own expiry (`api::dashboard`).
+    pub fn lifetime(self) -> i64 {
+        match self {
+            Purpose::Unsubscribe => 365 * DAY_SECONDS,
+            Purpose::Click | Purpose::Open => 90 * DAY_SECONDS,
+            Purpose::Session => 0,
+        }
+    }
+
+    /// The expiry of a link signed at `now`, in Unix seconds.
+    fn expiry(self, now: DateTime<Utc>) -> i64 {
+        now.timestamp() + self.lifetime()
+    }
+
+    /// Whether a link with `expiry` (`None`: signed before links had one) has expired at `now`.
+    fn expired(self, expiry: Option<i64>, now: DateTime<Utc>) -> bool {
+        let expiry = expiry.unwrap_or(UNSTAMPED_SIGNED_AT + self.lifetime());
+        now.timestamp() >= expiry
+    }
+
     fn label(self) -> &'static [u8] {
         match self {
             Purpose::Unsubscribe => b"unsubscribe",
@@ -82,35 +125,71 @@ impl Signer {
         Some(payload)
     }
 
-    /// The token of a contact's unsubscribe link, naming the enrollment that sent the mail.
-    pub fn unsubscribe_token(&self, contact: i64, enrollment: i64) -> String {
-        self.sign(Purpose::Unsubscribe, &format!("{contact}-{enrollment}"))
+    /// The token of a contact's unsubscribe link, naming the enrollment that sent the mail:
+    /// `contact-enrollment-expiry`.
+    pub fn unsubscribe_token(&self, contact: i64, enrollment: i64, now: DateTime<Utc>) -> String {
+        let expiry = Purpose::Unsubscribe.expiry(now);
+        self.sign(Purpose::Unsubscribe, &format!("{contact}-{enrollment}-{expiry}"))
     }
 
-    /// `(contact, enrollment)` of an unsubscribe token.
-    pub fn read_unsubscribe(&self, token: &str) -> Option<(i64, i64)> {
+    /// `(contact, enrollment)` of an unsubscribe token, with or without an expiry.
+    pub fn read_unsubscribe(&self, token: &str, now: DateTime<Utc>) -> Option<Checked<(i64, i64)>> {
         let payload = self.verify(Purpose::Unsubscribe, token)?;
-        let (contact, enrollment) = payload.split_once('-')?;
-        Some((contact.parse().ok()?, enrollment.parse().ok()?))
+        let mut parts = payload.split('-');
+        let contact = parts.next()?.parse().ok()?;
+        let enrollment = parts.next()?.parse().ok()?;
+        let expiry = match parts.next() {
+            Some(expiry) => Some(expiry.parse().ok()?),
+            None => None,
+        };
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(Checked {
+            value: (contact, enrollment),
+            expired: Purpose::Unsubscribe.expired(expiry, now),
+        })
     }
 
-    fn sign_json<T: Serialize>(&self, purpose: Purpose, value: &T) -> String {
-        let json = serde_json::to_vec(value).unwrap_or_default();
+    fn sign_json<T: Serialize>(&self, purpose: Purpose, value: &T, now: DateTime<Utc>) -> String {
+        let stamped = Stamped {
+            value,
+            expiry: Some(purpose.expiry(now)),
+        };
+        let json = serde_json::to_vec(&stamped).unwrap_or_default();
         self.sign(purpose, &URL_SAFE_NO_PAD.encode(json))
     }
 
-    fn read_json<T: for<'de> Deserialize<'de>>(&self, purpose: Purpose, token: &str) -> Option<T> {
+    fn read_json<T: for<'de> Deserialize<'de>>(
+        &self,
+        purpose: Purpose,
+        token: &str,
+        now: DateTime<Utc>,
+    ) -> Option<Checked<T>> {
         let payload = self.verify(purpose, token)?;
-        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()
+        let stamped: Stamped<T> = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
+        Some(Checked {
+            expired: purpose.expired(stamped.expiry, now),
+            value: stamped.value,
+        })
     }
 
-    pub fn read_click(&self, token: &str) -> Option<Click> {
-        self.read_json(Purpose::Click, token)
+    pub fn read_click(&self, token: &str, now: DateTime<Utc>) -> Option<Checked<Click>> {
+        self.read_json(Purpose::Click, token, now)
     }
 
-    pub fn read_open(&self, token: &str) -> Option<Sent> {
-        self.read_json(Purpose::Open, token)
+    pub fn read_open(&self, token: &str, now: DateTime<Utc>) -> Option<Checked<Sent>> {
+        self.read_json(Purpose::Open, token, now)
     }
+}
+
+/// A signed JSON payload and its expiry (Unix seconds; absent in links signed before expiries).
+#[derive(Serialize, Deserialize)]
+struct Stamped<T> {
+    #[serde(flatten)]
+    value: T,
+    #[serde(rename = "x", default, skip_serializing_if = "Option::is_none")]
+    expiry: Option<i64>,
 }
 
 /// One sent email: whom, which message (its effect key), which journey and template.
@@ -164,7 +243,15 @@ impl Sent {
 /// pixel, as `tracking` says. Links that are not `http(s)`, and `keep` (the unsubscribe link:
 /// a click on it must not count as interest), stay as they are. The text part's copies of
 /// rewritten addresses are rewritten too.
-pub fn track(email: &mut RenderedEmail, tracking: Tracking, base: &str, signer: &Signer, sent: &Sent, keep: &str) {
+pub fn track(
+    email: &mut RenderedEmail,
+    tracking: Tracking,
+    base: &str,
+    signer: &Signer,
+    sent: &Sent,
+    keep: &str,
+    now: DateTime<Utc>,
+) {
     if tracking.clicks() {
         let mut rewritten: Vec<(String, String)> = Vec::new();
         email.html = rewrite_anchors(&email.html, |href, name| {
@@ -179,7 +266,7 @@ pub fn track(email: &mut RenderedEmail, tracking: Tracking, base: &str, signer: 
                 url: url.clone(),
                 index: rewritten.len(),
             };
-            let tracked = format!("{base}/c/{}", signer.sign_json(Purpose::Click, &click));
+            let tracked = format!("{base}/c/{}", signer.sign_json(Purpose::Click, &click, now));
             rewritten.push((url, tracked.clone()));
             Some(tracked)
         });
@@ -192,7 +279,7 @@ pub fn track(email: &mut RenderedEmail, tracking: Tracking, base: &str, signer: 
     if tracking.opens() {
         let pixel = format!(
             "<img src=\"{base}/o/{}.gif\" width=\"1\" height=\"1\" alt=\"\" style=\"display:block;border:0;width:1px;height:1px\">",
-            signer.sign_json(Purpose::Open, sent)
+            signer.sign_json(Purpose::Open, sent, now)
         );
         match email.html.to_ascii_lowercase().rfind("</body") {
             Some(at) => email.html.insert_str(at, &pixel),
@@ -372,17 +459,25 @@ mod tests {
         }
     }
 
+    /// 2027-01-04T00:00:00Z, after the upgrade.
+    const NOW: i64 = 1_799_020_800;
+
+    fn at(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(seconds, 0).unwrap()
+    }
+
     #[test]
     fn a_token_is_only_good_for_its_purpose_and_its_secret() {
         let signer = Signer::new(b"secret one");
-        let token = signer.unsubscribe_token(42, 7);
-        assert_eq!(signer.read_unsubscribe(&token), Some((42, 7)));
-        assert_eq!(Signer::new(b"secret two").read_unsubscribe(&token), None);
+        let token = signer.unsubscribe_token(42, 7, at(NOW));
+        let read = |signer: &Signer, token: &str| signer.read_unsubscribe(token, at(NOW)).map(|c| c.value);
+        assert_eq!(read(&signer, &token), Some((42, 7)));
+        assert_eq!(read(&Signer::new(b"secret two"), &token), None);
         assert_eq!(signer.verify(Purpose::Click, &token), None, "not a click token");
         let forged = token.replacen("42-", "43-", 1);
-        assert_eq!(signer.read_unsubscribe(&forged), None, "another contact's id");
-        assert_eq!(signer.read_unsubscribe("42-7"), None);
-        assert_eq!(signer.read_unsubscribe("42-7.AAAA"), None);
+        assert_eq!(read(&signer, &forged), None, "another contact's id");
+        assert_eq!(read(&signer, "42-7"), None);
+        assert_eq!(read(&signer, "42-7.AAAA"), None);
     }
 
     #[test]
@@ -399,6 +494,7 @@ mod tests {
             &signer,
             &sent(),
             "https://n.example/u/1-2.x",
+            at(NOW),
         );
         let tokens: Vec<&str> = mail
             .html
@@ -407,12 +503,12 @@ mod tests {
             .map(|rest| rest.split(['"', '\'']).next().unwrap())
             .collect();
         assert_eq!(tokens.len(), 2, "{}", mail.html);
-        let first = signer.read_click(tokens[0]).unwrap();
+        let first = signer.read_click(tokens[0], at(NOW)).unwrap().value;
         assert_eq!(
             (first.link.as_str(), first.url.as_str(), first.index),
             ("", "https://example.com/w?a=1&b=2", 0)
         );
-        let second = signer.read_click(tokens[1]).unwrap();
+        let second = signer.read_click(tokens[1], at(NOW)).unwrap().value;
         assert_eq!(
             (second.link.as_str(), second.url.as_str(), second.index),
             ("pricing", "https://example.com/pricing", 1)
@@ -439,15 +535,101 @@ mod tests {
         let signer = Signer::new(b"k");
         let before = email("<a href=\"https://example.com\">x</a>", "https://example.com");
         let mut after = before.clone();
-        track(&mut after, Tracking::Off, "https://n.example", &signer, &sent(), "");
+        track(
+            &mut after,
+            Tracking::Off,
+            "https://n.example",
+            &signer,
+            &sent(),
+            "",
+            at(NOW),
+        );
         assert_eq!(after, before);
-        track(&mut after, Tracking::Opens, "https://n.example", &signer, &sent(), "");
+        track(
+            &mut after,
+            Tracking::Opens,
+            "https://n.example",
+            &signer,
+            &sent(),
+            "",
+            at(NOW),
+        );
         assert!(
             after
                 .html
                 .starts_with("<a href=\"https://example.com\">x</a><img src=\"https://n.example/o/")
         );
         let token = after.html.split("/o/").nth(1).unwrap().split(".gif").next().unwrap();
-        assert_eq!(signer.read_open(token), Some(sent()));
+        assert_eq!(signer.read_open(token, at(NOW)).map(|c| c.value), Some(sent()));
+    }
+
+    #[test]
+    fn an_unsubscribe_link_works_for_a_year_and_a_tracking_link_counts_for_90_days() {
+        let signer = Signer::new(b"k");
+        let day = DAY_SECONDS;
+        let unsubscribe = signer.unsubscribe_token(42, 7, at(NOW));
+        let expired_at = |days: i64| {
+            signer
+                .read_unsubscribe(&unsubscribe, at(NOW + days * day))
+                .map(|checked| checked.expired)
+        };
+        assert_eq!(expired_at(0), Some(false));
+        assert_eq!(expired_at(364), Some(false), "months later, as the law wants");
+        assert_eq!(expired_at(365), Some(true));
+        let mut mail = email("<a href=\"https://example.com\">x</a></body>", "");
+        track(
+            &mut mail,
+            Tracking::ClicksAndOpens,
+            "https://n.example",
+            &signer,
+            &sent(),
+            "",
+            at(NOW),
+        );
+        let click = mail.html.split("/c/").nth(1).unwrap().split('"').next().unwrap();
+        let open = mail.html.split("/o/").nth(1).unwrap().split(".gif").next().unwrap();
+        let click_at = |days: i64| signer.read_click(click, at(NOW + days * day)).unwrap();
+        assert!(!click_at(89).expired);
+        assert_eq!(
+            click_at(90).value.url,
+            "https://example.com",
+            "still readable, to redirect"
+        );
+        assert!(click_at(90).expired);
+        assert!(!signer.read_open(open, at(NOW + 89 * day)).unwrap().expired);
+        assert!(signer.read_open(open, at(NOW + 90 * day)).unwrap().expired);
+        // The expiry is signed: moving it forward breaks the token.
+        let (payload, tag) = unsubscribe.rsplit_once('.').unwrap();
+        let later = payload.replace(&format!("-{}", NOW + 365 * day), &format!("-{}", NOW + 3650 * day));
+        assert_ne!(later, payload);
+        assert_eq!(signer.read_unsubscribe(&format!("{later}.{tag}"), at(NOW)), None);
+    }
+
+    #[test]
+    fn links_signed_before_expiries_work_for_one_lifetime_after_the_upgrade() {
+        let signer = Signer::new(b"k");
+        // What earlier versions signed: no expiry in the payload.
+        let unsubscribe = signer.sign(Purpose::Unsubscribe, "42-7");
+        let click = signer.sign(
+            Purpose::Click,
+            &URL_SAFE_NO_PAD
+                .encode(br#"{"c":42,"m":"7/intro-email/3","j":"w","t":"t","l":"","u":"https://example.com","i":0}"#),
+        );
+        let open = signer.sign(
+            Purpose::Open,
+            &URL_SAFE_NO_PAD.encode(br#"{"c":42,"m":"7/intro-email/3","j":"w","t":"t"}"#),
+        );
+        let day = DAY_SECONDS;
+        let upgrade = UNSTAMPED_SIGNED_AT;
+        let unsubscribe_at = |seconds: i64| signer.read_unsubscribe(&unsubscribe, at(seconds)).unwrap();
+        assert_eq!(unsubscribe_at(upgrade + 364 * day).value, (42, 7));
+        assert!(!unsubscribe_at(upgrade + 364 * day).expired);
+        assert!(unsubscribe_at(upgrade + 365 * day).expired);
+        let click_at = |seconds: i64| signer.read_click(&click, at(seconds)).unwrap();
+        assert_eq!(click_at(upgrade).value.url, "https://example.com");
+        assert!(!click_at(upgrade + 89 * day).expired);
+        assert!(click_at(upgrade + 90 * day).expired);
+        assert!(!signer.read_open(&open, at(upgrade + 89 * day)).unwrap().expired);
+        assert!(signer.read_open(&open, at(upgrade + 90 * day)).unwrap().expired);
     }
 }

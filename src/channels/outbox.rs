@@ -10,7 +10,7 @@
 //! `O_APPEND`, so several processes sharing an outbox append whole writes side by side.
 
 use chrono::{DateTime, Utc};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -20,13 +20,26 @@ use tokio::sync::{mpsc, oneshot};
 #[derive(Clone, Debug)]
 pub struct Outbox {
     dir: PathBuf,
-    appends: mpsc::UnboundedSender<Append>,
+    appends: mpsc::UnboundedSender<Work>,
 }
 
 struct Append {
     file: PathBuf,
     bytes: Vec<u8>,
     written: oneshot::Sender<std::io::Result<()>>,
+}
+
+/// What the writer thread does: appends, and now and then an erasure's rewrite of a file.
+enum Work {
+    Append(Append),
+    Redact(Redact),
+}
+
+/// Rewrites one file without the messages of some effect keys (see `Outbox::redact`).
+struct Redact {
+    file: PathBuf,
+    keys: HashSet<String>,
+    done: oneshot::Sender<std::io::Result<usize>>,
 }
 
 impl Outbox {
@@ -62,49 +75,165 @@ impl Outbox {
 
     async fn append(&self, name: &str, bytes: Vec<u8>) -> std::io::Result<()> {
         let (written, outcome) = oneshot::channel();
-        let stopped = || std::io::Error::other("the outbox writer has stopped");
         self.appends
-            .send(Append {
+            .send(Work::Append(Append {
                 file: self.dir.join(name),
                 bytes,
                 written,
-            })
+            }))
+            .map_err(|_| stopped())?;
+        outcome.await.map_err(|_| stopped())?
+    }
+
+    /// Erasure: rewrites the file `name` (relative to the outbox) with the messages of `keys`
+    /// (effect keys: an email's `Message-ID` names its key, an SMS line has it as `key`)
+    /// reduced to a stub that names the key only, so the file keeps its count of messages and
+    /// loses the address and the content. Returns how many were redacted; a missing file has
+    /// none.
+    ///
+    /// Why a rewrite and not an index of offsets: erasure is rare and only touches the days a
+    /// contact got messages, so reading those files once costs less than keeping an index on
+    /// every append. The writer thread does it between appends, so none is lost or torn.
+    pub async fn redact(&self, name: &str, keys: HashSet<String>) -> std::io::Result<usize> {
+        let (done, outcome) = oneshot::channel();
+        self.appends
+            .send(Work::Redact(Redact {
+                file: self.dir.join(name),
+                keys,
+                done,
+            }))
             .map_err(|_| stopped())?;
         outcome.await.map_err(|_| stopped())?
     }
 }
 
+fn stopped() -> std::io::Error {
+    std::io::Error::other("the outbox writer has stopped")
+}
+
 /// The writer thread: takes everything queued, writes it with one `write` per file, answers.
-fn write_appends(mut receiver: mpsc::UnboundedReceiver<Append>) {
+fn write_appends(mut receiver: mpsc::UnboundedReceiver<Work>) {
     let mut open: HashMap<PathBuf, File> = HashMap::new();
     while let Some(first) = receiver.blocking_recv() {
-        let mut queued = vec![first];
-        while let Ok(next) = receiver.try_recv() {
-            queued.push(next);
-        }
-        let mut by_file: HashMap<PathBuf, Vec<Append>> = HashMap::new();
-        for append in queued {
-            by_file.entry(append.file.clone()).or_default().push(append);
-        }
-        for (path, appends) in by_file {
-            let bytes: Vec<u8> = appends.iter().flat_map(|a| a.bytes.iter().copied()).collect();
-            let outcome = write_to(&mut open, &path, &bytes);
-            if outcome.is_err() {
-                // Reopen next time: the directory may have been removed or remounted.
-                open.remove(&path);
+        let mut queued = Vec::new();
+        let mut next = Some(first);
+        while let Some(work) = next.take() {
+            match work {
+                Work::Append(append) => queued.push(append),
+                Work::Redact(redact) => {
+                    // Appends queued before the rewrite land first, in the file it rewrites.
+                    write_queued(&mut open, std::mem::take(&mut queued));
+                    open.remove(&redact.file);
+                    let _ = redact.done.send(redact_file(&redact.file, &redact.keys));
+                }
             }
-            for append in appends {
-                let _ = append.written.send(match &outcome {
-                    Ok(()) => Ok(()),
-                    Err(error) => Err(std::io::Error::new(error.kind(), error.to_string())),
-                });
-            }
+            next = receiver.try_recv().ok();
         }
+        write_queued(&mut open, queued);
         // Days roll over: let go of files nobody wrote to in this round.
         if open.len() > 8 {
             open.clear();
         }
     }
+}
+
+/// Writes appends with one `write` per file, and answers each.
+fn write_queued(open: &mut HashMap<PathBuf, File>, queued: Vec<Append>) {
+    let mut by_file: HashMap<PathBuf, Vec<Append>> = HashMap::new();
+    for append in queued {
+        by_file.entry(append.file.clone()).or_default().push(append);
+    }
+    for (path, appends) in by_file {
+        let bytes: Vec<u8> = appends.iter().flat_map(|a| a.bytes.iter().copied()).collect();
+        let outcome = write_to(open, &path, &bytes);
+        if outcome.is_err() {
+            // Reopen next time: the directory may have been removed or remounted.
+            open.remove(&path);
+        }
+        for append in appends {
+            let _ = append.written.send(match &outcome {
+                Ok(()) => Ok(()),
+                Err(error) => Err(std::io::Error::new(error.kind(), error.to_string())),
+            });
+        }
+    }
+}
+
+/// Rewrites `path` with the messages of `keys` reduced to stubs: written beside it, then
+/// renamed over it, so a crash leaves either file whole.
+fn redact_file(path: &Path, keys: &HashSet<String>) -> std::io::Result<usize> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(error) => return Err(error),
+    };
+    let (rewritten, count) = if path.extension().is_some_and(|e| e == "mbox") {
+        redact_mbox(&text, keys)
+    } else {
+        redact_lines(&text, keys)
+    };
+    if count == 0 {
+        return Ok(0);
+    }
+    let beside = path.with_extension("erasing");
+    std::fs::write(&beside, rewritten)?;
+    std::fs::rename(&beside, path)?;
+    Ok(count)
+}
+
+/// mboxrd entries start at unquoted `From ` lines; an entry whose `Message-ID` names one of
+/// `keys` (`<enrollment.step.seq@domain>`) keeps its separator and `Message-ID` only.
+fn redact_mbox(text: &str, keys: &HashSet<String>) -> (String, usize) {
+    let ids: HashSet<String> = keys.iter().map(|key| format!("<{}@", key.replace('/', "."))).collect();
+    let mut out = String::with_capacity(text.len());
+    let mut count = 0;
+    let mut entries: Vec<&str> = Vec::new();
+    let mut start = 0;
+    for (at, _) in text.match_indices("From ") {
+        if at == 0 || text.as_bytes()[at - 1] == b'\n' {
+            if at > start {
+                entries.push(&text[start..at]);
+            }
+            start = at;
+        }
+    }
+    entries.push(&text[start..]);
+    for entry in entries {
+        let headers = entry.split("\n\n").next().unwrap_or("");
+        let message_id = headers
+            .lines()
+            .find(|line| line.to_ascii_lowercase().starts_with("message-id:"))
+            .map(|line| line["message-id:".len()..].trim());
+        match message_id {
+            Some(id) if ids.iter().any(|prefix| id.starts_with(prefix.as_str())) => {
+                let separator = entry.lines().next().unwrap_or("From nurture");
+                out.push_str(&format!("{separator}\nMessage-ID: {id}\nX-Nurture-Erased: yes\n\n"));
+                count += 1;
+            }
+            _ => out.push_str(entry),
+        }
+    }
+    (out, count)
+}
+
+/// A JSON line whose `key` is one of `keys` becomes `{"key": ..., "erased": true}`.
+fn redact_lines(text: &str, keys: &HashSet<String>) -> (String, usize) {
+    let mut out = String::with_capacity(text.len());
+    let mut count = 0;
+    for line in text.split_inclusive('\n') {
+        let key = serde_json::from_str::<serde_json::Value>(line)
+            .ok()
+            .and_then(|value| value.get("key").and_then(|k| k.as_str()).map(str::to_string));
+        match key {
+            Some(key) if keys.contains(&key) => {
+                out.push_str(&serde_json::json!({"key": key, "erased": true}).to_string());
+                out.push('\n');
+                count += 1;
+            }
+            _ => out.push_str(line),
+        }
+    }
+    (out, count)
 }
 
 fn write_to(open: &mut HashMap<PathBuf, File>, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -174,6 +303,73 @@ mod tests {
             String::from_utf8(entry).unwrap(),
             "From nurture Tue Dec  1 09:05:03 2026\nSubject: hi\n\n>From here\n>>From there\nbye\n\n"
         );
+    }
+
+    #[tokio::test]
+    async fn erasure_redacts_a_contacts_messages_and_keeps_the_others_and_the_count() {
+        let dir = std::env::temp_dir().join(format!("nurture-outbox-redact-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let outbox = Outbox::new(&dir);
+        let at = DateTime::parse_from_rfc3339("2026-12-01T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let mail = |key: &str, to: &str| {
+            format!(
+                "Message-ID: <{}@example.com>\r\nTo: {to}\r\nSubject: Hi\r\n\r\nFrom your friends, {to}\r\n",
+                key.replace('/', ".")
+            )
+        };
+        let file = outbox
+            .mail(mail("7/welcome/1", "ada@example.com").as_bytes(), at)
+            .await
+            .unwrap();
+        outbox
+            .mail(mail("8/welcome/1", "bob@example.com").as_bytes(), at)
+            .await
+            .unwrap();
+        outbox
+            .mail(mail("7/nudge/3", "ada@example.com").as_bytes(), at)
+            .await
+            .unwrap();
+        outbox
+            .line(
+                "sms",
+                &serde_json::json!({"key": "7/text/2", "to": "+8613800138000", "body": "Hi Ada"}),
+                at,
+            )
+            .await
+            .unwrap();
+        let sms = outbox
+            .line(
+                "sms",
+                &serde_json::json!({"key": "8/text/2", "to": "+8613900139000", "body": "Hi Bob"}),
+                at,
+            )
+            .await
+            .unwrap();
+        let keys: HashSet<String> = ["7/welcome/1", "7/nudge/3", "7/text/2"].map(String::from).into();
+        assert_eq!(outbox.redact(&file, keys.clone()).await.unwrap(), 2);
+        assert_eq!(outbox.redact(&sms, keys.clone()).await.unwrap(), 1);
+        // Appends after the rewrite land in the rewritten file.
+        outbox
+            .mail(mail("9/welcome/1", "cy@example.com").as_bytes(), at)
+            .await
+            .unwrap();
+        let mbox = std::fs::read_to_string(dir.join(&file)).unwrap();
+        let lines = std::fs::read_to_string(dir.join(&sms)).unwrap();
+        assert!(
+            !mbox.contains("ada@") && !lines.contains("+86138") && !lines.contains("Ada"),
+            "{mbox}\n{lines}"
+        );
+        assert!(mbox.contains("bob@example.com") && mbox.contains("cy@example.com") && lines.contains("Hi Bob"));
+        assert_eq!(count_messages(&dir.join("mail")), 4, "stubs keep the count: {mbox}");
+        assert_eq!(count_messages(&dir.join("sms")), 2);
+        assert_eq!(
+            outbox.redact("mail/2020-01-01.mbox", keys).await.unwrap(),
+            0,
+            "no file, nothing to do"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[tokio::test]

@@ -95,6 +95,14 @@ impl SmsSender {
         }
     }
 
+    /// The outbox SMS are appended to, in the embedded mode (erasure rewrites it).
+    pub fn outbox(&self) -> Option<&super::outbox::Outbox> {
+        match self {
+            SmsSender::Outbox(outbox) => Some(outbox),
+            _ => None,
+        }
+    }
+
     pub fn is_missing(&self) -> bool {
         matches!(self, SmsSender::Missing)
     }

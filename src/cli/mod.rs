@@ -134,14 +134,24 @@ pub fn compile_paths(paths: &[PathBuf], project: &ProjectArgs) -> Result<(Catalo
     Ok(journey::compile_with(&sources, &config.guardrails))
 }
 
-/// Logs go to standard error; `RUST_LOG` chooses what (default: info).
+/// Logs go to standard error; `RUST_LOG` chooses what (default: info), and
+/// `NURTURE_LOG_FORMAT=json` writes one JSON object a line (for a log collector) with the
+/// fields of the spans it is in, such as a request's `request_id`.
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,apalis=warn"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let format = std::env::var("NURTURE_LOG_FORMAT").unwrap_or_default();
+    let _ = match format.trim() {
+        "json" => builder.json().try_init(),
+        "" | "text" => builder.try_init(),
+        other => {
+            eprintln!("warning: NURTURE_LOG_FORMAT=`{other}` is neither `json` nor `text`; writing text logs");
+            builder.try_init()
+        }
+    };
 }
 
 pub(crate) fn print_diagnostics(diagnostics: &[Diagnostic]) {

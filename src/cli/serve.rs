@@ -44,6 +44,9 @@ pub enum Role {
 
 pub fn run(args: Args, role: Role) -> Result<ExitCode> {
     let config = config_with(&args)?;
+    if role != Role::Worker {
+        config.check_api_credentials()?;
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         super::init_tracing();
@@ -91,7 +94,8 @@ pub fn run(args: Args, role: Role) -> Result<ExitCode> {
             };
             let api_stop = wait(stopped.clone());
             tasks.spawn(async move {
-                crate::api::serve(listener, crate::api::router(state), api_stop).await?;
+                let header_timeout = state.engine.config.http.header_timeout;
+                crate::api::serve_with(listener, crate::api::router(state), header_timeout, api_stop).await?;
                 Ok(())
             });
         }
@@ -115,12 +119,17 @@ pub fn run(args: Args, role: Role) -> Result<ExitCode> {
             });
         }
         tokio::spawn(reload_on_sighup(engine.clone()));
-        app::shutdown_signal().await;
-        let _ = stop.send(true);
-        while let Some(result) = tasks.join_next().await {
-            if let Ok(Err(error)) = result {
-                warn!(%error, "A component stopped with an error.");
-            }
+        let outcome = crate::supervise::run(
+            &mut tasks,
+            app::shutdown_signal(),
+            move || {
+                let _ = stop.send(true);
+            },
+            std::time::Duration::from_secs(30),
+        )
+        .await;
+        if let Err(why) = outcome {
+            anyhow::bail!("nurture stopped: {why}");
         }
         info!("Stopped.");
         Ok(ExitCode::SUCCESS)

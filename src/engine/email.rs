@@ -56,7 +56,7 @@ impl Engine {
         Ok(format!(
             "{}/u/{}",
             self.config.public_url(),
-            self.links.unsubscribe_token(contact, enrollment)
+            self.links.unsubscribe_token(contact, enrollment, self.clock.now())
         ))
     }
 
@@ -82,7 +82,7 @@ impl Engine {
             .map_err(|e| channels::Error::Permanent(e.to_string()))?;
         // The last line of defence: the journey should not have got this far.
         if let Some(reason) = contact.suppressed.get("email") {
-            return Ok(format!("suppressed: {to} is suppressed ({reason})"));
+            return Ok(format!("suppressed: the address is suppressed ({reason})"));
         }
         if rendered.class == MailClass::Marketing && !contact.allows("email") {
             // Suppressed, not failed: the contact said no, and the journey goes on.
@@ -103,6 +103,7 @@ impl Engine {
                 &self.links,
                 &sent,
                 unsubscribe_url,
+                self.clock.now(),
             );
         }
         let from = rendered.from.clone().unwrap_or_else(|| self.config.mail_from.clone());

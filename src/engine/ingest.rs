@@ -9,7 +9,7 @@ use crate::expr::EventFacts;
 use crate::queue::StepJob;
 use crate::store::{self, contacts, identities, ms};
 use chrono::{DateTime, Utc};
-use serde_json::{Map, Value as Json};
+use serde_json::Value as Json;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -508,52 +508,6 @@ impl Engine {
             }
         };
         Ok((contact_id, false, found))
-    }
-
-    /// Identify traits update the profile; well-known ones fill its columns.
-    async fn apply_traits(
-        &self,
-        tx: &mut store::Tx<'_>,
-        contact_id: i64,
-        message: &Message,
-        now: DateTime<Utc>,
-    ) -> Result<()> {
-        let at = message.timestamp.min(now);
-        let mut changes = Vec::new();
-        for (name, value) in &message.traits {
-            changes.push(crate::engine::ContactChange::Set {
-                name: name.clone(),
-                value: value.clone(),
-            });
-        }
-        contacts::apply(tx, contact_id, &changes, at).await?;
-        // Consent: `consent: {email: false, sms: true}`, or `unsubscribed: true` for email.
-        if let Some(Json::Object(consent)) = message.traits.get("consent") {
-            for (channel, granted) in consent {
-                if let Some(granted) = granted.as_bool() {
-                    contacts::set_consent(tx, contact_id, channel, granted, at).await?;
-                }
-            }
-        }
-        if let Some(unsubscribed) = message.traits.get("unsubscribed").and_then(Json::as_bool) {
-            contacts::set_consent(tx, contact_id, "email", !unsubscribed, at).await?;
-        }
-        let text = |map: &Map<String, Json>, key: &str| map.get(key).and_then(Json::as_str).map(str::to_string);
-        let email = text(&message.traits, "email").and_then(|e| normalize_email(&e));
-        let phone = text(&message.traits, "phone").and_then(|p| normalize_phone(&p, &self.config.phone_country_code));
-        let timezone = text(&message.traits, "timezone").or_else(|| text(&message.context, "timezone"));
-        let language = text(&message.traits, "language").or_else(|| text(&message.context, "locale"));
-        sqlx::query(
-            "UPDATE contacts SET email = COALESCE($1, email), phone = COALESCE($2, phone), timezone = COALESCE($3, timezone), language = COALESCE($4, language) WHERE id = $5",
-        )
-        .bind(email)
-        .bind(phone)
-        .bind(timezone)
-        .bind(language)
-        .bind(contact_id)
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
     }
 }
 

@@ -170,7 +170,7 @@ impl Engine {
                     advance: moved,
                 })
                 .collect();
-            let won = enrollments::save_moves(tx, &moves, now).await?;
+            let won = enrollments::save_moves(tx, &moves, now, None).await?;
             drop(moves);
             let mut changes = Vec::new();
             for ((enrollment, _, moved, event), won) in moving.iter().zip(won) {

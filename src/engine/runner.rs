@@ -69,6 +69,8 @@ pub struct Engine {
     pub(crate) ingest_groups: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<super::ingest::Pending>>,
     /// Accept deadlines coming due and reps to tell (see `sales.rs`).
     pub(crate) sales: super::lead_deadlines::SalesDesk,
+    /// What the reconciler pushed lately, and where its walk of the backlog stands.
+    pub(crate) repairs: Mutex<super::reconcile::Repairs>,
 }
 
 /// Counts preloaded for one move: `count_events` windows, and when the recent messages to the
@@ -133,6 +135,7 @@ impl Engine {
             steps: std::sync::OnceLock::new(),
             ingest_groups: std::sync::OnceLock::new(),
             sales: super::lead_deadlines::SalesDesk::default(),
+            repairs: Mutex::default(),
         })
     }
 
@@ -532,12 +535,14 @@ impl Engine {
         let now = self.clock.now();
         let grace = Duration::from_std(self.config.reconcile_grace).unwrap_or_default();
         let mut connection = self.store.pool.acquire().await?;
-        let mut overdue = enrollments::overdue(&mut connection, now - grace, 10_000).await?;
+        let mut overdue = self.overdue_page(&mut connection, now - grace).await?;
         // Effects recorded but never performed (a worker died after its commit).
-        overdue.extend(enrollments::with_stale_effects(&mut connection, now - grace, 10_000).await?);
+        overdue.extend(enrollments::with_stale_effects(&mut connection, now - grace, super::reconcile::PAGE).await?);
         overdue.sort_unstable();
         overdue.dedup();
         drop(connection);
+        // Under a backlog most overdue steps are queued, not lost: push each once a while.
+        let overdue = self.not_pushed_recently(overdue, now);
         // Accept deadlines passed and reps not told, left by a process that died.
         self.reconcile_sales(now - grace).await?;
         let count = overdue.len();

@@ -18,7 +18,7 @@ use crate::store::sales::{self as leads, Lead, Status};
 use crate::store::{self, enrollments};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value as Json};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use tracing::{debug, warn};
 
@@ -90,7 +90,56 @@ struct Follow {
     notices: Vec<i64>,
     /// Teams where a slot came free: their pool gets a turn.
     freed: Vec<String>,
+    /// Round-robin turns taken for a team before the transaction began (`reserve_turns`);
+    /// a team without them takes its cursor row's lock.
+    reserved: Option<(String, i64)>,
+    /// Leads given to each (team, rep) and not yet counted, with the rep's capacity: counted
+    /// as the transaction's last writes, so the counter rows are locked only briefly.
+    taken: BTreeMap<(String, String), (i64, Option<u32>)>,
+    /// How many of the `reserved` turns the placement used.
+    turns_used: i64,
 }
+
+/// Why a sales transaction did not commit.
+#[derive(Debug, thiserror::Error)]
+enum SalesError {
+    /// Another worker's assignment filled a rep this one chose: running it again chooses anew.
+    #[error("{0}")]
+    Filled(String),
+    #[error(transparent)]
+    Failed(#[from] Error),
+}
+
+impl From<store::Error> for SalesError {
+    fn from(error: store::Error) -> Self {
+        SalesError::Failed(error.into())
+    }
+}
+
+impl From<sqlx::Error> for SalesError {
+    fn from(error: sqlx::Error) -> Self {
+        SalesError::Failed(error.into())
+    }
+}
+
+impl From<SalesError> for Error {
+    fn from(error: SalesError) -> Self {
+        match error {
+            SalesError::Filled(reason) => Error::Invalid(reason),
+            SalesError::Failed(error) => error,
+        }
+    }
+}
+
+impl From<SalesError> for Refusal {
+    fn from(error: SalesError) -> Self {
+        Refusal::Failed(error.into())
+    }
+}
+
+/// How many times an assignment runs again when a rep filled up under it (another worker's
+/// assignment committed first).
+const FILLED_RETRIES: usize = 4;
 
 impl Engine {
     /// `assign_to_sales` for many leads of one team, through the step batch's connection: one
@@ -124,12 +173,38 @@ impl Engine {
                 ))))),
             }
         }
-        let mut tx = sqlx::Connection::begin(&mut *connection)
+        // The turns are taken outside the transaction, so concurrent batches of this team do
+        // not wait on each other's transactions for the cursor.
+        let turns = offers.len() as i64;
+        let first_turn = leads::reserve_turns(connection, &team.id, turns)
             .await
             .map_err(|e| transient(e.into()))?;
-        let mut follow = Follow::default();
-        let placed = self.place_in(&mut tx, team, &offers, now, &mut follow).await?;
-        self.commit_sales(tx, follow, now).await.map_err(transient)?;
+        let mut attempt = 0;
+        let placed = loop {
+            attempt += 1;
+            let mut tx = sqlx::Connection::begin(&mut *connection)
+                .await
+                .map_err(|e| transient(e.into()))?;
+            let mut follow = Follow {
+                reserved: Some((team.id.clone(), first_turn)),
+                ..Follow::default()
+            };
+            let placed = self.place_in(&mut tx, team, &offers, now, &mut follow).await?;
+            let used = follow.turns_used;
+            match self.commit_sales(tx, follow, now).await {
+                Ok(()) => {
+                    if used < turns
+                        && let Err(error) =
+                            leads::return_turns(connection, &team.id, first_turn + turns, turns - used).await
+                    {
+                        debug!(%error, "Could not give back unused round-robin turns.");
+                    }
+                    break placed;
+                }
+                Err(SalesError::Filled(_)) if attempt < FILLED_RETRIES => continue,
+                Err(error) => return Err(channels::Error::Transient(error.to_string())),
+            }
+        };
         let mut placed = placed.into_iter();
         Ok(outcomes
             .into_iter()
@@ -157,7 +232,42 @@ impl Engine {
         now: DateTime<Utc>,
         follow: &mut Follow,
     ) -> Result<Vec<assign::Placed>, channels::Error> {
-        let placement = assign::place(tx, team, offers, now).await?;
+        // Reserved turns serve one placement; a second one in this transaction (the pool's
+        // turn for freed slots) takes the cursor's lock.
+        let reserved = match follow.reserved.take() {
+            Some((reserved, first)) if reserved == team.id => Some(first),
+            other => {
+                follow.reserved = other;
+                None
+            }
+        };
+        let first_turn = match reserved {
+            Some(first) => {
+                leads::write_first(tx, &team.id).await?;
+                first
+            }
+            None => leads::lock_team(tx, &team.id).await?,
+        };
+        let pending: HashMap<String, i64> = follow
+            .taken
+            .iter()
+            .filter(|((taken_team, _), _)| *taken_team == team.id)
+            .map(|((_, rep), (count, _))| (rep.clone(), *count))
+            .collect();
+        let placement = assign::place(tx, team, offers, now, first_turn, &pending).await?;
+        if reserved.is_some() {
+            follow.turns_used = placement.turns;
+        } else if placement.turns > 0 {
+            leads::set_turn(tx, &team.id, first_turn + placement.turns).await?;
+        }
+        for (rep, count) in &placement.taken {
+            let capacity = team.reps.iter().find(|r| r.id == *rep).and_then(|r| r.capacity);
+            follow
+                .taken
+                .entry((team.id.clone(), rep.clone()))
+                .or_insert((0, capacity))
+                .0 += count;
+        }
         for (offer, placed) in offers.iter().zip(&placement.placed) {
             let assign::Placed::Rep { lead, rep, kept: false } = placed else {
                 continue;
@@ -188,7 +298,12 @@ impl Engine {
 
     /// Gives free slots of these teams to their oldest pooled leads (never to the rep who
     /// last let a lead go), then records every event, commits, and carries out what follows.
-    async fn commit_sales(&self, mut tx: store::Tx<'_>, mut follow: Follow, now: DateTime<Utc>) -> Result<()> {
+    async fn commit_sales(
+        &self,
+        mut tx: store::Tx<'_>,
+        mut follow: Follow,
+        now: DateTime<Utc>,
+    ) -> Result<(), SalesError> {
         let catalog = self.catalog();
         let mut drained = BTreeSet::new();
         while let Some(team_id) = follow.freed.pop() {
@@ -221,9 +336,49 @@ impl Engine {
                 .map_err(|e| Error::Invalid(e.to_string()))?;
         }
         let jobs = self.record_and_react(&mut tx, &follow.events, now).await?.jobs;
+        // The reps' counters last, in one order (no deadlock between two workers), so their rows
+        // are locked from here to the commit only. The guard keeps every rep within capacity.
+        for ((team, rep), (count, capacity)) in std::mem::take(&mut follow.taken) {
+            if !leads::add_load(&mut tx, &team, &rep, count, capacity).await? {
+                return Err(SalesError::Filled(format!(
+                    "rep `{rep}` of team `{team}` filled up meanwhile"
+                )));
+            }
+        }
         tx.commit().await?;
         self.after_sales_commit(jobs, follow).await;
         Ok(())
+    }
+
+    /// Erasure's part in sales, in the erasure's transaction: the contact's open leads close
+    /// (`lost`, "contact erased"; no event, nothing more happens to an erased person), the
+    /// slots they held are given back, then committed with the freed slots going to the teams'
+    /// oldest pooled leads, as every other close does.
+    pub(crate) async fn commit_erasure(
+        &self,
+        mut tx: store::Tx<'_>,
+        contact_id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let mut follow = Follow::default();
+        // Lock order: the teams first, as placing does.
+        let mut teams: Vec<String> = leads::open_of_contacts(&mut tx, &[contact_id])
+            .await?
+            .into_iter()
+            .map(|lead| lead.team)
+            .collect();
+        teams.sort();
+        teams.dedup();
+        for team in &teams {
+            leads::lock_team(&mut tx, team).await?;
+        }
+        for lead in leads::close_erased(&mut tx, contact_id, now).await? {
+            if lead.status.holds_slot() {
+                leads::release(&mut tx, &lead.team, &lead.rep).await?;
+                follow.freed.push(lead.team.clone());
+            }
+        }
+        Ok(self.commit_sales(tx, follow, now).await?)
     }
 
     async fn after_sales_commit(&self, jobs: Vec<(StepJob, DateTime<Utc>)>, follow: Follow) {

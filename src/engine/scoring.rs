@@ -86,6 +86,9 @@ impl Engine {
                 scored = true;
             }
         }
+        if scored {
+            self.fold_score_entries(tx, contact_id, now).await?;
+        }
         Ok(scored)
     }
 

@@ -26,12 +26,22 @@ use tracing::{Instrument, debug, warn};
 const MAX_BATCH: usize = 512;
 /// Messages sent at once by one batch.
 const SENDS_AT_ONCE: usize = 64;
+/// A batch records its effects already claimed for this long, and performs them right after
+/// its commit. Short, so a worker that dies in between holds them only briefly.
+const HELD_AT_RECORD_MS: i64 = 20_000;
+/// When a failed batch's jobs that no queue holds (`Submitted::here`) run again.
+const RETRY_HERE_MS: i64 = 2_000;
+/// A batch that comes to perform its own effects later than this after recording them (a slow
+/// batch) extends its claim to the full `effect_lease` first.
+const FRESH_CLAIM_MS: i64 = 5_000;
 
 /// A job handed to the batcher; `done` hears how its batch went.
 pub struct Submitted {
     pub job: StepJob,
     /// The queue's task id and worker, so the batch can delete the finished task.
     pub task: Option<(String, String)>,
+    /// Handed over by this process's own pushes (`Queue::run_here`), not taken from the queue.
+    pub here: bool,
     pub done: oneshot::Sender<Result<(), String>>,
 }
 
@@ -70,13 +80,41 @@ impl Engine {
     pub async fn run_task(self: &Arc<Self>, job: StepJob, task: Option<(String, String)>) -> Result<()> {
         let (done, outcome) = oneshot::channel();
         self.batcher()
-            .send(Submitted { job, task, done })
+            .send(Submitted {
+                job,
+                task,
+                here: false,
+                done,
+            })
             .map_err(|_| Error::Invalid("the step batcher has stopped".into()))?;
         match outcome.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => Err(Error::Invalid(error)),
             Err(_) => Err(Error::Invalid("the step batch was abandoned".into())),
         }
+    }
+
+    /// What `Queue::run_here` calls while this process runs a step worker: jobs it pushes go
+    /// straight into the next step batch.
+    pub fn runs_here(self: &Arc<Self>) -> Arc<dyn Fn(Vec<StepJob>) + Send + Sync> {
+        let engine = Arc::downgrade(self);
+        Arc::new(move |jobs: Vec<StepJob>| {
+            let Some(engine) = engine.upgrade() else { return };
+            let batcher = engine.batcher();
+            for job in jobs {
+                // Nobody waits for the outcome: a failed batch holds its jobs for a retry.
+                let (done, _) = oneshot::channel();
+                let here = Submitted {
+                    job,
+                    task: None,
+                    here: true,
+                    done,
+                };
+                if batcher.send(here).is_err() {
+                    engine.queue.finished_here(1);
+                }
+            }
+        })
     }
 
     fn batcher(self: &Arc<Self>) -> &mpsc::UnboundedSender<Submitted> {
@@ -143,6 +181,15 @@ impl Engine {
         for (worker, tasks) in finished {
             if let Err(error) = self.queue.finished(&worker, &tasks).await {
                 debug!(%error, "Could not delete finished tasks from the queue.");
+            }
+        }
+        let here: Vec<StepJob> = batch.iter().filter(|s| s.here).map(|s| s.job).collect();
+        if !here.is_empty() {
+            self.queue.finished_here(here.len());
+            if outcome.is_err() {
+                // No queue holds these: try them again shortly (the reconciler would, later).
+                let at = self.clock.now().timestamp_millis() + RETRY_HERE_MS;
+                self.queue.timers.hold_loaded(here.into_iter().map(|job| (job, at)));
             }
         }
         let outcome = outcome.map_err(|e| e.to_string());
@@ -230,14 +277,17 @@ impl Engine {
                 break;
             }
             let started = std::time::Instant::now();
-            lives = self
+            let done;
+            (lives, done) = self
                 .perform_pending(&mut connection, lives, &contacts, &mut later)
                 .await?;
             performing += started.elapsed();
             let started = std::time::Instant::now();
             lives = self
-                .move_once(&mut connection, lives, &mut contacts, &mut sent, &mut later)
+                .move_once(&mut connection, lives, done, &mut contacts, &mut sent, &mut later)
                 .await?;
+            // The SMS log of the effects just marked done.
+            self.record_sms_log(&mut connection).await?;
             moving += started.elapsed();
         }
         // Where a batch's time goes, for profiling (`RUST_LOG=nurture::engine::steps=debug`).
@@ -252,33 +302,57 @@ impl Engine {
     }
 
     /// Performs the effects recorded before each enrollment's next move. Returns the
-    /// enrollments that may move on; the others wait for a retry, failed, or belong to another
-    /// worker that claimed their effects.
+    /// enrollments that may move on (the others wait for a retry, failed, or belong to another
+    /// worker that claimed their effects) and the effects performed, for the next move's
+    /// transaction to mark done.
     async fn perform_pending(
         &self,
         connection: &mut sqlx::AnyConnection,
         lives: Vec<Live>,
         contacts: &HashMap<i64, Contact>,
         later: &mut Vec<(StepJob, DateTime<Utc>)>,
-    ) -> Result<Vec<Live>> {
+    ) -> Result<(Vec<Live>, Vec<(String, String)>)> {
         if lives.iter().all(|l| l.pending.is_empty()) {
-            return Ok(lives);
+            return Ok((lives, Vec::new()));
         }
         let now = self.clock.now();
         let lease = self.lease();
-        let keys: Vec<&str> = lives
-            .iter()
-            .flat_map(|l| l.pending.iter().map(|p| p.key.as_str()))
+        let now_ms = now.timestamp_millis();
+        // Effects this batch recorded moments ago are held already; older ones are claimed.
+        let fresh = |p: &effects::Pending| {
+            p.ours
+                && p.claimed_until
+                    .is_some_and(|until| until - now_ms > HELD_AT_RECORD_MS - FRESH_CLAIM_MS)
+        };
+        let all = lives.iter().flat_map(|l| l.pending.iter());
+        let keys: Vec<&str> = all.clone().filter(|p| !p.ours).map(|p| p.key.as_str()).collect();
+        let stale: Vec<(&str, i64)> = all
+            .clone()
+            .filter(|p| p.ours && !fresh(p))
+            .filter_map(|p| Some((p.key.as_str(), p.claimed_until?)))
             .collect();
-        let claimed = effects::claim_many(connection, &keys, now, now + lease).await?;
+        let mut claimed: HashSet<String> = all.filter(|p| fresh(p)).map(|p| p.key.clone()).collect();
+        if !keys.is_empty() {
+            claimed.extend(effects::claim_many(connection, &keys, now, now + lease).await?);
+        }
+        if !stale.is_empty() {
+            claimed.extend(effects::extend_many(connection, &stale, now + lease).await?);
+        }
         let (ready, lives): (Vec<Live>, Vec<Live>) = lives.into_iter().partition(|l| l.pending.is_empty());
-        // Another worker holds an effect: it carries that enrollment on. If it died, the lease
+        // Another worker holds an effect: it carries that enrollment on. If it died, its claim
         // runs out, and this job comes back to claim the effect then.
         let (lives, held): (Vec<Live>, Vec<Live>) = lives
             .into_iter()
             .partition(|l| l.pending.iter().all(|p| claimed.contains(&p.key)));
         for live in held {
-            later.push((live.job(), now + lease));
+            let until = live
+                .pending
+                .iter()
+                .filter(|p| !claimed.contains(&p.key))
+                .map(|p| p.claimed_until.and_then(DateTime::from_timestamp_millis))
+                .try_fold(now, |latest, until| until.map(|u| latest.max(u)))
+                .unwrap_or(now + lease);
+            later.push((live.job(), until));
         }
 
         // Messages go out many at a time; assignments write through this batch's connection.
@@ -346,7 +420,6 @@ impl Engine {
                 results[index].push((pending.key.clone(), outcome));
             }
         }
-        let done_at = self.clock.now();
         let mut done = Vec::new();
         let mut moving = ready;
         for (live, outcome) in lives.into_iter().zip(results) {
@@ -368,9 +441,7 @@ impl Engine {
                 Some((key, error)) => self.effect_failed(connection, &live, &key, error, later).await?,
             }
         }
-        effects::mark_done_many(connection, &done, done_at).await?;
-        self.record_sms_log(connection).await?;
-        Ok(moving)
+        Ok((moving, done))
     }
 
     /// One enrollment's message effects, in order, stopping at the first failure.
@@ -454,6 +525,7 @@ impl Engine {
         &self,
         connection: &mut sqlx::AnyConnection,
         lives: Vec<Live>,
+        done: Vec<(String, String)>,
         contacts: &mut HashMap<i64, Contact>,
         sent: &mut HashMap<i64, Vec<DateTime<Utc>>>,
         later: &mut Vec<(StepJob, DateTime<Utc>)>,
@@ -469,7 +541,14 @@ impl Engine {
                 continue;
             };
             let messages = sent.entry(live.contact_id).or_default();
-            match self.plan_moves(connection, &live, contact, messages, now).await? {
+            let planning = match self.plan_moves(connection, &live, contact, messages, now).await {
+                Ok(planning) => planning,
+                Err(error) => {
+                    self.keep_done(connection, &done, now).await;
+                    return Err(error);
+                }
+            };
+            match planning {
                 Planned::Moved(moved) => {
                     // Counted at once, so the contact's next enrollment in this batch sees it.
                     messages.extend(moved.effects.iter().filter(|e| e.effect.is_message()).map(|_| now));
@@ -480,41 +559,20 @@ impl Engine {
             }
         }
         if planned.is_empty() {
+            effects::mark_done_many(connection, &done, now).await?;
             return Ok(Vec::new());
         }
         let planning = now_clock.elapsed();
-        let mut tx = sqlx::Connection::begin(&mut *connection).await?;
-        let moves: Vec<enrollments::Move<'_>> = planned
-            .iter()
-            .map(|(live, moved)| enrollments::Move {
-                journey: &live.journey,
-                before: &live.enrollment,
-                advance: moved,
-            })
-            .collect();
-        let won = enrollments::save_moves(&mut tx, &moves, now).await?;
-        drop(moves);
-        let changes: Vec<(i64, &super::ContactChange)> = planned
-            .iter()
-            .zip(&won)
-            .filter(|(_, won)| **won)
-            .flat_map(|((live, moved), _)| moved.changes.iter().map(move |c| (live.contact_id, c)))
-            .collect();
-        contacts::apply_many(&mut tx, &changes, now).await?;
-        let scored: HashSet<i64> = changes
-            .iter()
-            .filter(|(_, c)| matches!(c, super::ContactChange::Score { .. }))
-            .map(|(id, _)| *id)
-            .collect();
-        drop(changes);
-        let mut qualified = Vec::new();
-        for contact_id in scored {
-            qualified.extend(self.qualify(&mut tx, contact_id, now).await?);
-        }
-        let saving = now_clock.elapsed();
-        tx.commit().await?;
-        debug!(moves = planned.len(), ?planning, ?saving, committed = ?now_clock.elapsed(), "Step batch round.");
-        self.enqueue(qualified).await?;
+        let saved = match self.save_round(connection, &planned, &done, now).await {
+            Ok(saved) => saved,
+            Err(error) => {
+                self.keep_done(connection, &done, now).await;
+                return Err(error);
+            }
+        };
+        debug!(moves = planned.len(), ?planning, committed = ?now_clock.elapsed(), "Step batch round.");
+        let won = saved.won;
+        self.enqueue(saved.qualified).await?;
 
         let mut carry_on = Vec::new();
         let mut any_effects = false;
@@ -542,6 +600,8 @@ impl Engine {
                     step: keyed.key.step.clone(),
                     effect: keyed.effect.clone(),
                     attempts: 0,
+                    claimed_until: Some(saved.held_until),
+                    ours: true,
                 })
                 .collect();
             match &moved.position {
@@ -556,6 +616,61 @@ impl Engine {
             pause_for_tests();
         }
         Ok(carry_on)
+    }
+
+    /// What was sent stays sent: when the round's transaction cannot carry the effects just
+    /// performed, they are marked done on their own, or they would be performed again.
+    async fn keep_done(&self, connection: &mut sqlx::AnyConnection, done: &[(String, String)], now: DateTime<Utc>) {
+        if let Err(error) = effects::mark_done_many(connection, done, now).await {
+            warn!(%error, effects = done.len(), "Effects were performed but could not be marked done.");
+        }
+    }
+
+    /// One round's transaction: the effects just performed marked done, then every planned
+    /// move (compare-and-set), their contact changes and the stages they qualify for.
+    async fn save_round(
+        &self,
+        connection: &mut sqlx::AnyConnection,
+        planned: &[(Live, Advance)],
+        done: &[(String, String)],
+        now: DateTime<Utc>,
+    ) -> Result<SavedRound> {
+        let mut tx = sqlx::Connection::begin(&mut *connection).await?;
+        effects::mark_done_many(&mut tx, done, now).await?;
+        let moves: Vec<enrollments::Move<'_>> = planned
+            .iter()
+            .map(|(live, moved)| enrollments::Move {
+                journey: &live.journey,
+                before: &live.enrollment,
+                advance: moved,
+            })
+            .collect();
+        let held_until = now + Duration::milliseconds(HELD_AT_RECORD_MS);
+        let won = enrollments::save_moves(&mut tx, &moves, now, Some(held_until)).await?;
+        drop(moves);
+        let changes: Vec<(i64, &super::ContactChange)> = planned
+            .iter()
+            .zip(&won)
+            .filter(|(_, won)| **won)
+            .flat_map(|((live, moved), _)| moved.changes.iter().map(move |c| (live.contact_id, c)))
+            .collect();
+        contacts::apply_many(&mut tx, &changes, now).await?;
+        let scored: HashSet<i64> = changes
+            .iter()
+            .filter(|(_, c)| matches!(c, super::ContactChange::Score { .. }))
+            .map(|(id, _)| *id)
+            .collect();
+        drop(changes);
+        let mut qualified = Vec::new();
+        for contact_id in scored {
+            qualified.extend(self.qualify(&mut tx, contact_id, now).await?);
+        }
+        tx.commit().await?;
+        Ok(SavedRound {
+            won,
+            qualified,
+            held_until: held_until.timestamp_millis(),
+        })
     }
 
     /// The next moves of one enrollment, in memory: consecutive instant steps that reach
@@ -614,6 +729,14 @@ impl Engine {
             records: moves.iter().flat_map(|m| m.records.iter().cloned()).collect(),
         }))
     }
+}
+
+struct SavedRound {
+    /// Per planned move, whether it won its compare-and-set.
+    won: Vec<bool>,
+    qualified: Vec<(StepJob, DateTime<Utc>)>,
+    /// Until when the recorded effects are claimed (ms).
+    held_until: i64,
 }
 
 enum Planned {

@@ -514,6 +514,10 @@ fn parse_message(
         (Some(original), None) => original,
         (None, _) => received_at,
     };
+    // Nothing happened after we received it: a time in the future (a client clock ahead with
+    // no `sentAt`, or a `sentAt` before the event) is clamped to the receipt, so it can neither
+    // pin `last_seen_at` (and stop inactivity counting) nor win every last-writer-wins trait.
+    let timestamp = timestamp.min(received_at);
     Ok(Message {
         kind,
         message_id,
@@ -558,6 +562,22 @@ mod tests {
         let message = &parsed.messages[0];
         assert_eq!(message.timestamp, now() - chrono::Duration::seconds(10));
         assert_eq!(message.message_id, "generated-1");
+    }
+
+    #[test]
+    fn a_time_in_the_future_is_clamped_to_the_receipt() {
+        let future = json!({"userId": "u1", "event": "X", "timestamp": "2030-01-01T00:00:00Z"});
+        let parsed = parse_single(&future, Kind::Track, now(), &mut ids()).unwrap();
+        assert_eq!(parsed.messages[0].timestamp, now());
+        assert_eq!(
+            parsed.messages[0].original_timestamp,
+            Some("2030-01-01T00:00:00Z".parse().unwrap()),
+            "what the client said is kept beside it"
+        );
+        // A `sentAt` before the event would put it after the receipt too.
+        let backwards = json!({"userId": "u1", "event": "X", "timestamp": "2026-11-23T14:00:10Z", "sentAt": "2026-11-23T14:00:00Z"});
+        let parsed = parse_single(&backwards, Kind::Track, now(), &mut ids()).unwrap();
+        assert_eq!(parsed.messages[0].timestamp, now());
     }
 
     #[test]

@@ -285,6 +285,9 @@ impl Templates {
                 });
             }
             check_references(&file.path, &references, &templates.partials, diagnostics);
+            if matches!(*what, "email" | "partial") {
+                warn_unescaped(&file.path, &references, diagnostics);
+            }
             if *what == "email"
                 && let Some((_, name, language)) = classify(&file.path)
                 && let Some(variant) = templates.emails.get(&name).and_then(|v| v.get(&language))
@@ -695,6 +698,33 @@ struct References {
     variables: Vec<(String, Pos)>,
     helpers: Vec<(String, Pos)>,
     partials: Vec<(String, Pos)>,
+    /// Variables in triple-stash `{{{ }}}`, which HTML does not escape.
+    unescaped: Vec<(String, Pos)>,
+}
+
+/// Roots whose values come from contacts and events (anyone who can send an event or fill in a
+/// form), as opposed to our own (`unsubscribe_url`, `journey`, `now`, `score`, `stage`).
+const CONTACT_DATA: [&str; 6] = ["contact", "traits", "trigger", "event", "tags", "lead"];
+
+/// `J073`: contact data in `{{{ }}}` goes into an email's HTML unescaped, so a trait like
+/// `<a href=...>` becomes a link in mail sent under the sender's name.
+fn warn_unescaped(file: &str, references: &References, diagnostics: &mut Vec<Diagnostic>) {
+    for (path, pos) in &references.unescaped {
+        let root = path.split(['.', '/']).next().unwrap_or_default();
+        if CONTACT_DATA.contains(&root) {
+            diagnostics.push(
+                Diagnostic::warning(
+                    file,
+                    *pos,
+                    "J073",
+                    format!("`{{{{{{{path}}}}}}}` puts contact data into the email unescaped"),
+                )
+                .with_hint(format!(
+                    "write {{{{{path}}}}}: a value with `<` or `&` would become HTML (a link, a form) in your mail"
+                )),
+            );
+        }
+    }
 }
 
 /// Walks a template; `nested` is true inside `#each`/`#with`, where the context changes and
@@ -711,6 +741,16 @@ fn collect(template: &Template, line_offset: u32, out: &mut References, nested: 
             | TemplateElement::HtmlExpression(helper)
             | TemplateElement::HelperBlock(helper) => {
                 let is_call = !helper.params.is_empty() || !helper.hash.is_empty() || helper.block;
+                if matches!(element, TemplateElement::HtmlExpression(_)) {
+                    let mut inner = References::default();
+                    if !is_call {
+                        parameter(&helper.name, pos, &mut inner, false);
+                    }
+                    for param in helper.params.iter().chain(helper.hash.values()) {
+                        parameter(param, pos, &mut inner, false);
+                    }
+                    out.unescaped.extend(inner.variables);
+                }
                 match (&helper.name, is_call) {
                     (Parameter::Name(name), true) => out.helpers.push((name.clone(), pos)),
                     (Parameter::Path(Path::Relative((_, raw))), true) => out.helpers.push((raw.clone(), pos)),
@@ -1084,6 +1124,27 @@ mod tests {
             "<html><head><style>p{}</style></head><body><h1>Hi Ada</h1><p>Read <a href=\"https://x.example/w\">the whitepaper</a>.</p><p>Bye &amp; thanks</p></body></html>",
         );
         assert_eq!(text, "Hi Ada\nRead the whitepaper (https://x.example/w).\nBye & thanks");
+    }
+
+    #[test]
+    fn contact_data_in_a_triple_stash_gets_a_warning_with_its_place() {
+        let files = [SourceFile {
+            path: "templates/welcome.email.hbs".into(),
+            text: "---\nsubject: Hi\n---\n<p>{{traits.name}}</p>\n<p>{{{traits.bio}}} and {{{default contact.email \"x\"}}}</p>\n<a href=\"{{{unsubscribe_url}}}\">Unsubscribe</a>\n".into(),
+        }];
+        let mut diagnostics = Vec::new();
+        Templates::compile(&files, &mut diagnostics);
+        let text: Vec<String> = diagnostics.iter().map(ToString::to_string).collect();
+        assert_eq!(text.len(), 2, "{text:#?}");
+        assert!(
+            text[0].starts_with("templates/welcome.email.hbs:5:4: warning[J073]: `{{{traits.bio}}}`"),
+            "{text:#?}"
+        );
+        assert!(
+            text[1].contains(":5:") && text[1].contains("`{{{contact.email}}}`"),
+            "{text:#?}"
+        );
+        assert!(!diagnostics.iter().any(Diagnostic::is_error), "{text:#?}");
     }
 
     #[test]

@@ -108,10 +108,23 @@ pub enum Backend {
     Sqlite(SqliteStorage<StepJob>),
 }
 
+/// Most jobs handed to this process's own step batcher and not finished yet; past it, jobs go
+/// through the shared queue, where any worker can take them.
+const LOCAL_BACKLOG: usize = 4_096;
+
+/// How a process that runs a step worker takes jobs itself (`Queue::run_here`).
+type RunHere = Arc<dyn Fn(Vec<StepJob>) + Send + Sync>;
+
 /// Where step jobs go.
 #[derive(Clone)]
 pub struct Queue {
     pub backend: Backend,
+    /// Set while this process runs a step worker: jobs it pushes go straight to its own step
+    /// batcher, up to `LOCAL_BACKLOG`, with no trip through Redis (or the SQLite queue file).
+    /// Nothing is lost with the process: the database keeps every enrollment's `due_at`, and a
+    /// process loads the overdue ones when it starts, as the reconciler does later.
+    local: Arc<std::sync::RwLock<Option<RunHere>>>,
+    local_backlog: Arc<std::sync::atomic::AtomicUsize>,
     pub hub: Arc<WakeHub>,
     pub timers: Arc<timers::Timers>,
     /// SQLite only: the queue file's pool, to delete jobs that ran.
@@ -142,9 +155,14 @@ impl Queue {
         let storage = RedisStorage::new(connection).with_config(config.clone());
         let hub = Arc::new(WakeHub::default());
         let available = format!("{namespace}:wake");
-        tokio::spawn(listen(client, available.clone(), hub.clone()));
+        crate::supervise::spawn_critical(
+            "the Redis wake-up listener",
+            listen(client, available.clone(), hub.clone()),
+        );
         Ok(Queue {
             backend: Backend::Redis(storage),
+            local: Arc::default(),
+            local_backlog: Arc::default(),
             hub,
             timers: Arc::new(timers::Timers::default()),
             sqlite: None,
@@ -164,6 +182,8 @@ impl Queue {
         let storage = SqliteStorage::new(pool).with_config(config);
         Ok(Queue {
             backend: Backend::Sqlite(storage),
+            local: Arc::default(),
+            local_backlog: Arc::default(),
             hub: Arc::new(WakeHub::default()),
             timers: Arc::new(timers::Timers::default()),
             sqlite: Some(pool.clone()),
@@ -171,8 +191,43 @@ impl Queue {
         })
     }
 
+    /// From now on, jobs this process pushes run here through `run` (this process's step
+    /// batcher), while fewer than `LOCAL_BACKLOG` are unfinished; `None` stops that (the worker
+    /// stopped). `run` must call `finished_here` for every job it was given.
+    pub fn run_here(&self, run: Option<RunHere>) {
+        *self.local.write().unwrap_or_else(|e| e.into_inner()) = run;
+    }
+
+    /// `count` jobs given to `run_here` have finished (or failed).
+    pub fn finished_here(&self, count: usize) {
+        self.local_backlog
+            .fetch_sub(count, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Gives what fits of `jobs` to this process's own batcher; returns the rest.
+    fn take_here(&self, mut jobs: Vec<StepJob>) -> Vec<StepJob> {
+        use std::sync::atomic::Ordering;
+        let local = self.local.read().unwrap_or_else(|e| e.into_inner());
+        let Some(run) = local.as_ref() else {
+            return jobs;
+        };
+        let backlog = self.local_backlog.load(Ordering::Relaxed);
+        let here = jobs.len().min(LOCAL_BACKLOG.saturating_sub(backlog));
+        if here == 0 {
+            return jobs;
+        }
+        let rest = jobs.split_off(here);
+        self.local_backlog.fetch_add(here, Ordering::Relaxed);
+        run(jobs);
+        rest
+    }
+
     /// Enqueues jobs to run now, and wakes every worker (here and, through Redis, elsewhere).
     pub async fn push_now(&self, jobs: Vec<StepJob>) -> Result<(), Error> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let jobs = self.take_here(jobs);
         if jobs.is_empty() {
             return Ok(());
         }
@@ -264,22 +319,46 @@ impl Queue {
 
 /// Wakes this process when another pushes jobs, for as long as the process runs: after Redis
 /// restarts it subscribes again, and wakes the worker in case it missed something meanwhile.
+/// A subscription whose connection died without a word (a dropped NAT or firewall entry, a
+/// frozen host) ends no stream, so a `PING` on it every few seconds must be answered, or it is
+/// dropped and made again. The task is critical (`supervise::spawn_critical`): if it ever
+/// ends, the process stops rather than run on without wake-ups.
 async fn listen(client: redis::Client, channel: String, hub: Arc<WakeHub>) {
+    const CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+    const ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
     loop {
-        match client.get_async_pubsub().await {
-            Ok(mut pubsub) => {
-                if let Err(error) = pubsub.subscribe(&channel).await {
-                    tracing::warn!(%error, "Could not subscribe to queue wake-ups; trying again.");
-                } else {
-                    hub.jobs_available();
-                    let mut messages = pubsub.into_on_message();
-                    while messages.next().await.is_some() {
-                        hub.jobs_available();
+        let subscribed = tokio::time::timeout(CHECK_EVERY, async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        })
+        .await;
+        match subscribed {
+            Ok(Ok(pubsub)) => {
+                hub.jobs_available();
+                let (mut sink, mut messages) = pubsub.split();
+                let mut check = tokio::time::interval(CHECK_EVERY);
+                check.tick().await;
+                loop {
+                    tokio::select! {
+                        message = messages.next() => match message {
+                            Some(_) => hub.jobs_available(),
+                            None => break,
+                        },
+                        _ = check.tick() => {
+                            let answer = tokio::time::timeout(ANSWER_WITHIN, sink.ping::<redis::Value>()).await;
+                            if !matches!(answer, Ok(Ok(_))) {
+                                break;
+                            }
+                        }
                     }
-                    tracing::warn!("Lost the Redis wake-up subscription; subscribing again.");
                 }
+                tracing::warn!("Lost the Redis wake-up subscription; subscribing again.");
+                // Whatever was published meanwhile is lost: look now.
+                hub.jobs_available();
             }
-            Err(error) => tracing::warn!(%error, "Redis is unreachable for wake-ups; trying again."),
+            Ok(Err(error)) => tracing::warn!(%error, "Redis is unreachable for wake-ups; trying again."),
+            Err(_) => tracing::warn!("Redis did not answer a wake-up subscription in time; trying again."),
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }

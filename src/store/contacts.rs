@@ -360,16 +360,138 @@ pub async fn page_of_ids(connection: &mut AnyConnection, after: i64, limit: i64)
     rows.iter().map(|r| r.try_get(0).map_err(Into::into)).collect()
 }
 
-/// Records a contact's yes or no to marketing on a channel.
+/// Records a contact's yes or no to marketing on a channel, said at `now`. The latest word
+/// wins: a late message that is older than the stored answer changes nothing, so an opt-out
+/// is never undone by an older opt-in (of two said at the same instant, the one that arrives
+/// last wins, as a `STOP` then `START` reply expects).
 pub async fn set_consent(tx: &mut Tx<'_>, id: i64, channel: &str, granted: bool, now: DateTime<Utc>) -> Result<()> {
     sqlx::query(
         "INSERT INTO contact_consent (contact_id, channel, granted, updated_at) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (contact_id, channel) DO UPDATE SET granted = excluded.granted, updated_at = excluded.updated_at",
+         ON CONFLICT (contact_id, channel) DO UPDATE SET granted = excluded.granted, updated_at = excluded.updated_at
+         WHERE contact_consent.updated_at <= excluded.updated_at",
     )
     .bind(id)
     .bind(channel)
     .bind(granted)
     .bind(ms(now))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Most traits one contact keeps. A message that would add more is refused (`api/ingest.rs`
+/// checks before storing); under a race the store keeps the cap by dropping the new names.
+pub const MAX_TRAITS: usize = 256;
+
+/// Sets a message's traits, each only if it is newer than the stored value of that trait
+/// (last writer wins per trait, by the message's time), in one statement. New names beyond
+/// `MAX_TRAITS` are left out. Returns the names that were written.
+pub async fn set_traits_at(
+    tx: &mut Tx<'_>,
+    id: i64,
+    traits: &Map<String, Json>,
+    at: DateTime<Utc>,
+) -> Result<std::collections::HashSet<String>> {
+    let mut written = std::collections::HashSet::new();
+    if traits.is_empty() {
+        return Ok(written);
+    }
+    let known: std::collections::HashSet<String> = trait_names(tx, &[id])
+        .await?
+        .into_iter()
+        .map(|(_, name)| name)
+        .collect();
+    let mut room = MAX_TRAITS.saturating_sub(known.len());
+    let mut rows: Vec<(&str, String)> = Vec::with_capacity(traits.len());
+    for (name, value) in traits {
+        if !known.contains(name) {
+            if room == 0 {
+                tracing::warn!(
+                    contact = id,
+                    "A contact reached the trait limit; new traits were left out."
+                );
+                continue;
+            }
+            room -= 1;
+        }
+        rows.push((name, value.to_string()));
+    }
+    for chunk in rows.chunks(super::rows_per_statement(4)) {
+        let sql = format!(
+            "INSERT INTO contact_traits (contact_id, name, value, updated_at) VALUES {}
+             ON CONFLICT (contact_id, name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at
+             WHERE contact_traits.updated_at <= excluded.updated_at
+             RETURNING name",
+            super::value_rows(1, chunk.len(), &[""; 4])
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(tx, sql)));
+        for (name, value) in chunk {
+            query = query.bind(id).bind(*name).bind(value.as_str()).bind(ms(at));
+        }
+        for row in query.fetch_all(&mut **tx).await? {
+            written.insert(row.try_get(0)?);
+        }
+    }
+    Ok(written)
+}
+
+/// How many traits a contact has.
+pub async fn count_traits(connection: &mut AnyConnection, id: i64) -> Result<i64> {
+    let row = sqlx::query("SELECT COUNT(*) FROM contact_traits WHERE contact_id = $1")
+        .bind(id)
+        .fetch_one(connection)
+        .await?;
+    Ok(row.try_get(0)?)
+}
+
+/// The trait names of these contacts, as `(contact, name)`.
+pub async fn trait_names(connection: &mut AnyConnection, ids: &[i64]) -> Result<Vec<(i64, String)>> {
+    let mut names = Vec::new();
+    for chunk in ids.chunks(super::IN_CHUNK) {
+        let sql = format!(
+            "SELECT contact_id, name FROM contact_traits WHERE contact_id IN ({})",
+            super::placeholders(1, super::padded_len(chunk.len()))
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(&*connection, sql)));
+        for id in super::padded(chunk) {
+            query = query.bind(*id);
+        }
+        for row in query.fetch_all(&mut *connection).await? {
+            names.push((row.try_get(0)?, row.try_get(1)?));
+        }
+    }
+    Ok(names)
+}
+
+/// The profile columns a message fills: values from traits that won (`set_traits_at`) always,
+/// values from the message's context (`timezone`, `locale`) only if the message is not older
+/// than the contact's last activity.
+#[derive(Debug, Default)]
+pub struct Profile {
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub timezone: Option<String>,
+    pub context_timezone: Option<String>,
+    pub language: Option<String>,
+    pub context_language: Option<String>,
+}
+
+pub async fn set_profile(tx: &mut Tx<'_>, id: i64, profile: &Profile, at: DateTime<Utc>) -> Result<()> {
+    sqlx::query(
+        "UPDATE contacts SET email = COALESCE($1, email), phone = COALESCE($2, phone),
+            timezone = COALESCE($3, CASE WHEN last_seen_at IS NULL OR last_seen_at <= $4 THEN $5 END, timezone),
+            language = COALESCE($6, CASE WHEN last_seen_at IS NULL OR last_seen_at <= $7 THEN $8 END, language)
+         WHERE id = $9",
+    )
+    .bind(profile.email.clone())
+    .bind(profile.phone.clone())
+    .bind(profile.timezone.clone())
+    .bind(ms(at))
+    .bind(profile.context_timezone.clone())
+    .bind(profile.language.clone())
+    .bind(ms(at))
+    .bind(profile.context_language.clone())
+    .bind(id)
     .execute(&mut **tx)
     .await?;
     Ok(())

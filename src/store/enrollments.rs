@@ -404,6 +404,7 @@ pub async fn save_move(
             advance,
         }],
         now,
+        None,
     )
     .await?;
     Ok(saved.first().copied().unwrap_or(false))
@@ -441,7 +442,16 @@ fn waits_for<'a>(journey: &'a Journey, position: &Position) -> Option<&'a str> {
 /// number: one compare-and-set `UPDATE ... FROM (VALUES ...)` on `seq` for every enrollment, then
 /// the winners' waiters, history rows and pending effects as multi-row inserts. Returns, per
 /// move, whether it won; a loser (moved by someone else, or exited meanwhile) writes nothing.
-pub async fn save_moves(tx: &mut Tx<'_>, moves: &[Move<'_>], now: DateTime<Utc>) -> Result<Vec<bool>> {
+///
+/// `held_until`: the caller performs the effects right after its commit, so they are recorded
+/// already claimed (`sending`) until then, sparing a claim statement per batch. Otherwise they
+/// are recorded `pending` for whoever runs the enrollment's next job.
+pub async fn save_moves(
+    tx: &mut Tx<'_>,
+    moves: &[Move<'_>],
+    now: DateTime<Utc>,
+    held_until: Option<DateTime<Utc>>,
+) -> Result<Vec<bool>> {
     use std::collections::HashSet;
     let mut won: HashSet<i64> = HashSet::with_capacity(moves.len());
     const COLUMNS: [&str; 7] = ["BIGINT", "TEXT", "TEXT", "TEXT", "BIGINT", "BIGINT", "BIGINT"];
@@ -548,11 +558,15 @@ pub async fn save_moves(tx: &mut Tx<'_>, moves: &[Move<'_>], now: DateTime<Utc>)
         .iter()
         .flat_map(|(id, contact, m)| m.advance.effects.iter().map(move |e| (*id, *contact, m.journey, e)))
         .collect();
-    for chunk in keyed.chunks(super::padded_rows_per_statement(9)) {
+    let (status, claimed_until) = match held_until {
+        Some(until) => ("sending", Some(ms(until))),
+        None => ("pending", None),
+    };
+    for chunk in keyed.chunks(super::padded_rows_per_statement(10)) {
         let sql = format!(
-            "INSERT INTO effects (effect_key, enrollment_id, contact_id, journey_id, step, kind, payload, created_at, status)
+            "INSERT INTO effects (effect_key, enrollment_id, contact_id, journey_id, step, kind, payload, created_at, status, claimed_until)
              VALUES {} ON CONFLICT DO NOTHING",
-            super::value_rows(1, super::padded_len(chunk.len()), &[""; 9])
+            super::value_rows(1, super::padded_len(chunk.len()), &["", "", "", "", "", "", "", "", "", "BIGINT"])
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(tx, sql)));
         for (id, contact, journey, keyed) in super::padded(chunk) {
@@ -565,7 +579,8 @@ pub async fn save_moves(tx: &mut Tx<'_>, moves: &[Move<'_>], now: DateTime<Utc>)
                 .bind(effect_kind(&keyed.effect))
                 .bind(serde_json::to_string(&keyed.effect).unwrap_or_default())
                 .bind(ms(now))
-                .bind("pending");
+                .bind(status)
+                .bind(claimed_until);
         }
         query.execute(&mut **tx).await?;
     }

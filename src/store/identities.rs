@@ -177,8 +177,10 @@ pub async fn erase(tx: &mut Tx<'_>, contact_id: i64, now: DateTime<Utc>) -> Resu
     if !exists {
         return Ok(false);
     }
-    let statements: [&'static str; 9] = [
+    let statements: [&'static str; 10] = [
         "DELETE FROM identities WHERE contact_id = $1",
+        // A step's detail may quote the contact's traits (a branch's reasons, a `set`).
+        "UPDATE step_history SET detail = 'erased' WHERE enrollment_id IN (SELECT id FROM enrollments WHERE contact_id = $1)",
         // Nothing more is sent or assigned to an erased person, and nothing is left to retry.
         "UPDATE effects SET status = 'cancelled' WHERE contact_id = $1 AND status IN ('pending', 'sending')",
         "DELETE FROM contact_consent WHERE contact_id = $1",

@@ -1,11 +1,13 @@
 //! The engine's state in PostgreSQL (production) or SQLite (embedded), through one code path:
 //! sqlx's `Any` driver, portable SQL, times as milliseconds. One file per aggregate.
 
+pub mod backlog;
 pub mod contacts;
 pub mod effects;
 pub mod email;
 pub mod enrollments;
 pub mod guardrails;
+mod health;
 pub mod identities;
 pub mod reports;
 pub mod sales;

@@ -149,6 +149,47 @@ pub async fn lock_team(connection: &mut AnyConnection, team: &str) -> Result<i64
     Ok(row.try_get(0)?)
 }
 
+/// Takes `count` round-robin turns of the team for an assignment about to run, in a statement
+/// of its own outside the assignment's transaction (like a sequence), so concurrent workers get
+/// disjoint turns without one waiting on the other's transaction. Returns the first turn.
+/// Turns a rolled-back assignment took are skipped: the rotation moves on, nothing is lost.
+pub async fn reserve_turns(connection: &mut AnyConnection, team: &str, count: i64) -> Result<i64> {
+    let row = sqlx::query(
+        "INSERT INTO team_cursors (team, next) VALUES ($1, $2)
+         ON CONFLICT (team) DO UPDATE SET next = team_cursors.next + $3 RETURNING next - $4",
+    )
+    .bind(team)
+    .bind(count)
+    .bind(count)
+    .bind(count)
+    .fetch_one(connection)
+    .await?;
+    Ok(row.try_get(0)?)
+}
+
+/// Gives back the last `unused` of the turns a `reserve_turns` ending at `end` took, if no one
+/// has taken turns since (leads a contact already held took none), so a retried step does not
+/// move the rotation on.
+pub async fn return_turns(connection: &mut AnyConnection, team: &str, end: i64, unused: i64) -> Result<()> {
+    sqlx::query("UPDATE team_cursors SET next = next - $1 WHERE team = $2 AND next = $3")
+        .bind(unused)
+        .bind(team)
+        .bind(end)
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
+/// SQLite only: takes the database's write lock now, with a write, as the first statement of
+/// an assignment's transaction; a transaction that read first could not take it later while
+/// another connection writes ("database is locked"). PostgreSQL locks rows, so nothing to do.
+pub async fn write_first(connection: &mut AnyConnection, team: &str) -> Result<()> {
+    if connection.backend_name() == "SQLite" {
+        lock_team(connection, team).await?;
+    }
+    Ok(())
+}
+
 pub async fn set_turn(connection: &mut AnyConnection, team: &str, next: i64) -> Result<()> {
     sqlx::query("UPDATE team_cursors SET next = $1 WHERE team = $2")
         .bind(next)
@@ -366,6 +407,45 @@ pub async fn close(
     .execute(connection)
     .await?;
     Ok((updated.rows_affected() == 1).then_some(before))
+}
+
+/// Erasure: the contact's open leads (assigned, accepted, pooled) are `lost` ("contact
+/// erased"), with no deadline and no notice left to send. Each is a compare-and-set on its
+/// status; returns the leads as they were, so the caller releases the slots they held.
+pub async fn close_erased(connection: &mut AnyConnection, contact_id: i64, now: DateTime<Utc>) -> Result<Vec<Lead>> {
+    let mut closed = Vec::new();
+    for lead in open_of_contacts(&mut *connection, &[contact_id]).await? {
+        let updated = sqlx::query(
+            "UPDATE assignments SET status = 'lost', closed_at = $1, reason = 'contact erased', accept_by = NULL,
+                notified_at = COALESCE(notified_at, $2)
+             WHERE id = $3 AND status = $4",
+        )
+        .bind(ms(now))
+        .bind(ms(now))
+        .bind(lead.id)
+        .bind(lead.status.as_str())
+        .execute(&mut *connection)
+        .await?;
+        if updated.rows_affected() == 1 {
+            closed.push(lead);
+        }
+    }
+    Ok(closed)
+}
+
+/// The contact's leads whose rep may have been told, as `(lead, assigned, told)`: their
+/// notices name the contact (erasure redacts them from the outbox).
+pub async fn notices_of_contact(
+    connection: &mut AnyConnection,
+    contact_id: i64,
+) -> Result<Vec<(i64, DateTime<Utc>, Option<DateTime<Utc>>)>> {
+    let rows = sqlx::query("SELECT id, assigned_at, notified_at FROM assignments WHERE contact_id = $1")
+        .bind(contact_id)
+        .fetch_all(connection)
+        .await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get(0)?, from_ms(row.try_get(1)?), opt_ms(row, "notified_at"))))
+        .collect()
 }
 
 /// The rep accepts: the deadline goes. False if the lead was not waiting for that.

@@ -95,3 +95,59 @@ pub async fn points_of_contacts(
     }
     Ok(points)
 }
+
+/// How many entries a contact has.
+pub async fn count_of_contact(connection: &mut AnyConnection, contact_id: i64) -> Result<i64> {
+    let row = sqlx::query("SELECT COUNT(*) FROM score_entries WHERE contact_id = $1")
+        .bind(contact_id)
+        .fetch_one(connection)
+        .await?;
+    Ok(row.try_get(0)?)
+}
+
+/// A contact's entries from before `before`, as `(id, rule, points, at)`, oldest first.
+pub async fn older_than(
+    connection: &mut AnyConnection,
+    contact_id: i64,
+    before: DateTime<Utc>,
+) -> Result<Vec<(i64, String, i64, DateTime<Utc>)>> {
+    let rows =
+        sqlx::query("SELECT id, rule, points, at FROM score_entries WHERE contact_id = $1 AND at < $2 ORDER BY at, id")
+            .bind(contact_id)
+            .bind(ms(before))
+            .fetch_all(connection)
+            .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, from_ms(r.try_get(3)?))))
+        .collect()
+}
+
+/// Replaces entries of one rule with one (`scoring::fold`); the contact's total is unchanged.
+pub async fn replace(
+    tx: &mut Tx<'_>,
+    contact_id: i64,
+    ids: &[i64],
+    rule: &str,
+    points: i64,
+    at: DateTime<Utc>,
+) -> Result<()> {
+    for chunk in ids.chunks(super::IN_CHUNK) {
+        let sql = format!(
+            "DELETE FROM score_entries WHERE contact_id = $1 AND id IN ({})",
+            super::placeholders(2, super::padded_len(chunk.len()))
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(tx, sql))).bind(contact_id);
+        for id in super::padded(chunk) {
+            query = query.bind(*id);
+        }
+        query.execute(&mut **tx).await?;
+    }
+    sqlx::query("INSERT INTO score_entries (contact_id, rule, event_id, points, at) VALUES ($1, $2, NULL, $3, $4)")
+        .bind(contact_id)
+        .bind(rule)
+        .bind(points)
+        .bind(ms(at))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}

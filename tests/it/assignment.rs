@@ -7,8 +7,10 @@ use chrono::{DateTime, Duration, Utc};
 use nurture::channels::assign::{Offer, Placed, place};
 use nurture::engine::Contact;
 use nurture::journey::sales::{Rep, Strategy, Team};
+use nurture::store::sales as leads;
 use nurture::store::{Kind, Store, contacts};
 use sqlx::Row;
+use std::collections::HashMap;
 
 /// Offers leads `(contact, enrollment)` to the team in one transaction: each gets its rep's id,
 /// or, waiting in the pool, the error the old `assign_many` gave.
@@ -28,9 +30,26 @@ async fn assign_many(
             pooled: None,
         })
         .collect();
-    let mut tx = sqlx::Connection::begin(&mut *connection).await.unwrap();
-    let placement = place(&mut tx, team, &offers, now).await?;
-    tx.commit().await.unwrap();
+    // As the engine does: turns taken first, counters counted last, again if a rep filled up.
+    let first_turn = leads::reserve_turns(connection, &team.id, offers.len() as i64)
+        .await
+        .unwrap();
+    let placement = loop {
+        let mut tx = sqlx::Connection::begin(&mut *connection).await.unwrap();
+        leads::write_first(&mut tx, &team.id).await.unwrap();
+        let placement = place(&mut tx, team, &offers, now, first_turn, &HashMap::new()).await?;
+        let mut counted = true;
+        for (rep, taken) in &placement.taken {
+            let capacity = team.reps.iter().find(|r| r.id == *rep).and_then(|r| r.capacity);
+            counted &= leads::add_load(&mut tx, &team.id, rep, *taken, capacity).await.unwrap();
+        }
+        if counted {
+            tx.commit().await.unwrap();
+            let (end, unused) = (first_turn + offers.len() as i64, offers.len() as i64 - placement.turns);
+            leads::return_turns(connection, &team.id, end, unused).await.unwrap();
+            break placement;
+        }
+    };
     Ok(placement
         .placed
         .into_iter()

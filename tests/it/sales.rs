@@ -44,7 +44,7 @@ rules:
 ";
 
 /// A project: the hand-off journey and one team, `accept_within` as given, told by `notify`.
-fn project(accept_within: &str, notify: &str) -> PathBuf {
+pub(crate) fn project(accept_within: &str, notify: &str) -> PathBuf {
     let dir = scratch_dir("sales");
     std::fs::create_dir_all(dir.join("journeys")).unwrap();
     std::fs::create_dir_all(dir.join("templates")).unwrap();
@@ -84,7 +84,7 @@ fn event(name: &str) -> EventFacts {
     }
 }
 
-async fn contact(env: &TestEnv, email: &str) -> i64 {
+pub(crate) async fn contact(env: &TestEnv, email: &str) -> i64 {
     env.engine
         .create_contact(&NewContact {
             email: Some(email.into()),
@@ -96,7 +96,7 @@ async fn contact(env: &TestEnv, email: &str) -> i64 {
 }
 
 /// Scores the contact to SQL (40 + 20 points), which starts the hand-off journey.
-async fn qualify(env: &TestEnv, contact: i64) {
+pub(crate) async fn qualify(env: &TestEnv, contact: i64) {
     env.engine.track(contact, event("Demo Requested")).await.unwrap();
     env.engine.track(contact, event("Pricing Page Viewed")).await.unwrap();
 }
@@ -444,7 +444,7 @@ async fn rejected_leads_go_back_to_the_pool_and_the_robot_hears(mode: Mode) {
         json!({"stage": "customer"}),
     )
     .await;
-    assert_eq!(status, 401, "a rep token is not an admin token");
+    assert_eq!(status, 403, "a rep token is not an admin token");
     let (status, bad) = post(
         &api,
         &format!("/v1/contacts/{cy}/stage"),
