@@ -319,9 +319,8 @@ async fn the_api_names_the_field_past_a_limit_and_stores_nothing_of_it() {
     assert_eq!(answer.status, 400);
     assert_eq!(answer.json()["error"]["field"], "body");
 
-    // Past the request limit, before gunzip.
-    let huge = vec![b' '; MAX_REQUEST_BYTES + 1];
-    assert_eq!(post(&base, "/v1/batch", &[], &huge).await.status, 413);
+    // At the request limit the body is read (one byte over is a 413 before it is read, tested
+    // with the API's other limits in `edge`).
     let answer: Value = post(&base, "/v1/batch", &[], &vec![b' '; MAX_REQUEST_BYTES])
         .await
         .json();
