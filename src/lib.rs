@@ -17,6 +17,7 @@ pub mod engine;
 pub mod events;
 pub mod expr;
 pub mod journey;
+pub mod limits;
 pub mod metrics;
 mod nodelay;
 pub mod project;

@@ -15,8 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
-/// The largest body read off the wire (after gunzip the events API allows far less).
-pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// The largest body read off the wire (after gunzip the events API allows far less); listed
+/// with every other limit in `crate::limits`.
+pub const MAX_BODY_BYTES: usize = crate::limits::MAX_REQUEST_BYTES;
 
 /// Routes a load balancer or Prometheus calls: answered even when the API is saturated.
 const UNLIMITED_ROUTES: [&str; 4] = ["/healthz", "/readyz", "/health", "/metrics"];

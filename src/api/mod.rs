@@ -51,7 +51,8 @@ pub fn keys_for(engine: &Engine) -> Keys {
         tracing::warn!(
             "No NURTURE_WRITE_KEYS or NURTURE_ADMIN_TOKENS: accepting `dev` for both (embedded mode on loopback only)."
         );
-        return Keys::new(&["dev".into()], &["dev".into()]).with_rep_tokens(&config.rep_tokens)
+        return Keys::new(&["dev".into()], &["dev".into()])
+            .with_rep_tokens(&config.rep_tokens)
             .with_metrics_tokens(&config.metrics_tokens);
     }
     if config.write_keys.is_empty() {

@@ -6,12 +6,10 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value as Json};
 use std::io::Read;
 
-/// One message may be at most this large (Segment's limit), measured decompressed.
-pub const MAX_MESSAGE_BYTES: usize = 32 * 1024;
-/// One request may be at most this large, measured decompressed.
-pub const MAX_BATCH_BYTES: usize = 500 * 1024;
-/// Messages in one batch, at most.
-pub const MAX_BATCH_MESSAGES: usize = 2500;
+pub use crate::limits::{MAX_BATCH_BYTES, MAX_BATCH_MESSAGES, MAX_MESSAGE_BYTES};
+use crate::limits::{
+    MAX_EVENT_NAME_CHARS, MAX_ID_CHARS, MAX_JSON_DEPTH, MAX_JSON_KEYS, MAX_KEY_CHARS, MAX_STRING_CHARS,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -212,6 +210,9 @@ pub fn parse_batch(
             ),
         ));
     }
+    if let Some(shared) = shared_context {
+        check_limits("context", shared)?;
+    }
     let batch_sent_at = object.get("sentAt").and_then(parse_time);
     let mut parsed = Parsed {
         write_key: string_field(object, "writeKey"),
@@ -313,6 +314,80 @@ fn id_value(value: Option<&Json>) -> Option<String> {
     }
 }
 
+/// An id field within `MAX_ID_CHARS`.
+fn id_field(object: &Map<String, Json>, key: &str) -> Result<Option<String>, Invalid> {
+    match string_field(object, key) {
+        Some(id) if id.chars().count() > MAX_ID_CHARS => Err(Invalid::new(
+            key,
+            format!("`{key}` is longer than {MAX_ID_CHARS} characters"),
+        )),
+        id => Ok(id),
+    }
+}
+
+/// Checks `traits`, `properties` or `context` against the depth, key and string limits, and
+/// names the first place that breaks one (`properties.cart.items[2].name`).
+pub fn check_limits(field: &str, map: &Map<String, Json>) -> Result<(), Invalid> {
+    let mut path = field.to_string();
+    check_object(&mut path, map, 1)
+}
+
+fn check_object(path: &mut String, map: &Map<String, Json>, depth: usize) -> Result<(), Invalid> {
+    if map.len() > MAX_JSON_KEYS {
+        return Err(Invalid::new(
+            path,
+            format!(
+                "`{path}` has {} keys; an object holds at most {MAX_JSON_KEYS}",
+                map.len()
+            ),
+        ));
+    }
+    for (key, value) in map {
+        if key.chars().count() > MAX_KEY_CHARS {
+            let start: String = key.chars().take(20).collect();
+            return Err(Invalid::new(
+                path,
+                format!("the key `{start}…` in `{path}` is longer than {MAX_KEY_CHARS} characters"),
+            ));
+        }
+        let length = path.len();
+        path.push('.');
+        path.push_str(key);
+        check_value(path, value, depth)?;
+        path.truncate(length);
+    }
+    Ok(())
+}
+
+/// `depth` is the level of the object or list that holds `value`.
+fn check_value(path: &mut String, value: &Json, depth: usize) -> Result<(), Invalid> {
+    let nested = matches!(value, Json::Object(_) | Json::Array(_));
+    if nested && depth + 1 > MAX_JSON_DEPTH {
+        let field = path.split(['.', '[']).next().unwrap_or_default().to_string();
+        return Err(Invalid::new(
+            path,
+            format!("`{field}` nests objects and lists deeper than {MAX_JSON_DEPTH} levels"),
+        ));
+    }
+    match value {
+        Json::String(text) if text.chars().count() > MAX_STRING_CHARS => Err(Invalid::new(
+            path,
+            format!("`{path}` is longer than {MAX_STRING_CHARS} characters"),
+        )),
+        Json::Object(map) => check_object(path, map, depth + 1),
+        Json::Array(items) => {
+            for (index, item) in items.iter().enumerate() {
+                let length = path.len();
+                path.push_str(&format!("[{index}]"));
+                check_value(path, item, depth + 1)?;
+                path.truncate(length);
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
 fn parse_time(value: &Json) -> Option<DateTime<Utc>> {
     value
         .as_str()
@@ -350,9 +425,9 @@ fn parse_message(
             })?
         }
     };
-    let user_id = string_field(object, "userId");
-    let anonymous_id = string_field(object, "anonymousId");
-    let previous_id = string_field(object, "previousId");
+    let user_id = id_field(object, "userId")?;
+    let anonymous_id = id_field(object, "anonymousId")?;
+    let previous_id = id_field(object, "previousId")?;
     if user_id.is_none() && anonymous_id.is_none() && kind != Kind::Alias {
         return Err(Invalid::new("userId", "a message needs a `userId` or an `anonymousId`"));
     }
@@ -360,6 +435,9 @@ fn parse_message(
     let context = object_field(object, "context")?;
     // RudderStack sends identify traits only in `context.traits`.
     let mut traits = object_field(object, "traits")?;
+    for (field, map) in [("properties", &properties), ("context", &context), ("traits", &traits)] {
+        check_limits(field, map)?;
+    }
     if traits.is_empty()
         && kind != Kind::Group
         && let Some(Json::Object(context_traits)) = context.get("traits")
@@ -367,15 +445,24 @@ fn parse_message(
         traits = context_traits.clone();
     }
     let name = match kind {
-        Kind::Track => string_field(object, "event")
-            .ok_or_else(|| Invalid::new("event", "a track message needs an `event` name"))?,
+        Kind::Track => {
+            let name = string_field(object, "event")
+                .ok_or_else(|| Invalid::new("event", "a track message needs an `event` name"))?;
+            if name.chars().count() > MAX_EVENT_NAME_CHARS {
+                return Err(Invalid::new(
+                    "event",
+                    format!("`event` is longer than {MAX_EVENT_NAME_CHARS} characters"),
+                ));
+            }
+            name
+        }
         Kind::Page => "Page Viewed".into(),
         Kind::Screen => "Screen Viewed".into(),
         Kind::Identify => "Identify".into(),
         Kind::Group => "Group".into(),
         Kind::Alias => "Alias".into(),
     };
-    let group_id = string_field(object, "groupId");
+    let group_id = id_field(object, "groupId")?;
     if kind == Kind::Group {
         let Some(id) = &group_id else {
             return Err(Invalid::new("groupId", "a group message needs a `groupId`"));
@@ -402,12 +489,8 @@ fn parse_message(
             }
         }
     }
-    let message_id = match object.get("messageId") {
-        Some(value) => match id_value(Some(value)) {
-            Some(id) if id.len() <= 200 => id,
-            Some(_) => return Err(Invalid::new("messageId", "`messageId` is longer than 200 characters")),
-            None => fresh_id(),
-        },
+    let message_id = match id_field(object, "messageId")? {
+        Some(id) => id,
         None => fresh_id(),
     };
     let original = object
@@ -550,11 +633,11 @@ mod tests {
         let wide = json!({"batch": vec![item.clone(); 60], "context": {"pad": "x".repeat(10_000)}});
         assert_eq!(parse_batch(&wide, now(), &mut ids()).unwrap_err().field, "batch");
         let big = json!({"type": "track", "anonymousId": "b", "event": "E", "context": null, "properties": {"pad": "y".repeat(25_000)}});
-        let mixed = json!({"batch": [item, big], "context": {"pad": "x".repeat(10_000)}});
+        let mixed = json!({"batch": [item, big], "context": {"pad": "x".repeat(5_000), "pad2": "x".repeat(5_000)}});
         let parsed = parse_batch(&mixed, now(), &mut ids()).unwrap();
         assert_eq!(parsed.messages.len(), 1);
         assert_eq!(parsed.rejected[0].field, "batch[1]");
-        assert_eq!(parsed.messages[0].context["pad"].as_str().map(str::len), Some(10_000));
+        assert_eq!(parsed.messages[0].context["pad2"].as_str().map(str::len), Some(5_000));
         // Measured as serde_json writes it.
         let value = json!({"a": [1, "two", null], "b": {"c": true}});
         assert_eq!(json_len(&value), value.to_string().len());
@@ -571,3 +654,7 @@ mod tests {
         assert_eq!(read_body(big.as_bytes(), false, 1024).unwrap_err().field, "body");
     }
 }
+
+#[cfg(test)]
+#[path = "segment_limits_tests.rs"]
+mod limits_tests;

@@ -79,7 +79,8 @@ const EVENT_FIELDS: [(&str, Ty); 3] = [
     ("timestamp", Ty::Timestamp),
 ];
 
-const FUNCTIONS: [&str; 26] = [
+/// The functions conditions may call.
+pub const FUNCTIONS: [&str; 26] = [
     "size",
     "contains",
     "startsWith",
@@ -211,7 +212,12 @@ impl Checker<'_> {
         if self.errors.iter().any(|e| e.offset == offset) {
             return;
         }
-        self.errors.push(ExprError { offset, message, hint });
+        self.errors.push(ExprError {
+            offset,
+            message,
+            hint,
+            limit: false,
+        });
     }
 
     fn lookup(&self, name: &str) -> Option<Ty> {

@@ -7,9 +7,10 @@
 
 mod check;
 
-pub use check::Ty;
+pub use check::{FUNCTIONS, Ty};
 
 use crate::journey::values::Delay;
+use crate::limits::{MAX_CONDITION_CHARS, MAX_CONDITION_DEPTH};
 use cel::{Context, Env, Program, Value as CelValue};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value as Json};
@@ -67,6 +68,8 @@ pub struct ExprError {
     pub offset: usize,
     pub message: String,
     pub hint: Option<String>,
+    /// A limit of `crate::limits` was passed (`J008`), not a mistake in CEL.
+    pub limit: bool,
 }
 
 /// Counts a contact's events, for `count_events(name, window)`.
@@ -121,6 +124,9 @@ impl fmt::Display for EvalError {
     }
 }
 
+/// The stack `Expr::compile` runs on.
+const PARSER_STACK: usize = 32 * 1024 * 1024;
+
 fn env() -> Arc<Env> {
     static ENV: OnceLock<Arc<Env>> = OnceLock::new();
     ENV.get_or_init(|| Arc::new(Env::stdlib())).clone()
@@ -128,13 +134,23 @@ fn env() -> Arc<Env> {
 
 impl Expr {
     pub fn compile(source: &str, place: Place, want: Want) -> Result<Expr, Vec<ExprError>> {
+        // The `cel` parser takes a lot of stack for each level of brackets (16 levels overflowed
+        // the 2 MB of a tokio worker in a debug build), so it gets a stack of its own: mapped
+        // when needed, touched only as deep as it goes. Evaluation stays within 1 MB at the
+        // depth limit.
+        stacker::grow(PARSER_STACK, || Expr::compile_here(source, place, want))
+    }
+
+    fn compile_here(source: &str, place: Place, want: Want) -> Result<Expr, Vec<ExprError>> {
         if source.trim().is_empty() {
             return Err(vec![ExprError {
                 offset: 0,
                 message: "the condition is empty".into(),
                 hint: Some("write a CEL condition such as `score >= 50`".into()),
+                limit: false,
             }]);
         }
+        within_limits(source)?;
         let program = env().compile(source).map_err(|errors| {
             // The parser's later errors are echoes of the first.
             let first = errors.errors.first();
@@ -142,6 +158,11 @@ impl Expr {
             let mut message = first
                 .map(|e| e.msg.trim_start_matches("Syntax error: ").to_string())
                 .unwrap_or_default();
+            // The parser's own nesting limit, reached by what the bracket count does not see
+            // (`a ? b : c ? d : ...`).
+            if message.contains("Recursion limit") {
+                return vec![depth_error(offset)];
+            }
             if message.starts_with("mismatched input '<EOF>'") {
                 message = "it ends too early: a value is missing at the end".into();
             }
@@ -149,8 +170,17 @@ impl Expr {
                 offset,
                 message: format!("cannot parse the condition: {message}"),
                 hint: parse_hint(source),
+                limit: false,
             }]
         })?;
+        if let Some(id) = too_deep(program.expression(), 1) {
+            let offset = program
+                .source_info()
+                .offset_for(id)
+                .map(|(start, _)| start as usize)
+                .unwrap_or(0);
+            return Err(vec![depth_error(offset.min(source.chars().count()))]);
+        }
         let checked = check::check(&program, source, place, want)?;
         Ok(Expr {
             source: source.into(),
@@ -252,6 +282,99 @@ impl Expr {
             Json::Null => Ok(false),
             other => Err(EvalError(format!("the condition gave {other}, not true or false"))),
         }
+    }
+}
+
+/// Refuses a condition that is too long, or nests brackets and prefix operators too deep for the
+/// parser, before it is parsed: the parser recurses once per level, on the caller's stack.
+fn within_limits(source: &str) -> Result<(), Vec<ExprError>> {
+    let length = source.chars().count();
+    if length > MAX_CONDITION_CHARS {
+        return Err(vec![ExprError {
+            offset: MAX_CONDITION_CHARS,
+            message: format!("the condition is {length} characters; a condition is at most {MAX_CONDITION_CHARS}"),
+            hint: Some("split it: a branch arm, a trait set by a step, or a scoring rule".into()),
+            limit: true,
+        }]);
+    }
+    let mut depth = 0usize;
+    let mut prefix_run = 0usize;
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for (offset, c) in source.chars().enumerate() {
+        if let Some(open) = quote {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                _ if c == open => quote = None,
+                _ => {}
+            }
+            continue;
+        }
+        match c {
+            '"' | '\'' => quote = Some(c),
+            '(' | '[' | '{' => depth += 1,
+            ')' | ']' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        // `!!!x` and `- - -1` nest like brackets; a binary `-` is counted too, which errs on
+        // the safe side only for conditions no one writes.
+        match c {
+            '!' | '-' => prefix_run += 1,
+            c if c.is_whitespace() => {}
+            _ => prefix_run = 0,
+        }
+        if depth + prefix_run > MAX_CONDITION_DEPTH {
+            return Err(vec![depth_error(offset)]);
+        }
+    }
+    Ok(())
+}
+
+fn depth_error(offset: usize) -> ExprError {
+    ExprError {
+        offset,
+        message: format!("the condition nests deeper than {MAX_CONDITION_DEPTH} levels here"),
+        hint: Some("write it flatter: `a && b && c` rather than `(a && (b && c))`".into()),
+        limit: true,
+    }
+}
+
+/// The first node of a parsed condition that nests deeper than `MAX_CONDITION_DEPTH` (each
+/// operator, call, list or map is a level): checking and evaluating recurse once per level.
+fn too_deep(expr: &cel::common::ast::IdedExpr, depth: usize) -> Option<u64> {
+    use cel::common::ast::{EntryExpr, Expr as Node};
+    if depth > MAX_CONDITION_DEPTH {
+        return Some(expr.id);
+    }
+    let deeper = |child: &cel::common::ast::IdedExpr| too_deep(child, depth + 1);
+    match &expr.expr {
+        Node::Call(call) => call
+            .target
+            .iter()
+            .map(|t| t.as_ref())
+            .chain(call.args.iter())
+            .find_map(deeper),
+        Node::Select(select) => deeper(&select.operand),
+        Node::List(list) => list.elements.iter().find_map(deeper),
+        Node::Map(map) => map.entries.iter().find_map(|entry| match &entry.expr {
+            EntryExpr::MapEntry(entry) => deeper(&entry.key).or_else(|| deeper(&entry.value)),
+            EntryExpr::StructField(field) => deeper(&field.value),
+        }),
+        Node::Struct(object) => object.entries.iter().find_map(|entry| match &entry.expr {
+            EntryExpr::MapEntry(entry) => deeper(&entry.key).or_else(|| deeper(&entry.value)),
+            EntryExpr::StructField(field) => deeper(&field.value),
+        }),
+        Node::Comprehension(comprehension) => [
+            &comprehension.iter_range,
+            &comprehension.accu_init,
+            &comprehension.loop_cond,
+            &comprehension.loop_step,
+            &comprehension.result,
+        ]
+        .into_iter()
+        .find_map(deeper),
+        _ => None,
     }
 }
 

@@ -10,6 +10,7 @@ use super::scoring::{Scoring, parse_scoring};
 use super::templates::{SourceFile, Templates};
 use super::values::Guardrails;
 use super::yaml::Pos;
+use crate::limits::MAX_PROJECT_TAGS;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -127,6 +128,7 @@ pub fn compile_with(sources: &Sources, guardrails: &Guardrails) -> (Catalog, Vec
         first_file.insert(journey.id.clone(), file.path.clone());
         journeys.push(Arc::new(journey));
     }
+    check_tag_count(&journeys, &mut diagnostics);
     diagnostics.sort();
     diagnostics.dedup();
     let mut triggered_by: HashMap<String, Vec<Arc<Journey>>> = HashMap::new();
@@ -147,6 +149,31 @@ pub fn compile_with(sources: &Sources, guardrails: &Guardrails) -> (Catalog, Vec
         triggered_by,
     };
     (catalog, diagnostics)
+}
+
+/// A contact has only the tags that `tag` steps gave it: bounding the project's tags bounds them.
+fn check_tag_count(journeys: &[Arc<Journey>], diagnostics: &mut Vec<Diagnostic>) {
+    let mut tags = std::collections::BTreeSet::new();
+    for journey in journeys {
+        for step in &journey.steps {
+            let super::model::StepKind::Tag(names) = &step.kind else {
+                continue;
+            };
+            tags.extend(names.iter().map(String::as_str));
+            if tags.len() > MAX_PROJECT_TAGS {
+                diagnostics.push(
+                    Diagnostic::error(
+                        &journey.file,
+                        step.pos,
+                        "J008",
+                        format!("the project's journeys add more than {MAX_PROJECT_TAGS} different tags"),
+                    )
+                    .with_hint("use fewer, broader tags, or a trait (`set`) for values that vary"),
+                );
+                return;
+            }
+        }
+    }
 }
 
 /// A template whose file exists but failed to compile: reported at the template, not again at

@@ -223,8 +223,9 @@ impl<'a> Reader<'a> {
             Err(errors) => {
                 for error in errors {
                     let pos = self.pos_in_scalar(node, &scalar.text, error.offset);
+                    let code = if error.limit { "J008" } else { "J031" };
                     let diagnostic =
-                        Diagnostic::error(self.sink.file, pos, "J031", format!("in `{key}`: {}", error.message))
+                        Diagnostic::error(self.sink.file, pos, code, format!("in `{key}`: {}", error.message))
                             .maybe_hint(error.hint);
                     self.sink.push(diagnostic);
                 }
@@ -268,6 +269,12 @@ fn describe(node: &Node) -> String {
 pub fn parse_yaml(file: &str, text: &str, diagnostics: &mut Vec<Diagnostic>) -> Option<Node> {
     match super::yaml::parse(text) {
         Ok(root) => Some(root),
+        Err(error) if error.limit => {
+            diagnostics.push(Diagnostic::error(file, error.pos, "J008", error.message).with_hint(
+                "split it into smaller files, or write the repeated part once; docs/limits.md lists the limits",
+            ));
+            None
+        }
         Err(error) => {
             diagnostics.push(
                 Diagnostic::error(

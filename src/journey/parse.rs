@@ -8,6 +8,7 @@ use super::values::{
 };
 use super::yaml::{Node, Pos, Value};
 use crate::expr::{Place, Want};
+use crate::limits::MAX_TAG_CHARS;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 
@@ -766,6 +767,15 @@ impl JourneyParser<'_, '_> {
                 let tags = self.reader.string_list(value, kind_key)?;
                 if tags.iter().any(|t| t.trim().is_empty()) {
                     self.reader.sink.error(value.pos, "J005", "a tag cannot be empty");
+                    return None;
+                }
+                if let Some(long) = tags.iter().find(|t| t.chars().count() > MAX_TAG_CHARS) {
+                    let start: String = long.chars().take(20).collect();
+                    self.reader.sink.error(
+                        value.pos,
+                        "J008",
+                        format!("the tag `{start}…` is longer than {MAX_TAG_CHARS} characters"),
+                    );
                     return None;
                 }
                 if kind_key == "tag" {

@@ -9,6 +9,7 @@ use super::decode::{Reader, is_slug};
 use super::diagnostic::{Diagnostic, did_you_mean};
 use super::values::Tracking;
 use super::yaml::{self, Pos};
+use crate::limits::{MAX_TEMPLATE_BYTES, MAX_TEMPLATE_DEPTH};
 use handlebars::template::{Parameter, Template, TemplateElement};
 use handlebars::{Handlebars, Path};
 use serde_json::Value as Json;
@@ -181,10 +182,14 @@ impl Templates {
             plain: registry(false),
             ..Templates::default()
         };
+        let files: Vec<&SourceFile> = files
+            .iter()
+            .filter(|file| within_limits(&file.path, &file.text, diagnostics))
+            .collect();
         let mut texts: Vec<(&SourceFile, String, String)> = Vec::new();
         let mut parsed: Vec<(&SourceFile, Template, u32, &'static str)> = Vec::new();
         // Partials first: the others may use them.
-        for file in files {
+        for file in files.iter().copied() {
             if let Some((Kind::Partial, name, _)) = classify(&file.path)
                 && let Some(template) = compile_body(&file.path, &file.text, 0, diagnostics)
             {
@@ -194,7 +199,14 @@ impl Templates {
                 parsed.push((file, template, 0, "partial"));
             }
         }
-        for file in files {
+        for (name, diagnostic) in partial_cycles(&parsed) {
+            // Unregistered, so that even a catalog with errors cannot render it forever (it stays
+            // in `partials`, so the templates that include it are not also told it is unknown).
+            templates.html.unregister_template(&name);
+            templates.plain.unregister_template(&name);
+            diagnostics.push(diagnostic);
+        }
+        for file in files.iter().copied() {
             let Some((kind, name, language)) = classify(&file.path) else {
                 if file.path.ends_with(".hbs") {
                     diagnostics.push(Diagnostic::error(&file.path, Pos::new(1, 1), "J045", "this template's name does not say its channel").with_hint("name it NAME.email.hbs, NAME.email.txt.hbs or NAME.sms.hbs (NAME.zh.email.hbs for a language)"));
@@ -392,6 +404,10 @@ impl Templates {
 
     /// Checks a string template written inside a journey (webhook URL, headers and body).
     pub fn check_inline(text: &str) -> Result<(), String> {
+        let mut diagnostics = Vec::new();
+        if !within_limits("", text, &mut diagnostics) {
+            return Err(diagnostics.remove(0).message);
+        }
         let template = Template::compile(text).map_err(|error| format!("not a valid template: {}", error.reason()))?;
         let mut references = References::default();
         collect(&template, 0, &mut references, false);
@@ -432,6 +448,68 @@ impl Templates {
             other => other.clone(),
         })
     }
+}
+
+/// Whether a template is within its size and nesting limits; reports `J008` where it is not. The
+/// parser and the renderer recurse once per block and subexpression, on the caller's stack.
+fn within_limits(path: &str, text: &str, diagnostics: &mut Vec<Diagnostic>) -> bool {
+    if text.len() > MAX_TEMPLATE_BYTES {
+        diagnostics.push(
+            Diagnostic::error(
+                path,
+                Pos::new(1, 1),
+                "J008",
+                format!(
+                    "this template is {} KB; a template is at most {} KB",
+                    text.len().div_ceil(1024),
+                    MAX_TEMPLATE_BYTES / 1024
+                ),
+            )
+            .with_hint("move repeated parts into partials, and images and styles to links"),
+        );
+        return false;
+    }
+    let mut blocks = 0usize;
+    let mut searched = 0;
+    while let Some(found) = text[searched..].find("{{") {
+        let start = searched + found;
+        let inside = text[start + 2..].trim_start_matches(['{', '~']);
+        let end = inside.find("}}").unwrap_or(inside.len());
+        let tag = &inside[..end];
+        match tag.chars().next() {
+            Some('#') => blocks += 1,
+            Some('^') if !tag[1..].trim().trim_end_matches('~').is_empty() => blocks += 1,
+            Some('/') => blocks = blocks.saturating_sub(1),
+            _ => {}
+        }
+        let mut parens = 0usize;
+        let mut deepest = 0usize;
+        for c in tag.chars() {
+            match c {
+                '(' => parens += 1,
+                ')' => parens = parens.saturating_sub(1),
+                _ => {}
+            }
+            deepest = deepest.max(parens);
+        }
+        if blocks + deepest > MAX_TEMPLATE_DEPTH {
+            let before = &text[..start];
+            let line = before.matches('\n').count() + 1;
+            let col = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+            diagnostics.push(
+                Diagnostic::error(
+                    path,
+                    Pos::new(line as u32, col as u32),
+                    "J008",
+                    format!("blocks and subexpressions nest deeper than {MAX_TEMPLATE_DEPTH} levels here"),
+                )
+                .with_hint("close blocks sooner, or move the inner part into a partial"),
+            );
+            return false;
+        }
+        searched = start + 2;
+    }
+    true
 }
 
 fn registry(html: bool) -> Handlebars<'static> {
@@ -801,6 +879,61 @@ fn check_references(
                 .push(Diagnostic::error(file, *pos, "J045", format!("unknown partial `{partial}`")).with_hint(hint));
         }
     }
+}
+
+/// Partials that include themselves, directly or through others: rendering one would recurse
+/// until the stack overflows. Each cycle is reported once, where it closes.
+fn partial_cycles(parsed: &[(&SourceFile, Template, u32, &'static str)]) -> Vec<(String, Diagnostic)> {
+    // Each partial's file and the partials it includes, with where.
+    type Includes<'f> = (&'f str, Vec<(String, Pos)>);
+    let mut includes: BTreeMap<String, Includes<'_>> = BTreeMap::new();
+    for (file, template, _, what) in parsed {
+        let Some((Kind::Partial, name, _)) = classify(&file.path).filter(|_| *what == "partial") else {
+            continue;
+        };
+        let mut references = References::default();
+        collect(template, 0, &mut references, false);
+        includes.insert(name, (file.path.as_str(), references.partials));
+    }
+    let mut found = Vec::new();
+    let mut done: BTreeSet<String> = BTreeSet::new();
+    for start in includes.keys() {
+        // Depth-first, without recursion: the stack holds each partial and its next include.
+        let mut path: Vec<(String, usize)> = vec![(start.clone(), 0)];
+        while let Some((name, next)) = path.last().cloned() {
+            let edges = includes.get(&name).map(|(_, edges)| edges.as_slice()).unwrap_or(&[]);
+            let Some((included, pos)) = edges.get(next) else {
+                done.insert(name);
+                path.pop();
+                continue;
+            };
+            path.last_mut().expect("not empty").1 += 1;
+            if done.contains(included) || !includes.contains_key(included) {
+                continue;
+            }
+            if let Some(at) = path.iter().position(|(n, _)| n == included) {
+                let cycle: Vec<&str> = path[at..]
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .chain([included.as_str()])
+                    .collect();
+                let file = includes[&name].0;
+                found.push((
+                    name.clone(),
+                    Diagnostic::error(
+                        file,
+                        *pos,
+                        "J045",
+                        format!("partial `{}` includes itself: {}", included, cycle.join(" → ")),
+                    )
+                    .with_hint("rendering it would never end: remove one of these includes"),
+                ));
+                continue;
+            }
+            path.push((included.clone(), 0));
+        }
+    }
+    found
 }
 
 /// Whether the template, or a partial it includes, uses `unsubscribe_url`.

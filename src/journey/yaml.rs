@@ -4,6 +4,7 @@
 //! serde stops at the first error and forgets positions; a marketer gets every mistake of a file
 //! at once, each with its own line and column.
 
+use crate::limits::{MAX_YAML_DEPTH, MAX_YAML_FILE_BYTES, MAX_YAML_VALUES};
 use saphyr_parser::{Event, Parser, ScalarStyle, Span};
 use std::collections::HashMap;
 
@@ -43,11 +44,30 @@ pub struct Scalar {
     pub block: bool,
 }
 
-/// A problem that makes the file unreadable as YAML.
+/// A problem that makes the file unreadable as YAML, or too large to read (`limit`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SyntaxError {
     pub pos: Pos,
     pub message: String,
+    /// A limit of `crate::limits` was passed; the YAML itself may be fine.
+    pub limit: bool,
+}
+
+impl SyntaxError {
+    fn new(pos: Pos, message: impl Into<String>) -> SyntaxError {
+        SyntaxError {
+            pos,
+            message: message.into(),
+            limit: false,
+        }
+    }
+
+    fn limit(pos: Pos, message: impl Into<String>) -> SyntaxError {
+        SyntaxError {
+            limit: true,
+            ..SyntaxError::new(pos, message)
+        }
+    }
 }
 
 impl Node {
@@ -141,26 +161,47 @@ fn plain_scalar_to_json(text: &str) -> serde_json::Value {
     J::String(text.to_string())
 }
 
-/// Parses one YAML document. An empty file is a null node.
+fn depth_message() -> String {
+    format!("mappings and lists nest deeper than {MAX_YAML_DEPTH} levels here")
+}
+
+/// Parses one YAML document. An empty file is a null node. The file, its nesting and the values
+/// its aliases repeat are bounded (`crate::limits`), so no file can take unbounded time or memory.
 pub fn parse(text: &str) -> Result<Node, SyntaxError> {
+    if text.len() > MAX_YAML_FILE_BYTES {
+        return Err(SyntaxError::limit(
+            Pos::new(1, 1),
+            format!(
+                "this file is {} KB; a YAML file is at most {} KB",
+                text.len().div_ceil(1024),
+                MAX_YAML_FILE_BYTES / 1024
+            ),
+        ));
+    }
     let mut builder = Builder {
         stack: Vec::new(),
         anchors: HashMap::new(),
         root: None,
+        values: 0,
     };
     let mut documents = 0;
     for item in Parser::new_from_str(text) {
-        let (event, span) = item.map_err(|error| SyntaxError {
-            pos: Pos::new(error.marker().line() as u32, error.marker().col() as u32 + 1),
-            message: error.info().to_string(),
+        let (event, span) = item.map_err(|error| {
+            let pos = Pos::new(error.marker().line() as u32, error.marker().col() as u32 + 1);
+            // The parser has a nesting limit of its own, which it may reach while reading ahead.
+            if error.info().contains("recursion limit") {
+                SyntaxError::limit(pos, depth_message())
+            } else {
+                SyntaxError::new(pos, error.info().to_string())
+            }
         })?;
         if let Event::DocumentStart(_) = event {
             documents += 1;
             if documents > 1 {
-                return Err(SyntaxError {
-                    pos: pos_of(&span),
-                    message: "a journey file holds one YAML document; remove the second `---`".into(),
-                });
+                return Err(SyntaxError::new(
+                    pos_of(&span),
+                    "a journey file holds one YAML document; remove the second `---`",
+                ));
             }
             continue;
         }
@@ -183,13 +224,58 @@ enum Open {
 
 struct Builder {
     stack: Vec<Open>,
-    anchors: HashMap<usize, Node>,
+    /// Each anchored node with its number of values and its depth, which an alias repeats.
+    anchors: HashMap<usize, (Node, usize, usize)>,
     root: Option<Node>,
+    /// Values so far, aliases counted as what they repeat.
+    values: usize,
+}
+
+/// The values in a node and how deep it nests (a scalar is 0 deep).
+fn measure(node: &Node) -> (usize, usize) {
+    match &node.value {
+        Value::Null | Value::Scalar(_) => (1, 0),
+        Value::Seq(items) => items
+            .iter()
+            .map(measure)
+            .fold((1, 1), |(values, depth), (v, d)| (values + v, depth.max(d + 1))),
+        Value::Map(entries) => entries
+            .iter()
+            .flat_map(|(key, value)| [key, value])
+            .map(measure)
+            .fold((1, 1), |(values, depth), (v, d)| (values + v, depth.max(d + 1))),
+    }
 }
 
 impl Builder {
+    /// Counts `values` more, nested `depth` below the open collections, against the limits.
+    fn grow(&mut self, pos: Pos, values: usize, depth: usize) -> Result<(), SyntaxError> {
+        if self.stack.len() + depth > MAX_YAML_DEPTH {
+            return Err(SyntaxError::limit(pos, depth_message()));
+        }
+        self.values += values;
+        if self.values > MAX_YAML_VALUES {
+            return Err(SyntaxError::limit(
+                pos,
+                format!("the file has more than {MAX_YAML_VALUES} values, counting what each alias repeats"),
+            ));
+        }
+        Ok(())
+    }
+
     fn event(&mut self, event: Event<'_>, span: Span) -> Result<(), SyntaxError> {
         let pos = pos_of(&span);
+        match &event {
+            Event::Scalar(..) => self.grow(pos, 1, 0)?,
+            Event::SequenceStart(..) | Event::MappingStart(..) => self.grow(pos, 1, 1)?,
+            Event::Alias(id) => {
+                if let Some((_, values, depth)) = self.anchors.get(id) {
+                    let (values, depth) = (*values, *depth);
+                    self.grow(pos, values, depth)?;
+                }
+            }
+            _ => {}
+        }
         match event {
             Event::Scalar(text, style, anchor, _tag) => {
                 let value = if style == ScalarStyle::Plain && is_null(&text) {
@@ -226,21 +312,15 @@ impl Builder {
             }
             Event::SequenceEnd | Event::MappingEnd => match self.stack.pop() {
                 Some(Open::Seq(node, anchor)) | Some(Open::Map(node, anchor, None)) => self.complete(node, anchor),
-                _ => Err(SyntaxError {
-                    pos,
-                    message: "unbalanced YAML structure".into(),
-                }),
+                _ => Err(SyntaxError::new(pos, "unbalanced YAML structure")),
             },
             Event::Alias(id) => match self.anchors.get(&id) {
-                Some(node) => {
+                Some((node, _, _)) => {
                     let mut node = node.clone();
                     node.pos = pos;
                     self.complete(node, 0)
                 }
-                None => Err(SyntaxError {
-                    pos,
-                    message: "alias refers to an unknown anchor".into(),
-                }),
+                None => Err(SyntaxError::new(pos, "alias refers to an unknown anchor")),
             },
             Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentEnd => Ok(()),
             Event::DocumentStart(_) => Ok(()),
@@ -249,7 +329,8 @@ impl Builder {
 
     fn complete(&mut self, node: Node, anchor: usize) -> Result<(), SyntaxError> {
         if anchor != 0 {
-            self.anchors.insert(anchor, node.clone());
+            let (values, depth) = measure(&node);
+            self.anchors.insert(anchor, (node.clone(), values, depth));
         }
         match self.stack.last_mut() {
             None => self.root = Some(node),
@@ -261,10 +342,7 @@ impl Builder {
             Some(Open::Map(map, _, pending)) => match pending.take() {
                 None => {
                     if !matches!(node.value, Value::Scalar(_)) {
-                        return Err(SyntaxError {
-                            pos: node.pos,
-                            message: "mapping keys must be plain words".into(),
-                        });
+                        return Err(SyntaxError::new(node.pos, "mapping keys must be plain words"));
                     }
                     let earlier = map.as_map().and_then(|entries| {
                         entries
@@ -273,13 +351,13 @@ impl Builder {
                             .map(|(k, _)| k.pos.line)
                     });
                     if let Some(line) = earlier {
-                        return Err(SyntaxError {
-                            pos: node.pos,
-                            message: format!(
+                        return Err(SyntaxError::new(
+                            node.pos,
+                            format!(
                                 "key `{}` appears twice in this mapping (first on line {line})",
                                 node.as_str().unwrap_or_default()
                             ),
-                        });
+                        ));
                     }
                     *pending = Some(node);
                 }

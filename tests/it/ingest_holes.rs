@@ -173,7 +173,7 @@ async fn bounded_unauthenticated_work(mode: Mode) {
     let batch = json!({"batch": [
         {"type": "track", "anonymousId": "small", "event": "E"},
         {"type": "track", "anonymousId": "big", "event": "E", "properties": {"pad": "y".repeat(25_000)}},
-    ], "context": {"pad": "x".repeat(10_000)}});
+    ], "context": {"pad": "x".repeat(5_000), "pad2": "x".repeat(5_000)}});
     let response = post(&base, "/v1/batch", &batch).await;
     assert_eq!(response.status, 200);
     let body = response.json();
