@@ -53,8 +53,25 @@ impl Engine {
             Ok(result) => (result.clone(), true),
             Err(error) => (error.to_string(), false),
         };
-        let mut connection = self.store.pool.acquire().await?;
-        let attempts = leads::notified(&mut connection, id, &result, done, self.clock.now()).await?;
+        let told_at = self.clock.now();
+        // A notice that went out stays sent: if the database cannot be reached to say so, keep
+        // trying (for a minute), or the reconciler would tell the rep again once the claim ran out.
+        let started = std::time::Instant::now();
+        let (mut connection, attempts) = loop {
+            let written = async {
+                let mut connection = self.store.pool.acquire().await?;
+                let attempts = leads::notified(&mut connection, id, &result, done, told_at).await?;
+                Ok::<_, super::runner::Error>((connection, attempts))
+            }
+            .await;
+            match written {
+                Ok(written) => break written,
+                Err(_) if done && started.elapsed() < std::time::Duration::from_secs(60) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                }
+                Err(error) => return Err(error),
+            }
+        };
         match outcome {
             Ok(result) => debug!(lead = id, result, "Rep told about a lead."),
             Err(error) => {

@@ -313,7 +313,7 @@ impl Engine {
         lives: Vec<Live>,
         contacts: &HashMap<i64, Contact>,
         later: &mut Vec<(StepJob, DateTime<Utc>)>,
-    ) -> Result<(Vec<Live>, Vec<(String, String)>)> {
+    ) -> Result<(Vec<Live>, Vec<(String, String, DateTime<Utc>)>)> {
         if lives.iter().all(|l| l.pending.is_empty()) {
             return Ok((lives, Vec::new()));
         }
@@ -367,8 +367,11 @@ impl Engine {
             }
         }
         let mut sends = futures::stream::iter(sends).buffer_unordered(SENDS_AT_ONCE);
+        // When each enrollment's messages went out: their `done_at`, not the end of the batch.
+        let mut finished_at = vec![None; lives.len()];
         while let Some((index, outcome)) = sends.next().await {
             results[index] = outcome;
+            finished_at[index] = Some(self.clock.now());
         }
         drop(sends);
         // Assignments of one team go together: one transaction per team for the whole batch.
@@ -418,8 +421,10 @@ impl Engine {
                     }
                 }
             };
+            let assigned_at = self.clock.now();
             for ((index, pending), outcome) in wanted.into_iter().zip(outcomes) {
                 results[index].push((pending.key.clone(), outcome));
+                finished_at[index] = Some(finished_at[index].unwrap_or(assigned_at));
             }
         }
         self.metrics
@@ -431,13 +436,15 @@ impl Engine {
             }));
         let mut done = Vec::new();
         let mut moving = ready;
-        for (live, outcome) in lives.into_iter().zip(results) {
+        let mut failed = Vec::new();
+        for ((live, outcome), at) in lives.into_iter().zip(results).zip(finished_at) {
+            let at = at.unwrap_or(now);
             let mut failure = None;
             for (key, result) in outcome {
                 match result {
                     Ok(result) => {
                         debug!(effect = %key, result, "Effect performed.");
-                        done.push((key, result));
+                        done.push((key, result, at));
                     }
                     Err(error) => failure = Some((key, error)),
                 }
@@ -447,7 +454,13 @@ impl Engine {
                     pending: Vec::new(),
                     ..live
                 }),
-                Some((key, error)) => self.effect_failed(connection, &live, &key, error, later).await?,
+                Some((key, error)) => failed.push((live, key, error)),
+            }
+        }
+        for (live, key, error) in failed {
+            if let Err(error) = self.effect_failed(connection, &live, &key, error, later).await {
+                self.keep_done(connection, &done).await;
+                return Err(error);
             }
         }
         Ok((moving, done))
@@ -534,7 +547,7 @@ impl Engine {
         &self,
         connection: &mut sqlx::AnyConnection,
         lives: Vec<Live>,
-        done: Vec<(String, String)>,
+        done: Vec<(String, String, DateTime<Utc>)>,
         contacts: &mut HashMap<i64, Contact>,
         sent: &mut HashMap<i64, Vec<DateTime<Utc>>>,
         later: &mut Vec<(StepJob, DateTime<Utc>)>,
@@ -553,7 +566,7 @@ impl Engine {
             let planning = match self.plan_moves(connection, &live, contact, messages, now).await {
                 Ok(planning) => planning,
                 Err(error) => {
-                    self.keep_done(connection, &done, now).await;
+                    self.keep_done(connection, &done).await;
                     return Err(error);
                 }
             };
@@ -568,14 +581,14 @@ impl Engine {
             }
         }
         if planned.is_empty() {
-            effects::mark_done_many(connection, &done, now).await?;
+            effects::mark_done_many(connection, &done).await?;
             return Ok(Vec::new());
         }
         let planning = now_clock.elapsed();
         let saved = match self.save_round(connection, &planned, &done, now).await {
             Ok(saved) => saved,
             Err(error) => {
-                self.keep_done(connection, &done, now).await;
+                self.keep_done(connection, &done).await;
                 return Err(error);
             }
         };
@@ -644,11 +657,33 @@ impl Engine {
     }
 
     /// What was sent stays sent: when the round's transaction cannot carry the effects just
-    /// performed, they are marked done on their own, or they would be performed again.
-    async fn keep_done(&self, connection: &mut sqlx::AnyConnection, done: &[(String, String)], now: DateTime<Utc>) {
-        if let Err(error) = effects::mark_done_many(connection, done, now).await {
-            warn!(%error, effects = done.len(), "Effects were performed but could not be marked done.");
+    /// performed, they are marked done on their own, or they would be performed again once
+    /// their claim ran out. If the database cannot be reached either, the marks are tried again
+    /// on fresh connections until it can (for a minute), so an outage shorter than that sends
+    /// nothing twice.
+    async fn keep_done(&self, connection: &mut sqlx::AnyConnection, done: &[(String, String, DateTime<Utc>)]) {
+        if done.is_empty() || effects::mark_done_many(connection, done).await.is_ok() {
+            return;
         }
+        let (pool, done) = (self.store.pool.clone(), done.to_vec());
+        tokio::spawn(async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                if let Ok(mut connection) = pool.acquire().await
+                    && effects::mark_done_many(&mut connection, &done).await.is_ok()
+                {
+                    return;
+                }
+                if std::time::Instant::now() > deadline {
+                    warn!(
+                        effects = done.len(),
+                        "Effects were performed but could not be marked done; they may be performed again."
+                    );
+                    return;
+                }
+            }
+        });
     }
 
     /// One round's transaction: the effects just performed marked done, then every planned
@@ -657,11 +692,11 @@ impl Engine {
         &self,
         connection: &mut sqlx::AnyConnection,
         planned: &[(Live, Advance)],
-        done: &[(String, String)],
+        done: &[(String, String, DateTime<Utc>)],
         now: DateTime<Utc>,
     ) -> Result<SavedRound> {
         let mut tx = sqlx::Connection::begin(&mut *connection).await?;
-        effects::mark_done_many(&mut tx, done, now).await?;
+        effects::mark_done_many(&mut tx, done).await?;
         let moves: Vec<enrollments::Move<'_>> = planned
             .iter()
             .map(|(live, moved)| enrollments::Move {

@@ -135,23 +135,19 @@ pub async fn extend_many(
     Ok(extended)
 }
 
-/// `mark_done` for many effects in one statement: `(key, result)` pairs. Only effects still
+/// `mark_done` for many effects in one statement: `(key, result, when it was performed)`. Only effects still
 /// being sent (or pending) are marked: one cancelled meanwhile (its contact was erased) stays
 /// cancelled, and its erased result stays erased.
-pub async fn mark_done_many(
-    connection: &mut AnyConnection,
-    done: &[(String, String)],
-    now: DateTime<Utc>,
-) -> Result<()> {
-    for chunk in done.chunks(super::padded_rows_per_statement(2)) {
+pub async fn mark_done_many(connection: &mut AnyConnection, done: &[(String, String, DateTime<Utc>)]) -> Result<()> {
+    for chunk in done.chunks(super::padded_rows_per_statement(3)) {
         let sql = format!(
-            "UPDATE effects SET status = 'done', result = v.column2, done_at = $1, attempts = attempts + 1
+            "UPDATE effects SET status = 'done', result = v.column2, done_at = v.column3, attempts = attempts + 1
              FROM (VALUES {}) AS v WHERE effects.effect_key = v.column1 AND effects.status IN ('sending', 'pending')",
-            super::value_rows(2, super::padded_len(chunk.len()), &["TEXT", "TEXT"])
+            super::value_rows(1, super::padded_len(chunk.len()), &["TEXT", "TEXT", "BIGINT"])
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(&*connection, sql))).bind(ms(now));
-        for (key, result) in super::padded(chunk) {
-            query = query.bind(key).bind(result);
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(&*connection, sql)));
+        for (key, result, at) in super::padded(chunk) {
+            query = query.bind(key).bind(result).bind(ms(*at));
         }
         query.execute(&mut *connection).await?;
     }

@@ -400,10 +400,10 @@ async fn a_cancelled_effect_stays_cancelled(mode: Mode) {
     }
     let mut connection = pool.acquire().await.unwrap();
     let done = vec![
-        ("e/cancelled/1".to_string(), "smtp 250".to_string()),
-        ("e/sending/1".to_string(), "smtp 250".to_string()),
+        ("e/cancelled/1".to_string(), "smtp 250".to_string(), now),
+        ("e/sending/1".to_string(), "smtp 250".to_string(), now),
     ];
-    nurture::store::effects::mark_done_many(&mut connection, &done, now)
+    nurture::store::effects::mark_done_many(&mut connection, &done)
         .await
         .unwrap();
     let rows = sqlx::query("SELECT effect_key, status, result FROM effects ORDER BY effect_key")
