@@ -112,7 +112,7 @@ async fn receive(
     }
     .map_err(invalid)?;
     let mut parsed = parsed;
-    refuse_over_trait_limit(&state, &mut parsed, matches!(route, Route::Batch)).await?;
+    refuse_over_trait_limit(state, &mut parsed, matches!(route, Route::Batch)).await?;
     if parsed.messages.is_empty() {
         let first = parsed.rejected.first().cloned().unwrap_or(Invalid {
             index: None,
