@@ -14,7 +14,7 @@ use crate::channels::{self, webhook};
 use crate::journey::sales::{NotifyEmail, Rep, Team};
 use crate::journey::templates::{MailClass, RenderedEmail};
 use crate::store::sales::{self as leads, Lead};
-use crate::store::scores;
+use crate::store::{self, scores};
 use futures::StreamExt;
 use serde_json::{Value as Json, json};
 use tracing::{debug, warn};
@@ -37,8 +37,7 @@ impl Engine {
 
     async fn tell_rep(&self, id: i64) -> super::runner::Result<()> {
         let now = self.clock.now();
-        let lease =
-            chrono::Duration::from_std(self.config.effect_lease).unwrap_or_else(|_| chrono::Duration::minutes(5));
+        let lease = self.lease();
         let mut connection = self.store.pool.acquire().await?;
         if !leads::claim_notice(&mut connection, id, now, now + lease).await? {
             return Ok(());
@@ -55,29 +54,24 @@ impl Engine {
         };
         let told_at = self.clock.now();
         // A notice that went out stays sent: if the database cannot be reached to say so, keep
-        // trying (for a minute), or the reconciler would tell the rep again once the claim ran out.
-        let started = std::time::Instant::now();
-        let (mut connection, attempts) = loop {
-            let written = async {
-                let mut connection = self.store.pool.acquire().await?;
-                let attempts = leads::notified(&mut connection, id, &result, done, told_at).await?;
-                Ok::<_, super::runner::Error>((connection, attempts))
-            }
-            .await;
-            match written {
-                Ok(written) => break written,
-                Err(_) if done && started.elapsed() < std::time::Duration::from_secs(60) => {
-                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-                }
-                Err(error) => return Err(error),
-            }
+        // trying, or the reconciler would tell the rep again once the claim ran out.
+        let within = if done {
+            store::OUTAGE_RETRY
+        } else {
+            std::time::Duration::ZERO
         };
+        let result = &result;
+        let attempts = store::write_through_outage(&self.store.pool, within, |mut connection| async move {
+            leads::notified(&mut connection, id, result, done, told_at).await
+        })
+        .await?;
         match outcome {
             Ok(result) => debug!(lead = id, result, "Rep told about a lead."),
             Err(error) => {
                 let give_up = !error.is_transient() || attempts as u32 >= self.config.max_attempts;
                 if give_up {
                     warn!(lead = id, %error, attempts, "Giving up telling the rep about a lead.");
+                    let mut connection = self.store.pool.acquire().await?;
                     leads::notified(
                         &mut connection,
                         id,

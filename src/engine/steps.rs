@@ -131,7 +131,7 @@ impl Engine {
     }
 
     /// How long a worker holds the effects it performs (`effect_lease`).
-    fn lease(&self) -> Duration {
+    pub(crate) fn lease(&self) -> Duration {
         Duration::from_std(self.config.effect_lease).unwrap_or_else(|_| Duration::minutes(5))
     }
 
@@ -581,7 +581,7 @@ impl Engine {
             }
         }
         if planned.is_empty() {
-            effects::mark_done_many(connection, &done).await?;
+            self.keep_done(connection, &done).await;
             return Ok(Vec::new());
         }
         let planning = now_clock.elapsed();
@@ -667,21 +667,16 @@ impl Engine {
         }
         let (pool, done) = (self.store.pool.clone(), done.to_vec());
         tokio::spawn(async move {
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-            loop {
-                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-                if let Ok(mut connection) = pool.acquire().await
-                    && effects::mark_done_many(&mut connection, &done).await.is_ok()
-                {
-                    return;
-                }
-                if std::time::Instant::now() > deadline {
-                    warn!(
-                        effects = done.len(),
-                        "Effects were performed but could not be marked done; they may be performed again."
-                    );
-                    return;
-                }
+            let done = &done;
+            let marked = store::write_through_outage(&pool, store::OUTAGE_RETRY, |mut connection| async move {
+                effects::mark_done_many(&mut connection, done).await
+            })
+            .await;
+            if marked.is_err() {
+                warn!(
+                    effects = done.len(),
+                    "Effects were performed but could not be marked done; they may be performed again."
+                );
             }
         });
     }

@@ -224,9 +224,6 @@ impl Queue {
 
     /// Enqueues jobs to run now, and wakes every worker (here and, through Redis, elsewhere).
     pub async fn push_now(&self, jobs: Vec<StepJob>) -> Result<(), Error> {
-        if jobs.is_empty() {
-            return Ok(());
-        }
         let jobs = self.take_here(jobs);
         if jobs.is_empty() {
             return Ok(());

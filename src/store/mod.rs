@@ -325,6 +325,31 @@ pub async fn received_fresh(
     Ok(fresh)
 }
 
+/// How long a write of something that already happened outside (a message sent) keeps being
+/// tried while the database cannot be reached (`write_through_outage`).
+pub const OUTAGE_RETRY: Duration = Duration::from_secs(60);
+
+/// Runs `write` on a fresh connection of `pool`, and again every 250 ms while it fails, for up
+/// to `within` (`Duration::ZERO`: once). For what records a fact outside the database (a
+/// message sent): lost to a short outage, it would be done again once its claim ran out.
+pub async fn write_through_outage<T, F, Fut>(pool: &AnyPool, within: Duration, mut write: F) -> Result<T>
+where
+    F: FnMut(sqlx::pool::PoolConnection<sqlx::Any>) -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let started = std::time::Instant::now();
+    loop {
+        let attempt = match pool.acquire().await {
+            Ok(connection) => write(connection).await,
+            Err(error) => Err(error.into()),
+        };
+        match attempt {
+            Err(_) if started.elapsed() < within => tokio::time::sleep(Duration::from_millis(250)).await,
+            written => return written,
+        }
+    }
+}
+
 pub fn ms(at: DateTime<Utc>) -> i64 {
     at.timestamp_millis()
 }
