@@ -1,7 +1,7 @@
 //! The events API over real HTTP: the real Segment Python library, and the exact answers to
 //! bad requests.
 
-use crate::support::{Mode, TestEnv, eventually, http, root, spawn_api, test_config};
+use crate::support::{Mode, TestEnv, basic, eventually, http, root, spawn_api, test_config};
 use nurture::engine::SystemClock;
 use serde_json::json;
 use sqlx::Row;
@@ -18,14 +18,6 @@ async fn start(mode: Mode) -> (TestEnv, String) {
     let env = TestEnv::start(config, Arc::new(SystemClock), true).await;
     let base = spawn_api(&env).await;
     (env, base)
-}
-
-fn basic(key: &str) -> String {
-    use base64::Engine as _;
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{key}:"))
-    )
 }
 
 async fn post(base: &str, path: &str, body: &serde_json::Value) -> crate::support::Response {

@@ -3,7 +3,7 @@
 //! concurrency bound and the per-key rate limit, errors in one JSON shape with a request id,
 //! JSON logs, and `/healthz` and `/readyz`.
 
-use crate::support::{Mode, Response, TestEnv, eventually, http, root, scratch_dir, test_config};
+use crate::support::{Mode, Response, TestEnv, basic, eventually, http, root, scratch_dir, test_config};
 use nurture::config::Config;
 use nurture::engine::SystemClock;
 use serde_json::{Value, json};
@@ -15,14 +15,6 @@ use tokio::net::TcpStream;
 const KEY: &str = "wk-edge";
 const OTHER_KEY: &str = "wk-edge-2";
 const ADMIN: &str = "admin-edge";
-
-fn basic(key: &str) -> String {
-    use base64::Engine as _;
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{key}:"))
-    )
-}
 
 async fn config_with_keys() -> Config {
     let mut config = test_config(Mode::Embedded, &root().join("journeys")).await;

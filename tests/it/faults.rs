@@ -5,7 +5,7 @@
 //! Each run prints its figure (written up in docs/faults.md); lost and duplicated must be 0.
 
 use crate::support::{
-    Answer, HttpFake, KilledOnDrop, RedisServer, Response, SmtpSink, admin_database_url, eventually, free_port,
+    Answer, HttpFake, KilledOnDrop, RedisServer, Response, SmtpSink, admin_database_url, basic, eventually, free_port,
     fresh_database, redis_url, root, scratch_dir, stderr, stdout, try_http, unique,
 };
 use nurture::store::Store;
@@ -195,14 +195,6 @@ impl Cluster {
         missing.sort();
         missing
     }
-}
-
-fn basic(key: &str) -> String {
-    use base64::Engine as _;
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{key}:"))
-    )
 }
 
 /// One `Signed Up` track call of a new contact, with a message id the test keeps.

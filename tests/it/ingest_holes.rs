@@ -2,7 +2,7 @@
 //! unauthenticated requests that make the server work, a 503 for data that was stored, and
 //! concurrent first requests of one new visitor.
 
-use crate::support::{Mode, Response, TestEnv, http, root, spawn_api, test_config, unique, virtual_clock};
+use crate::support::{Mode, Response, TestEnv, basic, http, root, spawn_api, test_config, unique, virtual_clock};
 use nurture::engine::{Clock, SystemClock};
 use serde_json::{Value, json};
 use sqlx::Row;
@@ -17,14 +17,6 @@ async fn start(mode: Mode, clock: Arc<dyn Clock>) -> (TestEnv, String) {
     let env = TestEnv::start(config, clock, true).await;
     let base = spawn_api(&env).await;
     (env, base)
-}
-
-fn basic(key: &str) -> String {
-    use base64::Engine as _;
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{key}:"))
-    )
 }
 
 async fn post(base: &str, path: &str, body: &Value) -> Response {

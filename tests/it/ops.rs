@@ -3,7 +3,7 @@
 //! across processes and restarts.
 
 use crate::support::{
-    Mode, Response, SmtpSink, TestEnv, eventually, http, nurture, root, scratch_dir, spawn_api, stderr, stdout,
+    Mode, Response, SmtpSink, TestEnv, basic, eventually, http, nurture, root, scratch_dir, spawn_api, stderr, stdout,
     test_config, unique,
 };
 use nurture::config::Config;
@@ -41,14 +41,6 @@ async fn config_for(mode: Mode, project: &Path) -> Config {
     config.admin_tokens = vec![ADMIN.into()];
     config.metrics_tokens = vec![METRICS.into()];
     config
-}
-
-fn basic(key: &str) -> String {
-    use base64::Engine as _;
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{key}:"))
-    )
 }
 
 async fn send(base: &str, route: &str, body: Value) -> Response {

@@ -3,8 +3,8 @@
 //! erased or merged-away enrollment does nothing.
 
 use crate::support::{
-    KilledOnDrop, Mode, RedisServer, Response, TestEnv, eventually, free_port, http, root, spawn_api, test_config,
-    unique,
+    KilledOnDrop, Mode, RedisServer, Response, TestEnv, basic, eventually, free_port, http, root, spawn_api,
+    test_config, unique,
 };
 use nurture::config::Config;
 use nurture::engine::runner::Engine;
@@ -30,14 +30,6 @@ fn fixtures() -> std::path::PathBuf {
 
 fn now_ms() -> i64 {
     SystemClock.now().timestamp_millis()
-}
-
-fn basic(key: &str) -> String {
-    use base64::Engine as _;
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{key}:"))
-    )
 }
 
 async fn send(base: &str, route: &str, body: serde_json::Value) -> Response {

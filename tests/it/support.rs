@@ -658,3 +658,12 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+/// The `Authorization` header a Segment library sends: the write key as the Basic user name.
+pub fn basic(key: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{key}:"))
+    )
+}
