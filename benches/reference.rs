@@ -58,6 +58,8 @@ const BATCH_SIZE: usize = 200;
 const WAIT_MS: u64 = 1000;
 /// Users the HTTP phase identifies first and then sends events for.
 const HTTP_USERS: usize = 1000;
+/// Tracks sent before the HTTP load is measured (see `HttpLoad::warmup`).
+const HTTP_WARMUP: usize = 4_000;
 /// `bench:` in Basic auth: the write key the API is configured with.
 const AUTHORIZATION: &str = "Basic YmVuY2g6";
 /// The step_history rows that count as steps: the wait writes `waiting` then `waited`.
@@ -221,6 +223,16 @@ impl Env {
             }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+
+    /// Refreshes the planner's statistics after a phase's setup (contacts, identities), as
+    /// autovacuum does within a minute on a running system: a database created seconds ago and
+    /// filled at once still has the estimates of its empty tables, and plans for them.
+    async fn settle(&self) {
+        sqlx::query("ANALYZE")
+            .execute(&self.engine.store.pool)
+            .await
+            .unwrap_or_else(|e| panic!("ANALYZE: {e}"));
     }
 
     async fn count(&self, sql: &'static str, journey: &str) -> i64 {
@@ -512,6 +524,7 @@ async fn steps_phase(mode: Mode, count: usize, concurrency: usize, deadline: Dur
     eprintln!("[{mode:?}] steps/s: {count} contacts x {STEPS_PER_CONTACT} steps");
     let env = Env::start(mode, concurrency, true).await;
     let contacts = create_contacts(&env.engine, count).await;
+    env.settle().await;
     let first_event_ms = unix_ms();
     let started = Instant::now();
     let failures = send_events(&env.engine, &contacts, EVENT).await;
@@ -574,6 +587,7 @@ async fn latency_phase(
     eprintln!("[{mode:?}] event -> first email at {rate:.0} events/s for {seconds} s ({events} events)");
     let env = Env::start(mode, concurrency, true).await;
     let contacts = create_contacts(&env.engine, events).await;
+    env.settle().await;
     // Open loop: event i is due at start + i / rate and its latency counts from then, so a
     // slow `track` shows up as latency instead of slowing the sender down.
     let start = unix_ms() + 50.0;
@@ -651,6 +665,10 @@ async fn latency_phase(
 /// The HTTP load: identities first (not measured), then single tracks, then batches.
 struct HttpLoad {
     identify: Vec<Vec<u8>>,
+    /// Tracks sent after the identities and before the measured load (not measured), so the
+    /// database holds enrollments and events when it is analyzed and its plans are made, as a
+    /// running one does. Sent to the peer as well.
+    warmup: Vec<Vec<u8>>,
     single: Vec<Vec<u8>>,
     batches: Vec<Vec<u8>>,
     batch_clients: usize,
@@ -679,6 +697,17 @@ impl HttpLoad {
             .collect();
         HttpLoad {
             identify,
+            warmup: (0..HTTP_WARMUP / BATCH_SIZE)
+                .map(|b| {
+                    let batch: Vec<Value> = (0..BATCH_SIZE)
+                        .map(|i| {
+                            json!({"type": "track", "userId": format!("ref-user-{}", i % HTTP_USERS), "event": EVENT,
+                                   "properties": {"ref": format!("w{}", b * BATCH_SIZE + i)}, "messageId": format!("{run}-w{b}-{i}")})
+                        })
+                        .collect();
+                    json!({ "batch": batch }).to_string().into_bytes()
+                })
+                .collect(),
             single: (0..single).map(|i| track(i).to_string().into_bytes()).collect(),
             batches: (0..batches)
                 .map(|b| {
@@ -690,8 +719,13 @@ impl HttpLoad {
         }
     }
 
-    async fn run(&self, system: &str, address: &str) -> Vec<HttpRow> {
+    /// The contacts the tracks are for, identified first (not measured).
+    async fn identify(&self, address: &str) {
         let _ = drive(address, "/v1/batch", self.identify.clone(), 2).await;
+        let _ = drive(address, "/v1/batch", self.warmup.clone(), 2).await;
+    }
+
+    async fn run(&self, system: &str, address: &str) -> Vec<HttpRow> {
         let (latencies, wall, failed) = drive(address, "/v1/track", self.single.clone(), TRACK_CLIENTS).await;
         let mut rows = vec![http_row(
             system,
@@ -762,12 +796,14 @@ async fn http_phase(mode: Mode, load: &HttpLoad) -> Vec<HttpRow> {
         let mut stopped = stopped;
         let _ = stopped.wait_for(|stop| *stop).await;
     }));
+    load.identify(&address).await;
+    env.settle().await;
     let mut rows = load.run(mode.name(), &address).await;
     let enrollments = env
         .count("SELECT COUNT(*) FROM enrollments WHERE journey_id = $1", JOURNEY)
         .await;
     eprintln!("  {enrollments} enrollments started");
-    let expected = (load.single.len() + load.batches.len() * BATCH_SIZE) as i64;
+    let expected = (load.warmup.len() * BATCH_SIZE + load.single.len() + load.batches.len() * BATCH_SIZE) as i64;
     if enrollments != expected {
         for row in &mut rows {
             row.note = format!("{enrollments} of {expected} enrollments started");
@@ -897,6 +933,7 @@ async fn waiting_phase(mode: Mode, count: usize, concurrency: usize, deadline: D
     eprintln!("[{mode:?}] bytes per waiting enrollment: {count} enrollments in a 1 h wait");
     let env = Env::start(mode, concurrency, true).await;
     let contacts = create_contacts(&env.engine, count).await;
+    env.settle().await;
     let redis = redis_url();
     let namespace = env.production.as_ref().map(|p| p.namespace.clone());
     let used_before = redis_used_memory(&redis).await;
@@ -1082,6 +1119,7 @@ impl Peer {
         let mut lines = BufReader::new(child.stdout.take()?).lines();
         let ready: Value = serde_json::from_str(&lines.next_line().await.ok()??).ok()?;
         let address = format!("127.0.0.1:{}", ready["port"].as_u64()?);
+        load.identify(&address).await;
         let rows = load.run(&self.name, &address).await;
         if let Some(pid) = child.id() {
             // SIGTERM: the peer closes its queue and removes its keys.

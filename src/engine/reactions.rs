@@ -5,7 +5,7 @@
 use super::runner::{Engine, Result};
 use super::transition::{Enrollment, Input, Outcome, Position, World, advance, enrollment_key, may_enter};
 use crate::expr::EventFacts;
-use crate::journey::model::{Journey, Trigger};
+use crate::journey::model::{Journey, ReEntry, Trigger};
 use crate::queue::StepJob;
 use crate::store::{self, contacts, enrollments};
 use chrono::{DateTime, Utc};
@@ -223,26 +223,23 @@ impl Engine {
         if candidates.is_empty() {
             return Ok(());
         }
-        let journey_ids: Vec<&str> = candidates
+        // Under `re_entry: always` only an unfinished enrollment with the same key keeps a
+        // contact out, and the unique index `enrollments_one_open` says so at the insert: no
+        // need to read earlier enrollments first. The other rules read them.
+        let wanted: Vec<(i64, &str, &str)> = candidates
             .iter()
-            .map(|(_, _, j, _, _)| j.id.as_str())
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        let candidate_contacts: Vec<i64> = candidates
-            .iter()
-            .map(|(_, c, _, _, _)| *c)
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        let keys: Vec<&str> = candidates
-            .iter()
-            .map(|(_, _, _, _, key)| key.as_deref().unwrap_or(""))
+            .filter(|(_, _, journey, _, _)| !matches!(journey.re_entry, ReEntry::Always))
+            .map(|(_, contact, journey, _, key)| (*contact, journey.id.as_str(), key.as_deref().unwrap_or("")))
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
         let mut earlier: HashMap<(String, String), Vec<Enrollment>> = HashMap::new();
-        for enrollment in enrollments::of_contacts_in(tx, &candidate_contacts, &journey_ids, &keys).await? {
+        let read = if wanted.is_empty() {
+            Vec::new()
+        } else {
+            enrollments::of_contacts_in(tx, &wanted).await?
+        };
+        for enrollment in read {
             earlier
                 .entry((enrollment.contact_id.clone(), enrollment.journey_id.clone()))
                 .or_default()

@@ -203,19 +203,40 @@ impl Expr {
 
     pub fn eval(&self, facts: &Facts<'_>) -> Result<Json, EvalError> {
         let mut context = Context::with_env(env());
-        let traits = with_nulls(facts.traits, &self.trait_names);
+        // Only the variables the expression reads are bound: converting a contact's traits or
+        // an event's properties to CEL values is most of an evaluation's cost (an enrollment key
+        // such as `trigger.properties.ref` is evaluated for every triggering event).
+        let reads = |name: &str| self.roots.contains(name);
         let bind = |context: &mut Context, name: &str, value: CelValue| {
             context.add_variable_from_value(name, value);
         };
-        bind(&mut context, "score", CelValue::Int(facts.score));
-        bind(&mut context, "stage", CelValue::from(facts.stage));
-        bind(&mut context, "tags", to_cel(&facts.tags)?);
-        bind(&mut context, "traits", to_cel(&traits)?);
-        bind(&mut context, "contact", to_cel(facts.contact)?);
-        bind(&mut context, "inactive_days", CelValue::Int(facts.inactive_days));
-        bind(&mut context, "now", CelValue::Timestamp(facts.now.fixed_offset()));
+        if reads("score") {
+            bind(&mut context, "score", CelValue::Int(facts.score));
+        }
+        if reads("stage") {
+            bind(&mut context, "stage", CelValue::from(facts.stage));
+        }
+        if reads("tags") {
+            bind(&mut context, "tags", to_cel(&facts.tags)?);
+        }
+        if reads("traits") {
+            bind(
+                &mut context,
+                "traits",
+                to_cel(&with_nulls(facts.traits, &self.trait_names))?,
+            );
+        }
+        if reads("contact") {
+            bind(&mut context, "contact", to_cel(facts.contact)?);
+        }
+        if reads("inactive_days") {
+            bind(&mut context, "inactive_days", CelValue::Int(facts.inactive_days));
+        }
+        if reads("now") {
+            bind(&mut context, "now", CelValue::Timestamp(facts.now.fixed_offset()));
+        }
         for (name, event) in [("trigger", facts.trigger), ("event", facts.event)] {
-            if let Some(event) = event {
+            if let Some(event) = event.filter(|_| reads(name)) {
                 let mut event = event.clone();
                 event.properties = with_nulls(&event.properties, &self.property_names);
                 bind(&mut context, name, to_cel(&event)?);

@@ -435,13 +435,26 @@ pub async fn set_traits_at(
     Ok(written)
 }
 
-/// How many traits a contact has.
-pub async fn count_traits(connection: &mut AnyConnection, id: i64) -> Result<i64> {
-    let row = sqlx::query("SELECT COUNT(*) FROM contact_traits WHERE contact_id = $1")
-        .bind(id)
-        .fetch_one(connection)
-        .await?;
-    Ok(row.try_get(0)?)
+/// How many traits each of these contacts has (contacts without any are absent).
+pub async fn count_traits_many(
+    connection: &mut AnyConnection,
+    ids: &[i64],
+) -> Result<std::collections::HashMap<i64, i64>> {
+    let mut counts = std::collections::HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(super::IN_CHUNK) {
+        let sql = format!(
+            "SELECT contact_id, COUNT(*) FROM contact_traits WHERE contact_id IN ({}) GROUP BY contact_id",
+            super::placeholders(1, super::padded_len(chunk.len()))
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(&*connection, sql)));
+        for id in super::padded(chunk) {
+            query = query.bind(*id);
+        }
+        for row in query.fetch_all(&mut *connection).await? {
+            counts.insert(row.try_get(0)?, row.try_get(1)?);
+        }
+    }
+    Ok(counts)
 }
 
 /// The trait names of these contacts, as `(contact, name)`.

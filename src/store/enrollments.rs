@@ -198,47 +198,42 @@ pub async fn open_of_contacts(
     Ok(open)
 }
 
-/// Earlier enrollments of these contacts in these journeys with one of these keys (`""` for
-/// none), oldest first, for re-entry rules. The trigger event is not read.
-pub async fn of_contacts_in(
-    connection: &mut AnyConnection,
-    contact_ids: &[i64],
-    journey_ids: &[&str],
-    keys: &[&str],
-) -> Result<Vec<Enrollment>> {
+/// Earlier enrollments under exactly these `(contact, journey, key)` (`""` for no key), oldest
+/// first, for re-entry rules. The trigger event is not read. Exact triples, joined to the
+/// `enrollments_by_contact_key` index: one probe each, whatever else the contacts have.
+pub async fn of_contacts_in(connection: &mut AnyConnection, wanted: &[(i64, &str, &str)]) -> Result<Vec<Enrollment>> {
     let mut found = Vec::new();
-    if journey_ids.is_empty() || keys.is_empty() {
-        return Ok(found);
-    }
-    let mut pairs = Vec::new();
-    for chunk in contact_ids.chunks(super::MAX_PARAMS / 3) {
-        for keys_chunk in keys.chunks(super::MAX_PARAMS / 3) {
-            pairs.push((chunk, keys_chunk));
-        }
-    }
-    for (chunk, keys_chunk) in pairs {
-        let first_key = chunk.len() + journey_ids.len() + 1;
+    let mut seen = std::collections::HashSet::new();
+    // 4,096 triples padded stay within SQLite's 32,766 parameters.
+    for chunk in wanted.chunks(4_096) {
+        // Padded to a power of two like `IN` lists, so statements come in a few sizes.
+        let rows = super::padded_len(chunk.len());
+        let values: Vec<String> = (0..rows)
+            .map(|row| format!("(CAST(${} AS BIGINT), ${}, ${})", 3 * row + 1, 3 * row + 2, 3 * row + 3))
+            .collect();
         let sql = format!(
-            "SELECT id, contact_id, journey_id, version, enrollment_key, position, seq, NULL AS trigger_event, entered_at, attempts, last_error, status
-             FROM enrollments WHERE contact_id IN ({}) AND journey_id IN ({}) AND enrollment_key IN ({}) ORDER BY id",
-            super::placeholders(1, chunk.len()),
-            super::placeholders(chunk.len() + 1, journey_ids.len()),
-            super::placeholders(first_key, keys_chunk.len())
+            "WITH wanted (contact_id, journey_id, enrollment_key) AS (VALUES {})
+             SELECT e.id, e.contact_id, e.journey_id, e.version, e.enrollment_key, e.position, e.seq, NULL AS trigger_event,
+                    e.entered_at, e.attempts, e.last_error, e.status
+             FROM wanted w JOIN enrollments e
+               ON e.contact_id = w.contact_id AND e.journey_id = w.journey_id AND e.enrollment_key = w.enrollment_key
+             ORDER BY e.id",
+            values.join(", ")
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(super::for_dialect(&*connection, sql)));
-        for id in chunk {
-            query = query.bind(*id);
-        }
-        for journey in journey_ids {
-            query = query.bind(*journey);
-        }
-        for key in keys_chunk {
-            query = query.bind(*key);
+        for (contact, journey, key) in super::padded(chunk) {
+            query = query.bind(*contact).bind(*journey).bind(*key);
         }
         for row in query.fetch_all(&mut *connection).await? {
-            found.push(from_row(&row)?.0);
+            let enrollment = from_row(&row)?.0;
+            // A padded (repeated) triple finds its rows twice.
+            if seen.insert(enrollment.id.clone()) {
+                found.push(enrollment);
+            }
         }
     }
+    // Oldest first across chunks too.
+    found.sort_by_key(|e| e.id.parse::<i64>().unwrap_or(i64::MAX));
     Ok(found)
 }
 

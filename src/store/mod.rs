@@ -49,6 +49,50 @@ pub struct Store {
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
+/// The PostgreSQL URL with this process's defaults for what it does not say itself.
+/// - `statement-cache-capacity=1024`: batches prepare statements in a few padded sizes each
+///   (see `padded_len`); keep them all.
+/// - `sslmode=disable` for a server on this machine (a loopback address or a socket): sqlx's
+///   default, `prefer`, encrypts loopback traffic, which protects nothing and cost a quarter of
+///   the events API's CPU on both sides. A URL that names any `sslmode` keeps it.
+fn postgres_url(given: &str) -> String {
+    let mut url = given.to_string();
+    let mut add = |setting: &str| {
+        let separator = if url.contains('?') { '&' } else { '?' };
+        url = format!("{url}{separator}{setting}");
+    };
+    if !given.contains("statement-cache-capacity") {
+        add("statement-cache-capacity=1024");
+    }
+    if !given.contains("sslmode") && postgres_is_local(given) {
+        add("sslmode=disable");
+    }
+    url
+}
+
+/// Whether a PostgreSQL URL names a server on this machine.
+fn postgres_is_local(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    let host = match host_port.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+        None => host_port.split(':').next().unwrap_or_default(),
+    };
+    let host = if host.is_empty() {
+        // The host may be a query parameter instead; none at all is the default socket.
+        let query = rest.split_once('?').map_or("", |(_, query)| query);
+        query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("host="))
+            .unwrap_or("/")
+    } else {
+        host
+    };
+    // A path is a Unix socket, local by definition.
+    host.starts_with('/') || host.starts_with("%2F") || host == "localhost" || host == "::1" || host.starts_with("127.")
+}
+
 impl Store {
     /// Connects to `url` (`postgres://...` or `sqlite://...`).
     pub async fn connect(url: &str, max_connections: u32) -> Result<Store> {
@@ -61,6 +105,10 @@ impl Store {
         let options = AnyPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(30))
+            // sqlx pings every connection it hands out: a round trip before each batch and
+            // ingest group. A connection that died is found by its first statement instead,
+            // which fails like any statement (and the callers retry or the reconciler repairs).
+            .test_before_acquire(false)
             .after_connect(move |connection, _| {
                 Box::pin(async move {
                     if kind == Kind::Sqlite {
@@ -74,10 +122,8 @@ impl Store {
                     Ok(())
                 })
             });
-        // Batches prepare statements in a few padded sizes each (see `padded_len`): keep them all.
-        let url = if kind == Kind::Postgres && !url.contains("statement-cache-capacity") {
-            let separator = if url.contains('?') { '&' } else { '?' };
-            format!("{url}{separator}statement-cache-capacity=1024")
+        let url = if kind == Kind::Postgres {
+            postgres_url(url)
         } else {
             url.to_string()
         };
@@ -364,6 +410,33 @@ pub(crate) fn opt_ms(row: &AnyRow, column: &str) -> Option<DateTime<Utc>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn loopback_postgres_goes_without_tls_unless_the_url_says() {
+        let local = [
+            "postgres://postgres@127.0.0.1:5432/test",
+            "postgres://u:p@localhost/db",
+            "postgresql://[::1]:5432/db",
+            "postgres:///db",
+            "postgres:///db?host=/run/postgresql",
+        ];
+        for url in local {
+            assert!(super::postgres_url(url).contains("sslmode=disable"), "{url}");
+        }
+        let remote = [
+            "postgres://u@db.example.com/db",
+            "postgres://u@10.0.0.5:5432/db",
+            "postgres:///db?host=db.internal",
+            "postgres://u@127.0.0.1/db?sslmode=require",
+        ];
+        for url in remote {
+            assert!(!super::postgres_url(url).contains("sslmode=disable"), "{url}");
+        }
+        assert_eq!(
+            super::postgres_url("postgres://u@h/db?sslmode=require"),
+            "postgres://u@h/db?sslmode=require&statement-cache-capacity=1024"
+        );
+    }
+
     #[test]
     fn in_lists_are_padded_to_a_power_of_two_with_their_last_value() {
         assert_eq!(super::padded_len(0), 1);

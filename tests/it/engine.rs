@@ -652,3 +652,80 @@ async fn split_is_deterministic_and_exit_when_stops_a_waiting_contact() {
     .await;
     env.stop().await;
 }
+
+/// Re-entry rules per enrollment key, each its own journey: `always` keeps out only an
+/// unfinished enrollment with the same key (the unique index decides, nothing is read first),
+/// `never` any earlier one with the same key; other keys come in.
+async fn re_entry_rules_apply_per_key(mode: Mode) {
+    let dir = crate::support::scratch_dir("re-entry");
+    std::fs::create_dir_all(dir.join("journeys")).unwrap();
+    std::fs::create_dir_all(dir.join("templates")).unwrap();
+    for (id, rule, step) in [
+        ("keyed-always", "always", "  - id: hold\n    wait: 1h\n"),
+        ("keyed-never", "never", "  - id: mark\n    tag: seen\n"),
+    ] {
+        std::fs::write(
+            dir.join(format!("journeys/{id}.yaml")),
+            format!("id: {id}\ntrigger: {{event: Order Placed}}\nenrollment_key: trigger.properties.order\nre_entry: {rule}\nsteps:\n{step}"),
+        )
+        .unwrap();
+    }
+    let (env, _clock) = start(mode, &dir.join("journeys"), "2026-01-05T10:00:00+08:00").await;
+    let buyer = contact_with(&env, NewContact::default()).await;
+    let started = |order: &str| {
+        let engine = env.engine.clone();
+        let order = order.to_string();
+        async move {
+            let ids = engine
+                .track(buyer, event("Order Placed", json!({"order": order})))
+                .await
+                .unwrap();
+            let mut journeys = Vec::new();
+            for id in ids {
+                let row = sqlx::query("SELECT journey_id FROM enrollments WHERE id = $1")
+                    .bind(id)
+                    .fetch_one(&engine.store.pool)
+                    .await
+                    .unwrap();
+                journeys.push(row.get::<String, _>(0));
+            }
+            journeys.sort();
+            journeys
+        }
+    };
+    assert_eq!(
+        started("o1").await,
+        ["keyed-always", "keyed-never"],
+        "a first order enters both"
+    );
+    eventually("o1 done in keyed-never", WAIT, || async {
+        let done = scalar(
+            &env,
+            "SELECT COUNT(*) FROM enrollments WHERE contact_id = $1 AND journey_id = 'keyed-never' AND status = 'completed'",
+            buyer,
+        )
+        .await;
+        (done == 1).then_some(())
+    })
+    .await;
+    assert!(
+        started("o1").await.is_empty(),
+        "o1 again: still waiting in keyed-always, already done in keyed-never"
+    );
+    assert_eq!(
+        started("o2").await,
+        ["keyed-always", "keyed-never"],
+        "another order enters both"
+    );
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn re_entry_rules_apply_per_key_embedded() {
+    re_entry_rules_apply_per_key(Mode::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn re_entry_rules_apply_per_key_production() {
+    re_entry_rules_apply_per_key(Mode::Production).await;
+}
