@@ -2,6 +2,7 @@
 //! journeys of its contact (goals, answered waits) and starts the journeys it triggers, with a
 //! handful of set-based statements for the whole list. `react` does the same for one event.
 
+use super::contact::Contact;
 use super::runner::{Engine, Result};
 use super::transition::{Enrollment, Input, Outcome, Position, World, advance, enrollment_key, may_enter};
 use crate::expr::EventFacts;
@@ -106,7 +107,6 @@ impl Engine {
     ) -> Result<()> {
         let catalog = self.catalog();
         let contact_ids: Vec<i64> = occurrences.iter().map(|(_, o)| o.contact_id).collect();
-        let contacts = self.load_contacts(tx, &contact_ids, now).await?;
         let jobs = &mut reaction.jobs;
 
         // 1. Goals and waits of open enrollments: only those waiting for one of these events,
@@ -131,6 +131,30 @@ impl Engine {
             }
         }
         let goal_ids: Vec<&str> = goal_journeys.iter().map(String::as_str).collect();
+        // The contacts' profiles (two statements) are read only if something here reads them:
+        // a step that moves, or a trigger's `where` or enrollment key that reads more than the
+        // event. A journey keyed by `trigger.properties.order` with no `where` does not.
+        let profiles_read = !waiters.is_empty()
+            || !goal_ids.is_empty()
+            || occurrences.iter().any(|(_, o)| {
+                catalog.triggered_by(&o.event.name).iter().any(|journey| {
+                    let condition = match &journey.trigger {
+                        Trigger::Event(matcher) => matcher.condition.as_ref(),
+                        _ => None,
+                    };
+                    condition
+                        .into_iter()
+                        .chain(&journey.enrollment_key)
+                        .any(|e| e.reads_contact())
+                })
+            });
+        let contacts = if profiles_read {
+            self.load_contacts(tx, &contact_ids, now).await?
+        } else {
+            HashMap::new()
+        };
+        // Stands in for a profile nothing reads; the event was just stored for its contact.
+        let unread = Contact::default();
         let open = enrollments::open_of_contacts(tx, &contact_ids, &waiting_ids, &goal_ids).await?;
         let events: HashMap<i64, &EventFacts> = occurrences.iter().map(|(_, o)| (o.contact_id, &o.event)).collect();
         let mut moving: Vec<(Enrollment, Arc<Journey>, super::transition::Advance, &EventFacts)> = Vec::new();
@@ -196,8 +220,10 @@ impl Engine {
         type Candidate<'a> = (usize, i64, &'a Arc<Journey>, &'a EventFacts, Option<String>);
         let mut candidates: Vec<Candidate<'_>> = Vec::new();
         for (index, occurrence) in occurrences {
-            let Some(contact) = contacts.get(&occurrence.contact_id) else {
-                continue;
+            let contact = match contacts.get(&occurrence.contact_id) {
+                Some(contact) => contact,
+                None if !profiles_read => &unread,
+                None => continue,
             };
             for journey in catalog.triggered_by(&occurrence.event.name) {
                 let Trigger::Event(matcher) = &journey.trigger else {

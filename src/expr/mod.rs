@@ -192,6 +192,16 @@ impl Expr {
         })
     }
 
+    /// Whether the expression reads the contact (score, stage, tags, traits, profile,
+    /// activity, event counts), not only the event and the time.
+    pub fn reads_contact(&self) -> bool {
+        !self.count_calls.is_empty()
+            || self
+                .roots
+                .iter()
+                .any(|root| !matches!(root.as_str(), "trigger" | "event" | "now"))
+    }
+
     /// The `count_events(name, window)` calls in this expression.
     pub fn count_calls(&self) -> &[(String, Delay)] {
         &self.count_calls

@@ -113,3 +113,38 @@ fn has_guards_a_missing_trait() {
         "a missing trait is null, and null is not Shanghai"
     );
 }
+
+#[test]
+fn an_expression_says_whether_it_reads_the_contact() {
+    let key = |source: &str| Expr::compile(source, Place::Contact { has_trigger: true }, Want::Key).unwrap();
+    assert!(!key("trigger.properties.order").reads_contact());
+    assert!(
+        !compile("event.properties.value > 100 && now > timestamp(\"2026-01-01T00:00:00Z\")")
+            .unwrap()
+            .reads_contact()
+    );
+    for reads in [
+        "score >= 50",
+        "traits.plan == \"pro\"",
+        "\"vip\" in tags",
+        "contact.email != null",
+        "inactive_days > 30",
+        "stage == \"mql\"",
+        "count_events(\"Page Viewed\", \"7d\") > 3",
+    ] {
+        assert!(compile(reads).unwrap().reads_contact(), "{reads}");
+    }
+    // Bound only what it reads, the expression still evaluates.
+    let traits = Map::new();
+    let view = ContactFacts::default();
+    let order = EventFacts {
+        name: "Order Placed".into(),
+        properties: serde_json::from_str(r#"{"order": "o-1"}"#).unwrap(),
+        timestamp: None,
+    };
+    let facts = facts_with(&traits, &[], &view, Some(&order));
+    assert_eq!(
+        key("trigger.properties.order").eval(&facts).unwrap(),
+        Json::String("o-1".into())
+    );
+}
