@@ -161,6 +161,9 @@ impl Env {
             admin_tokens: vec!["bench-admin".into()],
             ..Config::default()
         };
+        // The per-key rate limit (production default 2,000 requests/s) guards a deployment; it
+        // would answer the HTTP load's excess with fast 429s, and the peer has none.
+        config.http.rate_limit = Some(0);
         let mut production = None;
         if mode == Mode::Production {
             let admin = std::env::var("NURTURE_TEST_DATABASE_URL")
@@ -806,7 +809,12 @@ async fn http_phase(mode: Mode, load: &HttpLoad) -> Vec<HttpRow> {
     let expected = (load.warmup.len() * BATCH_SIZE + load.single.len() + load.batches.len() * BATCH_SIZE) as i64;
     if enrollments != expected {
         for row in &mut rows {
-            row.note = format!("{enrollments} of {expected} enrollments started");
+            let started = format!("{enrollments} of {expected} enrollments started");
+            row.note = if row.note.is_empty() {
+                started
+            } else {
+                format!("{}; {started}", row.note)
+            };
         }
     }
     let _ = stop_api.send(true);
