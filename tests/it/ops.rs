@@ -404,6 +404,104 @@ async fn production_metrics_count_a_real_journey_run() {
     metrics_count_a_real_journey_run(Mode::Production).await;
 }
 
+/// A journey whose steps events move inside the ingest transaction: an answered `wait_for`,
+/// then a goal reached while waiting.
+const ANSWERED: &str = "ops-answered";
+const ANSWERED_YAML: &str = r#"
+id: ops-answered
+trigger: {event: Trial Started}
+re_entry: always
+goal: {event: Paid}
+steps:
+  - id: await-activation
+    wait_for: {event: Activated, timeout: 1h}
+    on_event: tag-active
+  - id: tag-idle
+    tag: idle
+  - id: tag-active
+    tag: active
+  - id: hold
+    wait: 1h
+"#;
+
+async fn answered_counts(base: &str) -> Value {
+    let response = as_token(base, "GET", &format!("/v1/journeys/{ANSWERED}/counts"), ADMIN).await;
+    assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&response.body));
+    response.json()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_the_steps_events_move() {
+    let project = project();
+    std::fs::write(project.join("journeys/ops-answered.yaml"), ANSWERED_YAML).unwrap();
+    let config = config_for(Mode::Embedded, &project).await;
+    let env = TestEnv::start(config.clone(), Arc::new(SystemClock), true).await;
+    let base = spawn_api(&env).await;
+    let (ann, bob) = (unique("ann"), unique("bob"));
+    let track = |user: String, event: &'static str| {
+        let base = base.clone();
+        async move {
+            let response = send(&base, "track", json!({"userId": user, "event": event})).await;
+            assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&response.body));
+        }
+    };
+    track(ann.clone(), "Trial Started").await;
+    track(bob.clone(), "Trial Started").await;
+    eventually("both to wait for activation", WAIT, || async {
+        (at_step(&answered_counts(&base).await, "await-activation") == 2).then_some(())
+    })
+    .await;
+    // Ann's wait is answered; then both reach the goal, Ann while holding, Bob while waiting.
+    track(ann.clone(), "Activated").await;
+    eventually("Ann to hold", WAIT, || async {
+        (at_step(&answered_counts(&base).await, "hold") == 1).then_some(())
+    })
+    .await;
+    track(ann, "Paid").await;
+    track(bob, "Paid").await;
+    eventually("both to reach the goal", WAIT, || async {
+        let counts = answered_counts(&base).await;
+        (counts["by_status"]["completed"].as_i64().unwrap_or(0) + counts["by_status"]["exited"].as_i64().unwrap_or(0)
+            == 2)
+            .then_some(())
+    })
+    .await;
+
+    // Every history row is a step counted, the event's moves included.
+    let after = scrape(&base).await;
+    let metric = |step: &str| {
+        value(&after, "nurture_steps_total", &[("journey", ANSWERED), ("step", step)]).unwrap_or(0.0) as i64
+    };
+    let mut checked = 0;
+    for step in ["await-activation", "tag-idle", "tag-active", "hold"] {
+        let rows = scalar(
+            &config,
+            "SELECT COUNT(*) FROM step_history WHERE journey_id = 'ops-answered' AND step = $1",
+            step,
+        )
+        .await;
+        assert_eq!(metric(step), rows, "steps of {step}");
+        checked += rows;
+    }
+    let all: f64 = after
+        .iter()
+        .filter(|s| s.name == "nurture_steps_total" && s.labels.get("journey").map(String::as_str) == Some(ANSWERED))
+        .map(|s| s.value)
+        .sum();
+    let rows = scalar(
+        &config,
+        "SELECT COUNT(*) FROM step_history WHERE journey_id = $1",
+        ANSWERED,
+    )
+    .await;
+    assert_eq!(all as i64, rows, "every step of {ANSWERED}");
+    assert!(
+        metric("await-activation") >= 3 && metric("hold") >= 2,
+        "the answer and the goals were recorded: {checked} rows"
+    );
+    env.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Pause and resume
 
