@@ -66,14 +66,13 @@ pub struct Count {
     pub count: i64,
 }
 
+/// The live counts' one query: read from the index `enrollments_by_journey` alone.
+pub const COUNTS_SQL: &str =
+    "SELECT status, step, COUNT(*) FROM enrollments WHERE journey_id = $1 GROUP BY status, step ORDER BY status, step";
+
 /// A journey's enrollments, grouped by status and step: one query.
 pub async fn counts(connection: &mut AnyConnection, journey_id: &str) -> Result<Vec<Count>> {
-    let rows = sqlx::query(
-        "SELECT status, step, COUNT(*) FROM enrollments WHERE journey_id = $1 GROUP BY status, step ORDER BY status, step",
-    )
-    .bind(journey_id)
-    .fetch_all(connection)
-    .await?;
+    let rows = sqlx::query(COUNTS_SQL).bind(journey_id).fetch_all(connection).await?;
     rows.iter()
         .map(|row| {
             Ok(Count {

@@ -502,6 +502,62 @@ async fn metrics_count_the_steps_events_move() {
     env.stop().await;
 }
 
+/// The live counts' query reads its journey's enrollments through an index, not the whole
+/// table. The planner of a small test table prefers a scan whatever the indexes, so sequential
+/// scans are made unattractive on PostgreSQL; SQLite says which index it searches.
+async fn live_counts_read_an_index(mode: Mode) {
+    let project = project();
+    let config = config_for(mode, &project).await;
+    let env = TestEnv::start(config, Arc::new(SystemClock), false).await;
+    let mut connection = env.engine.store.pool.acquire().await.unwrap();
+    let sql = nurture::store::controls::COUNTS_SQL;
+    let plan: Vec<String> = match mode {
+        Mode::Production => {
+            sqlx::query("SET enable_seqscan = off")
+                .execute(&mut *connection)
+                .await
+                .unwrap();
+            let plan = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN {sql}")))
+                .bind(JOURNEY)
+                .fetch_all(&mut *connection)
+                .await
+                .unwrap()
+                .iter()
+                .map(|row| row.get::<String, _>(0))
+                .collect();
+            sqlx::query("RESET enable_seqscan")
+                .execute(&mut *connection)
+                .await
+                .unwrap();
+            plan
+        }
+        Mode::Embedded => sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+            .bind(JOURNEY)
+            .fetch_all(&mut *connection)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get::<String, _>(3))
+            .collect(),
+    };
+    drop(connection);
+    assert!(
+        plan.iter().any(|line| line.contains("enrollments_by_journey")),
+        "{mode:?}: the counts query reads `enrollments_by_journey`: {plan:#?}"
+    );
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_live_counts_read_an_index() {
+    live_counts_read_an_index(Mode::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_live_counts_read_an_index() {
+    live_counts_read_an_index(Mode::Production).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Pause and resume
 
