@@ -874,6 +874,110 @@ async fn a_broadcast_fires_once(mode: Mode) {
     env.stop().await;
 }
 
+/// A process claims a broadcast and dies after two pages of its audience: the tick stays
+/// its own while the lease runs, then another process's scheduler resumes it after the last
+/// committed page, and every contact of the audience is enrolled exactly once.
+async fn an_interrupted_broadcast_resumes(mode: Mode) {
+    use nurture::engine::runner::{Firing, TICK_LEASE};
+    let project = project();
+    let clock = nurture::engine::clock::VirtualClock::new(SystemClock.now());
+    let at = clock.now() - chrono::Duration::minutes(5);
+    write_broadcast(&project, "resumed-news", shanghai(at));
+    let config = config_for(mode, &project).await;
+    let env = TestEnv::start(config.clone(), Arc::new(clock.clone()), false).await;
+    let base = spawn_api(&env).await;
+    const PRO: i64 = 23;
+    let batch: Vec<Value> = [("pro", PRO), ("free", 7)]
+        .iter()
+        .flat_map(|(plan, n)| {
+            (0..*n).map(move |_| json!({"type": "identify", "userId": unique(plan), "traits": {"plan": plan}}))
+        })
+        .collect();
+    assert_eq!(send(&base, "batch", json!({"batch": batch})).await.status, 200);
+    let journey = env
+        .engine
+        .journey_by_id("resumed-news")
+        .expect("the broadcast compiled");
+    let tick: chrono::DateTime<chrono::Utc> = shanghai(at).into();
+    let tick = tick.with_timezone(&chrono::Utc);
+
+    // The first process: two pages of 6 contacts, then it "dies".
+    let doomed = Firing {
+        page: 6,
+        stop_after_pages: Some(2),
+    };
+    let first = env
+        .engine
+        .fire_tick(&journey, tick, "doomed", doomed)
+        .await
+        .unwrap()
+        .expect("claimed");
+    let partly = enrolled_in(&config, "resumed-news").await;
+    assert_eq!(first as i64, partly);
+    assert!(partly > 0 && partly < PRO, "a part of the audience: {partly}");
+
+    // Its lease still runs: nobody takes the tick over.
+    let second = TestEnv::start(config.clone(), Arc::new(clock.clone()), false).await;
+    assert_eq!(second.engine.resume_abandoned_ticks("early").await.unwrap(), 0);
+    assert_eq!(
+        second.engine.fire_schedule(&journey, tick, "early").await.unwrap(),
+        None
+    );
+    assert_eq!(enrolled_in(&config, "resumed-news").await, partly);
+
+    // Once it ran out, the other process's scheduler resumes the tick after the last page.
+    clock.advance(TICK_LEASE + chrono::Duration::seconds(1));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let scheduler = tokio::spawn(nurture::app::run_scheduler(
+        second.engine.clone(),
+        unique("scheduler"),
+        async move {
+            let mut stopped = stopped;
+            let _ = stopped.wait_for(|stop| *stop).await;
+        },
+    ));
+    eventually("the rest of the audience to be enrolled", WAIT, || async {
+        (enrolled_in(&config, "resumed-news").await == PRO).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = stop.send(true);
+    let _ = scheduler.await;
+    let contacts = scalar(
+        &config,
+        "SELECT COUNT(DISTINCT contact_id) FROM enrollments WHERE journey_id = $1",
+        "resumed-news",
+    )
+    .await;
+    assert_eq!(contacts, PRO, "every contact of the audience");
+    assert_eq!(enrolled_in(&config, "resumed-news").await, PRO, "each once");
+    let counted = scalar(
+        &config,
+        "SELECT enrolled FROM schedule_ticks WHERE journey_id = $1",
+        "resumed-news",
+    )
+    .await;
+    assert_eq!(counted, PRO, "the tick counts both processes' enrollments");
+
+    // Finished: neither resumed nor fired again, even after another lease.
+    clock.advance(TICK_LEASE + chrono::Duration::seconds(1));
+    assert_eq!(env.engine.resume_abandoned_ticks("late").await.unwrap(), 0);
+    assert_eq!(env.engine.fire_schedule(&journey, tick, "late").await.unwrap(), None);
+    assert_eq!(enrolled_in(&config, "resumed-news").await, PRO);
+    second.stop().await;
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_an_interrupted_broadcast_resumes() {
+    an_interrupted_broadcast_resumes(Mode::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_an_interrupted_broadcast_resumes() {
+    an_interrupted_broadcast_resumes(Mode::Production).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_a_broadcast_fires_once() {
     a_broadcast_fires_once(Mode::Embedded).await;
