@@ -95,7 +95,7 @@ async fn receive(
     };
     if let Some(key) = &header_key {
         // Before the body is unzipped and parsed: a flood costs as little as possible.
-        limiter.admit(&super::Keys::source_of(key))?;
+        limiter.admit(&super::Keys::source_of(key)).await?;
     }
     let received_at = state.engine.clock.now();
     let limit = match route {
@@ -118,7 +118,7 @@ async fn receive(
     let body_key = body.json.get("writeKey").and_then(Value::as_str);
     let key = state.keys.ingest_key(&headers, body_key)?;
     if !header_auth {
-        limiter.admit(&super::Keys::source_of(&key))?;
+        limiter.admit(&super::Keys::source_of(&key)).await?;
     }
     let parsed = match route {
         Route::Batch => segment::parse_batch(&body.json, received_at, &mut message_id),

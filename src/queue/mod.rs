@@ -309,6 +309,15 @@ impl Queue {
         })
     }
 
+    /// The Redis connection of the queue, for other shared state (the write keys' rate
+    /// limit); `None` in the embedded mode.
+    pub fn redis_connection(&self) -> Option<ConnectionManager> {
+        match &self.backend {
+            Backend::Redis(storage) => Some(storage.clone().get_connection().clone()),
+            Backend::Sqlite(_) => None,
+        }
+    }
+
     /// From now on, jobs this process pushes run here through `run` (this process's step
     /// batcher), while fewer than `LOCAL_BACKLOG` are unfinished; `None` stops that (the worker
     /// stopped). `run` must call `finished_here` for every job it was given.
