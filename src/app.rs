@@ -293,6 +293,13 @@ pub async fn run_scheduler(engine: Arc<Engine>, process: String, shutdown: impl 
     let mut broadcasts_done = std::collections::HashSet::new();
     loop {
         let catalog = engine.catalog();
+        // Audiences a dead process left half enrolled, first: a late broadcast's claim below
+        // finds its tick taken.
+        match engine.resume_abandoned_ticks(&process).await {
+            Ok(0) => {}
+            Ok(resumed) => info!(resumed, "Resumed schedule ticks left unfinished."),
+            Err(error) => warn!(%error, "Could not resume the schedule ticks left unfinished."),
+        }
         fire_late_broadcasts(&engine, &catalog, &process, &mut broadcasts_done).await;
         let next = catalog
             .journeys

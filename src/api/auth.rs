@@ -14,8 +14,11 @@
 //! Write keys arrive as Segment sends them: the HTTP Basic user name, or `writeKey` in the
 //! body; the others as `Authorization: Bearer TOKEN` (or the Basic user name).
 
+use super::AppState;
 use super::error::ApiError;
 use crate::config::Secret;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
@@ -274,6 +277,30 @@ impl Keys {
     /// A stable, non-secret name of a key: the dedupe scope of its messages.
     pub fn source_of(key: &str) -> String {
         name_of(&digest(key))
+    }
+}
+
+/// An admin token, checked as an extractor. Handlers list it before `Path`, `Query` and the
+/// body (axum runs extractors in order), so a caller without the right token gets its 401 or
+/// 403 and learns nothing from a 400 about the rest of the request.
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        state.keys.require_admin(&parts.headers).map(|()| Admin)
+    }
+}
+
+/// Who calls the sales API (`Keys::sales_actor`), checked as an extractor like [`Admin`].
+pub struct SalesCaller(pub crate::engine::sales::Actor);
+
+impl FromRequestParts<AppState> for SalesCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        state.keys.sales_actor(&parts.headers).map(SalesCaller)
     }
 }
 

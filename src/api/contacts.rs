@@ -1,13 +1,14 @@
 //! The contact 360 view, lookup by email / phone / user id, erasure, and the failed list.
 
 use super::AppState;
+use super::auth::Admin;
 use super::error::ApiError;
 use super::extract::{Path, Query};
 use crate::engine::ingest::{normalize_email, normalize_phone};
 use crate::store::{from_ms, identities};
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use serde_json::{Value, json};
 use sqlx::Row;
 
@@ -22,12 +23,7 @@ fn time(ms: Option<i64>) -> Value {
     ms.map(|ms| json!(from_ms(ms).to_rfc3339())).unwrap_or(Value::Null)
 }
 
-pub async fn show(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<i64>,
-) -> Result<Json<Value>, ApiError> {
-    state.keys.require_admin(&headers)?;
+pub async fn show(State(state): State<AppState>, _: Admin, Path(id): Path<i64>) -> Result<Json<Value>, ApiError> {
     view(&state, id)
         .await?
         .map(Json)
@@ -36,10 +32,9 @@ pub async fn show(
 
 pub async fn search(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: Admin,
     Query(lookup): Query<Lookup>,
 ) -> Result<Json<Value>, ApiError> {
-    state.keys.require_admin(&headers)?;
     let (kind, value) = if let Some(email) = &lookup.email {
         (
             "email",
@@ -210,12 +205,7 @@ async fn score_summary(state: &AppState, connection: &mut sqlx::AnyConnection, i
 }
 
 /// `GET /v1/contacts/{id}/score`: every point explained: rule, event, time, value now.
-pub async fn score(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<i64>,
-) -> Result<Json<Value>, ApiError> {
-    state.keys.require_admin(&headers)?;
+pub async fn score(State(state): State<AppState>, _: Admin, Path(id): Path<i64>) -> Result<Json<Value>, ApiError> {
     let now = state.engine.clock.now();
     let mut connection = state.engine.store.pool.acquire().await?;
     let Some(contact) = state.engine.load_contact(&mut connection, id, now).await? else {
@@ -250,12 +240,7 @@ pub async fn score(
 }
 
 /// Erasure (GDPR/PIPL): nothing that names the person is left; anonymous counts remain.
-pub async fn erase(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<i64>,
-) -> Result<StatusCode, ApiError> {
-    state.keys.require_admin(&headers)?;
+pub async fn erase(State(state): State<AppState>, _: Admin, Path(id): Path<i64>) -> Result<StatusCode, ApiError> {
     if state.engine.erase(id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -263,19 +248,13 @@ pub async fn erase(
     }
 }
 
-pub async fn failed(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    state.keys.require_admin(&headers)?;
+pub async fn failed(State(state): State<AppState>, _: Admin) -> Result<Json<Value>, ApiError> {
     let mut connection = state.engine.store.pool.acquire().await?;
     let failed = crate::store::enrollments::failed(&mut connection, 500).await?;
     Ok(Json(json!({"failed": failed})))
 }
 
-pub async fn retry(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<i64>,
-) -> Result<Json<Value>, ApiError> {
-    state.keys.require_admin(&headers)?;
+pub async fn retry(State(state): State<AppState>, _: Admin, Path(id): Path<i64>) -> Result<Json<Value>, ApiError> {
     if state.engine.retry(id).await? {
         Ok(Json(json!({"retried": id})))
     } else {

@@ -57,7 +57,11 @@ fn to_login() -> Response {
     (StatusCode::SEE_OTHER, [(header::LOCATION, "/dashboard/login")]).into_response()
 }
 
-pub async fn page(State(state): State<AppState>, headers: HeaderMap, Query(range): Query<Range>) -> Response {
+pub async fn page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    range: Result<Query<Range>, ApiError>,
+) -> Response {
     // A Bearer token is a program talking: it gets a JSON error, not a form.
     if headers.contains_key(header::AUTHORIZATION) {
         if let Err(error) = state.keys.require_admin(&headers) {
@@ -66,6 +70,11 @@ pub async fn page(State(state): State<AppState>, headers: HeaderMap, Query(range
     } else if !session_is_valid(&state, &headers) {
         return to_login();
     }
+    // The query only once the caller is known.
+    let Query(range) = match range {
+        Ok(range) => range,
+        Err(error) => return error.into_response(),
+    };
     match render_page(&state, &range).await {
         Ok(html) => Html(html).into_response(),
         Err(error) => error.into_response(),

@@ -30,11 +30,16 @@ pub fn current_request_id() -> Option<Arc<str>> {
 
 /// Wraps the routes: the limits innermost, then CORS, then the request id and the error
 /// shape, so every answer (a preflight, a 429, a 404) has a request id.
-pub fn wrap<S>(routes: Router<S>, cors: CorsLayer, config: &crate::config::Config) -> Router<S>
+pub fn wrap<S>(
+    routes: Router<S>,
+    cors: CorsLayer,
+    config: &crate::config::Config,
+    redis: Option<redis::aio::ConnectionManager>,
+) -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
 {
-    limits::wrap(routes, config)
+    limits::wrap(routes, config, redis)
         .layer(cors)
         .layer(middleware::from_fn(around))
 }

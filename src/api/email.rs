@@ -242,10 +242,9 @@ pub struct Lookup {
 /// lifted suppressions included.
 pub async fn suppressions(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: super::auth::Admin,
     Query(lookup): Query<Lookup>,
 ) -> Result<Json<Value>, ApiError> {
-    state.keys.require_admin(&headers)?;
     let mut connection = state.engine.store.pool.acquire().await?;
     let found = match lookup.email {
         Some(email) => {
@@ -262,10 +261,9 @@ pub async fn suppressions(
 /// mailed again (after the owner fixed their mailbox, or a complaint was a mistake).
 pub async fn lift(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: super::auth::Admin,
     Path((channel, address)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    state.keys.require_admin(&headers)?;
     let address = match channel.as_str() {
         "email" => normalize_email(&address)
             .ok_or_else(|| ApiError::bad_request("invalid_path", "address", "not an email address"))?,

@@ -34,11 +34,13 @@ fn invalid(error: Invalid) -> ApiError {
 pub async fn ingest(
     State(state): State<AppState>,
     Extension(limiter): Extension<Arc<RateLimiter>>,
-    Path(name): Path<String>,
+    name: Result<Path<String>, ApiError>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let outcome = receive(&state, &limiter, &name, headers, body).await;
+    // A path that is not UTF-8 names no route; `receive` says so once the caller is known.
+    let name = name.ok().map(|Path(name)| name);
+    let outcome = receive(&state, &limiter, name.as_deref(), headers, body).await;
     // Refused messages of a readable body are counted where they are known, one by one.
     if let Err(error) = &outcome
         && error.code != "invalid_message"
@@ -63,27 +65,39 @@ fn rejection_reason(error: &ApiError) -> &'static str {
 async fn receive(
     state: &AppState,
     limiter: &RateLimiter,
-    name: &str,
+    name: Option<&str>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let Some(route) = route(name) else {
-        return Err(ApiError::not_found(format!(
-            "there is no /v1/{name}; send events to /v1/track, /v1/identify, /v1/page, /v1/screen, /v1/group, /v1/alias or /v1/batch"
-        )));
-    };
-    // A key in the header is checked before the body is even read.
-    let header_auth = headers.contains_key(axum::http::header::AUTHORIZATION);
-    if header_auth {
-        let key = state.keys.ingest_key(&headers, None)?;
-        // Before the body is unzipped and parsed: a flood costs as little as possible.
-        limiter.admit(&super::Keys::source_of(&key))?;
-    }
-    let received_at = state.engine.clock.now();
     let gzip = headers
         .get("content-encoding")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("gzip"));
+    // The credential before the route: a key in the header is checked before the body is even
+    // read, and a caller without a key learns nothing about the path.
+    let header_auth = headers.contains_key(axum::http::header::AUTHORIZATION);
+    let header_key = if header_auth {
+        Some(state.keys.ingest_key(&headers, None)?)
+    } else {
+        None
+    };
+    let Some(route) = name.and_then(route) else {
+        if !header_auth {
+            // The key can only be in the body: read it as the largest body any route takes.
+            let body = read_body(&body, gzip, segment::MAX_BATCH_BYTES).ok();
+            let body_key = body.as_ref().and_then(|body| body.json.get("writeKey")?.as_str());
+            state.keys.ingest_key(&headers, body_key)?;
+        }
+        return Err(ApiError::not_found(format!(
+            "there is no /v1/{}; send events to /v1/track, /v1/identify, /v1/page, /v1/screen, /v1/group, /v1/alias or /v1/batch",
+            name.unwrap_or("...")
+        )));
+    };
+    if let Some(key) = &header_key {
+        // Before the body is unzipped and parsed: a flood costs as little as possible.
+        limiter.admit(&super::Keys::source_of(key)).await?;
+    }
+    let received_at = state.engine.clock.now();
     let limit = match route {
         Route::Batch => segment::MAX_BATCH_BYTES,
         Route::Single(_) => segment::MAX_MESSAGE_BYTES,
@@ -104,7 +118,7 @@ async fn receive(
     let body_key = body.json.get("writeKey").and_then(Value::as_str);
     let key = state.keys.ingest_key(&headers, body_key)?;
     if !header_auth {
-        limiter.admit(&super::Keys::source_of(&key))?;
+        limiter.admit(&super::Keys::source_of(&key)).await?;
     }
     let parsed = match route {
         Route::Batch => segment::parse_batch(&body.json, received_at, &mut message_id),

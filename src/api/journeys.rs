@@ -2,11 +2,12 @@
 //! `GET /v1/journeys/{id}/counts` (see `engine/controls.rs`).
 
 use super::AppState;
+use super::auth::Admin;
 use super::error::ApiError;
+use super::extract::Path;
 use crate::engine::controls::JourneyCounts;
 use axum::Json;
-use axum::extract::{Path, State};
-use axum::http::HeaderMap;
+use axum::extract::State;
 use serde_json::{Value, json};
 
 fn known(state: &AppState, id: &str) -> Result<(), ApiError> {
@@ -17,24 +18,14 @@ fn known(state: &AppState, id: &str) -> Result<(), ApiError> {
 }
 
 /// Pauses a journey: nobody enters, and contacts in flight hold before their next step.
-pub async fn pause(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    state.keys.require_admin(&headers)?;
+pub async fn pause(State(state): State<AppState>, _: Admin, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     known(&state, &id)?;
     let newly = state.engine.pause_journey(&id, "api").await?;
     Ok(Json(json!({"journey": id, "paused": true, "already_paused": !newly})))
 }
 
 /// Resumes a journey and queues again the contacts it held.
-pub async fn resume(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    state.keys.require_admin(&headers)?;
+pub async fn resume(State(state): State<AppState>, _: Admin, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     known(&state, &id)?;
     let requeued = state.engine.resume_journey(&id).await?;
     Ok(Json(json!({
@@ -48,10 +39,9 @@ pub async fn resume(
 /// Live counts: enrolled, by status, in flight at each step, failed.
 pub async fn counts(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: Admin,
     Path(id): Path<String>,
 ) -> Result<Json<JourneyCounts>, ApiError> {
-    state.keys.require_admin(&headers)?;
     known(&state, &id)?;
     Ok(Json(state.engine.journey_counts(&id).await?))
 }

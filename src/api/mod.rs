@@ -121,5 +121,8 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             metrics::time_requests,
         ));
-    edge::wrap(routes, cors, &state.engine.config).with_state(state)
+    // The write keys' buckets are shared through Redis when there is one (every API process
+    // counts against the same rate), else kept in this process.
+    let redis = state.engine.queue.redis_connection();
+    edge::wrap(routes, cors, &state.engine.config, redis).with_state(state)
 }

@@ -52,10 +52,10 @@ fn today(state: &AppState) -> i64 {
 
 pub async fn roi(
     State(state): State<AppState>,
+    _: super::auth::Admin,
     headers: HeaderMap,
     Query(range): Query<Range>,
 ) -> Result<Response, ApiError> {
-    state.keys.require_admin(&headers)?;
     let asked = range.read(today(&state))?;
     let report = state
         .engine
@@ -71,10 +71,10 @@ pub async fn roi(
 
 pub async fn funnel(
     State(state): State<AppState>,
+    _: super::auth::Admin,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    state.keys.require_admin(&headers)?;
     let Some(funnels) = state.engine.funnel_report(&id).await? else {
         return Err(ApiError::not_found(format!("no journey `{id}`")));
     };
@@ -87,10 +87,10 @@ pub async fn funnel(
 
 pub async fn kpis(
     State(state): State<AppState>,
+    _: super::auth::Admin,
     headers: HeaderMap,
     Query(range): Query<Range>,
 ) -> Result<Response, ApiError> {
-    state.keys.require_admin(&headers)?;
     let asked = range.read(today(&state))?;
     let kpis = state.engine.kpi_report(asked.from, asked.to, asked.model).await?;
     let mut json = reports::funnel::kpis_json(&kpis);

@@ -1,19 +1,21 @@
 //! The sales loop over HTTP: a rep's leads (`Bearer` rep token: their own; admin token: all),
 //! accepting, rejecting and closing them, and an admin setting a contact's stage. Another
-//! rep's lead is answered like a lead that does not exist (404), so ids reveal nothing.
+//! rep's lead is answered like a lead that does not exist (404), so ids reveal nothing. The
+//! token is checked first (`SalesCaller`, `Admin`): a stranger learns nothing from a 400.
 
 use super::AppState;
+use super::auth::{Admin, SalesCaller};
 use super::email::json_body;
 use super::error::ApiError;
 use super::extract::{Path, Query};
 use crate::engine::Contact;
-use crate::engine::sales::{Action, Refusal};
+use crate::engine::sales::{Action, Actor, Refusal};
 use crate::journey::values::Stage;
 use crate::store::sales::{Lead, Status};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 #[derive(serde::Deserialize)]
@@ -25,10 +27,9 @@ pub struct Filter {
 /// `GET /v1/sales/leads`: newest first; `?status=assigned` and `?limit=` (at most 500).
 pub async fn list(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    SalesCaller(actor): SalesCaller,
     Query(filter): Query<Filter>,
 ) -> Result<Json<Value>, ApiError> {
-    let actor = state.keys.sales_actor(&headers)?;
     let status = match filter.status.as_deref() {
         None | Some("") => None,
         Some(text) => Some(Status::parse(text).ok_or_else(|| {
@@ -58,10 +59,9 @@ pub async fn list(
 /// `GET /v1/sales/leads/{id}`.
 pub async fn show(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    SalesCaller(actor): SalesCaller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let actor = state.keys.sales_actor(&headers)?;
     let id = lead_id(&id)?;
     match state.engine.lead(&actor, id).await? {
         Some((lead, contact)) => Ok(Json(view(&lead, contact.as_ref()))),
@@ -72,34 +72,31 @@ pub async fn show(
 /// `POST /v1/sales/leads/{id}/accept`: the rep takes the lead; its accept deadline goes.
 pub async fn accept(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    SalesCaller(actor): SalesCaller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    act(&state, &headers, &id, Action::Accept).await
+    act(&state, actor, &id, Action::Accept).await
 }
 
 /// `POST /v1/sales/leads/{id}/reject` `{"reason": "..."}`: back to the pool, on to another rep.
 pub async fn reject(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    SalesCaller(actor): SalesCaller,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    // The token first: a stranger learns nothing from a 400.
-    state.keys.sales_actor(&headers)?;
     let reason = reason(&json_body(&body)?)?;
-    act(&state, &headers, &id, Action::Reject { reason }).await
+    act(&state, actor, &id, Action::Reject { reason }).await
 }
 
 /// `POST /v1/sales/leads/{id}/outcome`: `{"outcome": "won", "revenue": 12000, "currency":
 /// "CNY"}` or `{"outcome": "lost", "reason": "..."}`.
 pub async fn outcome(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    SalesCaller(actor): SalesCaller,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    state.keys.sales_actor(&headers)?;
     let body = json_body(&body)?;
     let action = match body.get("outcome").and_then(Value::as_str) {
         Some("won") => {
@@ -142,17 +139,16 @@ pub async fn outcome(
             ));
         }
     };
-    act(&state, &headers, &id, action).await
+    act(&state, actor, &id, action).await
 }
 
 /// `POST /v1/contacts/{id}/stage` `{"stage": "opportunity" | "customer"}` (admin).
 pub async fn set_stage(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: Admin,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    state.keys.require_admin(&headers)?;
     let contact: i64 = id
         .parse()
         .map_err(|_| ApiError::bad_request("invalid_id", "id", format!("`{id}` is not a contact id")))?;
@@ -174,8 +170,7 @@ pub async fn set_stage(
     Ok(Json(json!({"contact": contact, "stage": stage.as_str()})))
 }
 
-async fn act(state: &AppState, headers: &HeaderMap, id: &str, action: Action) -> Result<Json<Value>, ApiError> {
-    let actor = state.keys.sales_actor(headers)?;
+async fn act(state: &AppState, actor: Actor, id: &str, action: Action) -> Result<Json<Value>, ApiError> {
     let id = lead_id(id)?;
     match state.engine.act_on_lead(id, &actor, action).await {
         Ok(lead) => Ok(Json(view(&lead, None))),

@@ -223,7 +223,11 @@ impl Engine {
             effects: vec![],
             records: vec![record],
         };
-        Ok(enrollments::save_move(tx, journey, enrollment, &advance, now).await?)
+        let moved = enrollments::save_move(tx, journey, enrollment, &advance, now).await?;
+        if moved {
+            self.count_steps(journey, &advance);
+        }
+        Ok(moved)
     }
 
     /// Records an event that came back from a sent email (`Email Opened`, `Email Link

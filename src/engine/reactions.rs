@@ -81,6 +81,19 @@ impl Engine {
         Ok(reaction)
     }
 
+    /// Counts one move an event made outside a step batch (an exit), as `steps_ran` counts a
+    /// batch's: a history row each, when the move is saved in the caller's transaction.
+    pub(crate) fn count_steps(&self, journey: &Journey, moved: &super::transition::Advance) {
+        self.metrics.steps_ran(moved.records.iter().map(|r| {
+            (
+                journey.id.as_str(),
+                r.step.as_str(),
+                r.kind.as_str(),
+                r.outcome.as_str(),
+            )
+        }));
+    }
+
     /// What one already stored event does to journeys; returns the jobs to enqueue.
     pub(crate) async fn react_one(
         &self,
@@ -196,6 +209,26 @@ impl Engine {
                 .collect();
             let won = enrollments::save_moves(tx, &moves, now, None).await?;
             drop(moves);
+            // Counted like a step batch's moves, a history row each, but when saved rather than
+            // after the commit, which is the caller's: a transaction that then fails (an ingest
+            // group retried request by request) counts its moves again.
+            self.metrics
+                .steps_ran(
+                    moving
+                        .iter()
+                        .zip(&won)
+                        .filter(|(_, won)| **won)
+                        .flat_map(|((_, journey, moved, _), _)| {
+                            moved.records.iter().map(move |r| {
+                                (
+                                    journey.id.as_str(),
+                                    r.step.as_str(),
+                                    r.kind.as_str(),
+                                    r.outcome.as_str(),
+                                )
+                            })
+                        }),
+                );
             let mut changes = Vec::new();
             for ((enrollment, _, moved, event), won) in moving.iter().zip(won) {
                 if !won {

@@ -586,6 +586,21 @@ impl Engine {
 
     /// Enrolls every contact in a schedule's audience for one tick, once across all processes.
     pub async fn fire_schedule(&self, journey: &Journey, tick: DateTime<Utc>, process: &str) -> Result<Option<usize>> {
+        self.fire_tick(journey, tick, process, Firing::default()).await
+    }
+
+    /// `fire_schedule`, a page of the audience at a time. The tick is claimed with a lease; each
+    /// page's enrollments commit with the tick's cursor and count, and renew the lease, so a
+    /// process that dies mid-audience leaves a cursor that another resumes from
+    /// (`resume_abandoned_ticks`) once the lease runs out: every contact is looked at once.
+    /// Returns how many the tick enrolled in all; `None` if it was not this process's to fire.
+    pub async fn fire_tick(
+        &self,
+        journey: &Journey,
+        tick: DateTime<Utc>,
+        process: &str,
+        firing: Firing,
+    ) -> Result<Option<usize>> {
         let Trigger::Schedule { audience, .. } = &journey.trigger else {
             return Ok(None);
         };
@@ -595,17 +610,28 @@ impl Engine {
             info!(journey = %journey.id, %tick, "Schedule not fired: the journey is paused.");
             return Ok(None);
         }
-        if !self.store.claim_tick(&journey.id, tick, process, now).await? {
+        let mut connection = self.store.pool.acquire().await?;
+        let claimed =
+            store::controls::claim_tick(&mut connection, &journey.id, tick, process, now, now + TICK_LEASE).await?;
+        drop(connection);
+        let Some(claimed) = claimed else {
             return Ok(None);
+        };
+        if claimed.cursor > 0 {
+            warn!(journey = %journey.id, %tick, after_contact = claimed.cursor, enrolled = claimed.enrolled, "Resuming a schedule tick another process left half done.");
         }
-        let mut enrolled = 0;
-        let mut after = 0;
+        let mut enrolled = usize::try_from(claimed.enrolled).unwrap_or_default();
+        let mut after = claimed.cursor;
+        let mut pages = 0;
         loop {
+            if firing.stop_after_pages == Some(pages) {
+                // As a process that died here: the tick stays claimed and unfinished.
+                return Ok(Some(enrolled));
+            }
             let mut connection = self.store.pool.acquire().await?;
-            let ids = contacts::page_of_ids(&mut connection, after, 500).await?;
+            let ids = contacts::page_of_ids(&mut connection, after, firing.page).await?;
             drop(connection);
-            let Some(last) = ids.last() else { break };
-            after = *last;
+            let Some(last) = ids.last().copied() else { break };
             let mut tx = self.store.begin().await?;
             let mut jobs = Vec::new();
             for id in ids {
@@ -628,15 +654,66 @@ impl Engine {
                     ));
                 }
             }
+            let lease_until = self.clock.now() + TICK_LEASE;
+            let count = i64::try_from(jobs.len()).unwrap_or(i64::MAX);
+            if !store::controls::tick_page_done(&mut tx, &journey.id, tick, process, last, count, lease_until).await? {
+                tx.rollback().await?;
+                warn!(journey = %journey.id, %tick, "Another process took this schedule tick over; stopping.");
+                return Ok(None);
+            }
             tx.commit().await?;
+            after = last;
+            pages += 1;
             enrolled += jobs.len();
             self.enqueue(jobs).await?;
         }
-        self.store
-            .record_tick_enrolled(&journey.id, tick, enrolled as i64)
-            .await?;
+        let mut connection = self.store.pool.acquire().await?;
+        store::controls::finish_tick(&mut connection, &journey.id, tick, process, self.clock.now()).await?;
         info!(journey = %journey.id, %tick, enrolled, "Schedule fired.");
         Ok(Some(enrolled))
+    }
+
+    /// Resumes the schedule ticks whose claimer died mid-audience (their lease ran out), each
+    /// after the last page it committed; returns how many were resumed. The scheduler of every
+    /// process calls it at each look.
+    pub async fn resume_abandoned_ticks(&self, process: &str) -> Result<usize> {
+        let mut connection = self.store.pool.acquire().await?;
+        let abandoned = store::controls::abandoned_ticks(&mut connection, self.clock.now()).await?;
+        drop(connection);
+        let mut resumed = 0;
+        for (journey_id, tick) in abandoned {
+            // A journey no longer in the catalog has no audience to finish: left as it is.
+            let Some(journey) = self.journey_by_id(&journey_id) else {
+                continue;
+            };
+            if self.fire_schedule(&journey, tick, process).await?.is_some() {
+                resumed += 1;
+            }
+        }
+        Ok(resumed)
+    }
+}
+
+/// How long a claimed schedule tick stays its claimer's without progress: each page of the
+/// audience renews it, so only a process that died (or stalled this long) loses the tick.
+pub const TICK_LEASE: Duration = Duration::seconds(60);
+
+/// How `Engine::fire_tick` walks the audience.
+#[derive(Clone, Copy, Debug)]
+pub struct Firing {
+    /// Contacts per page (and per transaction).
+    pub page: i64,
+    /// Stops after this many pages, leaving the tick unfinished as a process that died there
+    /// would (tests); `None`: the whole audience.
+    pub stop_after_pages: Option<usize>,
+}
+
+impl Default for Firing {
+    fn default() -> Self {
+        Firing {
+            page: 500,
+            stop_after_pages: None,
+        }
     }
 }
 

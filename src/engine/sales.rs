@@ -663,6 +663,7 @@ impl Engine {
             if let Some(exit) = exit_now(&journey, &enrollment, &world)
                 && enrollments::save_move(tx, &journey, &enrollment, &exit, now).await?
             {
+                self.count_steps(&journey, &exit);
                 exited += 1;
             }
         }

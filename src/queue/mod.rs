@@ -22,7 +22,7 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 /// Run the enrollment's next move if it is still at `seq`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct StepJob {
     #[serde(rename = "e")]
     pub enrollment: i64,
@@ -36,6 +36,115 @@ pub enum Error {
     Queue(String),
     #[error("redis error: {0}")]
     Redis(#[from] redis::RedisError),
+    /// Redis failed a push moments ago: this one was not tried, its jobs are held (see
+    /// `Breaker`).
+    #[error("Redis was unreachable moments ago; the jobs are held until it answers")]
+    Resting,
+}
+
+/// How long one Redis call of a push may take, reconnecting included, before the push gives
+/// up: the connection's own response timeout (redis-rs's default, 500 ms). Without it a push
+/// during an outage waited for the connection manager's whole reconnect backoff (~4.5 s).
+const REDIS_ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// How long pushes leave Redis alone after one failed, before one of them tries again.
+const REDIS_REST: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Most jobs held in memory while Redis is down; past it they are left to the reconciler.
+const MAX_HELD: usize = 100_000;
+
+/// Pushes to Redis fail fast once Redis is known to be down. After a failed push, the next
+/// ones for `REDIS_REST` are not tried; then one push tries Redis while the others keep
+/// resting, until one succeeds or the wake-up listener subscribes again. The jobs of a push
+/// that failed or rested are held here (up to `MAX_HELD`, each once) and pushed by
+/// `flush_held` as soon as Redis answers, and the push still returns the error, which its
+/// caller logs or retries. So with Redis down an events API request waits at most
+/// `REDIS_ANSWER_WITHIN` for its enqueue, and most wait not at all. Nothing depends on the
+/// held jobs: what they stand for is in the database (`due_at`), and the reconciler queues
+/// overdue steps again if this process dies first.
+#[derive(Default)]
+struct Breaker {
+    state: std::sync::Mutex<Resting>,
+    /// Redis answered with jobs held: `flush_held` pushes them.
+    back: Notify,
+}
+
+#[derive(Default)]
+struct Resting {
+    /// Until when pushes skip Redis; `None` while Redis answers.
+    until: Option<std::time::Instant>,
+    held: std::collections::HashSet<StepJob>,
+}
+
+impl Breaker {
+    fn state(&self) -> std::sync::MutexGuard<'_, Resting> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether this push may try Redis: while it answers, always; after a failure, once the rest
+    /// is over, one push at a time (the others rest for another `REDIS_REST` meanwhile).
+    fn admit(&self) -> bool {
+        let mut state = self.state();
+        let now = std::time::Instant::now();
+        match state.until {
+            None => true,
+            Some(end) if now >= end => {
+                state.until = Some(now + REDIS_REST);
+                true
+            }
+            Some(_) => false,
+        }
+    }
+
+    /// Whether Redis failed a push less than `REDIS_REST` ago.
+    fn resting(&self) -> bool {
+        self.state().until.is_some_and(|end| std::time::Instant::now() < end)
+    }
+
+    /// Redis answered (a push, or the wake-up listener's subscription).
+    fn answered(&self) {
+        let mut state = self.state();
+        if state.until.take().is_some() {
+            tracing::info!(held = state.held.len(), "Redis answers again.");
+        }
+        if !state.held.is_empty() {
+            self.back.notify_one();
+        }
+    }
+
+    fn failed(&self, error: &Error) {
+        let mut state = self.state();
+        if state.until.is_none() {
+            tracing::warn!(%error, "Redis failed a push: pushes rest for {REDIS_REST:?} at a time, their jobs held until it answers.");
+        }
+        state.until = Some(std::time::Instant::now() + REDIS_REST);
+    }
+
+    fn hold(&self, jobs: &[StepJob]) {
+        let mut state = self.state();
+        let room = MAX_HELD.saturating_sub(state.held.len());
+        if jobs.len() > room {
+            tracing::warn!(
+                dropped = jobs.len() - room,
+                "Too many step jobs held while Redis is down: the rest are left to the reconciler."
+            );
+        }
+        state.held.extend(jobs.iter().take(room).copied());
+    }
+
+    fn take_held(&self) -> Vec<StepJob> {
+        self.state().held.drain().collect()
+    }
+}
+
+/// One Redis call of a push, within `REDIS_ANSWER_WITHIN`.
+async fn within<T, E: Into<Error>>(call: impl std::future::Future<Output = Result<T, E>>) -> Result<T, Error> {
+    match tokio::time::timeout(REDIS_ANSWER_WITHIN, call).await {
+        Ok(outcome) => outcome.map_err(Into::into),
+        Err(_) => Err(Error::Queue(format!(
+            "Redis did not answer within {REDIS_ANSWER_WITHIN:?}"
+        ))),
+    }
 }
 
 /// Wakes this process's worker when jobs are pushed.
@@ -131,6 +240,8 @@ pub struct Queue {
     sqlite: Option<sqlx::SqlitePool>,
     /// Redis only: the channel that wakes other processes' workers.
     wake_channel: Option<String>,
+    /// Redis only: whether pushes try Redis now.
+    breaker: Arc<Breaker>,
 }
 
 impl Queue {
@@ -140,9 +251,9 @@ impl Queue {
         let client = redis::Client::open(url)?;
         // redis-rs's default backoff (6 retries from 100 ms, doubling, with jitter) holds every
         // command ~10 s while Redis is down (so each events API request took that long to
-        // answer) and noticed Redis was back up to ~3 s late. Capped at 500 ms, a push fails
-        // within a few seconds (the caller logs it, the reconciler repairs) and the connection
-        // is back within a second of Redis.
+        // answer) and noticed Redis was back up to ~3 s late. Capped at 500 ms, the connection
+        // is back within a second of Redis; a push gives up after `REDIS_ANSWER_WITHIN`, and
+        // the next ones rest, their jobs held until Redis answers (`Breaker`).
         let manager = redis::aio::ConnectionManagerConfig::new().set_max_delay(std::time::Duration::from_millis(500));
         let connection = ConnectionManager::new_with_config(client.clone(), manager).await?;
         let config = apalis_redis::Config::default()
@@ -155,9 +266,14 @@ impl Queue {
         let storage = RedisStorage::new(connection).with_config(config.clone());
         let hub = Arc::new(WakeHub::default());
         let available = format!("{namespace}:wake");
+        let breaker = Arc::new(Breaker::default());
         crate::supervise::spawn_critical(
             "the Redis wake-up listener",
-            listen(client, available.clone(), hub.clone()),
+            listen(client, available.clone(), hub.clone(), breaker.clone()),
+        );
+        crate::supervise::spawn_critical(
+            "the pusher of step jobs held while Redis was down",
+            flush_held(storage.clone(), available.clone(), breaker.clone()),
         );
         Ok(Queue {
             backend: Backend::Redis(storage),
@@ -167,6 +283,7 @@ impl Queue {
             timers: Arc::new(timers::Timers::default()),
             sqlite: None,
             wake_channel: Some(available),
+            breaker,
         })
     }
 
@@ -188,7 +305,17 @@ impl Queue {
             timers: Arc::new(timers::Timers::default()),
             sqlite: Some(pool.clone()),
             wake_channel: None,
+            breaker: Arc::default(),
         })
+    }
+
+    /// The Redis connection of the queue, for other shared state (the write keys' rate
+    /// limit); `None` in the embedded mode.
+    pub fn redis_connection(&self) -> Option<ConnectionManager> {
+        match &self.backend {
+            Backend::Redis(storage) => Some(storage.clone().get_connection().clone()),
+            Backend::Sqlite(_) => None,
+        }
     }
 
     /// From now on, jobs this process pushes run here through `run` (this process's step
@@ -230,24 +357,17 @@ impl Queue {
         }
         match &self.backend {
             Backend::Redis(storage) => {
-                // apalis pushes a bulk with one Lua script. A script of 100,000 jobs blocks
-                // Redis for seconds and outlives the connection's response timeout, so the
-                // push "fails" after it succeeded, and a retry pushes it all again (a restart
-                // with 100k waits due together once grew to 22M queued jobs). Chunks stay quick.
-                for chunk in jobs.chunks(PUSH_CHUNK) {
-                    storage
-                        .clone()
-                        .push_bulk(chunk.to_vec())
-                        .await
-                        .map_err(|e| Error::Queue(e.to_string()))?;
-                    promote_due(storage).await?;
+                if !self.breaker.admit() {
+                    self.breaker.hold(&jobs);
+                    return Err(Error::Resting);
                 }
-                if let Some(channel) = &self.wake_channel {
-                    let _: i64 = redis::cmd("PUBLISH")
-                        .arg(channel)
-                        .arg(1)
-                        .query_async(&mut storage.clone().get_connection().clone())
-                        .await?;
+                match push_redis(storage, self.wake_channel.as_deref(), &jobs).await {
+                    Ok(()) => self.breaker.answered(),
+                    Err(error) => {
+                        self.breaker.failed(&error);
+                        self.breaker.hold(&jobs);
+                        return Err(error);
+                    }
                 }
             }
             Backend::Sqlite(storage) => {
@@ -278,6 +398,10 @@ impl Queue {
     pub async fn depth(&self) -> Result<u64, Error> {
         match &self.backend {
             Backend::Redis(storage) => {
+                // A scrape while Redis is known down answers at once, without the depth.
+                if self.breaker.resting() {
+                    return Err(Error::Resting);
+                }
                 let config = storage.get_config();
                 let mut connection = storage.clone().get_connection().clone();
                 let (queued, scheduled): (u64, u64) = redis::pipe()
@@ -340,13 +464,67 @@ impl Queue {
     }
 }
 
+/// `Queue::push_now` through Redis, each call within `REDIS_ANSWER_WITHIN`.
+async fn push_redis(
+    storage: &RedisStorage<StepJob, ConnectionManager>,
+    wake_channel: Option<&str>,
+    jobs: &[StepJob],
+) -> Result<(), Error> {
+    // apalis pushes a bulk with one Lua script. A script of 100,000 jobs blocks Redis for
+    // seconds and outlives the connection's response timeout, so the push "fails" after it
+    // succeeded, and a retry pushes it all again (a restart with 100k waits due together once
+    // grew to 22M queued jobs). Chunks stay quick.
+    for chunk in jobs.chunks(PUSH_CHUNK) {
+        let mut storage = storage.clone();
+        within(async {
+            storage
+                .push_bulk(chunk.to_vec())
+                .await
+                .map_err(|e| Error::Queue(e.to_string()))
+        })
+        .await?;
+        within(promote_due(&storage)).await?;
+    }
+    if let Some(channel) = wake_channel {
+        let mut connection = storage.clone().get_connection().clone();
+        let _: i64 = within(redis::cmd("PUBLISH").arg(channel).arg(1).query_async(&mut connection)).await?;
+    }
+    Ok(())
+}
+
+/// Pushes the jobs the breaker held while Redis was down, once it answers again; while they
+/// cannot be pushed, tries again after each rest. The task is critical.
+async fn flush_held(storage: RedisStorage<StepJob, ConnectionManager>, wake_channel: String, breaker: Arc<Breaker>) {
+    loop {
+        breaker.back.notified().await;
+        loop {
+            let jobs = breaker.take_held();
+            if jobs.is_empty() {
+                break;
+            }
+            match push_redis(&storage, Some(&wake_channel), &jobs).await {
+                Ok(()) => {
+                    tracing::info!(jobs = jobs.len(), "Pushed the step jobs held while Redis was down.");
+                    breaker.answered();
+                }
+                Err(error) => {
+                    breaker.failed(&error);
+                    breaker.hold(&jobs);
+                    tokio::time::sleep(REDIS_REST).await;
+                }
+            }
+        }
+    }
+}
+
 /// Wakes this process when another pushes jobs, for as long as the process runs: after Redis
-/// restarts it subscribes again, and wakes the worker in case it missed something meanwhile.
+/// restarts it subscribes again, ends the pushes' rest (`Breaker`), and wakes the worker in
+/// case it missed something meanwhile.
 /// A subscription whose connection died without a word (a dropped NAT or firewall entry, a
 /// frozen host) ends no stream, so a `PING` on it every few seconds must be answered, or it is
 /// dropped and made again. The task is critical (`supervise::spawn_critical`): if it ever
 /// ends, the process stops rather than run on without wake-ups.
-async fn listen(client: redis::Client, channel: String, hub: Arc<WakeHub>) {
+async fn listen(client: redis::Client, channel: String, hub: Arc<WakeHub>, breaker: Arc<Breaker>) {
     const CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
     const ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
     loop {
@@ -358,6 +536,8 @@ async fn listen(client: redis::Client, channel: String, hub: Arc<WakeHub>) {
         .await;
         match subscribed {
             Ok(Ok(pubsub)) => {
+                // Redis is back: pushes need not rest, and the jobs held meanwhile go out.
+                breaker.answered();
                 hub.jobs_available();
                 let (mut sink, mut messages) = pubsub.split();
                 let mut check = tokio::time::interval(CHECK_EVERY);

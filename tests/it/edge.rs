@@ -213,6 +213,51 @@ async fn a_write_key_over_its_rate_limit_gets_429_with_retry_after() {
     env.stop().await;
 }
 
+/// Two API processes on one Redis count a write key against one bucket, so N processes do
+/// not allow N times the rate; with Redis gone each falls back to its own bucket at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_processes_share_a_write_keys_rate_limit_through_redis() {
+    let mut redis = crate::support::RedisServer::start().await;
+    let mut config = test_config(Mode::Production, &root().join("journeys")).await;
+    config.redis_url = Some(redis.url());
+    config.write_keys = vec![KEY.into(), OTHER_KEY.into()];
+    config.admin_tokens = vec![ADMIN.into()];
+    config.http.rate_limit = Some(1);
+    config.http.rate_burst = Some(4);
+    let (first, a) = start(config.clone(), Duration::from_secs(10)).await;
+    let (second, b) = start(config.clone(), Duration::from_secs(10)).await;
+    let began = std::time::Instant::now();
+    let mut admitted = 0;
+    for i in 0..12 {
+        let status = track(if i % 2 == 0 { &a } else { &b }, KEY).await.status;
+        assert!(status == 200 || status == 429, "{status}");
+        admitted += usize::from(status == 200);
+    }
+    // The burst of 4, and one more per second the loop took (1 per second).
+    let refills = began.elapsed().as_secs() as usize;
+    assert!(
+        (4..=4 + refills).contains(&admitted),
+        "{admitted} of 12 admitted by two processes sharing a burst of 4 ({refills} s)"
+    );
+    let refused = track(&b, KEY).await;
+    assert_eq!(refused.status, 429);
+    assert!(refused.header("retry-after").is_some());
+
+    // Redis gone: each process's own bucket decides, without waiting for Redis.
+    redis.kill();
+    for base in [&a, &b] {
+        let asked = std::time::Instant::now();
+        assert_eq!(track(base, OTHER_KEY).await.status, 200);
+        assert!(
+            asked.elapsed() < Duration::from_secs(1),
+            "answered in {:?} with Redis down",
+            asked.elapsed()
+        );
+    }
+    second.stop().await;
+    first.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_over_the_concurrency_bound_get_503_and_a_slow_request_times_out() {
     let mut config = config_with_keys().await;

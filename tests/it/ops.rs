@@ -404,6 +404,160 @@ async fn production_metrics_count_a_real_journey_run() {
     metrics_count_a_real_journey_run(Mode::Production).await;
 }
 
+/// A journey whose steps events move inside the ingest transaction: an answered `wait_for`,
+/// then a goal reached while waiting.
+const ANSWERED: &str = "ops-answered";
+const ANSWERED_YAML: &str = r#"
+id: ops-answered
+trigger: {event: Trial Started}
+re_entry: always
+goal: {event: Paid}
+steps:
+  - id: await-activation
+    wait_for: {event: Activated, timeout: 1h}
+    on_event: tag-active
+  - id: tag-idle
+    tag: idle
+  - id: tag-active
+    tag: active
+  - id: hold
+    wait: 1h
+"#;
+
+async fn answered_counts(base: &str) -> Value {
+    let response = as_token(base, "GET", &format!("/v1/journeys/{ANSWERED}/counts"), ADMIN).await;
+    assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&response.body));
+    response.json()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_the_steps_events_move() {
+    let project = project();
+    std::fs::write(project.join("journeys/ops-answered.yaml"), ANSWERED_YAML).unwrap();
+    let config = config_for(Mode::Embedded, &project).await;
+    let env = TestEnv::start(config.clone(), Arc::new(SystemClock), true).await;
+    let base = spawn_api(&env).await;
+    let (ann, bob) = (unique("ann"), unique("bob"));
+    let track = |user: String, event: &'static str| {
+        let base = base.clone();
+        async move {
+            let response = send(&base, "track", json!({"userId": user, "event": event})).await;
+            assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&response.body));
+        }
+    };
+    track(ann.clone(), "Trial Started").await;
+    track(bob.clone(), "Trial Started").await;
+    eventually("both to wait for activation", WAIT, || async {
+        (at_step(&answered_counts(&base).await, "await-activation") == 2).then_some(())
+    })
+    .await;
+    // Ann's wait is answered; then both reach the goal, Ann while holding, Bob while waiting.
+    track(ann.clone(), "Activated").await;
+    eventually("Ann to hold", WAIT, || async {
+        (at_step(&answered_counts(&base).await, "hold") == 1).then_some(())
+    })
+    .await;
+    track(ann, "Paid").await;
+    track(bob, "Paid").await;
+    eventually("both to reach the goal", WAIT, || async {
+        let counts = answered_counts(&base).await;
+        (counts["by_status"]["completed"].as_i64().unwrap_or(0) + counts["by_status"]["exited"].as_i64().unwrap_or(0)
+            == 2)
+            .then_some(())
+    })
+    .await;
+
+    // Every history row is a step counted, the event's moves included.
+    let after = scrape(&base).await;
+    let metric = |step: &str| {
+        value(&after, "nurture_steps_total", &[("journey", ANSWERED), ("step", step)]).unwrap_or(0.0) as i64
+    };
+    let mut checked = 0;
+    for step in ["await-activation", "tag-idle", "tag-active", "hold"] {
+        let rows = scalar(
+            &config,
+            "SELECT COUNT(*) FROM step_history WHERE journey_id = 'ops-answered' AND step = $1",
+            step,
+        )
+        .await;
+        assert_eq!(metric(step), rows, "steps of {step}");
+        checked += rows;
+    }
+    let all: f64 = after
+        .iter()
+        .filter(|s| s.name == "nurture_steps_total" && s.labels.get("journey").map(String::as_str) == Some(ANSWERED))
+        .map(|s| s.value)
+        .sum();
+    let rows = scalar(
+        &config,
+        "SELECT COUNT(*) FROM step_history WHERE journey_id = $1",
+        ANSWERED,
+    )
+    .await;
+    assert_eq!(all as i64, rows, "every step of {ANSWERED}");
+    assert!(
+        metric("await-activation") >= 3 && metric("hold") >= 2,
+        "the answer and the goals were recorded: {checked} rows"
+    );
+    env.stop().await;
+}
+
+/// The live counts' query reads its journey's enrollments through an index, not the whole
+/// table. The planner of a small test table prefers a scan whatever the indexes, so sequential
+/// scans are made unattractive on PostgreSQL; SQLite says which index it searches.
+async fn live_counts_read_an_index(mode: Mode) {
+    let project = project();
+    let config = config_for(mode, &project).await;
+    let env = TestEnv::start(config, Arc::new(SystemClock), false).await;
+    let mut connection = env.engine.store.pool.acquire().await.unwrap();
+    let sql = nurture::store::controls::COUNTS_SQL;
+    let plan: Vec<String> = match mode {
+        Mode::Production => {
+            sqlx::query("SET enable_seqscan = off")
+                .execute(&mut *connection)
+                .await
+                .unwrap();
+            let plan = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN {sql}")))
+                .bind(JOURNEY)
+                .fetch_all(&mut *connection)
+                .await
+                .unwrap()
+                .iter()
+                .map(|row| row.get::<String, _>(0))
+                .collect();
+            sqlx::query("RESET enable_seqscan")
+                .execute(&mut *connection)
+                .await
+                .unwrap();
+            plan
+        }
+        Mode::Embedded => sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+            .bind(JOURNEY)
+            .fetch_all(&mut *connection)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get::<String, _>(3))
+            .collect(),
+    };
+    drop(connection);
+    assert!(
+        plan.iter().any(|line| line.contains("enrollments_by_journey")),
+        "{mode:?}: the counts query reads `enrollments_by_journey`: {plan:#?}"
+    );
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_live_counts_read_an_index() {
+    live_counts_read_an_index(Mode::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_live_counts_read_an_index() {
+    live_counts_read_an_index(Mode::Production).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Pause and resume
 
@@ -718,6 +872,110 @@ async fn a_broadcast_fires_once(mode: Mode) {
     .await;
     assert_eq!(tagged, 2, "the audience got it, the free plan did not");
     env.stop().await;
+}
+
+/// A process claims a broadcast and dies after two pages of its audience: the tick stays
+/// its own while the lease runs, then another process's scheduler resumes it after the last
+/// committed page, and every contact of the audience is enrolled exactly once.
+async fn an_interrupted_broadcast_resumes(mode: Mode) {
+    use nurture::engine::runner::{Firing, TICK_LEASE};
+    let project = project();
+    let clock = nurture::engine::clock::VirtualClock::new(SystemClock.now());
+    let at = clock.now() - chrono::Duration::minutes(5);
+    write_broadcast(&project, "resumed-news", shanghai(at));
+    let config = config_for(mode, &project).await;
+    let env = TestEnv::start(config.clone(), Arc::new(clock.clone()), false).await;
+    let base = spawn_api(&env).await;
+    const PRO: i64 = 23;
+    let batch: Vec<Value> = [("pro", PRO), ("free", 7)]
+        .iter()
+        .flat_map(|(plan, n)| {
+            (0..*n).map(move |_| json!({"type": "identify", "userId": unique(plan), "traits": {"plan": plan}}))
+        })
+        .collect();
+    assert_eq!(send(&base, "batch", json!({"batch": batch})).await.status, 200);
+    let journey = env
+        .engine
+        .journey_by_id("resumed-news")
+        .expect("the broadcast compiled");
+    let tick: chrono::DateTime<chrono::Utc> = shanghai(at).into();
+    let tick = tick.with_timezone(&chrono::Utc);
+
+    // The first process: two pages of 6 contacts, then it "dies".
+    let doomed = Firing {
+        page: 6,
+        stop_after_pages: Some(2),
+    };
+    let first = env
+        .engine
+        .fire_tick(&journey, tick, "doomed", doomed)
+        .await
+        .unwrap()
+        .expect("claimed");
+    let partly = enrolled_in(&config, "resumed-news").await;
+    assert_eq!(first as i64, partly);
+    assert!(partly > 0 && partly < PRO, "a part of the audience: {partly}");
+
+    // Its lease still runs: nobody takes the tick over.
+    let second = TestEnv::start(config.clone(), Arc::new(clock.clone()), false).await;
+    assert_eq!(second.engine.resume_abandoned_ticks("early").await.unwrap(), 0);
+    assert_eq!(
+        second.engine.fire_schedule(&journey, tick, "early").await.unwrap(),
+        None
+    );
+    assert_eq!(enrolled_in(&config, "resumed-news").await, partly);
+
+    // Once it ran out, the other process's scheduler resumes the tick after the last page.
+    clock.advance(TICK_LEASE + chrono::Duration::seconds(1));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let scheduler = tokio::spawn(nurture::app::run_scheduler(
+        second.engine.clone(),
+        unique("scheduler"),
+        async move {
+            let mut stopped = stopped;
+            let _ = stopped.wait_for(|stop| *stop).await;
+        },
+    ));
+    eventually("the rest of the audience to be enrolled", WAIT, || async {
+        (enrolled_in(&config, "resumed-news").await == PRO).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = stop.send(true);
+    let _ = scheduler.await;
+    let contacts = scalar(
+        &config,
+        "SELECT COUNT(DISTINCT contact_id) FROM enrollments WHERE journey_id = $1",
+        "resumed-news",
+    )
+    .await;
+    assert_eq!(contacts, PRO, "every contact of the audience");
+    assert_eq!(enrolled_in(&config, "resumed-news").await, PRO, "each once");
+    let counted = scalar(
+        &config,
+        "SELECT enrolled FROM schedule_ticks WHERE journey_id = $1",
+        "resumed-news",
+    )
+    .await;
+    assert_eq!(counted, PRO, "the tick counts both processes' enrollments");
+
+    // Finished: neither resumed nor fired again, even after another lease.
+    clock.advance(TICK_LEASE + chrono::Duration::seconds(1));
+    assert_eq!(env.engine.resume_abandoned_ticks("late").await.unwrap(), 0);
+    assert_eq!(env.engine.fire_schedule(&journey, tick, "late").await.unwrap(), None);
+    assert_eq!(enrolled_in(&config, "resumed-news").await, PRO);
+    second.stop().await;
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_an_interrupted_broadcast_resumes() {
+    an_interrupted_broadcast_resumes(Mode::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_an_interrupted_broadcast_resumes() {
+    an_interrupted_broadcast_resumes(Mode::Production).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
