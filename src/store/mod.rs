@@ -169,24 +169,6 @@ impl Store {
         Ok(result.rows_affected() == 1)
     }
 
-    /// Claims one tick of a schedule for this process; false if another process has it.
-    pub async fn claim_tick(
-        &self,
-        journey_id: &str,
-        tick: DateTime<Utc>,
-        process: &str,
-        now: DateTime<Utc>,
-    ) -> Result<bool> {
-        let result = sqlx::query("INSERT INTO schedule_ticks (journey_id, tick, claimed_by, claimed_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
-            .bind(journey_id)
-            .bind(ms(tick))
-            .bind(process)
-            .bind(ms(now))
-            .execute(&self.pool)
-            .await?;
-        Ok(result.rows_affected() == 1)
-    }
-
     /// Takes or renews the lease `name` for `holder` until `until`; false while another holder's
     /// lease runs. Used so one process at a time loads the timer windows.
     pub async fn take_lease(&self, name: &str, holder: &str, now: DateTime<Utc>, until: DateTime<Utc>) -> Result<bool> {
@@ -202,16 +184,6 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(result.rows_affected() == 1)
-    }
-
-    pub async fn record_tick_enrolled(&self, journey_id: &str, tick: DateTime<Utc>, enrolled: i64) -> Result<()> {
-        sqlx::query("UPDATE schedule_ticks SET enrolled = $1 WHERE journey_id = $2 AND tick = $3")
-            .bind(enrolled)
-            .bind(journey_id)
-            .bind(ms(tick))
-            .execute(&self.pool)
-            .await?;
-        Ok(())
     }
 }
 
