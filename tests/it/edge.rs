@@ -266,21 +266,33 @@ async fn requests_over_the_concurrency_bound_get_503_and_a_slow_request_times_ou
     let (env, base) = start(config, Duration::from_secs(10)).await;
     let auth = basic(KEY);
     let body = json!({"userId": "u-slow", "event": "Slow"}).to_string();
-    // A request whose body has not all arrived holds the one slot.
-    let mut slow = send_head(
-        &base,
-        &format!(
-            "POST /v1/track HTTP/1.1\r\nhost: nurture\r\nconnection: close\r\nauthorization: {auth}\r\ncontent-length: {}\r\n\r\n",
-            body.len()
-        ),
-    )
-    .await;
-    slow.write_all(&body.as_bytes()[..5]).await.unwrap();
-    let refused = eventually("the slot to be taken", Duration::from_secs(5), || async {
+    // A request whose body has not all arrived holds the one slot. A probe that reaches the
+    // server before the slow request's head takes the slot itself and the slow request is
+    // refused: then the slow request is dropped (its slot comes free) and sent again.
+    let began = std::time::Instant::now();
+    let (mut slow, refused) = loop {
+        let mut slow = send_head(
+            &base,
+            &format!(
+                "POST /v1/track HTTP/1.1\r\nhost: nurture\r\nconnection: close\r\nauthorization: {auth}\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            ),
+        )
+        .await;
+        slow.write_all(&body.as_bytes()[..5]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
         let response = track(&base, KEY).await;
-        (response.status == 503).then_some(response)
-    })
-    .await;
+        if response.status == 503 {
+            break (slow, response);
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(30),
+            "the slow request never held the slot (probe answered {})",
+            response.status
+        );
+        drop(slow);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert_eq!(refused.header("retry-after"), Some("1"));
     assert_eq!(assert_error_shape(&refused)["code"], "overloaded");
     // Health checks are answered even then.
