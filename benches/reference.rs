@@ -15,8 +15,8 @@
 //!   loop at each rate of `NURTURE_BENCH_RATES` (default `500,half`; `half` is half of the
 //!   capacity the steps phase measured for the same system) for `NURTURE_BENCH_LATENCY_SECONDS`
 //!   (10);
-//! - http: single `/v1/track` (`NURTURE_BENCH_SINGLE`, 5,000 messages, 64 keep-alive clients)
-//!   and `/v1/batch` of 200 (`NURTURE_BENCH_BATCHES`, 25, `NURTURE_BENCH_BATCH_CLIENTS`, 4)
+//! - http: single `/v1/track` (`NURTURE_BENCH_SINGLE`, 20,000 messages, 64 keep-alive clients)
+//!   and `/v1/batch` of 200 (`NURTURE_BENCH_BATCHES`, 100, `NURTURE_BENCH_BATCH_CLIENTS`, 4)
 //!   over real HTTP on loopback, against nurture's API and the peer's `http` mode (HTTP ->
 //!   `queue.add`); ingest only, no worker on either side;
 //! - waiting: Redis and database bytes per enrollment parked in a 1 h wait
@@ -1337,8 +1337,8 @@ async fn main() {
         .collect();
     let waiting = env_usize("NURTURE_BENCH_WAITING", 10_000);
     let load = HttpLoad::new(
-        env_usize("NURTURE_BENCH_SINGLE", 5_000),
-        env_usize("NURTURE_BENCH_BATCHES", 25),
+        env_usize("NURTURE_BENCH_SINGLE", 20_000),
+        env_usize("NURTURE_BENCH_BATCHES", 100),
         env_usize("NURTURE_BENCH_BATCH_CLIENTS", 4),
     );
     let peer = Peer::find().await;
