@@ -212,28 +212,12 @@ impl Engine {
             // Counted like a step batch's moves, a history row each, but when saved rather than
             // after the commit, which is the caller's: a transaction that then fails (an ingest
             // group retried request by request) counts its moves again.
-            self.metrics
-                .steps_ran(
-                    moving
-                        .iter()
-                        .zip(&won)
-                        .filter(|(_, won)| **won)
-                        .flat_map(|((_, journey, moved, _), _)| {
-                            moved.records.iter().map(move |r| {
-                                (
-                                    journey.id.as_str(),
-                                    r.step.as_str(),
-                                    r.kind.as_str(),
-                                    r.outcome.as_str(),
-                                )
-                            })
-                        }),
-                );
             let mut changes = Vec::new();
-            for ((enrollment, _, moved, event), won) in moving.iter().zip(won) {
+            for ((enrollment, journey, moved, event), won) in moving.iter().zip(won) {
                 if !won {
                     continue;
                 }
+                self.count_steps(journey, moved);
                 let contact_id = enrollments::contact_id(enrollment)?;
                 changes.extend(moved.changes.iter().map(|c| (contact_id, c)));
                 if moved.position

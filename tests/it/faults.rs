@@ -369,14 +369,22 @@ impl Figure {
 /// after the first copy arrived and before this one (sent, not yet marked done: the claim ran
 /// out, and another process sent it again with the same `Message-ID`); any other copy is a
 /// duplicate. Welcome emails are sent by workers only (`worker_kills`); a rep's notice by any
-/// process, as every process runs the sales desk (`all_kills`: a lead an API process re-placed
-/// at its accept deadline is announced from there).
+/// process, as every process runs the sales desk (`app::build`), API ones too (`all_kills`).
 async fn count_messages(
     cluster: &Cluster,
     sink: &SmtpSink,
     (worker_kills, all_kills): (&[Instant], &[Instant]),
     figure: &mut Figure,
 ) {
+    // Notices of the last leads may still be on their way.
+    eventually("every lead's notice", SETTLE, || async {
+        (cluster
+            .count("SELECT COUNT(*) FROM assignments WHERE notified_at IS NULL")
+            .await
+            == 0)
+            .then_some(())
+    })
+    .await;
     let received = copies(sink);
     figure.messages = received.values().map(Vec::len).sum();
     // What the database says went out: the welcome emails and the leads' notices.
@@ -540,15 +548,6 @@ async fn sigkilled_api_and_worker_processes_lose_and_duplicate_nothing() {
         - cluster
             .count("SELECT COUNT(*) FROM contact_tags WHERE tag = 'onboarded'")
             .await as usize;
-    // Notices of the last leads may still be on their way.
-    eventually("every lead's notice", SETTLE, || async {
-        (cluster
-            .count("SELECT COUNT(*) FROM assignments WHERE notified_at IS NULL")
-            .await
-            == 0)
-            .then_some(())
-    })
-    .await;
     count_messages(&cluster, &sink, (&worker_kills, &all_kills), &mut figure).await;
     println!(
         "{api_kills} API and {} worker kills; {} requests failed and were retried",
@@ -648,14 +647,6 @@ async fn a_stopped_and_a_flushed_redis_lose_nothing() {
         ..Figure::default()
     };
     figure.lost += cluster.missing(&acked).await.len();
-    eventually("every lead's notice", SETTLE, || async {
-        (cluster
-            .count("SELECT COUNT(*) FROM assignments WHERE notified_at IS NULL")
-            .await
-            == 0)
-            .then_some(())
-    })
-    .await;
     count_messages(&cluster, &sink, (&[], &[]), &mut figure).await;
     assert_eq!(acked.len(), events, "the API acknowledges events while Redis is down");
     drop(processes);
@@ -811,14 +802,6 @@ async fn postgres_down_for_ten_seconds_is_503_then_resumes() {
         ..Figure::default()
     };
     figure.lost += cluster.missing(&acked).await.len();
-    eventually("every lead's notice", SETTLE, || async {
-        (cluster
-            .count("SELECT COUNT(*) FROM assignments WHERE notified_at IS NULL")
-            .await
-            == 0)
-            .then_some(())
-    })
-    .await;
     count_messages(&cluster, &sink, (&[], &[]), &mut figure).await;
     drop(processes);
     cluster.store.pool.close().await;
