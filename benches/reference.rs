@@ -635,7 +635,9 @@ async fn latency_phase(
     env.wait_for(JOURNEY, &[(EMAILS, events as i64)], Instant::now() + deadline)
         .await;
     let rows = sqlx::query(
-        "SELECT contact_id, done_at FROM effects WHERE journey_id = $1 AND kind = 'email' AND status = 'done'",
+        "SELECT e.contact_id, e.done_at, n.entered_at, e.created_at FROM effects e \
+         JOIN enrollments n ON n.id = e.enrollment_id \
+         WHERE e.journey_id = $1 AND e.kind = 'email' AND e.status = 'done'",
     )
     .bind(JOURNEY)
     .fetch_all(&env.engine.store.pool)
@@ -650,6 +652,29 @@ async fn latency_phase(
         })
         .collect();
     latencies.sort_by(f64::total_cmp);
+    // Where the time goes: due -> enrolled (ingest committed), -> email recorded (the step
+    // batch's commit), -> marked done (sent and its mark committed).
+    let mut stages: [Vec<f64>; 3] = Default::default();
+    for row in &rows {
+        let contact: i64 = row.get(0);
+        let (done, entered, created): (i64, i64, i64) = (row.get(1), row.get(2), row.get(3));
+        if let Some(sent) = sent_at.get(&contact) {
+            stages[0].push(entered as f64 - sent);
+            stages[1].push((created - entered) as f64);
+            stages[2].push((done - created) as f64);
+        }
+    }
+    for (name, stage) in ["enrolled", "email recorded", "email done"]
+        .iter()
+        .zip(stages.iter_mut())
+    {
+        stage.sort_by(f64::total_cmp);
+        eprintln!(
+            "  {name}: +p50 {:.1} ms, +p99 {:.1} ms",
+            percentile(stage, 0.5),
+            percentile(stage, 0.99)
+        );
+    }
     eprintln!(
         "  sent at {:.0}/s; {} emails; p50 {:.1} ms, p99 {:.1} ms",
         events as f64 / (produced / 1000.0),
@@ -733,8 +758,15 @@ impl HttpLoad {
         let _ = drive(address, "/v1/batch", self.warmup.clone(), 2).await;
     }
 
-    async fn run(&self, system: &str, address: &str) -> Vec<HttpRow> {
+    /// Sends the single tracks, then the batches. With `applied`, nurture's engine: after each
+    /// load, waits until every stored message is applied and notes how long that took.
+    async fn run(&self, system: &str, address: &str, applied: Option<&Arc<Engine>>) -> Vec<HttpRow> {
+        let started = Instant::now();
         let (latencies, wall, failed) = drive(address, "/v1/track", self.single.clone(), TRACK_CLIENTS).await;
+        let track_applied = match applied {
+            Some(engine) => Some(all_applied(engine, started).await),
+            None => None,
+        };
         let mut rows = vec![http_row(
             system,
             "single `/v1/track`, 64 clients",
@@ -743,7 +775,12 @@ impl HttpLoad {
             wall,
             failed,
         )];
+        let started = Instant::now();
         let (latencies, wall, failed) = drive(address, "/v1/batch", self.batches.clone(), self.batch_clients).await;
+        let batch_applied = match applied {
+            Some(engine) => Some(all_applied(engine, started).await),
+            None => None,
+        };
         rows.push(http_row(
             system,
             "`/v1/batch` of 200",
@@ -752,6 +789,21 @@ impl HttpLoad {
             wall,
             failed,
         ));
+        for (row, applied) in rows.iter_mut().zip([track_applied, batch_applied]) {
+            if let Some(applied) = applied {
+                // Answered once stored; this is when the last of them was applied.
+                let note = format!(
+                    "all applied {:.2} s after the first request ({} msgs/s)",
+                    applied.as_secs_f64(),
+                    thousands(row.messages as f64 / applied.as_secs_f64())
+                );
+                row.note = if row.note.is_empty() {
+                    note
+                } else {
+                    format!("{}; {note}", row.note)
+                };
+            }
+        }
         for row in &rows {
             eprintln!(
                 "  {}: {:.0} msgs/s, p50 {:.1?}, p99 {:.1?}",
@@ -762,6 +814,23 @@ impl HttpLoad {
             );
         }
         rows
+    }
+}
+
+/// Waits until the engine has applied every message it stored; returns the time since `started`.
+async fn all_applied(engine: &Arc<Engine>, started: Instant) -> Duration {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        if Instant::now() > deadline {
+            eprintln!("  stored messages still not applied after 300 s");
+            return started.elapsed();
+        }
+        let (held, behind) = engine.inbox_held();
+        let (rows, _) = engine.inbox_counts().await.expect("count the inbox");
+        if held == 0 && !behind && rows == 0 {
+            return started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -805,8 +874,10 @@ async fn http_phase(mode: Mode, load: &HttpLoad) -> Vec<HttpRow> {
         let _ = stopped.wait_for(|stop| *stop).await;
     }));
     load.identify(&address).await;
+    all_applied(&env.engine, Instant::now()).await;
     env.settle().await;
-    let mut rows = load.run(mode.name(), &address).await;
+    all_applied(&env.engine, Instant::now()).await;
+    let mut rows = load.run(mode.name(), &address, Some(&env.engine)).await;
     let enrollments = env
         .count("SELECT COUNT(*) FROM enrollments WHERE journey_id = $1", JOURNEY)
         .await;
@@ -1133,7 +1204,7 @@ impl Peer {
         let ready: Value = serde_json::from_str(&lines.next_line().await.ok()??).ok()?;
         let address = format!("127.0.0.1:{}", ready["port"].as_u64()?);
         load.identify(&address).await;
-        let rows = load.run(&self.name, &address).await;
+        let rows = load.run(&self.name, &address, None).await;
         if let Some(pid) = child.id() {
             // SIGTERM: the peer closes its queue and removes its keys.
             let _ = std::process::Command::new("kill").arg(pid.to_string()).status();

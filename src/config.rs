@@ -101,6 +101,19 @@ pub struct HttpConfig {
     /// Requests one write key may send at once above `rate_limit` (the token bucket's size).
     /// Unset: five seconds' worth of `rate_limit`.
     pub rate_burst: Option<u32>,
+    /// When the events API answers `200`: once the messages are `stored` (in the inbox, one row
+    /// per request, applied right after: the default) or once they are `applied` (contacts,
+    /// events and enrollments committed, so a read right after sees them).
+    pub acknowledge: Acknowledge,
+}
+
+/// See `HttpConfig::acknowledge`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Acknowledge {
+    #[default]
+    Stored,
+    Applied,
 }
 
 impl Default for HttpConfig {
@@ -111,6 +124,7 @@ impl Default for HttpConfig {
             max_concurrent_requests: 1024,
             rate_limit: None,
             rate_burst: None,
+            acknowledge: Acknowledge::Stored,
         }
     }
 }
@@ -635,6 +649,18 @@ impl Config {
         }
         if let Some(text) = set(get("NURTURE_RATE_LIMIT")) {
             self.http.rate_limit = Some(number("NURTURE_RATE_LIMIT", &text)?);
+        }
+        if let Some(text) = set(get("NURTURE_ACKNOWLEDGE")) {
+            self.http.acknowledge = match text.trim() {
+                "stored" => Acknowledge::Stored,
+                "applied" => Acknowledge::Applied,
+                other => {
+                    return Err(Error::Env {
+                        name: "NURTURE_ACKNOWLEDGE".into(),
+                        message: format!("`{other}` is neither `stored` nor `applied`"),
+                    });
+                }
+            };
         }
         if let Some(text) = set(get("NURTURE_RATE_BURST")) {
             self.http.rate_burst = Some(number("NURTURE_RATE_BURST", &text)?);

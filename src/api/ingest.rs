@@ -6,6 +6,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::Path;
 use super::limits::RateLimiter;
+use crate::config::Acknowledge;
 use crate::events::segment::{self, Invalid, Kind, read_body};
 use axum::Extension;
 use axum::Json;
@@ -145,19 +146,23 @@ async fn receive(
         error.details = Some(json!({"rejected": parsed.rejected}));
         return Err(error);
     }
-    let report = state
-        .engine
-        .ingest(&super::Keys::source_of(&key), &parsed.messages)
-        .await?;
-    let metrics = &state.engine.metrics;
-    metrics.events_ingested(report.accepted, report.duplicates);
-    metrics.events_rejected("invalid", parsed.rejected.len());
+    let accepted = parsed.messages.len();
+    let source = super::Keys::source_of(&key);
+    match state.engine.config.http.acknowledge {
+        // Applied (and counted) right after, by this process (see `engine/inbox.rs`).
+        Acknowledge::Stored => state.engine.receive(&source, parsed.messages).await?,
+        Acknowledge::Applied => {
+            let report = state.engine.ingest(&source, &parsed.messages).await?;
+            state.engine.metrics.events_ingested(report.accepted, report.duplicates);
+        }
+    }
+    state.engine.metrics.events_rejected("invalid", parsed.rejected.len());
     if parsed.rejected.is_empty() {
         return Ok((StatusCode::OK, Json(json!({"success": true}))));
     }
     Ok((
         StatusCode::OK,
-        Json(json!({"success": true, "accepted": report.accepted + report.duplicates, "rejected": parsed.rejected})),
+        Json(json!({"success": true, "accepted": accepted, "rejected": parsed.rejected})),
     ))
 }
 

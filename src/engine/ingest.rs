@@ -216,6 +216,27 @@ impl Engine {
         let now = self.clock.now();
         let now_clock = std::time::Instant::now();
         let mut tx = self.store.begin().await?;
+        let (reports, started, jobs) = self.ingest_in(&mut tx, requests, events, now).await?;
+        tx.commit().await?;
+        tracing::debug!(jobs = jobs.len(), elapsed = ?now_clock.elapsed(), "Ingest group stored.");
+        // Committed means stored, and the answer must say so (a retry would be deduplicated).
+        // Jobs not enqueued are repaired by the reconciler, which re-enqueues overdue steps.
+        let count = jobs.len();
+        if let Err(error) = self.enqueue_jobs(jobs).await {
+            tracing::warn!(%error, jobs = count, "Messages stored, but their step jobs could not be enqueued; the reconciler will.");
+        }
+        Ok((reports, started))
+    }
+
+    /// The work of `ingest_together` inside a transaction the caller commits: the reports, the
+    /// enrollments each event started, and the step jobs to enqueue after the commit.
+    pub(crate) async fn ingest_in(
+        &self,
+        tx: &mut store::Tx<'_>,
+        requests: &[(&str, &[Message])],
+        events: &[(i64, &EventFacts)],
+        now: DateTime<Utc>,
+    ) -> Result<(Vec<Ingested>, Vec<Vec<i64>>, Vec<(StepJob, DateTime<Utc>)>)> {
         let keys: Vec<(&str, &str, i64)> = requests
             .iter()
             .flat_map(|(source, messages)| {
@@ -224,7 +245,7 @@ impl Engine {
                     .map(move |m| (*source, m.message_id.as_str(), ms(m.received_at)))
             })
             .collect();
-        let mut fresh = store::received_fresh(&mut tx, &keys).await?;
+        let mut fresh = store::received_fresh(tx, &keys).await?;
         // Which messages are new (the first copy of a message id in this group only).
         let mut firsts: Vec<Vec<bool>> = Vec::with_capacity(requests.len());
         for (source, messages) in requests {
@@ -254,7 +275,7 @@ impl Engine {
         let known = if lookups.is_empty() {
             HashMap::new()
         } else {
-            identities::find_many(&mut tx, &lookups).await?
+            identities::find_many(tx, &lookups).await?
         };
         let known_contact = |m: &Message| -> Option<i64> {
             if !simple(m) {
@@ -292,7 +313,7 @@ impl Engine {
                     None => {
                         touched.extend(message.user_id.iter().cloned());
                         touched.extend(message.anonymous_id.iter().cloned());
-                        let contact = self.ingest_one(&mut tx, message, now, &mut jobs).await?;
+                        let contact = self.ingest_one(tx, message, now, &mut jobs).await?;
                         reports[r].contacts[i] = Some(contact);
                     }
                 }
@@ -308,7 +329,7 @@ impl Engine {
                 .any(|id| touched.contains(id));
             if shares {
                 // Resolved again after the one-by-one messages that may have merged it.
-                let contact = self.ingest_one(&mut tx, message, now, &mut jobs).await?;
+                let contact = self.ingest_one(tx, message, now, &mut jobs).await?;
                 reports[r].contacts[i] = Some(contact);
                 continue;
             }
@@ -328,19 +349,11 @@ impl Engine {
         }
         let mut started = Vec::new();
         if !occurrences.is_empty() {
-            let reaction = self.record_and_react(&mut tx, &occurrences, now).await?;
+            let reaction = self.record_and_react(tx, &occurrences, now).await?;
             jobs.extend(reaction.jobs);
             started = reaction.started.into_iter().skip(first_event).collect();
         }
-        tx.commit().await?;
-        tracing::debug!(jobs = jobs.len(), elapsed = ?now_clock.elapsed(), "Ingest group stored.");
-        // Committed means stored, and the answer must say so (a retry would be deduplicated).
-        // Jobs not enqueued are repaired by the reconciler, which re-enqueues overdue steps.
-        let count = jobs.len();
-        if let Err(error) = self.enqueue_jobs(jobs).await {
-            tracing::warn!(%error, jobs = count, "Messages stored, but their step jobs could not be enqueued; the reconciler will.");
-        }
-        Ok((reports, started))
+        Ok((reports, started, jobs))
     }
 
     /// One message the long way: identity resolution (creating or merging contacts), traits,

@@ -67,6 +67,8 @@ pub struct Engine {
     pub(crate) steps: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<super::steps::Submitted>>,
     /// Requests on their way to a group commit (see `ingest.rs`); started on the first one.
     pub(crate) ingest_groups: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<super::ingest::Pending>>,
+    /// Requests stored and waiting to be applied (see `inbox.rs`); started on the first one.
+    pub(crate) inbox: std::sync::OnceLock<super::inbox::Inbox>,
     /// Accept deadlines coming due and reps to tell (see `sales.rs`).
     pub(crate) sales: super::lead_deadlines::SalesDesk,
     /// What the reconciler pushed lately, and where its walk of the backlog stands.
@@ -138,6 +140,7 @@ impl Engine {
             sends: std::sync::atomic::AtomicBool::new(false),
             steps: std::sync::OnceLock::new(),
             ingest_groups: std::sync::OnceLock::new(),
+            inbox: std::sync::OnceLock::new(),
             sales: super::lead_deadlines::SalesDesk::default(),
             repairs: Mutex::default(),
             paused: super::controls::Paused::default(),
@@ -542,6 +545,16 @@ impl Engine {
     /// job or a crashed worker. Duplicates are harmless (a stale `seq` does nothing).
     pub async fn reconcile(&self) -> Result<usize> {
         let now = self.clock.now();
+        // Requests stored by a process that died before applying them (see `inbox.rs`).
+        let orphans = self
+            .apply_inbox_backlog(now - Duration::milliseconds(super::inbox::ORPHAN_AFTER_MS))
+            .await?;
+        if orphans > 0 {
+            warn!(
+                requests = orphans,
+                "Applied stored requests that no process had applied."
+            );
+        }
         let grace = Duration::from_std(self.config.reconcile_grace).unwrap_or_default();
         let mut connection = self.store.pool.acquire().await?;
         let mut overdue = self.overdue_page(&mut connection, now - grace).await?;

@@ -10,6 +10,7 @@ pub mod enrollments;
 pub mod guardrails;
 mod health;
 pub mod identities;
+pub mod inbox;
 pub mod reports;
 pub mod sales;
 pub mod scores;

@@ -16,6 +16,7 @@ mod fuzz_checks;
 mod guardrails;
 mod hygiene;
 mod import;
+mod inbox;
 mod ingest_holes;
 mod language;
 mod limits;

@@ -54,11 +54,23 @@ async fn admin(base: &str, method: &str, path: &str) -> Response {
     .await
 }
 
-/// The contact id behind a user id, through the admin API.
+/// The contact id behind a user id, through the admin API, once the process has applied the
+/// request that made it (`serve` answers events once they are stored).
 async fn contact_of(base: &str, user_id: &str) -> i64 {
-    let response = admin(base, "GET", &format!("/v1/contacts?user_id={user_id}")).await;
-    assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&response.body));
-    response.json()["id"].as_i64().unwrap()
+    let path = format!("/v1/contacts?user_id={user_id}");
+    crate::support::eventually("the identify to be applied", std::time::Duration::from_secs(10), || {
+        let path = path.clone();
+        async move {
+            let response = admin(base, "GET", &path).await;
+            assert!(
+                matches!(response.status, 200 | 404),
+                "{}",
+                String::from_utf8_lossy(&response.body)
+            );
+            (response.status == 200).then(|| response.json()["id"].as_i64().unwrap())
+        }
+    })
+    .await
 }
 
 /// The state store the config names, opened by the test to read what processes wrote.

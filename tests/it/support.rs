@@ -115,6 +115,9 @@ pub async fn test_config(mode: Mode, journeys: &Path) -> Config {
         db_pool: 6,
         ..Config::default()
     };
+    // Most tests read what a request did right after its answer; the inbox's own tests
+    // (`ingest_holes.rs`) set `stored`.
+    config.http.acknowledge = nurture::config::Acknowledge::Applied;
     if mode == Mode::Production {
         config.database_url = Some(fresh_database().await);
         config.redis_url = Some(redis_url());

@@ -1,0 +1,487 @@
+//! Store first, apply right after: the events API's default (`[http] acknowledge = "stored"`).
+//!
+//! A request's checked messages are written to the `inbox` as one row, in a group commit with
+//! the requests that arrive alongside, and the request is answered once that commits: the
+//! messages are durable and will be applied. The process then applies them from memory in
+//! large groups (dedupe, identities, contacts, traits, events, enrollments: `ingest.rs`), and
+//! each group's transaction deletes its inbox rows first, so a row is applied once even when
+//! a sweep reaches it too. Rows a process could not apply (it died, or fell behind and let
+//! them wait in the database) are swept by the next process to start and by the reconciler.
+//!
+//! Why: applying costs a few rows per message with their indexes, and a client should not
+//! wait for that work, nor be slowed to its pace; storing a batch of 200 is one row.
+
+use super::runner::{Engine, Error, Result};
+use crate::events::{Kind, Message};
+use crate::store::{self, inbox};
+use chrono::{DateTime, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value as Json};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use tokio::sync::{mpsc, oneshot};
+
+/// Most messages one group applies, and one group of stored requests holds.
+const MAX_GROUP_MESSAGES: usize = 2_000;
+/// Messages held in memory for applying; past this, rows wait in the database and are swept
+/// in order, so a burst costs disk, not memory.
+const MAX_HELD_MESSAGES: usize = 50_000;
+/// Rows read back per sweep.
+const SWEEP_ROWS: i64 = 256;
+/// A row not applied this long after it was stored is an orphan any process may apply.
+pub const ORPHAN_AFTER_MS: i64 = 5_000;
+/// Failures after which a row is left for an operator (it stays in `inbox`, with its error).
+pub const MAX_ATTEMPTS: i64 = 10;
+/// How long a row whose application failed waits before it is tried again.
+const RETRY_AFTER_MS: i64 = 30_000;
+
+/// A request waiting for its group's commit to the inbox.
+pub(crate) struct Receiving {
+    source: String,
+    messages: Vec<Message>,
+    body: String,
+    received_at: i64,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// A stored request, to be applied.
+pub(crate) struct Held {
+    id: i64,
+    source: String,
+    messages: Vec<Message>,
+}
+
+/// The two channels of this process's inbox: requests to store, rows to apply.
+pub(crate) struct Inbox {
+    receiving: mpsc::UnboundedSender<Receiving>,
+    applying: mpsc::UnboundedSender<Held>,
+    /// Messages handed to the applier and not applied yet.
+    held: std::sync::atomic::AtomicUsize,
+    /// Rows were left in the database (memory was full): sweep until the inbox is empty.
+    behind: std::sync::atomic::AtomicBool,
+    wake: Arc<tokio::sync::Notify>,
+}
+
+impl Engine {
+    /// Stores a request's messages in the inbox and returns once they are committed; they are
+    /// applied right after (see the module's documentation).
+    pub async fn receive(self: &Arc<Self>, source: &str, messages: Vec<Message>) -> Result<()> {
+        let body = encode(&messages);
+        let (done, outcome) = oneshot::channel();
+        let receiving = Receiving {
+            source: source.to_string(),
+            messages,
+            body,
+            received_at: self.clock.now().timestamp_millis(),
+            done,
+        };
+        self.inbox()
+            .receiving
+            .send(receiving)
+            .map_err(|_| Error::Invalid("the inbox has stopped".into()))?;
+        match outcome.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(Error::Invalid(error)),
+            Err(_) => Err(Error::Invalid("the inbox group was abandoned".into())),
+        }
+    }
+
+    /// Messages stored and not applied yet by this process, and whether it left rows in the
+    /// database to sweep.
+    pub fn inbox_held(self: &Arc<Self>) -> (usize, bool) {
+        let inbox = self.inbox();
+        (inbox.held.load(Relaxed), inbox.behind.load(Relaxed))
+    }
+
+    fn inbox(self: &Arc<Self>) -> &Inbox {
+        self.inbox.get_or_init(|| {
+            let (receiving, receiver) = mpsc::unbounded_channel();
+            let (applying, applier) = mpsc::unbounded_channel();
+            let parallel = match self.store.kind {
+                store::Kind::Sqlite => 1,
+                store::Kind::Postgres => (self.config.db_pool as usize / 2).clamp(1, 4),
+            };
+            tokio::spawn(store_groups(Arc::downgrade(self), receiver, parallel));
+            // One group at a time: groups of many messages need no company to keep up, the
+            // rows are applied in the order they were stored, and two groups touching the same
+            // contacts never deadlock each other.
+            tokio::spawn(apply_groups(Arc::downgrade(self), applier));
+            Inbox {
+                receiving,
+                applying,
+                held: Default::default(),
+                behind: Default::default(),
+                wake: Arc::new(tokio::sync::Notify::new()),
+            }
+        })
+    }
+
+    /// Writes a group of requests to the inbox in one transaction, answers them, and hands
+    /// the stored rows to the applier.
+    async fn store_group(self: &Arc<Self>, group: Vec<Receiving>) {
+        let rows: Vec<(&str, &str, i64)> = group
+            .iter()
+            .map(|r| (r.source.as_str(), r.body.as_str(), r.received_at))
+            .collect();
+        let stored = async {
+            let mut tx = self.store.begin().await?;
+            let ids = inbox::store(&mut tx, &rows).await?;
+            tx.commit().await?;
+            Ok::<_, store::Error>(ids)
+        }
+        .await;
+        let ids = match stored {
+            Ok(ids) => ids,
+            Err(error) => {
+                let error = error.to_string();
+                for request in group {
+                    let _ = request.done.send(Err(error.clone()));
+                }
+                return;
+            }
+        };
+        let inbox = self.inbox();
+        for (request, id) in group.into_iter().zip(ids) {
+            let _ = request.done.send(Ok(()));
+            let count = request.messages.len();
+            // Memory full, or rows already wait in the database: keep the order, leave it there.
+            if inbox.behind.load(Relaxed) || inbox.held.load(Relaxed) + count > MAX_HELD_MESSAGES {
+                inbox.behind.store(true, Relaxed);
+                inbox.wake.notify_one();
+                continue;
+            }
+            inbox.held.fetch_add(count, Relaxed);
+            let held = Held {
+                id,
+                source: request.source,
+                messages: request.messages,
+            };
+            if inbox.applying.send(held).is_err() {
+                inbox.behind.store(true, Relaxed);
+            }
+        }
+    }
+
+    /// Applies stored requests in one transaction that first takes (deletes) their rows;
+    /// rows another process took meanwhile are skipped. If the group fails as a whole, each
+    /// request is tried on its own, and one that fails alone is noted for a later retry.
+    async fn apply_held(&self, group: Vec<Held>) {
+        if self.apply_retrying(&group).await.is_ok() {
+            return;
+        }
+        for held in &group {
+            if let Err(error) = self.apply_retrying(std::slice::from_ref(held)).await {
+                let retry_at = self.clock.now().timestamp_millis() + RETRY_AFTER_MS;
+                tracing::warn!(%error, inbox = held.id, "Stored messages could not be applied; they will be tried again.");
+                if let Err(error) = inbox::failed(&self.store.pool, held.id, &error.to_string(), retry_at).await {
+                    tracing::warn!(%error, inbox = held.id, "Could not note the failure; the reconciler will try the row again.");
+                }
+            }
+        }
+    }
+
+    /// `apply_together`, tried again a few times when it lost a lock race (a deadlock with
+    /// another process's transaction, SQLite's busy writer), which says nothing of the rows.
+    async fn apply_retrying(&self, group: &[Held]) -> Result<()> {
+        let mut tries = 0;
+        loop {
+            match self.apply_together(group).await {
+                Err(error) if tries < 3 && lost_a_lock_race(&error) => {
+                    tries += 1;
+                    tracing::debug!(%error, tries, "Applying stored requests lost a lock race; trying again.");
+                    tokio::time::sleep(std::time::Duration::from_millis(20 * tries)).await;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn apply_together(&self, group: &[Held]) -> Result<()> {
+        let now = self.clock.now();
+        let mut tx = self.store.begin().await?;
+        let ids: Vec<i64> = group.iter().map(|h| h.id).collect();
+        let taken: std::collections::HashSet<i64> = inbox::take(&mut tx, &ids).await?.into_iter().collect();
+        let requests: Vec<(&str, &[Message])> = group
+            .iter()
+            .filter(|h| taken.contains(&h.id))
+            .map(|h| (h.source.as_str(), h.messages.as_slice()))
+            .collect();
+        if requests.is_empty() {
+            return Ok(());
+        }
+        let (reports, _, jobs) = self.ingest_in(&mut tx, &requests, &[], now).await?;
+        tx.commit().await?;
+        let (accepted, duplicates) = reports
+            .iter()
+            .fold((0, 0), |(a, d), r| (a + r.accepted, d + r.duplicates));
+        self.metrics.events_ingested(accepted, duplicates);
+        let count = jobs.len();
+        if let Err(error) = self.enqueue_jobs(jobs).await {
+            tracing::warn!(%error, jobs = count, "Messages applied, but their step jobs could not be enqueued; the reconciler will.");
+        }
+        Ok(())
+    }
+
+    /// Applies rows stored before `before` that no process applied (it died, or left them in
+    /// the database when it fell behind), oldest first, until none is left. Returns how many
+    /// requests it applied.
+    pub async fn apply_inbox_backlog(&self, before: DateTime<Utc>) -> Result<usize> {
+        let mut applied = 0;
+        loop {
+            let now = self.clock.now().timestamp_millis();
+            let rows = {
+                let mut connection = self.store.pool.acquire().await?;
+                inbox::oldest(
+                    &mut connection,
+                    before.timestamp_millis(),
+                    MAX_ATTEMPTS,
+                    now,
+                    SWEEP_ROWS,
+                )
+                .await?
+            };
+            let count = rows.len();
+            let mut group = Vec::with_capacity(count);
+            for row in rows {
+                match decode(&row.body) {
+                    Ok(messages) => group.push(Held {
+                        id: row.id,
+                        source: row.source,
+                        messages,
+                    }),
+                    Err(error) => {
+                        let retry_at = now + RETRY_AFTER_MS;
+                        tracing::error!(%error, inbox = row.id, "A stored request is not readable; it is left in the inbox.");
+                        inbox::failed(&self.store.pool, row.id, &error, retry_at).await?;
+                    }
+                }
+            }
+            applied += group.len();
+            // In groups of at most MAX_GROUP_MESSAGES, like requests applied from memory.
+            let mut batch: Vec<Held> = Vec::new();
+            let mut size = 0;
+            for held in group {
+                if size + held.messages.len() > MAX_GROUP_MESSAGES && !batch.is_empty() {
+                    self.apply_held(std::mem::take(&mut batch)).await;
+                    size = 0;
+                }
+                size += held.messages.len();
+                batch.push(held);
+            }
+            if !batch.is_empty() {
+                self.apply_held(batch).await;
+            }
+            if count < SWEEP_ROWS as usize {
+                return Ok(applied);
+            }
+        }
+    }
+
+    /// Rows waiting in the inbox and rows given up on after `MAX_ATTEMPTS` failures.
+    pub async fn inbox_counts(&self) -> Result<(i64, i64)> {
+        Ok(inbox::counts(&self.store.pool, MAX_ATTEMPTS).await?)
+    }
+}
+
+fn lost_a_lock_race(error: &Error) -> bool {
+    let text = error.to_string();
+    [
+        "deadlock detected",
+        "could not serialize",
+        "database is locked",
+        "lock timeout",
+    ]
+    .iter()
+    .any(|sign| text.contains(sign))
+}
+
+/// Gathers requests into groups while the previous groups commit.
+async fn store_groups(
+    engine: std::sync::Weak<Engine>,
+    mut receiver: mpsc::UnboundedReceiver<Receiving>,
+    parallel: usize,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(parallel));
+    while let Some(first) = receiver.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (group, _) = gather(first, &mut receiver, |r| r.messages.len());
+        let Some(engine) = engine.upgrade() else { return };
+        tokio::spawn(async move {
+            engine.store_group(group).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Applies stored requests from memory in groups, one group at a time; when rows were left in
+/// the database, sweeps them once memory is empty.
+async fn apply_groups(engine: std::sync::Weak<Engine>, mut receiver: mpsc::UnboundedReceiver<Held>) {
+    loop {
+        let first = match receiver.try_recv() {
+            Ok(first) => Some(first),
+            Err(mpsc::error::TryRecvError::Disconnected) => return,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                let Some(strong) = engine.upgrade() else { return };
+                if strong.inbox().behind.load(Relaxed) {
+                    None
+                } else {
+                    // Wait without keeping the engine alive: only the inbox's own handle.
+                    let wake = Arc::clone(&strong.inbox().wake);
+                    drop(strong);
+                    tokio::select! {
+                        next = receiver.recv() => match next {
+                            Some(first) => Some(first),
+                            None => return,
+                        },
+                        _ = wake.notified() => continue,
+                    }
+                }
+            }
+        };
+        let Some(engine) = engine.upgrade() else { return };
+        let Some(first) = first else {
+            // Behind, and memory is empty: sweep the database in order.
+            engine.inbox().behind.store(false, Relaxed);
+            if let Err(error) = engine
+                .apply_inbox_backlog(engine.clock.now() + chrono::Duration::days(1))
+                .await
+            {
+                tracing::warn!(%error, "Could not sweep the inbox; the reconciler will.");
+            }
+            continue;
+        };
+        let (group, size) = gather(first, &mut receiver, |r| r.messages.len());
+        engine.apply_held(group).await;
+        engine.inbox().held.fetch_sub(size, Relaxed);
+    }
+}
+
+/// `first` and whatever else is queued already, up to `MAX_GROUP_MESSAGES` messages; returns
+/// the group and its size in messages.
+fn gather<T>(first: T, receiver: &mut mpsc::UnboundedReceiver<T>, messages: impl Fn(&T) -> usize) -> (Vec<T>, usize) {
+    let mut size = messages(&first);
+    let mut group = vec![first];
+    while size < MAX_GROUP_MESSAGES {
+        match receiver.try_recv() {
+            Ok(next) => {
+                size += messages(&next);
+                group.push(next);
+            }
+            Err(_) => break,
+        }
+    }
+    (group, size)
+}
+
+/// A message as the inbox keeps it: times in microseconds.
+#[derive(Serialize, Deserialize)]
+struct StoredMessage {
+    kind: String,
+    id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    anonymous: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    previous: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    group: Option<String>,
+    name: String,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    properties: Map<String, Json>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    traits: Map<String, Json>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    context: Map<String, Json>,
+    at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    original: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sent: Option<i64>,
+    received: i64,
+}
+
+fn encode(messages: &[Message]) -> String {
+    let stored: Vec<StoredMessage> = messages
+        .iter()
+        .map(|m| StoredMessage {
+            kind: m.kind.as_str().to_string(),
+            id: m.message_id.clone(),
+            user: m.user_id.clone(),
+            anonymous: m.anonymous_id.clone(),
+            previous: m.previous_id.clone(),
+            group: m.group_id.clone(),
+            name: m.name.clone(),
+            properties: m.properties.clone(),
+            traits: m.traits.clone(),
+            context: m.context.clone(),
+            at: m.timestamp.timestamp_micros(),
+            original: m.original_timestamp.map(|t| t.timestamp_micros()),
+            sent: m.sent_at.map(|t| t.timestamp_micros()),
+            received: m.received_at.timestamp_micros(),
+        })
+        .collect();
+    serde_json::to_string(&stored).expect("messages serialize")
+}
+
+fn decode(body: &str) -> std::result::Result<Vec<Message>, String> {
+    let stored: Vec<StoredMessage> = serde_json::from_str(body).map_err(|e| format!("inbox row: {e}"))?;
+    let time = |micros: i64| {
+        Utc.timestamp_micros(micros)
+            .single()
+            .ok_or_else(|| format!("inbox row: time {micros} out of range"))
+    };
+    stored
+        .into_iter()
+        .map(|s| {
+            Ok(Message {
+                kind: Kind::parse(&s.kind).ok_or_else(|| format!("inbox row: kind {}", s.kind))?,
+                message_id: s.id,
+                user_id: s.user,
+                anonymous_id: s.anonymous,
+                previous_id: s.previous,
+                group_id: s.group,
+                name: s.name,
+                properties: s.properties,
+                traits: s.traits,
+                context: s.context,
+                timestamp: time(s.at)?,
+                original_timestamp: s.original.map(time).transpose()?,
+                sent_at: s.sent.map(time).transpose()?,
+                received_at: time(s.received)?,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_messages_read_back_as_they_were() {
+        let at = Utc.timestamp_micros(1_764_600_000_123_456).unwrap();
+        let mut properties = Map::new();
+        properties.insert("plan".into(), Json::from("pro"));
+        let message = Message {
+            kind: Kind::Track,
+            message_id: "m-1".into(),
+            user_id: Some("u-1".into()),
+            anonymous_id: None,
+            previous_id: None,
+            group_id: None,
+            name: "Trial Started".into(),
+            properties,
+            traits: Map::new(),
+            context: Map::new(),
+            timestamp: at,
+            original_timestamp: Some(at),
+            sent_at: None,
+            received_at: at,
+        };
+        assert_eq!(decode(&encode(std::slice::from_ref(&message))).unwrap(), vec![message]);
+        assert!(decode("[{\"kind\":\"shout\"}]").is_err());
+    }
+}
