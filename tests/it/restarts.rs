@@ -171,14 +171,21 @@ async fn ready(base: &str) {
     assert_eq!(http(base, "GET", "/health", &[], b"").await.status, 200);
 }
 
-/// Parks a contact on a 3 s wait in a real `nurture serve`, SIGKILLs it one second into the
-/// wait, starts it again at once, and returns how late the step after the wait ran (ms).
-async fn sigkill_during_a_wait(mode: Mode) -> i64 {
+/// A test config for `mode` and a `nurture serve` on it, listening on a free port: the config,
+/// the port (to start it again on), its base URL and the process.
+async fn first_serve(mode: Mode) -> (Config, u16, String, KilledOnDrop) {
     let config = test_config(mode, &fixtures()).await;
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let mut first = start_serve(&config, port);
+    let process = start_serve(&config, port);
     ready(&base).await;
+    (config, port, base, process)
+}
+
+/// Parks a contact on a 3 s wait in a real `nurture serve`, SIGKILLs it one second into the
+/// wait, starts it again at once, and returns how late the step after the wait ran (ms).
+async fn sigkill_during_a_wait(mode: Mode) -> i64 {
+    let (config, port, base, mut first) = first_serve(mode).await;
     let user = unique("sleeper");
     let response = send(&base, "track", json!({"userId": user, "event": "Trial Started"})).await;
     assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&response.body));
@@ -237,8 +244,101 @@ async fn production_a_wait_ends_on_time_after_sigkill_and_restart() {
     sigkill_during_a_wait(Mode::Production).await;
 }
 
-async fn count(engine: &Engine, sql: &'static str) -> i64 {
-    sqlx::query(sql).fetch_one(&engine.store.pool).await.unwrap().get(0)
+/// Track messages sent at once to a real `nurture serve` (answered once stored), for contacts
+/// it has applied the identify of, in requests of one message and in batches; the process is
+/// SIGKILLed right after the last answer, with requests likely still in the inbox, and started
+/// again: its reconciler applies what was left, and every message answered 200 is an event
+/// exactly once.
+async fn answered_events_survive_sigkill(mode: Mode) {
+    const TRACKS: usize = 300;
+    const BATCHES: usize = 20;
+    const PER_BATCH: usize = 10;
+    let (config, port, base, mut first) = first_serve(mode).await;
+    let store = state_store(&config).await;
+    let users: Vec<String> = (0..5).map(|_| unique("known")).collect();
+    for user in &users {
+        let response = send(&base, "identify", json!({"userId": user, "traits": {"plan": "pro"}})).await;
+        assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&response.body));
+        contact_of(&base, user).await;
+    }
+
+    let prefix = unique("answered");
+    let id = |i: usize| format!("{prefix}-{i}");
+    let track = |i: usize| {
+        json!({
+            "type": "track",
+            "userId": users[i % users.len()],
+            "event": "Docs Read",
+            "messageId": id(i),
+        })
+    };
+    let mut requests: Vec<(&'static str, serde_json::Value, Vec<String>)> =
+        (0..TRACKS).map(|i| ("track", track(i), vec![id(i)])).collect();
+    for b in 0..BATCHES {
+        let range = TRACKS + b * PER_BATCH..TRACKS + (b + 1) * PER_BATCH;
+        let batch: Vec<serde_json::Value> = range.clone().map(track).collect();
+        let ids = range.map(id).collect();
+        requests.push(("batch", json!({"batch": batch}), ids));
+    }
+    let sent = TRACKS + BATCHES * PER_BATCH;
+    let answers = futures::future::join_all(requests.into_iter().map(|(route, body, ids)| {
+        let base = base.clone();
+        tokio::spawn(async move { (send(&base, route, body).await.status, ids) })
+    }))
+    .await;
+    first.kill();
+    let left = count(&store, "SELECT COUNT(*) FROM inbox").await;
+    let answered: Vec<String> = answers
+        .into_iter()
+        .map(|answer| answer.expect("a request task"))
+        .filter(|(status, _)| *status == 200)
+        .flat_map(|(_, ids)| ids)
+        .collect();
+    eprintln!(
+        "{mode:?}: {} of {sent} messages answered 200; SIGKILLed right after the last answer with {left} inbox rows not applied",
+        answered.len()
+    );
+    assert!(!answered.is_empty(), "no message was answered 200");
+
+    let _second = start_serve(&config, port);
+    eventually(
+        "the restarted process to apply what the inbox held",
+        Duration::from_secs(20),
+        || async { (count(&store, "SELECT COUNT(*) FROM inbox").await == 0).then_some(()) },
+    )
+    .await;
+    let copies: std::collections::HashMap<String, i64> =
+        sqlx::query("SELECT message_id, COUNT(*) FROM events WHERE message_id LIKE $1 GROUP BY message_id")
+            .bind(format!("{prefix}-%"))
+            .fetch_all(&store.pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect();
+    let twice: Vec<_> = copies.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "messages stored as more than one event: {twice:?}");
+    let lost: Vec<&String> = answered.iter().filter(|id| !copies.contains_key(*id)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} messages answered 200 are not events: {lost:?}",
+        lost.len(),
+        answered.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_answered_events_survive_sigkill() {
+    answered_events_survive_sigkill(Mode::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_answered_events_survive_sigkill() {
+    answered_events_survive_sigkill(Mode::Production).await;
+}
+
+async fn count(store: &Store, sql: &'static str) -> i64 {
+    sqlx::query(sql).fetch_one(&store.pool).await.unwrap().get(0)
 }
 
 /// New contacts, each sent `Trial Started` by `client` (which has no worker); returns how many
@@ -289,7 +389,7 @@ async fn a_restarted_redis_loses_no_enrollment() {
     assert_eq!(trials(&client, "before", 10).await, 0);
     eventually("the first contacts to complete", Duration::from_secs(60), || async {
         (count(
-            &env.engine,
+            &env.engine.store,
             "SELECT COUNT(*) FROM enrollments WHERE status = 'completed'",
         )
         .await
@@ -300,7 +400,13 @@ async fn a_restarted_redis_loses_no_enrollment() {
     // Some are parked on a wait that ends after Redis is back.
     assert_eq!(trials(&client, "parked", 10).await, 0);
     eventually("the parked contacts to wait", Duration::from_secs(60), || async {
-        (count(&env.engine, "SELECT COUNT(*) FROM enrollments WHERE status = 'waiting'").await == 10).then_some(())
+        (count(
+            &env.engine.store,
+            "SELECT COUNT(*) FROM enrollments WHERE status = 'waiting'",
+        )
+        .await
+            == 10)
+            .then_some(())
     })
     .await;
 
@@ -343,7 +449,7 @@ async fn a_restarted_redis_loses_no_enrollment() {
         Duration::from_secs(30),
         || async {
             (count(
-                &env.engine,
+                &env.engine.store,
                 "SELECT COUNT(*) FROM enrollments WHERE status = 'completed'",
             )
             .await
@@ -357,10 +463,17 @@ async fn a_restarted_redis_loses_no_enrollment() {
         now_ms() - restarted
     );
     assert_eq!(
-        count(&env.engine, "SELECT COUNT(*) FROM contact_tags WHERE tag = 'waited'").await,
+        count(
+            &env.engine.store,
+            "SELECT COUNT(*) FROM contact_tags WHERE tag = 'waited'"
+        )
+        .await,
         total
     );
-    assert_eq!(count(&env.engine, "SELECT COUNT(*) FROM enrollments").await, total);
+    assert_eq!(
+        count(&env.engine.store, "SELECT COUNT(*) FROM enrollments").await,
+        total
+    );
     // Woken, not repaired: each post-restart enrollment entered its wait well within the grace.
     let slowest: i64 = sqlx::query(
         "SELECT COALESCE(MAX(h.at - e.entered_at), 0) FROM enrollments e JOIN step_history h ON h.enrollment_id = e.id AND h.step = 'pause' AND h.outcome = 'waiting'
