@@ -18,7 +18,9 @@
 //! - http: single `/v1/track` (`NURTURE_BENCH_SINGLE`, 20,000 messages, 64 keep-alive clients)
 //!   and `/v1/batch` of 200 (`NURTURE_BENCH_BATCHES`, 100, `NURTURE_BENCH_BATCH_CLIENTS`, 4)
 //!   over real HTTP on loopback, against nurture's API and the peer's `http` mode (HTTP ->
-//!   `queue.add`); ingest only, no worker on either side;
+//!   `queue.add`); no step worker on either side. nurture answers once stored and applies in
+//!   the same process meanwhile; each row notes when the last message was applied. Then half
+//!   as many again, open loop at half of each system's own rate (latency from the due time);
 //! - waiting: Redis and database bytes per enrollment parked in a 1 h wait
 //!   (`bench-reference-hold`), `NURTURE_BENCH_WAITING` (10,000; the figure is
 //!   1,000,000).
@@ -704,6 +706,9 @@ struct HttpLoad {
     warmup: Vec<Vec<u8>>,
     single: Vec<Vec<u8>>,
     batches: Vec<Vec<u8>>,
+    /// Sent open loop at half of the rate the closed-loop load reached (new message ids).
+    paced_single: Vec<Vec<u8>>,
+    paced_batches: Vec<Vec<u8>>,
     batch_clients: usize,
 }
 
@@ -745,6 +750,17 @@ impl HttpLoad {
             batches: (0..batches)
                 .map(|b| {
                     let batch: Vec<Value> = (0..BATCH_SIZE).map(|i| track(single + b * BATCH_SIZE + i)).collect();
+                    json!({ "batch": batch }).to_string().into_bytes()
+                })
+                .collect(),
+            // Half as many, at half the rate: as long a run as the closed-loop one.
+            paced_single: (0..single / 2)
+                .map(|i| track(single + batches * BATCH_SIZE + i).to_string().into_bytes())
+                .collect(),
+            paced_batches: (0..batches / 2)
+                .map(|b| {
+                    let first = single + batches * BATCH_SIZE + single / 2 + b * BATCH_SIZE;
+                    let batch: Vec<Value> = (0..BATCH_SIZE).map(|i| track(first + i)).collect();
                     json!({ "batch": batch }).to_string().into_bytes()
                 })
                 .collect(),
@@ -803,6 +819,40 @@ impl HttpLoad {
                     format!("{}; {note}", row.note)
                 };
             }
+        }
+        // Open loop at half of each load's own rate: the latency a client sees with room to spare.
+        let paced = [
+            (
+                "single `/v1/track` at half capacity",
+                "/v1/track",
+                &self.paced_single,
+                TRACK_CLIENTS,
+                1usize,
+            ),
+            (
+                "`/v1/batch` of 200 at half capacity",
+                "/v1/batch",
+                &self.paced_batches,
+                self.batch_clients * 4,
+                BATCH_SIZE,
+            ),
+        ];
+        let capacities: Vec<f64> = rows.iter().map(HttpRow::messages_per_s).collect();
+        for ((kind, path, bodies, clients, per_request), capacity) in paced.into_iter().zip(capacities) {
+            let requests_per_s = capacity / 2.0 / per_request as f64;
+            let (latencies, wall, failed) =
+                drive_paced(address, path, bodies.clone(), clients, Some(requests_per_s)).await;
+            if let Some(engine) = applied {
+                all_applied(engine, Instant::now()).await;
+            }
+            let mut row = http_row(system, kind, &latencies, bodies.len() * per_request, wall, failed);
+            let note = format!("paced at {} msgs/s", thousands(requests_per_s * per_request as f64));
+            row.note = if row.note.is_empty() {
+                note
+            } else {
+                format!("{}; {note}", row.note)
+            };
+            rows.push(row);
         }
         for row in &rows {
             eprintln!(
@@ -882,7 +932,11 @@ async fn http_phase(mode: Mode, load: &HttpLoad) -> Vec<HttpRow> {
         .count("SELECT COUNT(*) FROM enrollments WHERE journey_id = $1", JOURNEY)
         .await;
     eprintln!("  {enrollments} enrollments started");
-    let expected = (load.warmup.len() * BATCH_SIZE + load.single.len() + load.batches.len() * BATCH_SIZE) as i64;
+    let expected = (load.warmup.len() * BATCH_SIZE
+        + load.single.len()
+        + load.batches.len() * BATCH_SIZE
+        + load.paced_single.len()
+        + load.paced_batches.len() * BATCH_SIZE) as i64;
     if enrollments != expected {
         for row in &mut rows {
             let started = format!("{enrollments} of {expected} enrollments started");
@@ -975,9 +1029,23 @@ async fn drive(
     bodies: Vec<Vec<u8>>,
     clients: usize,
 ) -> (Vec<Duration>, Duration, usize) {
+    drive_paced(address, path, bodies, clients, None).await
+}
+
+/// Sends `bodies` over `clients` keep-alive connections: as fast as they answer, or with
+/// `per_second`, open loop: request `i` is due at `i / per_second` after the start and its
+/// latency counts from then, so a server falling behind shows up as latency instead of
+/// slowing the sender.
+async fn drive_paced(
+    address: &str,
+    path: &'static str,
+    bodies: Vec<Vec<u8>>,
+    clients: usize,
+    per_second: Option<f64>,
+) -> (Vec<Duration>, Duration, usize) {
     let bodies = Arc::new(bodies);
     let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
+    let started = Instant::now() + Duration::from_millis(if per_second.is_some() { 20 } else { 0 });
     let mut tasks = Vec::new();
     for _ in 0..clients {
         let (bodies, next, address) = (bodies.clone(), next.clone(), address.to_string());
@@ -988,7 +1056,14 @@ async fn drive(
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(body) = bodies.get(i) else { break };
-                let sent = Instant::now();
+                let sent = match per_second {
+                    Some(rate) => {
+                        let due = started + Duration::from_secs_f64(i as f64 / rate.max(0.001));
+                        tokio::time::sleep_until(due.into()).await;
+                        due
+                    }
+                    None => Instant::now(),
+                };
                 match connection.post(path, body).await {
                     Ok(200) => {}
                     Ok(_) => failed += 1,

@@ -86,15 +86,14 @@ impl Engine {
                 SmsLog::OptedOut(contact) => opted_out.push(*contact),
             }
         }
+        // One transaction: a message is never seen without its first delivery status.
         let written: Result<(), store::Error> = async {
-            sms_store::record_sent(connection, &sent).await?;
-            if !opted_out.is_empty() {
-                let mut tx = sqlx::Connection::begin(&mut *connection).await?;
-                for contact in &opted_out {
-                    store::contacts::set_consent(&mut tx, *contact, "sms", false, now).await?;
-                }
-                tx.commit().await?;
+            let mut tx = sqlx::Connection::begin(&mut *connection).await?;
+            sms_store::record_sent(&mut tx, &sent).await?;
+            for contact in &opted_out {
+                store::contacts::set_consent(&mut tx, *contact, "sms", false, now).await?;
             }
+            tx.commit().await?;
             Ok(())
         }
         .await;
