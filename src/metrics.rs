@@ -122,6 +122,9 @@ pub struct Metrics {
 pub struct Gauges {
     /// Step jobs waiting in the queue (Redis or the SQLite queue file).
     pub queue_depth: Option<u64>,
+    /// Requests stored by the events API and not applied yet, and those set aside after
+    /// failing too often (rows of `inbox`, all processes).
+    pub inbox: Option<(u64, u64)>,
     /// Waits this process holds in memory until they come due.
     pub timers_held: u64,
     pub paused_journeys: u64,
@@ -271,6 +274,20 @@ impl Metrics {
         if let Some(depth) = gauges.queue_depth {
             gauge(&mut out, "queue_depth", "Step jobs waiting in the queue.", depth);
         }
+        if let Some((waiting, failed)) = gauges.inbox {
+            gauge(
+                &mut out,
+                "inbox_waiting",
+                "Requests stored by the events API and not applied yet.",
+                waiting,
+            );
+            gauge(
+                &mut out,
+                "inbox_failed",
+                "Stored requests set aside after failing to apply too often (inbox.last_error says why).",
+                failed,
+            );
+        }
         gauge(
             &mut out,
             "timers_held",
@@ -342,6 +359,7 @@ mod tests {
     fn gauges() -> Gauges {
         Gauges {
             queue_depth: Some(3),
+            inbox: Some((2, 1)),
             timers_held: 0,
             paused_journeys: 0,
             lateness: (vec![0; LATENESS_BUCKETS_MS.len()], 0, 0),
@@ -375,6 +393,9 @@ mod tests {
             "nurture_http_request_duration_seconds_bucket{route=\"/v1/contacts/{id}\",status=\"2xx\",le=\"2.5\"} 2\n"
         ));
         assert!(text.contains("nurture_queue_depth 3\n"));
+        assert!(
+            text.contains("nurture_inbox_waiting 2\nnurture_inbox_failed") && text.contains("nurture_inbox_failed 1\n")
+        );
     }
 
     #[test]

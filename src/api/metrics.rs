@@ -21,8 +21,16 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Resul
             None
         }
     };
+    let inbox = match engine.inbox_counts().await {
+        Ok((rows, failed)) => Some(((rows - failed).max(0) as u64, failed.max(0) as u64)),
+        Err(error) => {
+            tracing::warn!(%error, "Could not count the inbox for /metrics.");
+            None
+        }
+    };
     let gauges = Gauges {
         queue_depth,
+        inbox,
         timers_held: engine.queue.timers.len() as u64,
         paused_journeys: engine.paused_count() as u64,
         lateness: engine.queue.timers.lateness_buckets(&LATENESS_BUCKETS_MS),

@@ -131,6 +131,10 @@ pub fn run(args: Args, role: Role) -> Result<ExitCode> {
         if let Err(why) = outcome {
             anyhow::bail!("nurture stopped: {why}");
         }
+        // Requests answered but not applied yet: apply them before leaving.
+        if !engine.drain_inbox(std::time::Duration::from_secs(10)).await {
+            warn!("Stopped with answered requests not applied yet; the next reconciler pass applies them.");
+        }
         info!("Stopped.");
         Ok(ExitCode::SUCCESS)
     })

@@ -96,6 +96,20 @@ impl Engine {
         (inbox.held.load(Relaxed), inbox.behind.load(Relaxed))
     }
 
+    /// Waits until this process has applied every request it answered, at most `within`;
+    /// whether it did. For a graceful stop: what is left is applied by the next reconciler.
+    pub async fn drain_inbox(&self, within: std::time::Duration) -> bool {
+        let Some(inbox) = self.inbox.get() else { return true };
+        let deadline = tokio::time::Instant::now() + within;
+        while inbox.held.load(Relaxed) > 0 || inbox.behind.load(Relaxed) {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        true
+    }
+
     fn inbox(self: &Arc<Self>) -> &Inbox {
         self.inbox.get_or_init(|| {
             let (receiving, receiver) = mpsc::unbounded_channel();

@@ -248,8 +248,9 @@ async fn production_a_wait_ends_on_time_after_sigkill_and_restart() {
 /// it has applied the identify of, in requests of one message and in batches; the process is
 /// SIGKILLed right after the last answer, with requests likely still in the inbox, and started
 /// again: its reconciler applies what was left, and every message answered 200 is an event
-/// exactly once.
-async fn answered_events_survive_sigkill(mode: Mode) {
+/// exactly once. With `graceful`, the process gets SIGTERM instead and applies what it
+/// answered before it exits: nothing is left for a restart.
+async fn answered_events_survive(mode: Mode, graceful: bool) {
     const TRACKS: usize = 300;
     const BATCHES: usize = 20;
     const PER_BATCH: usize = 10;
@@ -286,7 +287,26 @@ async fn answered_events_survive_sigkill(mode: Mode) {
         tokio::spawn(async move { (send(&base, route, body).await.status, ids) })
     }))
     .await;
-    first.kill();
+    if graceful {
+        let pid = first.0.id().to_string();
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while first.0.try_wait().unwrap().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "serve did not stop within 30 s of SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    } else {
+        first.kill();
+    }
     let left = count(&store, "SELECT COUNT(*) FROM inbox").await;
     let answered: Vec<String> = answers
         .into_iter()
@@ -295,12 +315,19 @@ async fn answered_events_survive_sigkill(mode: Mode) {
         .flat_map(|(_, ids)| ids)
         .collect();
     eprintln!(
-        "{mode:?}: {} of {sent} messages answered 200; SIGKILLed right after the last answer with {left} inbox rows not applied",
-        answered.len()
+        "{mode:?}: {} of {sent} messages answered 200; {} right after the last answer, {left} inbox rows not applied",
+        answered.len(),
+        if graceful { "stopped with SIGTERM" } else { "SIGKILLed" }
     );
     assert!(!answered.is_empty(), "no message was answered 200");
+    if graceful {
+        assert_eq!(
+            left, 0,
+            "a graceful stop applies every request it answered before exiting"
+        );
+    }
 
-    let _second = start_serve(&config, port);
+    let _second = (!graceful).then(|| start_serve(&config, port));
     eventually(
         "the restarted process to apply what the inbox held",
         Duration::from_secs(20),
@@ -329,12 +356,22 @@ async fn answered_events_survive_sigkill(mode: Mode) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_answered_events_survive_sigkill() {
-    answered_events_survive_sigkill(Mode::Embedded).await;
+    answered_events_survive(Mode::Embedded, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn production_answered_events_survive_sigkill() {
-    answered_events_survive_sigkill(Mode::Production).await;
+    answered_events_survive(Mode::Production, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_sigterm_applies_answered_events_before_exiting() {
+    answered_events_survive(Mode::Embedded, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_sigterm_applies_answered_events_before_exiting() {
+    answered_events_survive(Mode::Production, true).await;
 }
 
 async fn count(store: &Store, sql: &'static str) -> i64 {
