@@ -393,9 +393,7 @@ mod tests {
             "nurture_http_request_duration_seconds_bucket{route=\"/v1/contacts/{id}\",status=\"2xx\",le=\"2.5\"} 2\n"
         ));
         assert!(text.contains("nurture_queue_depth 3\n"));
-        assert!(
-            text.contains("nurture_inbox_waiting 2\nnurture_inbox_failed") && text.contains("nurture_inbox_failed 1\n")
-        );
+        assert!(text.contains("nurture_inbox_waiting 2\n") && text.contains("nurture_inbox_failed 1\n"));
     }
 
     #[test]
