@@ -869,6 +869,21 @@ timeout = "3s"
     }
 
     #[test]
+    fn the_events_api_answers_once_stored_unless_told_applied() {
+        let mut config = Config::default();
+        assert_eq!(config.http.acknowledge, Acknowledge::Stored);
+        config
+            .apply_env(|name| (name == "NURTURE_ACKNOWLEDGE").then(|| "applied".into()))
+            .unwrap();
+        assert_eq!(config.http.acknowledge, Acknowledge::Applied);
+        let refused = config.apply_env(|name| (name == "NURTURE_ACKNOWLEDGE").then(|| "later".into()));
+        assert!(refused.unwrap_err().to_string().contains("NURTURE_ACKNOWLEDGE"));
+        let file: Config = toml::from_str("[http]\nacknowledge = \"applied\"\n").unwrap();
+        assert_eq!(file.http.acknowledge, Acknowledge::Applied);
+        assert!(toml::from_str::<Config>("[http]\nacknowledge = \"whenever\"\n").is_err());
+    }
+
+    #[test]
     fn keys_tokens_and_the_inbound_secret_never_show() {
         let mut config: Config = toml::from_str(
             "write_keys = [\"wk-file\"]\nadmin_tokens = [\"admin-file\"]\n[sms]\ninbound_secret = \"in-file\"\n",
