@@ -11,6 +11,7 @@
 //! Why: applying costs a few rows per message with their indexes, and a client should not
 //! wait for that work, nor be slowed to its pace; storing a batch of 200 is one row.
 
+use super::groups::{gather, run_groups};
 use super::runner::{Engine, Error, Result};
 use crate::events::{Kind, Message};
 use crate::store::{self, inbox};
@@ -91,17 +92,17 @@ impl Engine {
 
     /// Messages stored and not applied yet by this process, and whether it left rows in the
     /// database to sweep.
-    pub fn inbox_held(self: &Arc<Self>) -> (usize, bool) {
-        let inbox = self.inbox();
-        (inbox.held.load(Relaxed), inbox.behind.load(Relaxed))
+    pub fn inbox_held(&self) -> (usize, bool) {
+        self.inbox.get().map_or((0, false), |inbox| {
+            (inbox.held.load(Relaxed), inbox.behind.load(Relaxed))
+        })
     }
 
     /// Waits until this process has applied every request it answered, at most `within`;
     /// whether it did. For a graceful stop: what is left is applied by the next reconciler.
     pub async fn drain_inbox(&self, within: std::time::Duration) -> bool {
-        let Some(inbox) = self.inbox.get() else { return true };
         let deadline = tokio::time::Instant::now() + within;
-        while inbox.held.load(Relaxed) > 0 || inbox.behind.load(Relaxed) {
+        while self.inbox_held() != (0, false) {
             if tokio::time::Instant::now() >= deadline {
                 return false;
             }
@@ -114,11 +115,14 @@ impl Engine {
         self.inbox.get_or_init(|| {
             let (receiving, receiver) = mpsc::unbounded_channel();
             let (applying, applier) = mpsc::unbounded_channel();
-            let parallel = match self.store.kind {
-                store::Kind::Sqlite => 1,
-                store::Kind::Postgres => (self.config.db_pool as usize / 2).clamp(1, 4),
-            };
-            tokio::spawn(store_groups(Arc::downgrade(self), receiver, parallel));
+            tokio::spawn(run_groups(
+                Arc::downgrade(self),
+                receiver,
+                self.groups_at_once(),
+                MAX_GROUP_MESSAGES,
+                |r: &Receiving| r.messages.len(),
+                |engine, group| async move { engine.store_group(group).await },
+            ));
             // One group at a time: groups of many messages need no company to keep up, the
             // rows are applied in the order they were stored, and two groups touching the same
             // contacts never deadlock each other.
@@ -328,26 +332,6 @@ fn lost_a_lock_race(error: &Error) -> bool {
     .any(|sign| text.contains(sign))
 }
 
-/// Gathers requests into groups while the previous groups commit.
-async fn store_groups(
-    engine: std::sync::Weak<Engine>,
-    mut receiver: mpsc::UnboundedReceiver<Receiving>,
-    parallel: usize,
-) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(parallel));
-    while let Some(first) = receiver.recv().await {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let (group, _) = gather(first, &mut receiver, |r| r.messages.len());
-        let Some(engine) = engine.upgrade() else { return };
-        tokio::spawn(async move {
-            engine.store_group(group).await;
-            drop(slot);
-        });
-    }
-}
-
 /// Applies stored requests from memory in groups, one group at a time; when rows were left in
 /// the database, sweeps them once memory is empty.
 async fn apply_groups(engine: std::sync::Weak<Engine>, mut receiver: mpsc::UnboundedReceiver<Held>) {
@@ -385,7 +369,7 @@ async fn apply_groups(engine: std::sync::Weak<Engine>, mut receiver: mpsc::Unbou
             }
             continue;
         };
-        let (group, size) = gather(first, &mut receiver, |r| r.messages.len());
+        let (group, size) = gather(first, &mut receiver, MAX_GROUP_MESSAGES, |r| r.messages.len());
         let jobs = engine.apply_held(group).await;
         engine.inbox().held.fetch_sub(size, Relaxed);
         match engine.store.kind {
@@ -400,23 +384,6 @@ async fn apply_groups(engine: std::sync::Weak<Engine>, mut receiver: mpsc::Unbou
             store::Kind::Sqlite => engine.enqueue_applied(jobs).await,
         }
     }
-}
-
-/// `first` and whatever else is queued already, up to `MAX_GROUP_MESSAGES` messages; returns
-/// the group and its size in messages.
-fn gather<T>(first: T, receiver: &mut mpsc::UnboundedReceiver<T>, messages: impl Fn(&T) -> usize) -> (Vec<T>, usize) {
-    let mut size = messages(&first);
-    let mut group = vec![first];
-    while size < MAX_GROUP_MESSAGES {
-        match receiver.try_recv() {
-            Ok(next) => {
-                size += messages(&next);
-                group.push(next);
-            }
-            Err(_) => break,
-        }
-    }
-    (group, size)
 }
 
 /// A message as the inbox keeps it: times in microseconds.

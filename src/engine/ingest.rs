@@ -111,36 +111,15 @@ impl Engine {
 
     fn ingest_groups(self: &Arc<Self>) -> &tokio::sync::mpsc::UnboundedSender<Pending> {
         self.ingest_groups.get_or_init(|| {
-            let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel::<Pending>();
-            let parallel = match self.store.kind {
-                store::Kind::Sqlite => 1,
-                store::Kind::Postgres => (self.config.db_pool as usize / 2).clamp(1, 4),
-            };
-            let engine = Arc::downgrade(self);
-            tokio::spawn(async move {
-                let slots = Arc::new(tokio::sync::Semaphore::new(parallel));
-                while let Some(first) = receiver.recv().await {
-                    let Ok(slot) = slots.clone().acquire_owned().await else {
-                        return;
-                    };
-                    let mut size = first.size();
-                    let mut group = vec![first];
-                    while size < MAX_GROUP_MESSAGES {
-                        match receiver.try_recv() {
-                            Ok(next) => {
-                                size += next.size();
-                                group.push(next);
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    let Some(engine) = engine.upgrade() else { return };
-                    tokio::spawn(async move {
-                        engine.commit_group(group).await;
-                        drop(slot);
-                    });
-                }
-            });
+            let (sender, receiver) = tokio::sync::mpsc::unbounded_channel::<Pending>();
+            tokio::spawn(super::groups::run_groups(
+                Arc::downgrade(self),
+                receiver,
+                self.groups_at_once(),
+                MAX_GROUP_MESSAGES,
+                Pending::size,
+                |engine, group| async move { engine.commit_group(group).await },
+            ));
             sender
         })
     }

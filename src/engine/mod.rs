@@ -16,6 +16,7 @@ pub mod contact;
 pub mod controls;
 pub mod email;
 mod erasure;
+mod groups;
 pub mod inbox;
 pub mod ingest;
 pub mod kinds;

@@ -18,8 +18,8 @@ use crate::store::{self, contacts, effects, enrollments};
 use chrono::{DateTime, Duration, Utc};
 use futures::StreamExt;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Weak};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, debug, warn};
 
 /// Most jobs in one batch.
@@ -120,12 +120,14 @@ impl Engine {
     fn batcher(self: &Arc<Self>) -> &mpsc::UnboundedSender<Submitted> {
         self.steps.get_or_init(|| {
             let (sender, receiver) = mpsc::unbounded_channel();
-            // SQLite has one writer: batches take turns. PostgreSQL runs a few side by side.
-            let parallel = match self.store.kind {
-                store::Kind::Sqlite => 1,
-                store::Kind::Postgres => (self.config.db_pool as usize / 2).clamp(1, 4),
-            };
-            tokio::spawn(gather(Arc::downgrade(self), receiver, parallel));
+            tokio::spawn(super::groups::run_groups(
+                Arc::downgrade(self),
+                receiver,
+                self.groups_at_once(),
+                MAX_BATCH,
+                |_: &Submitted| 1,
+                |engine, batch| async move { engine.run_batch(batch).await },
+            ));
             sender
         })
     }
@@ -807,26 +809,4 @@ fn is_assignment(pending: &effects::Pending) -> bool {
 
 fn corrupt(what: &str, value: &str) -> Error {
     Error::Store(store::Error::Corrupt(format!("{what} {value}")))
-}
-
-/// Gathers submitted jobs into batches: takes what has arrived whenever a batch slot is free.
-async fn gather(engine: Weak<Engine>, mut receiver: mpsc::UnboundedReceiver<Submitted>, parallel: usize) {
-    let slots = Arc::new(Semaphore::new(parallel));
-    while let Some(first) = receiver.recv().await {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match receiver.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
-        }
-        let Some(engine) = engine.upgrade() else { return };
-        tokio::spawn(async move {
-            engine.run_batch(batch).await;
-            drop(slot);
-        });
-    }
 }
