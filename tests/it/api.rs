@@ -21,15 +21,7 @@ async fn start(mode: Mode) -> (TestEnv, String) {
 }
 
 async fn post(base: &str, path: &str, body: &serde_json::Value) -> crate::support::Response {
-    let auth = basic(KEY);
-    http(
-        base,
-        "POST",
-        path,
-        &[("authorization", &auth), ("content-type", "application/json")],
-        body.to_string().as_bytes(),
-    )
-    .await
+    crate::support::post_events(base, KEY, path, body).await
 }
 
 async fn get_admin(base: &str, path: &str) -> crate::support::Response {

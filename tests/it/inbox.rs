@@ -3,7 +3,7 @@
 //! reconciler; each row is applied once however many processes reach it; an unreadable row
 //! stays, with its error, and holds nothing else up.
 
-use crate::support::{Mode, Response, TestEnv, basic, eventually, http, root, spawn_api, test_config, unique};
+use crate::support::{Mode, Response, TestEnv, eventually, post_events, root, spawn_api, test_config, unique};
 use nurture::config::Acknowledge;
 use nurture::engine::{Clock, SystemClock};
 use serde_json::{Value, json};
@@ -21,15 +21,7 @@ async fn start(mode: Mode, reconciler: bool) -> TestEnv {
 }
 
 async fn post(base: &str, path: &str, body: &Value) -> Response {
-    let auth = basic(KEY);
-    http(
-        base,
-        "POST",
-        path,
-        &[("authorization", &auth), ("content-type", "application/json")],
-        body.to_string().as_bytes(),
-    )
-    .await
+    post_events(base, KEY, path, body).await
 }
 
 async fn count(pool: &sqlx::AnyPool, sql: &str, bind: &str) -> i64 {

@@ -2,7 +2,9 @@
 //! unauthenticated requests that make the server work, a 503 for data that was stored, and
 //! concurrent first requests of one new visitor.
 
-use crate::support::{Mode, Response, TestEnv, basic, http, root, spawn_api, test_config, unique, virtual_clock};
+use crate::support::{
+    Mode, Response, TestEnv, basic, http, post_events, root, spawn_api, test_config, unique, virtual_clock,
+};
 use nurture::engine::{Clock, SystemClock};
 use serde_json::{Value, json};
 use sqlx::Row;
@@ -20,15 +22,7 @@ async fn start(mode: Mode, clock: Arc<dyn Clock>) -> (TestEnv, String) {
 }
 
 async fn post(base: &str, path: &str, body: &Value) -> Response {
-    let auth = basic(KEY);
-    http(
-        base,
-        "POST",
-        path,
-        &[("authorization", &auth), ("content-type", "application/json")],
-        body.to_string().as_bytes(),
-    )
-    .await
+    post_events(base, KEY, path, body).await
 }
 
 async fn count(pool: &sqlx::AnyPool, sql: &'static str) -> i64 {

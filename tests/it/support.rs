@@ -663,6 +663,19 @@ impl Drop for RedisServer {
 }
 
 /// The `Authorization` header a Segment library sends: the write key as the Basic user name.
+/// POSTs JSON to the events API with `key` as Basic auth, as Segment's libraries do.
+pub async fn post_events(base: &str, key: &str, path: &str, body: &serde_json::Value) -> Response {
+    let auth = basic(key);
+    http(
+        base,
+        "POST",
+        path,
+        &[("authorization", &auth), ("content-type", "application/json")],
+        body.to_string().as_bytes(),
+    )
+    .await
+}
+
 pub fn basic(key: &str) -> String {
     use base64::Engine as _;
     format!(
