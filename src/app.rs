@@ -13,7 +13,7 @@ use apalis::prelude::*;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Connects to the state store and the queue the config names, and migrates the schema.
 pub async fn connect(config: &Config) -> Result<(Store, Queue)> {
@@ -171,6 +171,8 @@ pub async fn run_worker(
     let concurrency = engine.config.concurrency.max(1);
     let loader = crate::supervise::spawn_critical("the timer loader", load_timers(engine.clone(), name.clone()));
     let _stop_loader = AbortOnDrop(loader);
+    let statistics = tokio::spawn(keep_statistics(engine.clone(), name.clone()));
+    let _stop_statistics = AbortOnDrop(statistics.abort_handle());
     // Jobs this process pushes (fresh enrollments, fired waits) run here without a trip
     // through the queue, while the worker runs.
     engine.queue.run_here(Some(engine.runs_here()));
@@ -265,6 +267,30 @@ pub async fn load_timers(engine: Arc<Engine>, process: String) {
             }
         }
         tokio::time::sleep(every).await;
+    }
+}
+
+/// Keeps PostgreSQL's statistics of fast-growing tables fresh (`Store::analyze_grown_tables`),
+/// in the one process holding the `statistics` lease. Looks every two seconds: plans made for
+/// a tiny table cost the most in a burst's first minute, before autovacuum comes round.
+pub async fn keep_statistics(engine: Arc<Engine>, process: String) {
+    if engine.store.kind != crate::store::Kind::Postgres {
+        return;
+    }
+    let every = Duration::from_secs(2);
+    loop {
+        tokio::time::sleep(every).await;
+        let now = engine.clock.now();
+        let until = now + chrono::Duration::seconds(6);
+        match engine.store.take_lease("statistics", &process, now, until).await {
+            Ok(true) => match engine.store.analyze_grown_tables().await {
+                Ok(tables) if !tables.is_empty() => debug!(?tables, "Analyzed tables that grew."),
+                Ok(_) => {}
+                Err(error) => warn!(%error, "Could not analyze the tables that grew."),
+            },
+            Ok(false) => {}
+            Err(error) => warn!(%error, "Could not take the statistics lease."),
+        }
     }
 }
 

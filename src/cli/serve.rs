@@ -110,6 +110,10 @@ pub fn run(args: Args, role: Role) -> Result<ExitCode> {
                 .map(Ok),
             );
         }
+        if role == Role::Api {
+            // Workers keep the statistics; an API-only process helps where none runs.
+            tokio::spawn(app::keep_statistics(engine.clone(), app::process_name("api")));
+        }
         if role == Role::Serve {
             let scheduler = engine.clone();
             let scheduler_stop = wait(stopped.clone());

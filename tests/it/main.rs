@@ -30,6 +30,7 @@ mod secrets;
 mod security;
 mod simulate;
 mod sms;
+mod statistics;
 mod support;
 mod versions;
 mod webhook;
