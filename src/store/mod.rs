@@ -104,6 +104,7 @@ impl Store {
         } else {
             Kind::Sqlite
         };
+        let own_page_cost = url.contains("random_page_cost");
         let options = AnyPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(30))
@@ -122,8 +123,11 @@ impl Store {
                         crate::nodelay::disable_nagle_on_open_sockets();
                         // The rows a step batch touches are in memory (and on SSDs when not):
                         // priced at the default 4x a sequential read, a few hundred primary key
-                        // probes looked dearer than scanning a whole growing table.
-                        connection.execute("SET random_page_cost = 1.1").await?;
+                        // probes looked dearer than scanning a whole growing table. A URL that
+                        // sets it (`options=-c random_page_cost=...`) keeps its own.
+                        if !own_page_cost {
+                            connection.execute("SET random_page_cost = 1.1").await?;
+                        }
                     }
                     Ok(())
                 })
