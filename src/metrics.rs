@@ -187,6 +187,29 @@ impl Metrics {
         }
     }
 
+    /// History rows recorded for `journey` since the process started (benchmarks wait on it
+    /// in-process, as the peer counts its own jobs, instead of counting rows in the database).
+    pub fn steps_recorded(&self, journey: &str) -> u64 {
+        let mut total = 0;
+        self.steps.each(|(of, _), count| {
+            if of == journey {
+                total += count.load(Relaxed);
+            }
+        });
+        total
+    }
+
+    /// Effects of every channel performed successfully since the process started.
+    pub fn effects_sent(&self) -> u64 {
+        let mut total = 0;
+        self.effects.each(|(_, outcome), count| {
+            if *outcome == "sent" {
+                total += count.load(Relaxed);
+            }
+        });
+        total
+    }
+
     /// One HTTP request: its route template (`/v1/contacts/{id}`), status and duration.
     pub fn http_request(&self, route: &str, status: u16, seconds: f64) {
         let class = status / 100;
@@ -375,6 +398,13 @@ mod tests {
             ("welcome", "wait", "wait", "waiting"),
         ]);
         metrics.steps_ran([("welcome", "hello", "send_email", "sent")]);
+        metrics.steps_ran([("other", "hello", "tag", "tagged")]);
+        assert_eq!(metrics.steps_recorded("welcome"), 4);
+        let email = Effect::SendEmail {
+            template: "hello".into(),
+        };
+        metrics.effects_performed([(&email, true), (&email, false), (&email, true)]);
+        assert_eq!(metrics.effects_sent(), 2);
         metrics.http_request("/v1/contacts/{id}", 200, 0.003);
         metrics.http_request("/v1/contacts/{id}", 204, 2.0);
         let text = metrics.render(&gauges());
