@@ -707,6 +707,25 @@ async fn latency_phase(
             percentile(stage, 0.99)
         );
     }
+    // When the slow ones were due: a stall at one moment, or a slow start.
+    let slow: Vec<f64> = rows
+        .iter()
+        .filter_map(|row| {
+            let sent = *sent_at.get(&row.get::<i64, _>(0))?;
+            (row.get::<i64, _>(1) as f64 - sent > 100.0).then_some(sent - start)
+        })
+        .collect();
+    if let (Some(first), Some(last)) = (
+        slow.iter().copied().reduce(f64::min),
+        slow.iter().copied().reduce(f64::max),
+    ) {
+        eprintln!(
+            "  {} over 100 ms, due between +{:.2} s and +{:.2} s",
+            slow.len(),
+            first / 1000.0,
+            last / 1000.0
+        );
+    }
     eprintln!(
         "  sent at {:.0}/s; {} emails; p50 {:.1} ms, p99 {:.1} ms",
         events as f64 / (produced / 1000.0),

@@ -153,7 +153,19 @@ pub async fn lock_team(connection: &mut AnyConnection, team: &str) -> Result<i64
 /// of its own outside the assignment's transaction (like a sequence), so concurrent workers get
 /// disjoint turns without one waiting on the other's transaction. Returns the first turn.
 /// Turns a rolled-back assignment took are skipped: the rotation moves on, nothing is lost.
+///
+/// On PostgreSQL the reservation does not wait for its commit to reach the disk: a crash can
+/// only hand the same turns out again (a rep gets a lead out of turn), and the flush was a
+/// wait on the disk for every assignment batch.
 pub async fn reserve_turns(connection: &mut AnyConnection, team: &str, count: i64) -> Result<i64> {
+    use sqlx::Connection;
+    let postgres = connection.backend_name() != "SQLite";
+    let mut tx = connection.begin().await?;
+    if postgres {
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await?;
+    }
     let row = sqlx::query(
         "INSERT INTO team_cursors (team, next) VALUES ($1, $2)
          ON CONFLICT (team) DO UPDATE SET next = team_cursors.next + $3 RETURNING next - $4",
@@ -162,8 +174,9 @@ pub async fn reserve_turns(connection: &mut AnyConnection, team: &str, count: i6
     .bind(count)
     .bind(count)
     .bind(count)
-    .fetch_one(connection)
+    .fetch_one(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(row.try_get(0)?)
 }
 
