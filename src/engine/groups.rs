@@ -58,6 +58,12 @@ pub(crate) async fn run_groups<T, Fut>(
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
+        // While other groups run, a free slot took only what had arrived since the last one
+        // left: groups of a few dozen, each paying a group's fixed statements. A moment's
+        // wait lets the callers a commit just answered send their next ones.
+        if slots.available_permits() + 1 < parallel && receiver.len() < limit / 8 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
         let (group, _) = gather(first, &mut receiver, limit, &size);
         let Some(engine) = engine.upgrade() else { return };
         let work = run(engine, group);
