@@ -159,24 +159,25 @@ pub async fn lock_team(connection: &mut AnyConnection, team: &str) -> Result<i64
 /// wait on the disk for every assignment batch.
 pub async fn reserve_turns(connection: &mut AnyConnection, team: &str, count: i64) -> Result<i64> {
     use sqlx::Connection;
-    let postgres = connection.backend_name() != "SQLite";
-    let mut tx = connection.begin().await?;
-    if postgres {
-        sqlx::query("SET LOCAL synchronous_commit = off")
-            .execute(&mut *tx)
-            .await?;
-    }
-    let row = sqlx::query(
+    let reserve = sqlx::query(
         "INSERT INTO team_cursors (team, next) VALUES ($1, $2)
          ON CONFLICT (team) DO UPDATE SET next = team_cursors.next + $3 RETURNING next - $4",
     )
     .bind(team)
     .bind(count)
     .bind(count)
-    .bind(count)
-    .fetch_one(&mut *tx)
-    .await?;
-    tx.commit().await?;
+    .bind(count);
+    let row = if connection.backend_name() == "SQLite" {
+        reserve.fetch_one(connection).await?
+    } else {
+        let mut tx = connection.begin().await?;
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await?;
+        let row = reserve.fetch_one(&mut *tx).await?;
+        tx.commit().await?;
+        row
+    };
     Ok(row.try_get(0)?)
 }
 
