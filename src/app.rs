@@ -6,7 +6,7 @@ use crate::engine::runner::Engine;
 use crate::engine::{Clock, SystemClock};
 use crate::journey::model::{Trigger, When};
 use crate::journey::{self, Diagnostic};
-use crate::queue::{self, Backend, Queue, StepJob};
+use crate::queue::{self, Backend, Queue, StepTask};
 use crate::store::Store;
 use anyhow::{Context, Result};
 use apalis::prelude::*;
@@ -145,14 +145,15 @@ pub async fn reload(engine: &Engine) -> Result<usize> {
 }
 
 async fn handle_step(
-    job: StepJob,
+    jobs: StepTask,
     engine: Data<Arc<Engine>>,
     task: TaskId,
     worker: WorkerContext,
 ) -> Result<(), BoxDynError> {
     let task = Some((task.to_string(), worker.name().to_string()));
-    engine.run_task(job, task).await.map_err(|error| {
-        warn!(%error, enrollment = job.enrollment, "Step job failed; the reconciler will retry it.");
+    let count = jobs.0.len();
+    engine.run_task(jobs.0, task).await.map_err(|error| {
+        warn!(%error, jobs = count, "Step jobs failed; the reconciler will retry them.");
         Box::new(error) as BoxDynError
     })
 }

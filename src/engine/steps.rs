@@ -73,11 +73,26 @@ impl Engine {
     /// Runs a step job in the next batch: performs its pending effects, then moves the
     /// enrollment until it waits or ends. A stale job does nothing.
     pub async fn run_job(self: &Arc<Self>, job: StepJob) -> Result<()> {
-        self.run_task(job, None).await
+        self.submit(job, None).await
     }
 
-    /// `run_job` for a task taken from the queue: `task` is its id and the worker's name.
-    pub async fn run_task(self: &Arc<Self>, job: StepJob, task: Option<(String, String)>) -> Result<()> {
+    /// Runs the jobs of a task taken from the queue (`task` is its id and the worker's name),
+    /// each in the next batch, and deletes the task once all are done. A task of one job is
+    /// deleted by its batch, with the batch's other tasks.
+    pub async fn run_task(self: &Arc<Self>, mut jobs: Vec<StepJob>, task: Option<(String, String)>) -> Result<()> {
+        if jobs.len() == 1 {
+            return self.submit(jobs.remove(0), task).await;
+        }
+        let outcomes = futures::future::join_all(jobs.into_iter().map(|job| self.submit(job, None))).await;
+        if let Some((task, worker)) = task
+            && let Err(error) = self.queue.finished(&worker, &[task]).await
+        {
+            debug!(%error, "Could not delete a finished task from the queue.");
+        }
+        outcomes.into_iter().collect()
+    }
+
+    async fn submit(self: &Arc<Self>, job: StepJob, task: Option<(String, String)>) -> Result<()> {
         let (done, outcome) = oneshot::channel();
         self.batcher()
             .send(Submitted {

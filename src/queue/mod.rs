@@ -1,7 +1,10 @@
 //! Step jobs on an apalis queue: Redis in production, SQLite in the embedded mode.
 //!
 //! A job is only `(enrollment, seq)`: the truth is in the database, so a lost, stale or
-//! duplicate job is harmless. Waits are not jobs: they live in the database (`due_at`) and in
+//! duplicate job is harmless. One queue task carries up to `JOBS_PER_TASK` jobs (`StepTask`):
+//! apalis spends about 20 µs of Redis time per task (a metadata hash, a JSON decode, a sorted
+//! set entry), so 100,000 waits due together cost two seconds of Redis as single jobs and a
+//! few tens of milliseconds as tasks of 64. Waits are not jobs: they live in the database (`due_at`) and in
 //! this process's `Timers` (see `timers.rs`), which push the job when it comes due, to the
 //! millisecond. A waiting enrollment costs no Redis memory.
 //!
@@ -28,6 +31,37 @@ pub struct StepJob {
     pub enrollment: i64,
     #[serde(rename = "s")]
     pub seq: u64,
+}
+
+/// Jobs in one queue task at most.
+pub const JOBS_PER_TASK: usize = 64;
+
+/// What one queue task carries: step jobs pushed together, each run in the next step batch.
+/// Tasks stored before tasks carried many jobs hold one `StepJob` object, and still read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct StepTask(pub Vec<StepJob>);
+
+impl<'de> Deserialize<'de> for StepTask {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Stored {
+            Many(Vec<StepJob>),
+            One(StepJob),
+        }
+        Ok(match Stored::deserialize(deserializer)? {
+            Stored::Many(jobs) => StepTask(jobs),
+            Stored::One(job) => StepTask(vec![job]),
+        })
+    }
+}
+
+/// `jobs` as queue tasks of up to `JOBS_PER_TASK` each.
+fn tasks(jobs: &[StepJob]) -> Vec<StepTask> {
+    jobs.chunks(JOBS_PER_TASK)
+        .map(|chunk| StepTask(chunk.to_vec()))
+        .collect()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -207,14 +241,17 @@ impl futures::Stream for WakeStream {
 /// Jobs one fetch takes: enough to fill a batch of moves (see `engine::steps`).
 const FETCH_BATCH: usize = 256;
 
-/// Most jobs handed to apalis in one push (one Lua script): larger scripts block Redis for
+/// Most tasks handed to apalis in one push (one Lua script): larger scripts block Redis for
 /// long enough to outlive the connection's response timeout.
-pub const PUSH_CHUNK: usize = 1_000;
+const TASKS_PER_PUSH: usize = 1_000;
+
+/// Most jobs the timers push at once (`timers::Timers::run`), a few pushes side by side.
+pub const PUSH_CHUNK: usize = 16 * JOBS_PER_TASK;
 
 #[derive(Clone)]
 pub enum Backend {
-    Redis(RedisStorage<StepJob, ConnectionManager>),
-    Sqlite(SqliteStorage<StepJob>),
+    Redis(RedisStorage<StepTask, ConnectionManager>),
+    Sqlite(SqliteStorage<StepTask>),
 }
 
 /// Most jobs handed to this process's own step batcher and not finished yet; past it, jobs go
@@ -371,7 +408,7 @@ impl Queue {
                 }
             }
             Backend::Sqlite(storage) => {
-                for chunk in jobs.chunks(PUSH_CHUNK) {
+                for chunk in tasks(&jobs).chunks(TASKS_PER_PUSH) {
                     storage
                         .clone()
                         .push_bulk(chunk.to_vec())
@@ -394,7 +431,8 @@ impl Queue {
         Ok(())
     }
 
-    /// Step jobs waiting to run (queued now or scheduled), for `/metrics`: one cheap read.
+    /// Queue tasks waiting to run (queued now or scheduled; each up to `JOBS_PER_TASK` step
+    /// jobs), for `/metrics`: one cheap read.
     pub async fn depth(&self) -> Result<u64, Error> {
         match &self.backend {
             Backend::Redis(storage) => {
@@ -466,15 +504,15 @@ impl Queue {
 
 /// `Queue::push_now` through Redis, each call within `REDIS_ANSWER_WITHIN`.
 async fn push_redis(
-    storage: &RedisStorage<StepJob, ConnectionManager>,
+    storage: &RedisStorage<StepTask, ConnectionManager>,
     wake_channel: Option<&str>,
     jobs: &[StepJob],
 ) -> Result<(), Error> {
-    // apalis pushes a bulk with one Lua script. A script of 100,000 jobs blocks Redis for
+    // apalis pushes a bulk with one Lua script. A script of 100,000 tasks blocks Redis for
     // seconds and outlives the connection's response timeout, so the push "fails" after it
     // succeeded, and a retry pushes it all again (a restart with 100k waits due together once
-    // grew to 22M queued jobs). Chunks stay quick.
-    for chunk in jobs.chunks(PUSH_CHUNK) {
+    // grew to 22M queued jobs, when a task was one job). Chunks stay quick.
+    for chunk in tasks(jobs).chunks(TASKS_PER_PUSH) {
         let mut storage = storage.clone();
         within(async {
             storage
@@ -494,7 +532,7 @@ async fn push_redis(
 
 /// Pushes the jobs the breaker held while Redis was down, once it answers again; while they
 /// cannot be pushed, tries again after each rest. The task is critical.
-async fn flush_held(storage: RedisStorage<StepJob, ConnectionManager>, wake_channel: String, breaker: Arc<Breaker>) {
+async fn flush_held(storage: RedisStorage<StepTask, ConnectionManager>, wake_channel: String, breaker: Arc<Breaker>) {
     loop {
         breaker.back.notified().await;
         loop {
@@ -574,7 +612,7 @@ async fn listen(client: redis::Client, channel: String, hub: Arc<WakeHub>, break
 /// past a few thousand values ("too many results to unpack"). A burst bigger than that, such as
 /// 100,000 waits coming due together, then stopped every fetch for good. Promoting right after
 /// each push keeps the set small, so the fetch never meets more than one push's worth.
-async fn promote_due(storage: &RedisStorage<StepJob, ConnectionManager>) -> Result<(), Error> {
+async fn promote_due(storage: &RedisStorage<StepTask, ConnectionManager>) -> Result<(), Error> {
     static PROMOTE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
         redis::Script::new(
             r"local ids = redis.call('zrangebyscore', KEYS[1], 0, ARGV[1], 'LIMIT', 0, ARGV[2])
@@ -606,5 +644,24 @@ async fn promote_due(storage: &RedisStorage<StepJob, ConnectionManager>) -> Resu
         if moved < AT_ONCE {
             return Ok(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_carries_many_jobs_and_old_single_job_tasks_still_read() {
+        let jobs: Vec<StepJob> = (0..130).map(|i| StepJob { enrollment: i, seq: 1 }).collect();
+        let split = tasks(&jobs);
+        assert_eq!(split.iter().map(|t| t.0.len()).collect::<Vec<_>>(), vec![64, 64, 2]);
+        let text = serde_json::to_string(&split[2]).unwrap();
+        assert_eq!(text, r#"[{"e":128,"s":1},{"e":129,"s":1}]"#);
+        assert_eq!(serde_json::from_str::<StepTask>(&text).unwrap(), split[2]);
+        // What a task held before tasks carried many jobs.
+        let old: StepTask = serde_json::from_str(r#"{"e":7,"s":3}"#).unwrap();
+        assert_eq!(old, StepTask(vec![StepJob { enrollment: 7, seq: 3 }]));
+        assert!(serde_json::from_str::<StepTask>(r#"{"e":"x"}"#).is_err());
     }
 }

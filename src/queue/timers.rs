@@ -192,7 +192,7 @@ impl Timers {
             if due.is_empty() {
                 continue;
             }
-            // Many waits due together (100,000 at one moment) go out a thousand at a time,
+            // Many waits due together (100,000 at one moment) go out `PUSH_CHUNK` at a time,
             // a few pushes side by side, so the first ones do not wait for the last.
             let chunks: Vec<Vec<(i64, StepJob)>> = due.chunks(super::PUSH_CHUNK).map(<[_]>::to_vec).collect();
             let pushes = chunks.into_iter().map(|chunk| {
