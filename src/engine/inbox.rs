@@ -18,6 +18,7 @@ use crate::store::{self, inbox};
 use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use tokio::sync::{mpsc, oneshot};
@@ -386,26 +387,27 @@ async fn apply_groups(engine: std::sync::Weak<Engine>, mut receiver: mpsc::Unbou
     }
 }
 
-/// A message as the inbox keeps it: times in microseconds.
+/// A message as the inbox keeps it: times in microseconds. Borrowed when written (a
+/// `/v1/batch` of 200 messages was cloned map by map only to be serialized), owned when read.
 #[derive(Serialize, Deserialize)]
-struct StoredMessage {
-    kind: String,
-    id: String,
+struct StoredMessage<'a> {
+    kind: Cow<'a, str>,
+    id: Cow<'a, str>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    user: Option<String>,
+    user: Option<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    anonymous: Option<String>,
+    anonymous: Option<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    previous: Option<String>,
+    previous: Option<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    group: Option<String>,
-    name: String,
-    #[serde(default, skip_serializing_if = "Map::is_empty")]
-    properties: Map<String, Json>,
-    #[serde(default, skip_serializing_if = "Map::is_empty")]
-    traits: Map<String, Json>,
-    #[serde(default, skip_serializing_if = "Map::is_empty")]
-    context: Map<String, Json>,
+    group: Option<Cow<'a, str>>,
+    name: Cow<'a, str>,
+    #[serde(default, skip_serializing_if = "is_empty")]
+    properties: Cow<'a, Map<String, Json>>,
+    #[serde(default, skip_serializing_if = "is_empty")]
+    traits: Cow<'a, Map<String, Json>>,
+    #[serde(default, skip_serializing_if = "is_empty")]
+    context: Cow<'a, Map<String, Json>>,
     at: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     original: Option<i64>,
@@ -414,20 +416,30 @@ struct StoredMessage {
     received: i64,
 }
 
+// serde hands `skip_serializing_if` a reference to the field's own type.
+#[allow(clippy::ptr_arg)]
+fn is_empty(map: &Cow<'_, Map<String, Json>>) -> bool {
+    map.is_empty()
+}
+
+fn borrowed(text: &Option<String>) -> Option<Cow<'_, str>> {
+    text.as_deref().map(Cow::Borrowed)
+}
+
 fn encode(messages: &[Message]) -> String {
-    let stored: Vec<StoredMessage> = messages
+    let stored: Vec<StoredMessage<'_>> = messages
         .iter()
         .map(|m| StoredMessage {
-            kind: m.kind.as_str().to_string(),
-            id: m.message_id.clone(),
-            user: m.user_id.clone(),
-            anonymous: m.anonymous_id.clone(),
-            previous: m.previous_id.clone(),
-            group: m.group_id.clone(),
-            name: m.name.clone(),
-            properties: m.properties.clone(),
-            traits: m.traits.clone(),
-            context: m.context.clone(),
+            kind: Cow::Borrowed(m.kind.as_str()),
+            id: Cow::Borrowed(&m.message_id),
+            user: borrowed(&m.user_id),
+            anonymous: borrowed(&m.anonymous_id),
+            previous: borrowed(&m.previous_id),
+            group: borrowed(&m.group_id),
+            name: Cow::Borrowed(&m.name),
+            properties: Cow::Borrowed(&m.properties),
+            traits: Cow::Borrowed(&m.traits),
+            context: Cow::Borrowed(&m.context),
             at: m.timestamp.timestamp_micros(),
             original: m.original_timestamp.map(|t| t.timestamp_micros()),
             sent: m.sent_at.map(|t| t.timestamp_micros()),
@@ -438,26 +450,27 @@ fn encode(messages: &[Message]) -> String {
 }
 
 fn decode(body: &str) -> std::result::Result<Vec<Message>, String> {
-    let stored: Vec<StoredMessage> = serde_json::from_str(body).map_err(|e| format!("inbox row: {e}"))?;
+    let stored: Vec<StoredMessage<'static>> = serde_json::from_str(body).map_err(|e| format!("inbox row: {e}"))?;
     let time = |micros: i64| {
         Utc.timestamp_micros(micros)
             .single()
             .ok_or_else(|| format!("inbox row: time {micros} out of range"))
     };
+    let owned = |text: Option<Cow<'static, str>>| text.map(Cow::into_owned);
     stored
         .into_iter()
         .map(|s| {
             Ok(Message {
                 kind: Kind::parse(&s.kind).ok_or_else(|| format!("inbox row: kind {}", s.kind))?,
-                message_id: s.id,
-                user_id: s.user,
-                anonymous_id: s.anonymous,
-                previous_id: s.previous,
-                group_id: s.group,
-                name: s.name,
-                properties: s.properties,
-                traits: s.traits,
-                context: s.context,
+                message_id: s.id.into_owned(),
+                user_id: owned(s.user),
+                anonymous_id: owned(s.anonymous),
+                previous_id: owned(s.previous),
+                group_id: owned(s.group),
+                name: s.name.into_owned(),
+                properties: s.properties.into_owned(),
+                traits: s.traits.into_owned(),
+                context: s.context.into_owned(),
                 timestamp: time(s.at)?,
                 original_timestamp: s.original.map(time).transpose()?,
                 sent_at: s.sent.map(time).transpose()?,

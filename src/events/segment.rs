@@ -145,14 +145,14 @@ pub fn parse_single(
     let object = body
         .as_object()
         .ok_or_else(|| Invalid::new("body", "the body must be a JSON object"))?;
-    let size = serde_json::to_string(body).map(|s| s.len()).unwrap_or(0);
+    let size = json_len(body);
     if size > MAX_MESSAGE_BYTES {
         return Err(Invalid::new(
             "body",
             format!("a message is limited to {} KB", MAX_MESSAGE_BYTES / 1024),
         ));
     }
-    let message = parse_message(object, Some(kind), None, received_at, fresh_id)?;
+    let message = parse_message(object, Some(kind), None, None, received_at, fresh_id)?;
     Ok(Parsed {
         messages: vec![message],
         rejected: vec![],
@@ -232,20 +232,7 @@ pub fn parse_batch(
                     ),
                 ));
             }
-            let mut item = item.clone();
-            // Batch-level context is merged into each item; the item's own keys win.
-            if let Some(shared) = shared_context {
-                let context = item.entry("context").or_insert(Json::Null);
-                if context.is_null() {
-                    *context = Json::Object(Map::new());
-                }
-                if let Json::Object(context) = context {
-                    for (key, value) in shared {
-                        context.entry(key.clone()).or_insert_with(|| value.clone());
-                    }
-                }
-            }
-            parse_message(&item, None, batch_sent_at, received_at, fresh_id)
+            parse_message(item, None, shared_context, batch_sent_at, received_at, fresh_id)
         })();
         match result {
             Ok(message) => parsed.messages.push(message),
@@ -403,9 +390,12 @@ fn object_field(object: &Map<String, Json>, key: &str) -> Result<Map<String, Jso
     }
 }
 
+/// One message; `shared_context` is a batch's `context`, merged into the message's own (whose
+/// keys win) as the message is read, without copying the message first.
 fn parse_message(
     object: &Map<String, Json>,
     route_kind: Option<Kind>,
+    shared_context: Option<&Map<String, Json>>,
     batch_sent_at: Option<DateTime<Utc>>,
     received_at: DateTime<Utc>,
     fresh_id: &mut dyn FnMut() -> String,
@@ -432,7 +422,10 @@ fn parse_message(
         return Err(Invalid::new("userId", "a message needs a `userId` or an `anonymousId`"));
     }
     let mut properties = object_field(object, "properties")?;
-    let context = object_field(object, "context")?;
+    let mut context = object_field(object, "context")?;
+    for (key, value) in shared_context.into_iter().flatten() {
+        context.entry(key.clone()).or_insert_with(|| value.clone());
+    }
     // RudderStack sends identify traits only in `context.traits`.
     let mut traits = object_field(object, "traits")?;
     for (field, map) in [("properties", &properties), ("context", &context), ("traits", &traits)] {
