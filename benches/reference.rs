@@ -27,7 +27,8 @@
 //!
 //! Also `NURTURE_BENCH_REPEAT` (steps phase runs per system, the median kept; default 1),
 //! `NURTURE_BENCH_CONCURRENCY` (worker, the default 512), `NURTURE_BENCH_DEADLINE_SECONDS` (900),
-//! `NURTURE_BENCH_LOG`, and the test suite's `NURTURE_TEST_DATABASE_URL` and
+//! `NURTURE_BENCH_LOG`, `NURTURE_BENCH_LATENCY_DUMP` (a file: a CSV of every email's times in
+//! the latency phase), and the test suite's `NURTURE_TEST_DATABASE_URL` and
 //! `NURTURE_TEST_REDIS_URL`. Prints markdown rows to paste into BENCHMARKS.md.
 
 use futures::{StreamExt, stream};
@@ -706,6 +707,18 @@ async fn latency_phase(
             percentile(stage, 0.5),
             percentile(stage, 0.99)
         );
+    }
+    // NURTURE_BENCH_LATENCY_DUMP=file: one CSV line per email (due, enrolled, recorded and done,
+    // ms since the first was due), to see when the slow ones happen.
+    if let Ok(path) = std::env::var("NURTURE_BENCH_LATENCY_DUMP") {
+        let mut csv = String::from("due,entered,created,done\n");
+        for row in &rows {
+            if let Some(sent) = sent_at.get(&row.get::<i64, _>(0)) {
+                let at = |column: usize| row.get::<i64, _>(column) as f64 - start;
+                csv.push_str(&format!("{:.1},{:.1},{:.1},{:.1}\n", sent - start, at(2), at(3), at(1)));
+            }
+        }
+        std::fs::write(&path, csv).expect("write the latency dump");
     }
     // When the slow ones were due: a stall at one moment, or a slow start.
     let slow: Vec<f64> = rows
