@@ -410,8 +410,8 @@ async fn apply_groups(engine: std::sync::Weak<Engine>, mut receiver: mpsc::Unbou
     }
 }
 
-/// Messages in a SQLite group applied while requests wait to be stored: 2,000 held the writer
-/// for ~90 ms, the requests' p99.
+/// Messages in a SQLite group applied while requests wait to be stored: a smaller group holds
+/// the one writer for less time.
 const MAX_GROUP_WHILE_ANSWERING: usize = 200;
 
 /// Longest the SQLite applier waits for requests to be answered before its next group.
