@@ -33,7 +33,14 @@ fn now_ms() -> i64 {
 }
 
 async fn send(base: &str, route: &str, body: serde_json::Value) -> Response {
-    http(
+    try_send(base, route, body)
+        .await
+        .unwrap_or_else(|error| panic!("POST {base}/v1/{route}: {error}"))
+}
+
+/// [`send`] that reports a refused, reset or cut connection instead of panicking.
+async fn try_send(base: &str, route: &str, body: serde_json::Value) -> std::io::Result<Response> {
+    try_http(
         base,
         "POST",
         &format!("/v1/{route}"),
@@ -288,15 +295,7 @@ async fn answered_events_survive(mode: Mode, graceful: bool) {
     let answers = futures::future::join_all(requests.into_iter().map(|(route, body, ids)| {
         let base = base.clone();
         tokio::spawn(async move {
-            let answer = try_http(
-                &base,
-                "POST",
-                &format!("/v1/{route}"),
-                &[("authorization", &basic(KEY)), ("content-type", "application/json")],
-                body.to_string().as_bytes(),
-            )
-            .await;
-            match answer {
+            match try_send(&base, route, body).await {
                 Ok(response) => (response.status, ids),
                 Err(error) => {
                     eprintln!("{mode:?}: a request was not answered: {error}");
