@@ -245,6 +245,7 @@ impl Engine {
     async fn apply_together(&self, group: &[Held]) -> Result<Jobs> {
         let now = self.clock.now();
         let mut tx = self.store.begin().await?;
+        inbox::apply_without_waiting_for_disk(&mut tx).await?;
         let ids: Vec<i64> = group.iter().map(|h| h.id).collect();
         let taken: std::collections::HashSet<i64> = inbox::take(&mut tx, &ids).await?.into_iter().collect();
         let requests: Vec<(&str, &[Message])> = group

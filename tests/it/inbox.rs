@@ -242,3 +242,47 @@ async fn the_reconciler_applies_an_orphaned_row_embedded() {
 async fn the_reconciler_applies_an_orphaned_row_on_postgres_and_redis() {
     reconciler_picks_up(Mode::Production).await;
 }
+
+async fn synchronous_commit(tx: &mut nurture::store::Tx<'_>) -> String {
+    sqlx::query("SHOW synchronous_commit")
+        .fetch_one(&mut **tx)
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Applying commits without waiting for PostgreSQL's disk flush, in its own transaction only:
+/// the next transaction on the same connection (storing requests, a step batch) waits again.
+async fn applying_alone_skips_the_flush(mode: Mode) {
+    let env = start(mode, false).await;
+    let mut connection = env.engine.store.pool.acquire().await.unwrap();
+    let mut tx = sqlx::Connection::begin(&mut *connection).await.unwrap();
+    nurture::store::inbox::apply_without_waiting_for_disk(&mut tx)
+        .await
+        .unwrap();
+    if mode == Mode::Production {
+        assert_eq!(synchronous_commit(&mut tx).await, "off");
+    }
+    tx.commit().await.unwrap();
+    if mode == Mode::Production {
+        let mut tx = sqlx::Connection::begin(&mut *connection).await.unwrap();
+        assert_eq!(
+            synchronous_commit(&mut tx).await,
+            "on",
+            "the setting outlived its transaction"
+        );
+        tx.commit().await.unwrap();
+    }
+    drop(connection);
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applying_alone_skips_the_disk_flush_embedded() {
+    applying_alone_skips_the_flush(Mode::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applying_alone_skips_the_disk_flush_on_postgres_and_redis() {
+    applying_alone_skips_the_flush(Mode::Production).await;
+}
