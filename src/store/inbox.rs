@@ -51,12 +51,7 @@ pub async fn store(tx: &mut Tx<'_>, requests: &[(&str, &str, i64)]) -> Result<Ve
 /// a few MB of log and need not wait for it; applying kept up 4-8% faster (BENCHMARKS.md,
 /// session 9), with no change the runs could show in the requests' own latency.
 pub async fn apply_without_waiting_for_disk(tx: &mut Tx<'_>) -> Result<()> {
-    if tx.backend_name() == "PostgreSQL" {
-        sqlx::query("SET LOCAL synchronous_commit = off")
-            .execute(&mut **tx)
-            .await?;
-    }
-    Ok(())
+    super::commit_without_waiting_for_disk(tx).await
 }
 
 /// Deletes the rows of `ids` that are still there and returns those: only they may be applied

@@ -272,6 +272,19 @@ pub(crate) fn padded<T>(values: &[T]) -> impl Iterator<Item = &T> {
     values.iter().chain(values.last().into_iter().cycle().take(extra))
 }
 
+/// Lets the transaction `connection` is in commit without waiting for PostgreSQL to flush it to
+/// disk (`SET LOCAL`: this transaction only). For writes a crash may lose because something
+/// durable repeats them (see the callers); nothing to do on SQLite, whose commits in WAL mode
+/// with `synchronous = NORMAL` do not wait for the disk either.
+pub(crate) async fn commit_without_waiting_for_disk(connection: &mut sqlx::AnyConnection) -> Result<()> {
+    if connection.backend_name() != "SQLite" {
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(connection)
+            .await?;
+    }
+    Ok(())
+}
+
 /// `$first, $first+1, ...`: `count` placeholders for an `IN (...)` list.
 pub(crate) fn placeholders(first: usize, count: usize) -> String {
     let mut text = String::with_capacity(count * 6);

@@ -171,9 +171,7 @@ pub async fn reserve_turns(connection: &mut AnyConnection, team: &str, count: i6
         reserve.fetch_one(connection).await?
     } else {
         let mut tx = connection.begin().await?;
-        sqlx::query("SET LOCAL synchronous_commit = off")
-            .execute(&mut *tx)
-            .await?;
+        super::commit_without_waiting_for_disk(&mut tx).await?;
         let row = reserve.fetch_one(&mut *tx).await?;
         tx.commit().await?;
         row
